@@ -1,0 +1,9 @@
+{
+  "targets": [
+    {
+      "target_name": "fileops",
+      "sources": ["native/fileops.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra"]
+    }
+  ]
+}

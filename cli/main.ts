@@ -1,0 +1,47 @@
+#!/usr/bin/env node
+/**
+ * slacker-ts command line: one subcommand per job, each in its own module.
+ */
+import { SlackerError } from '../common/errors.js';
+import { nbdServe, NBD_SERVE_HELP } from './nbd-serve.js';
+
+const USAGE = `usage: slacker-ts <command> [options]
+
+commands:
+  nbd-serve   serve raw files over NBD (slacker-ts nbd-serve --help)
+
+Run 'slacker-ts <command> --help' for a command's options.
+`;
+
+const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help: string }> = {
+  'nbd-serve': { run: nbdServe, help: NBD_SERVE_HELP },
+};
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(USAGE);
+    return name ? 0 : 2;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    process.stderr.write(`slacker-ts: unknown command ${JSON.stringify(name)}\n\n${USAGE}`);
+    return 2;
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(command.help);
+    return 0;
+  }
+  return command.run(rest);
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    const code = err instanceof SlackerError ? ` [${err.code}]` : '';
+    process.stderr.write(`slacker-ts: ${err instanceof Error ? err.message : String(err)}${code}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,80 @@
+/**
+ * One error hierarchy for all of slacker-ts. Every error has a stable `code` that callers
+ * match on (never on the message) and an optional `context` object that goes into structured
+ * logs. Protocol layers map these to their own wire errors in exactly one place each
+ * (nbd-server/errno.ts for NBD; the plugin maps them to `{"Err": ...}`).
+ */
+
+export type ErrorContext = Record<string, unknown>;
+
+export interface SlackerErrorOptions {
+  cause?: unknown;
+  context?: ErrorContext;
+}
+
+export class SlackerError extends Error {
+  readonly code: string = 'SLACKER_ERR';
+  readonly context: ErrorContext;
+
+  constructor(message: string, options: SlackerErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.context = options.context ?? {};
+  }
+}
+
+/** A caller passed something malformed (bad offset, bad flag, bad option string). */
+export class InvalidArgumentError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_INVALID_ARGUMENT';
+}
+
+/** A request reaches past the end of a device or volume. */
+export class OutOfRangeError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_OUT_OF_RANGE';
+}
+
+/** A write-type operation on something read-only (an export, a frozen snapshot). */
+export class ReadOnlyError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_READ_ONLY';
+}
+
+/** The operation exists but this backend cannot do it (or cannot do it fast, for FAST_ZERO). */
+export class NotSupportedError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_NOT_SUPPORTED';
+}
+
+/** Out of space: the disk under the state root, or a quota. */
+export class NoSpaceError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_NO_SPACE';
+}
+
+/** Data could not be read or written: the disk failed, or fetched data failed verification. */
+export class IoError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_IO';
+}
+
+/** The component is shutting down and refuses new work. */
+export class ShutdownError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_SHUTDOWN';
+}
+
+/** A peer broke a wire protocol; the connection cannot continue. */
+export class ProtocolError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_PROTOCOL';
+}
+
+/** A named export (volume) does not exist. */
+export class UnknownExportError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_UNKNOWN_EXPORT';
+}
+
+/** Configuration or command-line input that cannot be used. */
+export class ConfigError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_CONFIG';
+}
+
+/** Node's own system errors carry an errno name in `code` (ENOSPC, EIO...). */
+export function systemErrorCode(err: unknown): string | undefined {
+  if (err instanceof Error && 'code' in err && typeof err.code === 'string') return err.code;
+  return undefined;
+}

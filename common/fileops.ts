@@ -1,0 +1,41 @@
+/**
+ * Typed access to the native fileops addon (native/fileops.c): the Linux file syscalls node:fs
+ * lacks. Errors carry the errno name in `code`, like node:fs errors.
+ */
+import { createRequire } from 'node:module';
+
+export interface FileOps {
+  /** Next offset >= `offset` that holds data, or -1 if only holes follow. */
+  seekData(fd: number, offset: number): number;
+  /** Next offset >= `offset` that starts a hole (end of file counts as one). */
+  seekHole(fd: number, offset: number): number;
+  /** Size of a file or block device. */
+  seekEnd(fd: number): number;
+  /** Deallocate a range; it then reads as zeroes. */
+  punchHole(fd: number, offset: number, length: number): void;
+  /** Zero a range, keeping it allocated. */
+  zeroRange(fd: number, offset: number, length: number): void;
+  /** Ask the kernel to read a range ahead into the page cache. */
+  fadviseWillNeed(fd: number, offset: number, length: number): void;
+}
+
+const require = createRequire(import.meta.url);
+
+function load(): FileOps {
+  // Compiled code runs from dist/common, sources from common/: try both build locations.
+  const candidates = ['../build/Release/fileops.node', '../../build/Release/fileops.node'];
+  let lastError: unknown;
+  for (const candidate of candidates) {
+    try {
+      return require(candidate) as FileOps;
+    } catch (err) {
+      lastError = err;
+    }
+  }
+  throw new Error(
+    'native addon build/Release/fileops.node is missing: run `npm ci` (it builds with node-gyp)',
+    { cause: lastError },
+  );
+}
+
+export const fileOps: FileOps = load();

@@ -1,0 +1,139 @@
+/*
+ * fileops: the few Linux file syscalls that node:fs does not expose and a
+ * sparse-aware block backend needs.
+ *
+ *   seekData(fd, offset)  -> next data offset >= offset, or -1 (ENXIO: no data after it)
+ *   seekHole(fd, offset)  -> next hole offset >= offset (EOF counts as a hole)
+ *   seekEnd(fd)           -> size of a file or block device (stat() says 0 for the latter)
+ *   punchHole(fd, offset, length)   fallocate(PUNCH_HOLE|KEEP_SIZE): reads back zeroes, frees blocks
+ *   zeroRange(fd, offset, length)   fallocate(ZERO_RANGE|KEEP_SIZE): reads back zeroes, stays allocated
+ *   fadviseWillNeed(fd, offset, length)  start readahead (NBD_CMD_CACHE)
+ *
+ * All calls are synchronous: each is a single metadata syscall that does not wait for data I/O.
+ * Errors throw an Error whose `code` is the errno name (as node:fs does), so callers map them
+ * the same way as fs errors.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+#include <linux/falloc.h>
+#include <node_api.h>
+
+static const char *errno_name(int e) {
+  switch (e) {
+    case ENXIO: return "ENXIO";
+    case EBADF: return "EBADF";
+    case EINVAL: return "EINVAL";
+    case EOPNOTSUPP: return "EOPNOTSUPP";
+    case ENOSPC: return "ENOSPC";
+    case EIO: return "EIO";
+    case EFBIG: return "EFBIG";
+    case EPERM: return "EPERM";
+    case EROFS: return "EROFS";
+    case ENODEV: return "ENODEV";
+    case ESPIPE: return "ESPIPE";
+    case EINTR: return "EINTR";
+    default: return "EUNKNOWN";
+  }
+}
+
+static napi_value throw_errno(napi_env env, const char *syscall, int e) {
+  char msg[128];
+  snprintf(msg, sizeof msg, "%s: %s", syscall, strerror(e));
+  napi_throw_error(env, errno_name(e), msg);
+  return NULL;
+}
+
+/* Reads `count` integer arguments (fd, offsets, lengths) as int64. */
+static int get_args(napi_env env, napi_callback_info info, size_t count, int64_t *out) {
+  napi_value argv[3];
+  size_t argc = 3;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < count) {
+    napi_throw_type_error(env, "EINVAL", "wrong number of arguments");
+    return 0;
+  }
+  for (size_t i = 0; i < count; i++) {
+    if (napi_get_value_int64(env, argv[i], &out[i]) != napi_ok || out[i] < 0) {
+      napi_throw_type_error(env, "EINVAL", "arguments must be non-negative integers");
+      return 0;
+    }
+  }
+  return 1;
+}
+
+static napi_value make_int64(napi_env env, int64_t v) {
+  napi_value r;
+  napi_create_int64(env, v, &r);
+  return r;
+}
+
+static napi_value do_seek(napi_env env, napi_callback_info info, int whence, const char *name) {
+  int64_t a[2];
+  if (!get_args(env, info, 2, a)) return NULL;
+  off_t r = lseek((int)a[0], (off_t)a[1], whence);
+  if (r < 0) {
+    if (errno == ENXIO) return make_int64(env, -1);
+    return throw_errno(env, name, errno);
+  }
+  return make_int64(env, (int64_t)r);
+}
+
+static napi_value seek_data(napi_env env, napi_callback_info info) {
+  return do_seek(env, info, SEEK_DATA, "lseek(SEEK_DATA)");
+}
+
+static napi_value seek_hole(napi_env env, napi_callback_info info) {
+  return do_seek(env, info, SEEK_HOLE, "lseek(SEEK_HOLE)");
+}
+
+static napi_value seek_end(napi_env env, napi_callback_info info) {
+  int64_t a[1];
+  if (!get_args(env, info, 1, a)) return NULL;
+  off_t r = lseek((int)a[0], 0, SEEK_END);
+  if (r < 0) return throw_errno(env, "lseek(SEEK_END)", errno);
+  return make_int64(env, (int64_t)r);
+}
+
+static napi_value do_fallocate(napi_env env, napi_callback_info info, int mode, const char *name) {
+  int64_t a[3];
+  if (!get_args(env, info, 3, a)) return NULL;
+  int r;
+  do {
+    r = fallocate((int)a[0], mode, (off_t)a[1], (off_t)a[2]);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, name, errno);
+  return NULL;
+}
+
+static napi_value punch_hole(napi_env env, napi_callback_info info) {
+  return do_fallocate(env, info, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, "fallocate(PUNCH_HOLE)");
+}
+
+static napi_value zero_range(napi_env env, napi_callback_info info) {
+  return do_fallocate(env, info, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, "fallocate(ZERO_RANGE)");
+}
+
+static napi_value fadvise_willneed(napi_env env, napi_callback_info info) {
+  int64_t a[3];
+  if (!get_args(env, info, 3, a)) return NULL;
+  int r = posix_fadvise((int)a[0], (off_t)a[1], (off_t)a[2], POSIX_FADV_WILLNEED);
+  if (r != 0) return throw_errno(env, "posix_fadvise", r);
+  return NULL;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"seekEnd", NULL, seek_end, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"fadviseWillNeed", NULL, fadvise_willneed, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

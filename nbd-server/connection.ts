@@ -1,0 +1,421 @@
+/**
+ * One client connection: handshake, then the transmission phase. Requests are read one at a
+ * time, validated (validate.ts), and run concurrently against the export's backend; each reply
+ * is written in one go when its request completes, so replies go out of order but never
+ * interleave. Data is fetched before a reply header is sent, so a failing read is always
+ * reported as an error and never as a truncated success.
+ *
+ * Memory stays bounded: a request's payload or reply counts against a per-connection and a
+ * server-wide ByteBudget until the kernel has taken the reply; the number of requests in flight
+ * is capped; and reading stops while the peer is not draining our replies (slow reader).
+ */
+import type { Socket } from 'node:net';
+import { ShutdownError, ProtocolError } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+import type { Extent } from './backend.js';
+import { ByteBudget } from './budget.js';
+import { errnoName, toNbdErrno } from './errno.js';
+import type { Export, ExportRegistry } from './exports.js';
+import { negotiate, type Negotiated } from './handshake.js';
+import {
+  CMD,
+  CMD_FLAG,
+  CMD_NAMES,
+  NBD_ERR,
+  REQUEST_HEADER_SIZE,
+  REQUEST_MAGIC,
+  STATE_HOLE,
+  STATE_ZERO,
+} from './protocol.js';
+import * as replies from './replies.js';
+import { PeerClosedError, SocketReader } from './socket-reader.js';
+import { validateRequest, type ExportState, type Request } from './validate.js';
+
+export interface ConnectionLimits {
+  /** Requests one connection may have in flight. */
+  maxInflight: number;
+  /** Bytes of payloads and replies one connection may hold. */
+  budgetBytes: number;
+  /** Time allowed from connect to the end of the handshake. */
+  handshakeTimeoutMs: number;
+}
+
+export interface ConnectionDeps {
+  exports: ExportRegistry;
+  /** Server-wide byte budget shared by all connections. */
+  serverBudget: ByteBudget;
+  limits: ConnectionLimits;
+  shuttingDown(): boolean;
+  log: Logger;
+}
+
+/** Most descriptors one BLOCK_STATUS reply carries (the spec lets us return fewer). */
+const MAX_DESCRIPTORS = 4096;
+/** Structured reads report zero runs at least this long as holes rather than data. */
+const MIN_HOLE_REPLY = 4096;
+const ZERO_PIECE = Buffer.alloc(1024 * 1024);
+/** How long a closing connection may take to hand its last replies to a peer. */
+const CLOSE_GRACE_MS = 5000;
+
+/** A reply: frames written back to back, and the bytes of budget freed once they are sent. */
+interface Reply {
+  frames: Buffer[];
+}
+
+export class Connection {
+  private readonly reader: SocketReader;
+  private readonly budget: ByteBudget;
+  private readonly log: Logger;
+  private inflight = 0;
+  private slotWaiter: (() => void) | undefined;
+  private idleWaiter: (() => void) | undefined;
+  private stopping = false;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly deps: ConnectionDeps,
+    readonly id: number,
+  ) {
+    socket.setNoDelay(true);
+    this.reader = new SocketReader(socket);
+    this.budget = new ByteBudget(deps.limits.budgetBytes);
+    this.log = deps.log.child({ conn: id, peer: socket.remoteAddress ?? 'unix' });
+  }
+
+  /** Runs the connection to its end; never rejects. */
+  async run(): Promise<void> {
+    const timer = setTimeout(() => {
+      this.log.info('handshake timed out');
+      this.socket.destroy();
+    }, this.deps.limits.handshakeTimeoutMs);
+    let negotiated: Negotiated | undefined;
+    try {
+      negotiated = await negotiate({
+        reader: this.reader,
+        send: (buf) => this.socket.write(buf),
+        exports: this.deps.exports,
+        shuttingDown: () => this.stopping || this.deps.shuttingDown(),
+        log: this.log,
+      });
+    } catch (err) {
+      this.logEnd(err, 'handshake');
+      this.close();
+      return;
+    } finally {
+      clearTimeout(timer);
+    }
+    if (!negotiated) {
+      this.close(); // client sent NBD_OPT_ABORT
+      return;
+    }
+    const e = negotiated.export;
+    e.attached++;
+    this.log.debug({ export: e.name, structured: negotiated.structuredReplies }, 'transmission');
+    try {
+      await this.transmission(negotiated);
+    } catch (err) {
+      this.logEnd(err, 'transmission');
+    }
+    // Requests already accepted still complete and their replies go out before we hang up.
+    await this.idle();
+    e.attached--;
+    this.close();
+  }
+
+  /** Graceful stop: refuse new requests, let those in flight finish and their replies go out. */
+  async shutdown(): Promise<void> {
+    this.stopping = true;
+    this.reader.abort(new ShutdownError('server shutting down'));
+    await this.idle();
+  }
+
+  private async transmission(n: Negotiated): Promise<void> {
+    const e = n.export;
+    const state: ExportState = {
+      size: e.backend.size,
+      caps: e.caps,
+      readOnly: e.readOnly,
+      blockSizes: e.blockSizes,
+      structuredReplies: n.structuredReplies,
+      metaContextSelected: n.metaContextId !== 0,
+    };
+    for (;;) {
+      if (this.stopping) return;
+      const h = await this.reader.read(REQUEST_HEADER_SIZE);
+      if (h.readUInt32BE(0) !== REQUEST_MAGIC) {
+        throw new ProtocolError('bad request magic', { context: { magic: h.readUInt32BE(0) } });
+      }
+      const offset = h.readBigUInt64BE(16);
+      const req: Request = {
+        flags: h.readUInt16BE(4),
+        type: h.readUInt16BE(6),
+        handle: Buffer.from(h.subarray(8, 16)),
+        offset: offset > BigInt(Number.MAX_SAFE_INTEGER) ? Infinity : Number(offset),
+        length: h.readUInt32BE(24),
+      };
+      if (req.type === CMD.DISC) return;
+
+      const error = validateRequest(req, state);
+      let payload: Buffer | undefined;
+      if (req.type === CMD.WRITE) {
+        if (error !== 0) {
+          // Keep the stream in step without holding the payload: even 4 GiB costs nothing.
+          await this.reader.skip(req.length);
+        } else {
+          await this.reserve(req.length);
+          try {
+            payload = await this.reader.read(req.length);
+          } catch (err) {
+            this.unreserve(req.length);
+            throw err;
+          }
+        }
+      }
+      if (error !== 0) {
+        this.logRequestError(e, req, error, 'rejected');
+        this.send(this.errorReply(req, n, error, `request rejected: ${errnoName(error)}`), 0);
+        continue;
+      }
+      const reserved = req.type === CMD.READ ? req.length : (payload?.length ?? 0);
+      if (req.type === CMD.READ) await this.reserve(reserved);
+      this.start(e, n, req, payload, reserved);
+
+      if (this.inflight >= this.deps.limits.maxInflight) {
+        await new Promise<void>((resolve) => (this.slotWaiter = resolve));
+      }
+      if (this.socket.writableNeedDrain) await this.drained();
+    }
+  }
+
+  private start(e: Export, n: Negotiated, req: Request, payload: Buffer | undefined, reserved: number): void {
+    this.inflight++;
+    this.execute(e, n, req, payload)
+      .catch((err: unknown) => {
+        const errno = toNbdErrno(err);
+        this.logRequestError(e, req, errno, 'failed', err);
+        return this.errorReply(req, n, errno, err instanceof Error ? err.message : String(err));
+      })
+      .then((reply) => this.send(reply, reserved))
+      .finally(() => {
+        this.inflight--;
+        const slot = this.slotWaiter;
+        this.slotWaiter = undefined;
+        slot?.();
+        if (this.inflight === 0) {
+          const idle = this.idleWaiter;
+          this.idleWaiter = undefined;
+          idle?.();
+        }
+      });
+  }
+
+  private async execute(e: Export, n: Negotiated, req: Request, payload: Buffer | undefined): Promise<Reply> {
+    const b = e.backend;
+    const fua = (req.flags & CMD_FLAG.FUA) !== 0;
+    switch (req.type) {
+      case CMD.READ:
+        return this.read(e, n, req);
+      case CMD.WRITE:
+        await b.pwrite!(payload!, req.offset, { fua });
+        break;
+      case CMD.FLUSH:
+        await b.flush?.();
+        break;
+      case CMD.TRIM:
+        await b.trim!(req.offset, req.length, { fua });
+        break;
+      case CMD.WRITE_ZEROES: {
+        const fast = (req.flags & CMD_FLAG.FAST_ZERO) !== 0;
+        const mayTrim = (req.flags & CMD_FLAG.NO_HOLE) === 0;
+        if (b.zero) await b.zero(req.offset, req.length, { fua, fast, mayTrim });
+        else await this.writeZeroes(e, req.offset, req.length, fua);
+        break;
+      }
+      case CMD.CACHE:
+        await b.cache?.(req.offset, req.length);
+        break;
+      case CMD.BLOCK_STATUS:
+        return this.blockStatus(e, n, req);
+    }
+    return { frames: [n.structuredReplies ? replies.structuredNone(req.handle) : replies.simpleReply(req.handle, 0)] };
+  }
+
+  private async read(e: Export, n: Negotiated, req: Request): Promise<Reply> {
+    const b = e.backend;
+    if (!n.structuredReplies) {
+      const data = await b.pread(req.length, req.offset);
+      return { frames: [replies.simpleReply(req.handle, 0), data] };
+    }
+    const pieces =
+      b.extents && (req.flags & CMD_FLAG.DF) === 0
+        ? readPieces(await b.extents(req.offset, req.length), req.offset, req.length)
+        : [{ offset: req.offset, length: req.length, zero: false }];
+    const datas = await Promise.all(pieces.map((p) => (p.zero ? undefined : b.pread(p.length, p.offset))));
+    const frames: Buffer[] = [];
+    pieces.forEach((p, i) => {
+      const done = i === pieces.length - 1;
+      const data = datas[i];
+      if (data) frames.push(replies.offsetDataHeader(req.handle, p.offset, p.length, done), data);
+      else frames.push(replies.offsetHole(req.handle, p.offset, p.length, done));
+    });
+    return { frames };
+  }
+
+  private async blockStatus(e: Export, n: Negotiated, req: Request): Promise<Reply> {
+    const extents = e.backend.extents
+      ? await e.backend.extents(req.offset, req.length)
+      : [{ offset: req.offset, length: req.length, hole: false, zero: false }];
+    const descriptors: replies.Descriptor[] = [];
+    let covered = 0;
+    for (const x of extents) {
+      const length = Math.min(x.length, req.length - covered);
+      if (length <= 0) break;
+      const flags = (x.hole ? STATE_HOLE : 0) | (x.zero ? STATE_ZERO : 0);
+      const last = descriptors[descriptors.length - 1];
+      if (last && last.flags === flags) last.length += length;
+      else descriptors.push({ length, flags });
+      covered += length;
+    }
+    if (descriptors.length === 0) descriptors.push({ length: req.length, flags: 0 });
+    const limit = (req.flags & CMD_FLAG.REQ_ONE) !== 0 ? 1 : MAX_DESCRIPTORS;
+    return { frames: [replies.blockStatus(req.handle, n.metaContextId, descriptors.slice(0, limit))] };
+  }
+
+  /** WRITE_ZEROES for backends without a zero operation. */
+  private async writeZeroes(e: Export, offset: number, length: number, fua: boolean): Promise<void> {
+    for (let done = 0; done < length; ) {
+      const k = Math.min(ZERO_PIECE.length, length - done);
+      await e.backend.pwrite!(ZERO_PIECE.subarray(0, k), offset + done, { fua: false });
+      done += k;
+    }
+    if (fua) await e.backend.flush?.();
+  }
+
+  private errorReply(req: Request, n: Negotiated, errno: number, message: string): Reply {
+    // Structured clients get the message; the spec also requires a structured reply to READ.
+    return {
+      frames: [
+        n.structuredReplies
+          ? replies.structuredError(req.handle, errno, message)
+          : replies.simpleReply(req.handle, errno),
+      ],
+    };
+  }
+
+  /** Writes one reply contiguously, then frees its budget once the kernel has it. */
+  private send(reply: Reply, reserved: number): void {
+    const release = once(() => this.unreserve(reserved));
+    if (this.socket.destroyed) {
+      release();
+      return;
+    }
+    this.socket.cork();
+    const last = reply.frames.length - 1;
+    reply.frames.forEach((f, i) => this.socket.write(f, i === last ? release : undefined));
+    this.socket.uncork();
+  }
+
+  private async reserve(n: number): Promise<void> {
+    if (n === 0) return;
+    await this.budget.acquire(n);
+    await this.deps.serverBudget.acquire(n);
+  }
+
+  private unreserve(n: number): void {
+    if (n === 0) return;
+    this.deps.serverBudget.release(n);
+    this.budget.release(n);
+  }
+
+  /** Flushes what is queued, then closes; a peer that stops reading is cut off after a while. */
+  private close(): void {
+    if (this.socket.destroyed) return;
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), CLOSE_GRACE_MS).unref();
+  }
+
+  private drained(): Promise<void> {
+    if (this.socket.destroyed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        this.socket.off('drain', done);
+        this.socket.off('close', done);
+        resolve();
+      };
+      this.socket.on('drain', done);
+      this.socket.on('close', done);
+    });
+  }
+
+  private idle(): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const previous = this.idleWaiter;
+      this.idleWaiter = () => {
+        previous?.();
+        resolve();
+      };
+    });
+  }
+
+  private logRequestError(e: Export, req: Request, errno: number, what: string, err?: unknown): void {
+    // Client mistakes are the client's business (debug); backend failures are ours (warn).
+    const level = what === 'failed' && errno !== NBD_ERR.ENOTSUP ? 'warn' : 'debug';
+    this.log[level](
+      {
+        export: e.name,
+        cmd: CMD_NAMES[req.type] ?? req.type,
+        offset: req.offset,
+        length: req.length,
+        errno: errnoName(errno),
+        err,
+      },
+      `nbd request ${what}`,
+    );
+  }
+
+  private logEnd(err: unknown, phase: string): void {
+    if (err instanceof PeerClosedError || err instanceof ShutdownError) {
+      this.log.debug({ phase }, 'connection closed');
+    } else {
+      this.log.info({ phase, err }, 'connection dropped');
+    }
+  }
+}
+
+/** Splits a read into data pieces and zero pieces (reported as holes) from the backend's extents. */
+export function readPieces(
+  extents: Extent[],
+  offset: number,
+  length: number,
+): { offset: number; length: number; zero: boolean }[] {
+  const end = offset + length;
+  const out: { offset: number; length: number; zero: boolean }[] = [];
+  let pos = offset;
+  for (const x of extents) {
+    if (pos >= end) break;
+    const xEnd = Math.min(x.offset + x.length, end);
+    if (xEnd <= pos) continue;
+    const zero = x.zero && xEnd - pos >= MIN_HOLE_REPLY;
+    const last = out[out.length - 1];
+    if (last && last.zero === zero) last.length += xEnd - pos;
+    else out.push({ offset: pos, length: xEnd - pos, zero });
+    pos = xEnd;
+  }
+  if (pos < end) {
+    const last = out[out.length - 1];
+    if (last && !last.zero) last.length += end - pos;
+    else out.push({ offset: pos, length: end - pos, zero: false });
+  }
+  return out;
+}
+
+function once(fn: () => void): () => void {
+  let called = false;
+  return () => {
+    if (!called) {
+      called = true;
+      fn();
+    }
+  };
+}
