@@ -70,6 +70,8 @@ export class Connection {
   private slotWaiter: (() => void) | undefined;
   private idleWaiter: (() => void) | undefined;
   private stopping = false;
+  private phase: 'handshake' | 'transmission' = 'handshake';
+  private readonly closed: Promise<void>;
 
   constructor(
     private readonly socket: Socket,
@@ -80,6 +82,7 @@ export class Connection {
     this.reader = new SocketReader(socket);
     this.budget = new ByteBudget(deps.limits.budgetBytes);
     this.log = deps.log.child({ conn: id, peer: socket.remoteAddress ?? 'unix' });
+    this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
   }
 
   /** Runs the connection to its end; never rejects. */
@@ -110,6 +113,7 @@ export class Connection {
     }
     const e = negotiated.export;
     e.attached++;
+    this.phase = 'transmission';
     this.log.debug({ export: e.name, structured: negotiated.structuredReplies }, 'transmission');
     try {
       await this.transmission(negotiated);
@@ -122,11 +126,20 @@ export class Connection {
     this.close();
   }
 
-  /** Graceful stop: refuse new requests, let those in flight finish and their replies go out. */
-  async shutdown(): Promise<void> {
+  /**
+   * Graceful stop. In transmission: read no more requests, let those in flight finish and their
+   * replies go out, then close. In the handshake: options are answered with ERR_SHUTDOWN, and a
+   * client that does not hang up within `graceMs` is cut off.
+   */
+  async shutdown(graceMs = CLOSE_GRACE_MS): Promise<void> {
     this.stopping = true;
-    this.reader.abort(new ShutdownError('server shutting down'));
-    await this.idle();
+    if (this.phase === 'transmission') {
+      this.reader.abort(new ShutdownError('server shutting down'));
+    } else {
+      const timer = setTimeout(() => this.socket.destroy(), graceMs);
+      void this.closed.then(() => clearTimeout(timer));
+    }
+    await this.closed;
   }
 
   private async transmission(n: Negotiated): Promise<void> {

@@ -108,16 +108,17 @@ export class NbdServer {
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
-    await Promise.all(
-      this.listeners.map(
-        ({ server, address }) =>
-          new Promise<void>((resolve) => {
-            server.close(() => resolve());
-            if (address.kind === 'unix') unlink(address.path).catch(() => undefined);
-          }),
-      ),
+    // net.Server's close callback waits for every connection to end, so stop accepting first,
+    // shut the connections down, and only then wait for the listeners.
+    const listenersClosed = this.listeners.map(
+      ({ server, address }) =>
+        new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          if (address.kind === 'unix') unlink(address.path).catch(() => undefined);
+        }),
     );
     await Promise.all([...this.connections].map((c) => c.shutdown()));
+    await Promise.all(listenersClosed);
     for (const e of this.exports.list()) {
       try {
         await e.backend.flush?.();
