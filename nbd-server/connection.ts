@@ -343,6 +343,7 @@ export class Connection {
   /** Flushes what is queued, then closes; a peer that stops reading is cut off after a while. */
   private close(): void {
     if (this.socket.destroyed) return;
+    this.reader.abort(new ShutdownError('connection closing'));
     this.socket.end();
     setTimeout(() => this.socket.destroy(), CLOSE_GRACE_MS).unref();
   }

@@ -62,6 +62,7 @@ export class SocketReader {
   }
 
   private onData(chunk: Buffer): void {
+    if (this.failure) return; // nobody will read it: discard
     if (this.skipping > 0) {
       const n = Math.min(this.skipping, chunk.length);
       this.skipping -= n;
@@ -136,6 +137,14 @@ export class SocketReader {
     if (this.failure) return;
     this.failure = err;
     this.skipping = 0;
+    // Drop what is buffered and let the socket flow again: a paused socket would never see the
+    // peer's FIN, and a closing connection would linger until it is destroyed.
+    this.chunks = [];
+    this.buffered = 0;
+    if (this.paused) {
+      this.paused = false;
+      this.socket.resume();
+    }
     this.settle()?.reject(err);
   }
 
