@@ -67,6 +67,16 @@ export async function nbdServe(argv: string[]): Promise<number> {
   if (exportArgs.length === 0) throw new ConfigError('nothing to serve: give at least one --export NAME=FILE');
 
   const log = createLogger({ level: values['log-level'] });
+  // Installed before anything starts: a signal that arrives as soon as the URIs are printed
+  // must still shut down cleanly.
+  const stopped = new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      log.info({ signal }, 'shutting down');
+      resolve();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
   const server = new NbdServer({
     log,
     maxConnections: positiveInt(values['max-connections'], '--max-connections'),
@@ -92,14 +102,7 @@ export async function nbdServe(argv: string[]): Promise<number> {
     throw err;
   }
 
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string): void => {
-      log.info({ signal }, 'shutting down');
-      resolve();
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
+  await stopped;
   await server.close();
   await closeBackends();
   return 0;
