@@ -32,10 +32,9 @@ function load(): FileOps {
       lastError = err;
     }
   }
-  throw new Error(
-    'native addon build/Release/fileops.node is missing: run `npm ci` (it builds with node-gyp)',
-    { cause: lastError },
-  );
+  throw new Error('native addon build/Release/fileops.node is missing: run `npm ci` (it builds with node-gyp)', {
+    cause: lastError,
+  });
 }
 
 export const fileOps: FileOps = load();

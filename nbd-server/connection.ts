@@ -296,7 +296,7 @@ export class Connection {
 
   /** WRITE_ZEROES for backends without a zero operation. */
   private async writeZeroes(e: Export, offset: number, length: number, fua: boolean): Promise<void> {
-    for (let done = 0; done < length; ) {
+    for (let done = 0; done < length;) {
       const k = Math.min(ZERO_PIECE.length, length - done);
       await e.backend.pwrite!(ZERO_PIECE.subarray(0, k), offset + done, { fua: false });
       done += k;

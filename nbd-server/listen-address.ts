@@ -41,5 +41,7 @@ export function nbdUri(addr: ListenAddress, exportName: string): string {
 }
 
 export function formatListenAddress(addr: ListenAddress): string {
-  return addr.kind === 'unix' ? `unix://${addr.path}` : `tcp://${isIPv6(addr.host) ? `[${addr.host}]` : addr.host}:${addr.port}`;
+  return addr.kind === 'unix'
+    ? `unix://${addr.path}`
+    : `tcp://${isIPv6(addr.host) ? `[${addr.host}]` : addr.host}:${addr.port}`;
 }

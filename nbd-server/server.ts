@@ -75,7 +75,10 @@ export class NbdServer {
   async listen(where: string | ListenAddress): Promise<ListenAddress> {
     const addr = typeof where === 'string' ? parseListenAddress(where) : where;
     if (!isLoopback(addr)) {
-      this.log.warn({ listen: formatListenAddress(addr) }, 'NBD listener reachable from the network: exports are unauthenticated');
+      this.log.warn(
+        { listen: formatListenAddress(addr) },
+        'NBD listener reachable from the network: exports are unauthenticated',
+      );
     }
     if (addr.kind === 'unix') await removeStaleSocket(addr.path);
     const server = createServer({ pauseOnConnect: false }, (socket) => this.accept(socket));

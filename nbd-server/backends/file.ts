@@ -102,8 +102,7 @@ export class FileBackend implements Backend {
 
   async zero(offset: ByteCount, length: ByteCount, flags: ZeroFlags): Promise<void> {
     const done =
-      (flags.mayTrim && this.tryFallocate('punch', offset, length)) ||
-      this.tryFallocate('zero', offset, length);
+      (flags.mayTrim && this.tryFallocate('punch', offset, length)) || this.tryFallocate('zero', offset, length);
     if (!done) {
       if (flags.fast) {
         throw new NotSupportedError('fast zero is not supported by this file system', {
@@ -159,7 +158,7 @@ export class FileBackend implements Backend {
 
   private async writeZeroes(offset: ByteCount, length: ByteCount): Promise<void> {
     zeroPiece ??= Buffer.alloc(ZERO_WRITE_PIECE);
-    for (let done = 0; done < length; ) {
+    for (let done = 0; done < length;) {
       const n = Math.min(ZERO_WRITE_PIECE, length - done);
       await this.pwrite(zeroPiece.subarray(0, n), offset + done, { fua: false });
       done += n;

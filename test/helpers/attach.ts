@@ -50,7 +50,9 @@ export async function attachExt4(
     await retry('nbdfuse to expose the export', async () => {
       if (!existsSync(join(fuseDir, 'disk'))) throw new Error('not yet');
     });
-    const loop = (await run('losetup', ['-f', '--show', ...(options.readOnly ? ['-r'] : []), join(fuseDir, 'disk')])).stdout.trim();
+    const loop = (
+      await run('losetup', ['-f', '--show', ...(options.readOnly ? ['-r'] : []), join(fuseDir, 'disk')])
+    ).stdout.trim();
     undo.push(() => run('losetup', ['-d', loop]).then(() => waitLoopGone(loop)));
     if (options.mkfs) await run('mkfs.ext4', ['-q', '-E', 'lazy_itable_init=0,lazy_journal_init=0', loop]);
     await run('mount', [...(options.readOnly ? ['-o', 'ro'] : []), loop, mountPoint]);

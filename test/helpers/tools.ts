@@ -47,7 +47,14 @@ export function run(
       (err, stdout, stderr) => {
         if (err) {
           const code = typeof err.code === 'number' ? err.code : null;
-          reject(new CommandError(`${cmd} ${args.join(' ')} failed (${err.message.trim()}):\n${stderr}`, code, stdout, stderr));
+          reject(
+            new CommandError(
+              `${cmd} ${args.join(' ')} failed (${err.message.trim()}):\n${stderr}`,
+              code,
+              stdout,
+              stderr,
+            ),
+          );
         } else resolve({ stdout, stderr });
       },
     );

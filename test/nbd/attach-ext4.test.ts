@@ -19,7 +19,13 @@ async function digestTree(root: string): Promise<Map<string, string>> {
       const p = join(dir, e.name);
       if (e.name === 'lost+found') continue;
       if (e.isDirectory()) await walk(p);
-      else out.set(relative(root, p), createHash('sha256').update(await readFile(p)).digest('hex'));
+      else
+        out.set(
+          relative(root, p),
+          createHash('sha256')
+            .update(await readFile(p))
+            .digest('hex'),
+        );
     }
   };
   await walk(root);

@@ -103,7 +103,10 @@ describe('slacker-ts nbd-serve', () => {
 
   it('explains bad input with a clear message and a non-zero exit', async () => {
     expect(await cli(['nbd-serve'])).toMatchObject({ code: 1, out: expect.stringMatching(/nothing to serve/) });
-    expect(await cli(['nbd-serve', '--export', 'x'])).toMatchObject({ code: 1, out: expect.stringMatching(/NAME=FILE/) });
+    expect(await cli(['nbd-serve', '--export', 'x'])).toMatchObject({
+      code: 1,
+      out: expect.stringMatching(/NAME=FILE/),
+    });
     expect(await cli(['nbd-serve', '--export', `x=${dir.path}/missing.img`])).toMatchObject({
       code: 1,
       out: expect.stringMatching(/ENOENT|no such file/i),
@@ -114,6 +117,9 @@ describe('slacker-ts nbd-serve', () => {
     });
     expect(await cli(['nbd-serve', '--bogus'])).toMatchObject({ code: 1, out: expect.stringMatching(/bogus/) });
     expect(await cli(['frobnicate'])).toMatchObject({ code: 2, out: expect.stringMatching(/unknown command/) });
-    expect(await cli(['nbd-serve', '--help'])).toMatchObject({ code: 0, out: expect.stringMatching(/--export NAME=FILE/) });
+    expect(await cli(['nbd-serve', '--help'])).toMatchObject({
+      code: 0,
+      out: expect.stringMatching(/--export NAME=FILE/),
+    });
   });
 });

@@ -36,7 +36,16 @@ function fuzzRequest(r: Rand): Buffer {
 }
 
 function fuzzOption(r: Rand): Buffer {
-  const option = pick(r, [OPT.GO, OPT.INFO, OPT.LIST, OPT.LIST_META_CONTEXT, OPT.SET_META_CONTEXT, OPT.STRUCTURED_REPLY, r() & 0xff, r()]);
+  const option = pick(r, [
+    OPT.GO,
+    OPT.INFO,
+    OPT.LIST,
+    OPT.LIST_META_CONTEXT,
+    OPT.SET_META_CONTEXT,
+    OPT.STRUCTURED_REPLY,
+    r() & 0xff,
+    r(),
+  ]);
   let data: Buffer;
   switch (r() % 4) {
     case 0:

@@ -111,7 +111,9 @@ describe('limits', () => {
     try {
       for (let i = 0; i < 1000; i++) {
         // Half sit in the handshake, half in transmission.
-        idle.push(i % 2 === 0 ? await RawClient.connect({ port: srv.tcp.port }) : await openExport(srv.tcp.port, 'big'));
+        idle.push(
+          i % 2 === 0 ? await RawClient.connect({ port: srv.tcp.port }) : await openExport(srv.tcp.port, 'big'),
+        );
       }
       expect(srv.server.connectionCount).toBeGreaterThanOrEqual(1000);
       const active = await openExport(srv.tcp.port, 'big');

@@ -28,7 +28,10 @@ describe('nbdcopy round trip', () => {
     dir = await tempDir();
     src = join(dir.path, 'src.img');
     // Random data with some zero runs so both data and sparse paths are exercised.
-    await run('sh', ['-c', `head -c ${SIZE} /dev/urandom > ${src} && dd if=/dev/zero of=${src} bs=1M seek=100 count=20 conv=notrunc status=none`]);
+    await run('sh', [
+      '-c',
+      `head -c ${SIZE} /dev/urandom > ${src} && dd if=/dev/zero of=${src} bs=1M seek=100 count=20 conv=notrunc status=none`,
+    ]);
     target = join(dir.path, 'target.img');
     await writeFile(target, '');
     await truncate(target, SIZE);

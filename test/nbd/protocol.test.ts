@@ -138,7 +138,9 @@ describe('NBD protocol on raw sockets', () => {
       await c.start();
       c.sendOption(OPT.INFO, goPayload('mem', [INFO.NAME, INFO.DESCRIPTION, INFO.BLOCK_SIZE]));
       const replies = await c.optionReplies();
-      const infos = new Map(replies.filter((r) => r.type === REP.INFO).map((r) => [r.data.readUInt16BE(0), r.data.subarray(2)]));
+      const infos = new Map(
+        replies.filter((r) => r.type === REP.INFO).map((r) => [r.data.readUInt16BE(0), r.data.subarray(2)]),
+      );
       expect(infos.get(INFO.NAME)!.toString()).toBe('mem');
       expect(infos.get(INFO.DESCRIPTION)!.toString()).toBe('scratch');
       expect(infos.get(INFO.BLOCK_SIZE)!.readUInt32BE(8)).toBe(32 * MiB);
@@ -329,7 +331,11 @@ describe('NBD protocol on raw sockets', () => {
       expect((await c.chunk()).type).toBe(REPLY_TYPE.NONE);
       c.sendRequest({ type: CMD.READ, handle: 2n, offset: 2 * MiB - 65536, length: 3 * 65536 });
       const chunks = await c.structuredReply();
-      expect(chunks.map((k) => k.type)).toEqual([REPLY_TYPE.OFFSET_HOLE, REPLY_TYPE.OFFSET_DATA, REPLY_TYPE.OFFSET_HOLE]);
+      expect(chunks.map((k) => k.type)).toEqual([
+        REPLY_TYPE.OFFSET_HOLE,
+        REPLY_TYPE.OFFSET_DATA,
+        REPLY_TYPE.OFFSET_HOLE,
+      ]);
       expect(chunks[1]!.payload.readBigUInt64BE(0)).toBe(BigInt(2 * MiB));
       expect(chunks[1]!.payload.subarray(8).every((b) => b === 0x77)).toBe(true);
       expect(chunks[2]!.flags & 1).toBe(1);
@@ -362,7 +368,13 @@ describe('NBD protocol on raw sockets', () => {
         [65536, 0],
         [65536, STATE_HOLE | STATE_ZERO],
       ]);
-      c.sendRequest({ type: CMD.BLOCK_STATUS, flags: CMD_FLAG.REQ_ONE, handle: 3n, offset: MiB - 65536, length: 3 * 65536 });
+      c.sendRequest({
+        type: CMD.BLOCK_STATUS,
+        flags: CMD_FLAG.REQ_ONE,
+        handle: 3n,
+        offset: MiB - 65536,
+        length: 3 * 65536,
+      });
       const [one] = await c.structuredReply();
       expect(one!.payload.length).toBe(4 + 8);
     });
@@ -371,7 +383,13 @@ describe('NBD protocol on raw sockets', () => {
       const c = await open();
       c.sendRequest({ type: CMD.WRITE, handle: 1n, offset: 0, data: Buffer.alloc(8192, 3) });
       await c.simpleReply();
-      c.sendRequest({ type: CMD.WRITE_ZEROES, flags: CMD_FLAG.FAST_ZERO | CMD_FLAG.NO_HOLE, handle: 2n, offset: 0, length: 8192 });
+      c.sendRequest({
+        type: CMD.WRITE_ZEROES,
+        flags: CMD_FLAG.FAST_ZERO | CMD_FLAG.NO_HOLE,
+        handle: 2n,
+        offset: 0,
+        length: 8192,
+      });
       expect((await c.simpleReply()).error).toBe(0);
       c.sendRequest({ type: CMD.READ, handle: 3n, offset: 0, length: 8192 });
       expect((await c.simpleReply(8192)).data.every((b) => b === 0)).toBe(true);

@@ -54,7 +54,15 @@ describe('error hierarchy', () => {
 
 describe('validateRequest', () => {
   const caps: Capabilities = {
-    write: true, flush: true, fua: true, trim: true, zero: true, fastZero: true, cache: true, extents: true, multiConn: true,
+    write: true,
+    flush: true,
+    fua: true,
+    trim: true,
+    zero: true,
+    fastZero: true,
+    cache: true,
+    extents: true,
+    multiConn: true,
   };
   const base: ExportState = {
     size: 1 << 20,
@@ -65,7 +73,11 @@ describe('validateRequest', () => {
     metaContextSelected: false,
   };
   const req = (type: number, offset: number, length: number, flags = 0) => ({
-    type, offset, length, flags, handle: Buffer.alloc(8),
+    type,
+    offset,
+    length,
+    flags,
+    handle: Buffer.alloc(8),
   });
   const cases: [string, ReturnType<typeof req>, Partial<ExportState>, number][] = [
     ['read in range', req(CMD.READ, 0, 4096), {}, 0],
@@ -87,8 +99,18 @@ describe('validateRequest', () => {
     ['block status with a context', req(CMD.BLOCK_STATUS, 0, 1), { metaContextSelected: true }, 0],
     ['read over the maximum', req(CMD.READ, 0, 33 * 1024 * 1024), { size: 1 << 30 }, NBD_ERR.EOVERFLOW],
     ['trim over the maximum is fine', req(CMD.TRIM, 0, 33 * 1024 * 1024), { size: 1 << 30 }, 0],
-    ['misaligned offset', req(CMD.READ, 1, 512), { blockSizes: { minimum: 512, preferred: 4096, maximum: 1 << 25 } }, NBD_ERR.EINVAL],
-    ['misaligned length', req(CMD.READ, 512, 100), { blockSizes: { minimum: 512, preferred: 4096, maximum: 1 << 25 } }, NBD_ERR.EINVAL],
+    [
+      'misaligned offset',
+      req(CMD.READ, 1, 512),
+      { blockSizes: { minimum: 512, preferred: 4096, maximum: 1 << 25 } },
+      NBD_ERR.EINVAL,
+    ],
+    [
+      'misaligned length',
+      req(CMD.READ, 512, 100),
+      { blockSizes: { minimum: 512, preferred: 4096, maximum: 1 << 25 } },
+      NBD_ERR.EINVAL,
+    ],
   ];
   it.each(cases)('%s', (_name, r, over, expected) => {
     expect(validateRequest(r, { ...base, ...over })).toBe(expected);
