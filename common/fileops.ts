@@ -15,6 +15,13 @@ export interface FileOps {
   punchHole(fd: number, offset: number, length: number): void;
   /** Zero a range, keeping it allocated. */
   zeroRange(fd: number, offset: number, length: number): void;
+  /**
+   * Read without blocking (preadv2 RWF_NOWAIT): bytes read from the page cache, -1 if the read
+   * would block on the disk, -2 if RWF_NOWAIT is unsupported here.
+   */
+  preadNoWait(fd: number, buffer: Buffer, bufOffset: number, length: number, position: number): number;
+  /** Write without blocking (pwritev2 RWF_NOWAIT); same results as preadNoWait. */
+  pwriteNoWait(fd: number, buffer: Buffer, bufOffset: number, length: number, position: number): number;
   /** Ask the kernel to read a range ahead into the page cache. */
   fadviseWillNeed(fd: number, offset: number, length: number): void;
 }

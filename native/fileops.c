@@ -8,6 +8,13 @@
  *   punchHole(fd, offset, length)   fallocate(PUNCH_HOLE|KEEP_SIZE): reads back zeroes, frees blocks
  *   zeroRange(fd, offset, length)   fallocate(ZERO_RANGE|KEEP_SIZE): reads back zeroes, stays allocated
  *   fadviseWillNeed(fd, offset, length)  start readahead (NBD_CMD_CACHE)
+ *   preadNoWait(fd, buffer, bufOffset, length, position)
+ *   pwriteNoWait(fd, buffer, bufOffset, length, position)
+ *       preadv2/pwritev2 with RWF_NOWAIT: transfer only what can be done without blocking
+ *       (data in the page cache). Return the bytes transferred, -1 if it would block (EAGAIN),
+ *       -2 if the kernel or file system does not support RWF_NOWAIT. This is the fast path
+ *       that spares a libuv threadpool round trip for cached data, without ever blocking
+ *       the event loop on the disk.
  *
  * All calls are synchronous: each is a single metadata syscall that does not wait for data I/O.
  * Errors throw an Error whose `code` is the errno name (as node:fs does), so callers map them
@@ -16,9 +23,11 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 #include <linux/falloc.h>
+#include <sys/uio.h>
 #include <node_api.h>
 
 static const char *errno_name(int e) {
@@ -35,6 +44,7 @@ static const char *errno_name(int e) {
     case ENODEV: return "ENODEV";
     case ESPIPE: return "ESPIPE";
     case EINTR: return "EINTR";
+    case EAGAIN: return "EAGAIN";
     default: return "EUNKNOWN";
   }
 }
@@ -123,6 +133,57 @@ static napi_value fadvise_willneed(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* (fd, buffer, bufOffset, length, position) -> iovec into the buffer, bounds-checked. */
+static int get_io_args(napi_env env, napi_callback_info info, int *fd, struct iovec *iov, off_t *pos) {
+  napi_value argv[5];
+  size_t argc = 5;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5) {
+    napi_throw_type_error(env, "EINVAL", "wrong number of arguments");
+    return 0;
+  }
+  void *data;
+  size_t size;
+  if (napi_get_buffer_info(env, argv[1], &data, &size) != napi_ok) {
+    napi_throw_type_error(env, "EINVAL", "second argument must be a Buffer");
+    return 0;
+  }
+  int64_t v[4];
+  int idx[4] = {0, 2, 3, 4};
+  for (int i = 0; i < 4; i++) {
+    if (napi_get_value_int64(env, argv[idx[i]], &v[i]) != napi_ok || v[i] < 0) {
+      napi_throw_type_error(env, "EINVAL", "arguments must be non-negative integers");
+      return 0;
+    }
+  }
+  if ((uint64_t)v[1] + (uint64_t)v[2] > size) {
+    napi_throw_range_error(env, "ERANGE", "range exceeds the buffer");
+    return 0;
+  }
+  *fd = (int)v[0];
+  iov->iov_base = (char *)data + v[1];
+  iov->iov_len = (size_t)v[2];
+  *pos = (off_t)v[3];
+  return 1;
+}
+
+static napi_value do_nowait(napi_env env, napi_callback_info info, int write) {
+  int fd;
+  struct iovec iov;
+  off_t pos;
+  if (!get_io_args(env, info, &fd, &iov, &pos)) return NULL;
+  ssize_t r;
+  do {
+    r = write ? pwritev2(fd, &iov, 1, pos, RWF_NOWAIT) : preadv2(fd, &iov, 1, pos, RWF_NOWAIT);
+  } while (r < 0 && errno == EINTR);
+  if (r >= 0) return make_int64(env, (int64_t)r);
+  if (errno == EAGAIN) return make_int64(env, -1);
+  if (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL) return make_int64(env, -2);
+  return throw_errno(env, write ? "pwritev2" : "preadv2", errno);
+}
+
+static napi_value pread_nowait(napi_env env, napi_callback_info info) { return do_nowait(env, info, 0); }
+static napi_value pwrite_nowait(napi_env env, napi_callback_info info) { return do_nowait(env, info, 1); }
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -130,6 +191,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"seekEnd", NULL, seek_end, NULL, NULL, NULL, napi_enumerable, NULL},
     {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_enumerable, NULL},
     {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"preadNoWait", NULL, pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"pwriteNoWait", NULL, pwrite_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
     {"fadviseWillNeed", NULL, fadvise_willneed, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

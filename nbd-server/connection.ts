@@ -53,6 +53,11 @@ export interface ConnectionDeps {
 const MAX_DESCRIPTORS = 4096;
 /** Structured reads report zero runs at least this long as holes rather than data. */
 const MIN_HOLE_REPLY = 4096;
+/**
+ * Only reads at least this long ask the backend for holes: for small reads the extents lookup
+ * (two lseeks on a file) costs more than sending the zeroes.
+ */
+const MIN_SPARSE_READ = 64 * 1024;
 const ZERO_PIECE = Buffer.alloc(1024 * 1024);
 /** How long a closing connection may take to hand its last replies to a peer. */
 const CLOSE_GRACE_MS = 5000;
@@ -70,6 +75,8 @@ export class Connection {
   private slotWaiter: (() => void) | undefined;
   private idleWaiter: (() => void) | undefined;
   private stopping = false;
+  /** True while replies of this event-loop turn are being collected for one writev. */
+  private corked = false;
   private phase: 'handshake' | 'transmission' = 'handshake';
   private readonly closed: Promise<void>;
 
@@ -260,7 +267,7 @@ export class Connection {
       return { frames: [replies.simpleReply(req.handle, 0), data] };
     }
     const pieces =
-      b.extents && (req.flags & CMD_FLAG.DF) === 0
+      b.extents && (req.flags & CMD_FLAG.DF) === 0 && req.length >= MIN_SPARSE_READ
         ? readPieces(await b.extents(req.offset, req.length), req.offset, req.length)
         : [{ offset: req.offset, length: req.length, zero: false }];
     const datas = await Promise.all(pieces.map((p) => (p.zero ? undefined : b.pread(p.length, p.offset))));
@@ -315,17 +322,27 @@ export class Connection {
     };
   }
 
-  /** Writes one reply contiguously, then frees its budget once the kernel has it. */
+  /**
+   * Writes one reply contiguously, then frees its budget once the kernel has it. Replies that
+   * complete in the same event-loop turn are corked together and leave in one writev: with
+   * many requests in flight this saves a syscall per reply.
+   */
   private send(reply: Reply, reserved: number): void {
     const release = once(() => this.unreserve(reserved));
     if (this.socket.destroyed) {
       release();
       return;
     }
-    this.socket.cork();
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
     const last = reply.frames.length - 1;
     reply.frames.forEach((f, i) => this.socket.write(f, i === last ? release : undefined));
-    this.socket.uncork();
   }
 
   private async reserve(n: number): Promise<void> {

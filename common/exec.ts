@@ -1,0 +1,74 @@
+/**
+ * Running external programs (nbdfuse, losetup, mount, nbdkit...) asynchronously: a process that
+ * serves NBD in-process must keep serving while a tool it started talks to it.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+}
+
+/** A command that exited non-zero, was killed, or could not start. */
+export class CommandError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode: number | null,
+    readonly stdout: string,
+    readonly stderr: string,
+  ) {
+    super(message);
+    this.name = 'CommandError';
+  }
+}
+
+export function run(
+  cmd: string,
+  args: string[],
+  options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    execFile(
+      cmd,
+      args,
+      { timeout: options.timeoutMs ?? 60_000, maxBuffer: 64 * 1024 * 1024, env: options.env ?? process.env },
+      (err, stdout, stderr) => {
+        if (err) {
+          const code = typeof err.code === 'number' ? err.code : null;
+          reject(
+            new CommandError(`${cmd} ${args.join(' ')} failed (${err.message.trim()}):\n${stderr}`, code, stdout, stderr),
+          );
+        } else resolve({ stdout, stderr });
+      },
+    );
+  });
+}
+
+/** Exit code of a command, for tools that answer with it (nbdinfo --can). */
+export async function exitCode(cmd: string, args: string[]): Promise<number> {
+  try {
+    await run(cmd, args);
+    return 0;
+  } catch (err) {
+    if (err instanceof CommandError && err.exitCode !== null) return err.exitCode;
+    throw err;
+  }
+}
+
+export interface Started {
+  child: ChildProcess;
+  /** Ends the process by its PID (SIGTERM) and waits for it to exit. */
+  stop(): Promise<void>;
+}
+
+export function startProcess(cmd: string, args: string[]): Started {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  return {
+    child,
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
