@@ -106,7 +106,8 @@ const WORKLOADS: Workload[] = [
     name: 'sequential read (nbdcopy → null:)',
     unit: 'MiB/s',
     measure: async (s, c) =>
-      SIZE_MIB / (await timed(() => run('nbdcopy', [`--connections=${c}`, s.uri('src.img'), 'null:'], { timeoutMs: 600_000 }))),
+      SIZE_MIB /
+      (await timed(() => run('nbdcopy', [`--connections=${c}`, s.uri('src.img'), 'null:'], { timeoutMs: 600_000 }))),
   },
   {
     name: 'sequential write (nbdcopy file → export)',
@@ -156,15 +157,25 @@ async function main(): Promise<void> {
   const stopAll = async () => {
     await Promise.all(servers.splice(0).map((s) => s.proc.stop()));
   };
-  process.once('SIGINT', () => void stopAll().then(() => rm(dir, { recursive: true, force: true })).then(() => process.exit(130)));
+  process.once(
+    'SIGINT',
+    () =>
+      void stopAll()
+        .then(() => rm(dir, { recursive: true, force: true }))
+        .then(() => process.exit(130)),
+  );
   try {
     await run('mkdir', ['-p', join(dir, 'files')]);
     const src = join(dir, 'files/src.img');
     const dst = join(dir, 'files/dst.img');
     console.error(`preparing ${SIZE_MIB} MiB of random data in ${dir}`);
-    await run('sh', ['-c', `head -c ${SIZE_MIB}M /dev/urandom > ${src} && cp ${src} ${dst} && cat ${src} ${dst} > /dev/null`], {
-      timeoutMs: 600_000,
-    });
+    await run(
+      'sh',
+      ['-c', `head -c ${SIZE_MIB}M /dev/urandom > ${src} && cp ${src} ${dst} && cat ${src} ${dst} > /dev/null`],
+      {
+        timeoutMs: 600_000,
+      },
+    );
     servers.push(await startServer('slacker-ts', dir), await startServer('nbdkit', dir));
     const [slacker, nbdkit] = servers as [Server, Server];
 
@@ -212,7 +223,8 @@ async function main(): Promise<void> {
     console.log(lines.join('\n'));
     const worst = Math.min(...rows.map((r) => r.ratio));
     console.log(`\nworst ratio: ${worst.toFixed(2)} (target >= 0.5)`);
-    if (opts.json) await writeFile(opts.json, JSON.stringify({ machine, sizeMiB: SIZE_MIB, reps: REPS, rows }, null, 2));
+    if (opts.json)
+      await writeFile(opts.json, JSON.stringify({ machine, sizeMiB: SIZE_MIB, reps: REPS, rows }, null, 2));
   } finally {
     await stopAll();
     await rm(dir, { recursive: true, force: true });

@@ -36,7 +36,12 @@ export function run(
         if (err) {
           const code = typeof err.code === 'number' ? err.code : null;
           reject(
-            new CommandError(`${cmd} ${args.join(' ')} failed (${err.message.trim()}):\n${stderr}`, code, stdout, stderr),
+            new CommandError(
+              `${cmd} ${args.join(' ')} failed (${err.message.trim()}):\n${stderr}`,
+              code,
+              stdout,
+              stderr,
+            ),
           );
         } else resolve({ stdout, stderr });
       },

@@ -58,6 +58,11 @@ export interface Backend {
   /** Read `length` bytes at `offset`. May return a shared buffer: callers must not modify it. */
   pread(length: ByteCount, offset: ByteCount): Promise<Buffer>;
   pwrite?(data: Buffer, offset: ByteCount, flags: WriteFlags): Promise<void>;
+  /**
+   * Optional vectored write: the pieces are written back to back from `offset`. Large write
+   * payloads arrive in several socket reads; with this the server need not join them first.
+   */
+  pwritev?(chunks: readonly Buffer[], offset: ByteCount, flags: WriteFlags): Promise<void>;
   flush?(): Promise<void>;
   trim?(offset: ByteCount, length: ByteCount, flags: WriteFlags): Promise<void>;
   zero?(offset: ByteCount, length: ByteCount, flags: ZeroFlags): Promise<void>;

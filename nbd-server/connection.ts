@@ -176,7 +176,7 @@ export class Connection {
       if (req.type === CMD.DISC) return;
 
       const error = validateRequest(req, state);
-      let payload: Buffer | undefined;
+      let payload: Buffer[] | undefined;
       if (req.type === CMD.WRITE) {
         if (error !== 0) {
           // Keep the stream in step without holding the payload: even 4 GiB costs nothing.
@@ -184,7 +184,9 @@ export class Connection {
         } else {
           await this.reserve(req.length);
           try {
-            payload = await this.reader.read(req.length);
+            payload = e.backend.pwritev
+              ? await this.reader.readChunks(req.length)
+              : [await this.reader.read(req.length)];
           } catch (err) {
             this.unreserve(req.length);
             throw err;
@@ -196,7 +198,7 @@ export class Connection {
         this.send(this.errorReply(req, n, error, `request rejected: ${errnoName(error)}`), 0);
         continue;
       }
-      const reserved = req.type === CMD.READ ? req.length : (payload?.length ?? 0);
+      const reserved = req.type === CMD.READ || req.type === CMD.WRITE ? req.length : 0;
       if (req.type === CMD.READ) await this.reserve(reserved);
       this.start(e, n, req, payload, reserved);
 
@@ -207,7 +209,7 @@ export class Connection {
     }
   }
 
-  private start(e: Export, n: Negotiated, req: Request, payload: Buffer | undefined, reserved: number): void {
+  private start(e: Export, n: Negotiated, req: Request, payload: Buffer[] | undefined, reserved: number): void {
     this.inflight++;
     this.execute(e, n, req, payload)
       .catch((err: unknown) => {
@@ -229,14 +231,15 @@ export class Connection {
       });
   }
 
-  private async execute(e: Export, n: Negotiated, req: Request, payload: Buffer | undefined): Promise<Reply> {
+  private async execute(e: Export, n: Negotiated, req: Request, payload: Buffer[] | undefined): Promise<Reply> {
     const b = e.backend;
     const fua = (req.flags & CMD_FLAG.FUA) !== 0;
     switch (req.type) {
       case CMD.READ:
         return this.read(e, n, req);
       case CMD.WRITE:
-        await b.pwrite!(payload!, req.offset, { fua });
+        if (payload!.length === 1) await b.pwrite!(payload![0]!, req.offset, { fua });
+        else await b.pwritev!(payload!, req.offset, { fua });
         break;
       case CMD.FLUSH:
         await b.flush?.();

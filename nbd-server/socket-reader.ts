@@ -12,6 +12,7 @@ export class PeerClosedError extends ProtocolError {}
 
 type Waiter =
   | { kind: 'read'; need: number; resolve: (buf: Buffer) => void; reject: (err: Error) => void }
+  | { kind: 'chunks'; need: number; resolve: (bufs: Buffer[]) => void; reject: (err: Error) => void }
   | { kind: 'skip'; resolve: () => void; reject: (err: Error) => void };
 
 export class SocketReader {
@@ -48,6 +49,19 @@ export class SocketReader {
     });
   }
 
+  /**
+   * Resolves with exactly `n` bytes as the pieces they arrived in: no copy to join them, for
+   * consumers that can write a vector (a large write payload spans several socket reads).
+   */
+  readChunks(n: number): Promise<Buffer[]> {
+    if (this.buffered >= n) return Promise.resolve(this.takeChunks(n));
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => {
+      this.waiter = { kind: 'chunks', need: n, resolve, reject };
+      this.updateFlow();
+    });
+  }
+
   /** Discards exactly `n` bytes without buffering them. */
   skip(n: number): Promise<void> {
     const now = Math.min(n, this.buffered);
@@ -67,21 +81,22 @@ export class SocketReader {
       const n = Math.min(this.skipping, chunk.length);
       this.skipping -= n;
       chunk = chunk.subarray(n);
-      if (this.skipping === 0) this.settle()?.resolve(Buffer.alloc(0));
+      if (this.skipping === 0) (this.settle() as { resolve: () => void } | undefined)?.resolve();
       if (chunk.length === 0) return;
     }
     this.chunks.push(chunk);
     this.buffered += chunk.length;
     const w = this.waiter;
-    if (w?.kind === 'read' && this.buffered >= w.need) {
+    if (w && w.kind !== 'skip' && this.buffered >= w.need) {
       this.waiter = undefined;
-      w.resolve(this.take(w.need));
+      if (w.kind === 'read') w.resolve(this.take(w.need));
+      else w.resolve(this.takeChunks(w.need));
     }
     this.updateFlow();
   }
 
   private updateFlow(): void {
-    const need = this.waiter?.kind === 'read' ? this.waiter.need : 0;
+    const need = this.waiter && this.waiter.kind !== 'skip' ? this.waiter.need : 0;
     const full = this.skipping === 0 && this.buffered >= Math.max(this.highWaterMark, need);
     if (full && !this.paused) {
       this.paused = true;
@@ -110,6 +125,26 @@ export class SocketReader {
         filled += k;
         if (k === c.length) this.chunks.shift();
         else this.chunks[0] = c.subarray(k);
+      }
+    }
+    this.buffered -= n;
+    this.updateFlow();
+    return out;
+  }
+
+  private takeChunks(n: number): Buffer[] {
+    const out: Buffer[] = [];
+    let left = n;
+    while (left > 0) {
+      const c = this.chunks[0]!;
+      if (c.length <= left) {
+        out.push(c);
+        this.chunks.shift();
+        left -= c.length;
+      } else {
+        out.push(c.subarray(0, left));
+        this.chunks[0] = c.subarray(left);
+        left = 0;
       }
     }
     this.buffered -= n;
@@ -149,9 +184,9 @@ export class SocketReader {
   }
 
   /** Removes and returns the outstanding waiter. */
-  private settle(): { resolve: (buf: Buffer) => void; reject: (err: Error) => void } | undefined {
+  private settle(): { resolve: (value: never) => void; reject: (err: Error) => void } | undefined {
     const w = this.waiter;
     this.waiter = undefined;
-    return w as { resolve: (buf: Buffer) => void; reject: (err: Error) => void } | undefined;
+    return w;
   }
 }

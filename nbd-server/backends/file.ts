@@ -10,7 +10,7 @@
  * (measured: random 4 KiB reads went from ~39k to the figures in docs/BENCHMARKS.md). Whatever
  * would block on the disk falls back to the threadpool, so the event loop never waits on it.
  */
-import { promises as fsp, read, write, fdatasync } from 'node:fs';
+import { promises as fsp, read, write, writev, fdatasync } from 'node:fs';
 import { NotSupportedError, systemErrorCode } from '../../common/errors.js';
 import { fileOps } from '../../common/fileops.js';
 import type { Backend, ByteCount, Extent, WriteFlags, ZeroFlags } from '../backend.js';
@@ -21,6 +21,9 @@ function readAsync(fd: number, buf: Buffer, at: number, n: number, pos: number):
 }
 function writeAsync(fd: number, buf: Buffer, at: number, n: number, pos: number): Promise<number> {
   return new Promise((resolve, reject) => write(fd, buf, at, n, pos, (err, k) => (err ? reject(err) : resolve(k))));
+}
+function writevAsync(fd: number, bufs: readonly Buffer[], pos: number): Promise<number> {
+  return new Promise((resolve, reject) => writev(fd, bufs, pos, (err, k) => (err ? reject(err) : resolve(k))));
 }
 function fdatasyncAsync(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
@@ -100,6 +103,20 @@ export class FileBackend implements Backend {
     }
     while (done < data.length) {
       done += await writeAsync(this.fd, data, done, data.length - done, offset + done);
+    }
+    if (flags.fua) await this.flush();
+  }
+
+  async pwritev(chunks: readonly Buffer[], offset: ByteCount, flags: WriteFlags): Promise<void> {
+    let pos = offset;
+    let pending = chunks;
+    while (pending.length > 0) {
+      let n = await writevAsync(this.fd, pending, pos);
+      pos += n;
+      // A short write leaves a tail: drop what was written and go on with the rest.
+      let i = 0;
+      while (i < pending.length && n >= pending[i]!.length) n -= pending[i++]!.length;
+      pending = i < pending.length ? [pending[i]!.subarray(n), ...pending.slice(i + 1)] : [];
     }
     if (flags.fua) await this.flush();
   }

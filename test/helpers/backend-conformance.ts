@@ -43,6 +43,14 @@ export function backendConformance(
       expect((await backend.pread(3, CONFORMANCE_SIZE - 3)).toString()).toBe('end');
     });
 
+    it('a vectored write (pwritev) lands its pieces back to back', async () => {
+      if (!backend.pwritev) return;
+      const pieces = [randomBytes(65_536, 3), randomBytes(1, 4), randomBytes(100_000, 5)];
+      await backend.pwritev(pieces, 3 * 1024 * 1024 + 11, { fua: false });
+      const back = await backend.pread(165_537, 3 * 1024 * 1024 + 11);
+      expect(back.equals(Buffer.concat(pieces))).toBe(true);
+    });
+
     it('zero and trim make ranges read as zeroes, and whole-block zeroing reports holes', async () => {
       if (!backend.pwrite) return;
       const data = randomBytes(1024 * 1024, 2);
