@@ -5,6 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileBackend } from '../../nbd-server/backends/file.js';
 import { MemoryBackend } from '../../nbd-server/backends/memory.js';
 import { readOnly } from '../../nbd-server/filters/read-only.js';
+import { CMD, NBD_ERR } from '../../nbd-server/protocol.js';
+import { openExport } from '../helpers/raw-client.js';
 import { exitCode, requireTools, run } from '../helpers/tools.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { tempDir } from '../helpers/tmp.js';
@@ -96,6 +98,18 @@ describe('nbdinfo', () => {
       { offset: 8 * MiB, length: MiB, type: 0, description: 'data' },
       { offset: 9 * MiB, length: 55 * MiB, type: 3, description: 'hole,zero' },
     ]);
+  });
+
+  it('honours NBD_CMD_CACHE on a file export (readahead) and refuses it past the end', async () => {
+    const c = await openExport(srv.tcp.port, 'disk');
+    try {
+      c.sendRequest({ type: CMD.CACHE, handle: 1n, offset: 8 * MiB, length: MiB });
+      expect((await c.simpleReply()).error).toBe(0);
+      c.sendRequest({ type: CMD.CACHE, handle: 2n, offset: 64 * MiB, length: 1 });
+      expect((await c.simpleReply()).error).toBe(NBD_ERR.EINVAL);
+    } finally {
+      c.destroy();
+    }
   });
 
   it('fails cleanly for an export that does not exist', async () => {

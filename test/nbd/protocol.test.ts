@@ -379,6 +379,27 @@ describe('NBD protocol on raw sockets', () => {
       expect(one!.payload.length).toBe(4 + 8);
     });
 
+    it('accepts a request of exactly the 32 MiB maximum', async () => {
+      const c = await open('big');
+      const data = Buffer.alloc(32 * MiB, 0x42);
+      c.sendRequest({ type: CMD.WRITE, handle: 1n, offset: MiB, data });
+      expect((await c.simpleReply()).error).toBe(0);
+      c.sendRequest({ type: CMD.READ, handle: 2n, offset: MiB, length: 32 * MiB });
+      const r = await c.simpleReply(32 * MiB);
+      expect(r.error).toBe(0);
+      expect(r.data.equals(data)).toBe(true);
+    });
+
+    it('makes a write flushed on one connection visible on another (CAN_MULTI_CONN)', async () => {
+      const a = await open('big');
+      const b = await open('big');
+      a.sendRequest({ type: CMD.WRITE, handle: 1n, offset: 40 * MiB, data: Buffer.from('shared') });
+      expect((await a.simpleReply()).error).toBe(0);
+      await a.ping(); // FLUSH
+      b.sendRequest({ type: CMD.READ, handle: 2n, offset: 40 * MiB, length: 6 });
+      expect((await b.simpleReply(6)).data.toString()).toBe('shared');
+    });
+
     it('fails FAST_ZERO only where zeroing would be slow, and honours NO_HOLE', async () => {
       const c = await open();
       c.sendRequest({ type: CMD.WRITE, handle: 1n, offset: 0, data: Buffer.alloc(8192, 3) });
