@@ -62,7 +62,7 @@ const ZERO_PIECE = Buffer.alloc(1024 * 1024);
 /** How long a closing connection may take to hand its last replies to a peer. */
 const CLOSE_GRACE_MS = 5000;
 
-/** A reply: frames written back to back, and the bytes of budget freed once they are sent. */
+/** A reply: frames written back to back, never interleaved with another reply's. */
 interface Reply {
   frames: Buffer[];
 }

@@ -65,7 +65,7 @@ export class SocketReader {
   /** Discards exactly `n` bytes without buffering them. */
   skip(n: number): Promise<void> {
     const now = Math.min(n, this.buffered);
-    this.drop(now);
+    this.takeChunks(now);
     if (now === n) return Promise.resolve();
     if (this.failure) return Promise.reject(this.failure);
     this.skipping = n - now;
@@ -107,29 +107,10 @@ export class SocketReader {
     }
   }
 
+  /** Exactly `n` bytes as one buffer: zero-copy when they arrived in one piece (the usual case for headers). */
   private take(n: number): Buffer {
-    const first = this.chunks[0];
-    let out: Buffer;
-    if (first && first.length >= n) {
-      // Zero-copy: the common case for headers and for payloads arriving in one chunk.
-      out = first.subarray(0, n);
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
-    } else {
-      out = Buffer.allocUnsafe(n);
-      let filled = 0;
-      while (filled < n) {
-        const c = this.chunks[0]!;
-        const k = Math.min(c.length, n - filled);
-        c.copy(out, filled, 0, k);
-        filled += k;
-        if (k === c.length) this.chunks.shift();
-        else this.chunks[0] = c.subarray(k);
-      }
-    }
-    this.buffered -= n;
-    this.updateFlow();
-    return out;
+    const parts = this.takeChunks(n);
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts, n);
   }
 
   private takeChunks(n: number): Buffer[] {
@@ -150,17 +131,6 @@ export class SocketReader {
     this.buffered -= n;
     this.updateFlow();
     return out;
-  }
-
-  private drop(n: number): void {
-    while (n > 0) {
-      const c = this.chunks[0]!;
-      const k = Math.min(c.length, n);
-      if (k === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(k);
-      this.buffered -= k;
-      n -= k;
-    }
   }
 
   /** Fails the outstanding and all later reads with `err` (used to stop a connection). */
