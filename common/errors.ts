@@ -68,6 +68,16 @@ export class UnknownExportError extends SlackerError {
   override readonly code = 'SLACKER_ERR_UNKNOWN_EXPORT';
 }
 
+/** A named thing (volume, layer, snapshot) does not exist. */
+export class NotFoundError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_NOT_FOUND';
+}
+
+/** The operation conflicts with the current state: already exists, in use, has dependants. */
+export class ConflictError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_CONFLICT';
+}
+
 /** Configuration or command-line input that cannot be used. */
 export class ConfigError extends SlackerError {
   override readonly code = 'SLACKER_ERR_CONFIG';

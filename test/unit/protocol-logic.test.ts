@@ -2,6 +2,8 @@
 import { describe, expect, it } from 'vitest';
 import {
   ConfigError,
+  ConflictError,
+  NotFoundError,
   InvalidArgumentError,
   IoError,
   NoSpaceError,
@@ -34,6 +36,8 @@ describe('error hierarchy', () => {
     [new ProtocolError('x'), 'SLACKER_ERR_PROTOCOL', NBD_ERR.EIO],
     [new UnknownExportError('x'), 'SLACKER_ERR_UNKNOWN_EXPORT', NBD_ERR.EIO],
     [new ConfigError('x'), 'SLACKER_ERR_CONFIG', NBD_ERR.EIO],
+    [new NotFoundError('x'), 'SLACKER_ERR_NOT_FOUND', NBD_ERR.EIO],
+    [new ConflictError('x'), 'SLACKER_ERR_CONFLICT', NBD_ERR.EIO],
   ];
   it.each(table)('%s has a stable code and errno', (err, code, errno) => {
     expect(err).toBeInstanceOf(SlackerError);

@@ -1,0 +1,209 @@
+/** Layer volumes: the backend conformance suite, then copy-on-write, freeze, clone and lifecycle. */
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ConflictError, InvalidArgumentError, NotFoundError, ReadOnlyError } from '../../common/errors.js';
+import { capabilitiesOf } from '../../nbd-server/backend.js';
+import { VolumeManager } from '../../volumes/manager.js';
+import { SCHEMA_VERSION } from '../../volumes/metadata.js';
+import { backendConformance, CONFORMANCE_SIZE } from '../helpers/backend-conformance.js';
+import { randomBytes, tempDir } from '../helpers/tmp.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
+const CHUNK = 64 * KiB;
+
+async function managerIn(): Promise<{ mgr: VolumeManager; cleanup: () => Promise<void> }> {
+  const dir = await tempDir('slacker-vol-');
+  const mgr = await VolumeManager.open(dir.path);
+  return {
+    mgr,
+    cleanup: async () => {
+      await mgr.close();
+      await dir.cleanup();
+    },
+  };
+}
+
+backendConformance('volume (new, writable)', async () => {
+  const { mgr, cleanup } = await managerIn();
+  await mgr.create('v', CONFORMANCE_SIZE, { chunkSize: CHUNK });
+  return { backend: await mgr.acquire('v'), cleanup };
+});
+
+backendConformance('volume (clone of a frozen snapshot)', async () => {
+  const { mgr, cleanup } = await managerIn();
+  await mgr.create('base', CONFORMANCE_SIZE, { chunkSize: CHUNK });
+  const b = await mgr.acquire('base');
+  await b.pwrite!(randomBytes(300 * KiB, 9), 6 * MiB + 100, { fua: true });
+  await mgr.release('base');
+  await mgr.freeze('base');
+  await mgr.clone('base', 'child');
+  return { backend: await mgr.acquire('child'), cleanup };
+});
+
+describe('volumes', () => {
+  let mgr: VolumeManager;
+  let cleanup: () => Promise<void>;
+  beforeEach(async () => {
+    ({ mgr, cleanup } = await managerIn());
+  });
+  afterEach(async () => {
+    await cleanup();
+  });
+
+  /** Writes through a short-lived handle, the way a client would, then flushes. */
+  async function write(id: string, data: Buffer, offset: number): Promise<void> {
+    const v = await mgr.acquire(id);
+    await v.pwrite!(data, offset, { fua: true });
+    await mgr.release(id);
+  }
+  async function read(id: string, length: number, offset: number): Promise<Buffer> {
+    const v = await mgr.acquire(id);
+    try {
+      return await v.pread(length, offset);
+    } finally {
+      await mgr.release(id);
+    }
+  }
+
+  it('clones in O(1): no chunk map copied, no data allocated, whatever the size', async () => {
+    for (const [id, size] of [
+      ['small', GiB],
+      ['huge', 100 * GiB],
+    ] as const) {
+      await mgr.create(id, size, { chunkSize: CHUNK });
+      for (let i = 0; i < 50; i++) await write(id, randomBytes(CHUNK, i), i * 37 * CHUNK);
+      await mgr.freeze(id);
+      const t0 = performance.now();
+      await mgr.clone(id, `${id}-clone`);
+      expect(performance.now() - t0).toBeLessThan(50);
+      expect(mgr.stats(`${id}-clone`)).toMatchObject({ chunks: 0, bytesWritten: 0, virtualSize: size });
+      expect((await stat(join(mgr.root, 'data', `${id}-clone.data`))).blocks).toBe(0);
+      expect((await read(`${id}-clone`, CHUNK, 37 * CHUNK)).equals(randomBytes(CHUNK, 1))).toBe(true);
+    }
+  });
+
+  it('copies on write: a clone changes, its parent does not', async () => {
+    await mgr.create('p', 16 * MiB, { chunkSize: CHUNK });
+    const original = randomBytes(3 * CHUNK, 1);
+    await write('p', original, CHUNK);
+    await mgr.freeze('p');
+    await mgr.clone('p', 'c');
+    await write('c', Buffer.from('patched'), CHUNK + 1000); // partial: copy-up of the base chunk
+    const expected = Buffer.from(original);
+    Buffer.from('patched').copy(expected, 1000);
+    expect((await read('c', 3 * CHUNK, CHUNK)).equals(expected)).toBe(true);
+    expect((await read('p', 3 * CHUNK, CHUNK)).equals(original)).toBe(true);
+    expect(mgr.stats('c')).toMatchObject({ chunks: 1, bytesWritten: CHUNK });
+  });
+
+  it('serialises concurrent partial writes to one chunk (no lost update in copy-on-write)', async () => {
+    await mgr.create('p', 4 * MiB, { chunkSize: CHUNK });
+    await write('p', Buffer.alloc(CHUNK, 0x11), 0);
+    await mgr.freeze('p');
+    await mgr.clone('p', 'c');
+    const v = await mgr.acquire('c');
+    await Promise.all(
+      Array.from({ length: 16 }, (_, i) => v.pwrite!(Buffer.alloc(100, i + 1), i * 1000, { fua: false })),
+    );
+    const got = await v.pread(CHUNK, 0);
+    for (let i = 0; i < 16; i++) expect(got.subarray(i * 1000, i * 1000 + 100).every((b) => b === i + 1)).toBe(true);
+    expect(got[50_000]).toBe(0x11);
+    await mgr.release('c');
+  });
+
+  it('freezes into content-addressed chunks: duplicates stored once, zero chunks become holes', async () => {
+    await mgr.create('v', 8 * MiB, { chunkSize: CHUNK });
+    const same = randomBytes(CHUNK, 5);
+    await write('v', same, 0);
+    await write('v', same, 10 * CHUNK);
+    await write('v', Buffer.alloc(CHUNK), 20 * CHUNK); // written, but all zeroes
+    await mgr.freeze('v');
+    const files = (await readdir(join(mgr.root, 'chunks'), { recursive: true, withFileTypes: true })).filter((e) =>
+      e.isFile(),
+    );
+    expect(files).toHaveLength(1);
+    expect(mgr.stats('v')).toMatchObject({ frozen: true, chunks: 2 });
+    const v = await mgr.acquire('v');
+    expect(capabilitiesOf(v).write).toBe(false); // frozen volumes are served read-only
+    const ext = await v.extents!(0, 21 * CHUNK);
+    expect(ext.find((x) => x.offset <= 20 * CHUNK && 20 * CHUNK < x.offset + x.length)!.hole).toBe(true);
+    await mgr.release('v');
+  });
+
+  it('keeps reads flat along a deep clone chain', async () => {
+    await mgr.create('l0', 8 * MiB, { chunkSize: CHUNK });
+    let parent = 'l0';
+    for (let i = 1; i <= 30; i++) {
+      await write(parent, randomBytes(CHUNK, 100 + i), i * CHUNK);
+      await mgr.freeze(parent);
+      await mgr.clone(parent, `l${i}`);
+      parent = `l${i}`;
+    }
+    for (let i = 1; i <= 30; i++)
+      expect((await read(parent, CHUNK, i * CHUNK)).equals(randomBytes(CHUNK, 100 + i))).toBe(true);
+    await mgr.freeze(parent);
+    expect(mgr.stats(parent).chunks).toBe(30); // the complete map, not a chain to walk
+  });
+
+  it('persists flushed writes across a restart of the manager', async () => {
+    await mgr.create('v', 4 * MiB, { chunkSize: CHUNK });
+    await write('v', Buffer.from('durable'), 12345);
+    await mgr.close();
+    const again = await VolumeManager.open(mgr.root);
+    try {
+      const v = await again.acquire('v');
+      expect((await v.pread(7, 12345)).toString()).toBe('durable');
+      await again.release('v');
+    } finally {
+      await again.close();
+    }
+  });
+
+  it('refuses what would lose data or break a dependant, with typed errors', async () => {
+    await mgr.create('p', 4 * MiB);
+    await expect(mgr.create('p', 4 * MiB)).rejects.toBeInstanceOf(ConflictError);
+    await expect(mgr.create('../evil', 4 * MiB)).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(mgr.create('odd', 1000)).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(mgr.clone('p', 'c')).rejects.toThrow(/freeze it before cloning/);
+    await mgr.freeze('p');
+    await mgr.clone('p', 'c');
+    await expect(mgr.remove('p')).rejects.toThrow(/has 1 clone/);
+    await mgr.acquire('c');
+    await expect(mgr.remove('c')).rejects.toBeInstanceOf(ConflictError);
+    await expect(mgr.freeze('c')).rejects.toThrow(/is open/);
+    await mgr.release('c');
+    const frozen = await mgr.acquire('p');
+    await expect(frozen.pread(1, 4 * MiB - 1)).resolves.toHaveLength(1);
+    await mgr.release('p');
+    expect(() => mgr.get('nope')).toThrow(NotFoundError);
+    await mgr.remove('c');
+    await mgr.remove('p');
+    expect(mgr.list()).toEqual([]);
+  });
+
+  it('serves frozen volumes without any write operation, and writable ones refuse writes once frozen', async () => {
+    await mgr.create('p', 4 * MiB);
+    await mgr.freeze('p');
+    const backend = await mgr.acquire('p');
+    expect(backend.pwrite).toBeUndefined(); // so the NBD export is read-only (EPERM on writes)
+    await mgr.release('p');
+    const { Volume } = await import('../../volumes/volume.js');
+    const { Metadata } = await import('../../volumes/metadata.js');
+    const meta = new Metadata(join(mgr.root, 'probe.db'));
+    expect(meta.schemaVersion).toBe(SCHEMA_VERSION);
+    const row = mgr.get('p');
+    const direct = new Volume({
+      row,
+      snapshot: new Map(),
+      overrides: new Map(),
+      data: undefined,
+      chunks: mgr.chunks,
+      metadata: meta,
+    });
+    await expect(direct.pwrite(Buffer.alloc(1), 0, { fua: false })).rejects.toBeInstanceOf(ReadOnlyError);
+    meta.close();
+  });
+});

@@ -1,0 +1,216 @@
+/**
+ * VolumeManager: the layer volumes under one state root.
+ *
+ *   ROOT/metadata.db          SQLite metadata (see metadata.ts for the schema)
+ *   ROOT/chunks/ab/cdef...    local content-addressed chunks (frozen data)
+ *   ROOT/data/<id>.data       sparse data file of each writable volume (its own writes)
+ *
+ * Operations: create (empty), clone (O(1): a row and an empty sparse file; the parent must be
+ * frozen), freeze (hash the volume's own chunks into the store, materialise its complete map in
+ * one transaction), open/release (refcounted, one shared Backend per volume), remove (refused
+ * while clones or openers depend on it), list, stats.
+ */
+import { mkdir, open as openFile, rm, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ConflictError, InvalidArgumentError, NotFoundError } from '../common/errors.js';
+import type { Backend } from '../nbd-server/backend.js';
+import { FileBackend } from '../nbd-server/backends/file.js';
+import { readOnly } from '../nbd-server/filters/read-only.js';
+import { LocalChunks } from './local-chunks.js';
+import { Metadata, type VolumeRow } from './metadata.js';
+import { DEFAULT_CHUNK_SIZE, isAllZero, isVolumeId, type ChunkIndex, type Digest, type VolumeId } from './types.js';
+import { Volume } from './volume.js';
+
+export interface VolumeStats {
+  id: VolumeId;
+  parent: VolumeId | null;
+  frozen: boolean;
+  virtualSize: number;
+  chunkSize: number;
+  /** Chunks written by this volume itself (writable) or mapped in its snapshot (frozen). */
+  chunks: number;
+  /** Bytes this volume wrote itself (writable volumes). */
+  bytesWritten: number;
+  openCount: number;
+}
+
+interface OpenVolume {
+  volume: Volume;
+  backend: Backend;
+  refs: number;
+}
+
+export class VolumeManager {
+  private readonly open = new Map<VolumeId, OpenVolume>();
+  /** Complete maps of frozen volumes, loaded once and shared by all their clones. */
+  private readonly snapshots = new Map<VolumeId, Map<ChunkIndex, Digest>>();
+
+  private constructor(
+    readonly root: string,
+    private readonly metadata: Metadata,
+    readonly chunks: LocalChunks,
+  ) {}
+
+  static async open(root: string): Promise<VolumeManager> {
+    await mkdir(join(root, 'data'), { recursive: true });
+    await mkdir(join(root, 'chunks'), { recursive: true });
+    return new VolumeManager(root, new Metadata(join(root, 'metadata.db')), new LocalChunks(join(root, 'chunks')));
+  }
+
+  list(): VolumeRow[] {
+    return this.metadata.listVolumes();
+  }
+
+  get(id: string): VolumeRow {
+    const row = isVolumeId(id) ? this.metadata.getVolume(id) : undefined;
+    if (!row) throw new NotFoundError(`no volume ${JSON.stringify(id)}`, { context: { volume: id } });
+    return row;
+  }
+
+  async create(id: string, size: number, options: { chunkSize?: number } = {}): Promise<VolumeRow> {
+    const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
+    if (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0) {
+      throw new InvalidArgumentError('volume size must be a positive multiple of 512 bytes', { context: { size } });
+    }
+    if (!Number.isSafeInteger(chunkSize) || chunkSize < 4096 || (chunkSize & (chunkSize - 1)) !== 0) {
+      throw new InvalidArgumentError('chunk size must be a power of two of at least 4096', { context: { chunkSize } });
+    }
+    return this.add(id, null, size, chunkSize);
+  }
+
+  /** O(1): the clone shares every chunk with its frozen parent until written. */
+  async clone(parentId: string, id: string): Promise<VolumeRow> {
+    const parent = this.get(parentId);
+    if (!parent.frozen) {
+      throw new ConflictError(`volume ${parent.id} is writable: freeze it before cloning`, {
+        context: { volume: parent.id },
+      });
+    }
+    return this.add(id, parent.id, parent.size, parent.chunkSize);
+  }
+
+  async freeze(id: string): Promise<VolumeRow> {
+    const row = this.get(id);
+    if (row.frozen) return row;
+    if (this.open.has(row.id)) {
+      throw new ConflictError(`volume ${row.id} is open: release it before freezing`, { context: { volume: row.id } });
+    }
+    const volume = await this.load(row);
+    try {
+      await volume.flush();
+      const map = await volume.materialize(async (data) => (isAllZero(data) ? undefined : this.chunks.put(data)));
+      this.metadata.freeze(row.id, map);
+      this.snapshots.set(row.id, map);
+    } finally {
+      await volume.close();
+    }
+    await unlink(this.dataPath(row.id)).catch(() => undefined);
+    return this.get(id);
+  }
+
+  /** Opens (or shares) the volume's backend; frozen volumes are read-only. Pair with release(). */
+  async acquire(id: string): Promise<Backend> {
+    const row = this.get(id);
+    let o = this.open.get(row.id);
+    if (!o) {
+      const volume = await this.load(row);
+      o = { volume, backend: row.frozen ? readOnly(volume) : volume, refs: 0 };
+      this.open.set(row.id, o);
+    }
+    o.refs++;
+    return o.backend;
+  }
+
+  async release(id: string): Promise<void> {
+    const row = this.get(id);
+    const o = this.open.get(row.id);
+    if (!o) return;
+    if (--o.refs === 0) {
+      this.open.delete(row.id);
+      await o.volume.close();
+    }
+  }
+
+  async remove(id: string): Promise<void> {
+    const row = this.get(id);
+    const children = this.metadata.children(row.id);
+    if (children.length > 0) {
+      throw new ConflictError(`volume ${row.id} has ${children.length} clone(s): remove them first`, {
+        context: { volume: row.id, children },
+      });
+    }
+    if (this.open.has(row.id)) {
+      throw new ConflictError(`volume ${row.id} is open`, { context: { volume: row.id } });
+    }
+    this.metadata.deleteVolume(row.id);
+    this.snapshots.delete(row.id);
+    await rm(this.dataPath(row.id), { force: true });
+  }
+
+  stats(id: string): VolumeStats {
+    const row = this.get(id);
+    const overrides = row.frozen ? new Map() : this.metadata.overrides(row.id);
+    const o = this.open.get(row.id);
+    const written = o ? o.volume.localChunks : [...overrides.values()].filter((k) => k === 'data').length;
+    return {
+      id: row.id,
+      parent: row.parent,
+      frozen: row.frozen,
+      virtualSize: row.size,
+      chunkSize: row.chunkSize,
+      chunks: row.frozen ? this.snapshotOf(row.id).size : written,
+      bytesWritten: row.frozen ? 0 : written * row.chunkSize,
+      openCount: o?.refs ?? 0,
+    };
+  }
+
+  async close(): Promise<void> {
+    for (const o of this.open.values()) await o.volume.close();
+    this.open.clear();
+    this.metadata.close();
+  }
+
+  private async add(id: string, parent: VolumeId | null, size: number, chunkSize: number): Promise<VolumeRow> {
+    if (!isVolumeId(id)) {
+      throw new InvalidArgumentError(`bad volume id ${JSON.stringify(id)}: letters, digits, . _ - (max 128)`, {
+        context: { volume: id },
+      });
+    }
+    if (this.metadata.getVolume(id))
+      throw new ConflictError(`volume ${id} already exists`, { context: { volume: id } });
+    // The sparse data file first: a crash leaves at worst an orphan file, never a row without one.
+    const f = await openFile(this.dataPath(id), 'w');
+    try {
+      await f.truncate(size);
+    } finally {
+      await f.close();
+    }
+    this.metadata.insertVolume({ id, parent, size, chunkSize });
+    return this.get(id);
+  }
+
+  private async load(row: VolumeRow): Promise<Volume> {
+    const snapshot = row.frozen ? this.snapshotOf(row.id) : row.parent ? this.snapshotOf(row.parent) : new Map();
+    return new Volume({
+      row,
+      snapshot,
+      overrides: row.frozen ? new Map() : this.metadata.overrides(row.id),
+      data: row.frozen ? undefined : await FileBackend.open({ path: this.dataPath(row.id) }),
+      chunks: this.chunks,
+      metadata: this.metadata,
+    });
+  }
+
+  private snapshotOf(id: VolumeId): Map<ChunkIndex, Digest> {
+    let map = this.snapshots.get(id);
+    if (!map) {
+      map = this.metadata.snapshotMap(id);
+      this.snapshots.set(id, map);
+    }
+    return map;
+  }
+
+  private dataPath(id: VolumeId): string {
+    return join(this.root, 'data', `${id}.data`);
+  }
+}

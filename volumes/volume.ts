@@ -1,0 +1,234 @@
+/**
+ * A layer volume as a block backend. A volume is a virtual device cut into fixed-size chunks;
+ * each chunk is, in order of lookup:
+ *   1. an override of this (writable) volume: 'data' in its sparse data file at the chunk's own
+ *      offset, or 'zero';
+ *   2. a chunk of its frozen base, by digest, in the local content-addressed store;
+ *   3. otherwise a hole: zeroes.
+ * Writes are copy-on-write at chunk granularity: the first partial write to a chunk copies the
+ * base's chunk into the data file, serialised per chunk. Overrides reach the metadata only at
+ * FLUSH/FUA, after the data file is synced. Knows nothing of NBD framing: it is only a Backend.
+ */
+import { NotSupportedError, ReadOnlyError } from '../common/errors.js';
+import type { Backend, BlockSizes, ByteCount, Extent, WriteFlags, ZeroFlags } from '../nbd-server/backend.js';
+import type { FileBackend } from '../nbd-server/backends/file.js';
+import type { LocalChunks } from './local-chunks.js';
+import type { Metadata, Override, VolumeRow } from './metadata.js';
+import type { ChunkIndex, Digest } from './types.js';
+
+/** One chunk's share of a request. */
+interface Piece {
+  idx: ChunkIndex;
+  /** Offset within the chunk. */
+  at: number;
+  length: number;
+  /** Offset within the request. */
+  pos: number;
+}
+
+export interface VolumeParts {
+  row: VolumeRow;
+  /** Frozen: its own complete map. Writable: its base's map (empty without a base). */
+  snapshot: Map<ChunkIndex, Digest>;
+  /** Writable only: the overrides since the clone, as committed. */
+  overrides: Map<ChunkIndex, Override>;
+  /** Writable only: the sparse data file. */
+  data: FileBackend | undefined;
+  chunks: LocalChunks;
+  metadata: Metadata;
+}
+
+export class Volume implements Backend {
+  readonly kind = 'volume';
+  readonly size: ByteCount;
+  readonly blockSizes: BlockSizes;
+  readonly multiConn = true; // one instance per volume, shared by every connection
+  readonly row: VolumeRow;
+  private readonly chunkSize: number;
+  /** Overrides not yet committed to the metadata (waiting for a flush). */
+  private readonly pending = new Map<ChunkIndex, Override>();
+  /** Per-chunk serialisation of copy-on-write (read-modify-write). */
+  private readonly locks = new Map<ChunkIndex, Promise<void>>();
+  private closed = false;
+
+  constructor(private readonly parts: VolumeParts) {
+    this.row = parts.row;
+    this.size = parts.row.size;
+    this.chunkSize = parts.row.chunkSize;
+    this.blockSizes = { minimum: 1, preferred: this.chunkSize, maximum: 32 * 1024 * 1024 };
+  }
+
+  get description(): string {
+    return `slacker volume ${this.row.id}${this.row.frozen ? ' (frozen)' : ''}`;
+  }
+
+  /** Chunks this volume holds in its own data file. */
+  get localChunks(): number {
+    let n = 0;
+    for (const kind of this.parts.overrides.values()) if (kind === 'data') n++;
+    return n;
+  }
+
+  async pread(length: ByteCount, offset: ByteCount): Promise<Buffer> {
+    const out = Buffer.allocUnsafe(length);
+    await Promise.all(this.pieces(offset, length).map((p) => this.readPiece(p, out, p.pos)));
+    return out;
+  }
+
+  async pwrite(data: Buffer, offset: ByteCount, flags: WriteFlags): Promise<void> {
+    const file = this.writable();
+    await Promise.all(
+      this.pieces(offset, data.length).map((p) =>
+        this.withChunkLock(p.idx, async () => {
+          const slice = data.subarray(p.pos, p.pos + p.length);
+          const start = p.idx * this.chunkSize;
+          if (this.parts.overrides.get(p.idx) === 'data' || p.length === this.chunkLength(p.idx)) {
+            await file.pwrite(slice, start + p.at, { fua: false });
+          } else {
+            // Copy-on-write: the chunk's current content, overlaid with the write, lands whole.
+            const whole = Buffer.allocUnsafe(this.chunkLength(p.idx));
+            await this.readPiece({ idx: p.idx, at: 0, length: whole.length, pos: 0 }, whole, 0);
+            slice.copy(whole, p.at);
+            await file.pwrite(whole, start, { fua: false });
+          }
+          this.setOverride(p.idx, 'data');
+        }),
+      ),
+    );
+    if (flags.fua) await this.flush();
+  }
+
+  async zero(offset: ByteCount, length: ByteCount, flags: ZeroFlags): Promise<void> {
+    const file = this.writable();
+    const pieces = this.pieces(offset, length);
+    const partial = pieces.filter((p) => p.length !== this.chunkLength(p.idx));
+    if (flags.fast && partial.length > 0) {
+      throw new NotSupportedError('zeroing part of a chunk is a write, not a fast zero');
+    }
+    await Promise.all(
+      pieces.map((p) =>
+        p.length === this.chunkLength(p.idx)
+          ? this.withChunkLock(p.idx, async () => {
+              this.setOverride(p.idx, 'zero');
+              await file.trim(p.idx * this.chunkSize, p.length, { fua: false }); // free the space
+            })
+          : this.pwrite(Buffer.alloc(p.length), p.idx * this.chunkSize + p.at, { fua: false }),
+      ),
+    );
+    if (flags.fua) await this.flush();
+  }
+
+  async trim(offset: ByteCount, length: ByteCount, flags: WriteFlags): Promise<void> {
+    // Only whole chunks can be dropped; TRIM is advisory, so the partial ends are left alone.
+    const whole = this.pieces(offset, length).filter((p) => p.length === this.chunkLength(p.idx));
+    for (const p of whole) await this.zero(p.idx * this.chunkSize, p.length, { fua: false, mayTrim: true, fast: true });
+    if (flags.fua) await this.flush();
+  }
+
+  async flush(): Promise<void> {
+    if (!this.parts.data) return;
+    const batch = new Map(this.pending);
+    this.pending.clear();
+    await this.parts.data.flush(); // the data first ...
+    if (batch.size > 0) this.parts.metadata.commitOverrides(this.row.id, batch); // ... then the map
+  }
+
+  async extents(offset: ByteCount, length: ByteCount): Promise<Extent[]> {
+    const out: Extent[] = [];
+    for (const p of this.pieces(offset, length)) {
+      const hole = this.sourceOf(p.idx).kind === 'zero';
+      const last = out[out.length - 1];
+      if (last && last.hole === hole) last.length += p.length;
+      else out.push({ offset: offset + p.pos, length: p.length, hole, zero: hole });
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.flush();
+    this.closed = true;
+    await this.parts.data?.close();
+  }
+
+  /** Where a chunk's bytes are now. */
+  sourceOf(idx: ChunkIndex): { kind: 'local' } | { kind: 'zero' } | { kind: 'chunk'; digest: Digest } {
+    const o = this.parts.overrides.get(idx);
+    if (o === 'data') return { kind: 'local' };
+    if (o === 'zero') return { kind: 'zero' };
+    const digest = this.parts.snapshot.get(idx);
+    return digest ? { kind: 'chunk', digest } : { kind: 'zero' };
+  }
+
+  /** The complete chunk map this volume would have if frozen now (flush first). */
+  async materialize(store: (data: Buffer) => Promise<Digest | undefined>): Promise<Map<ChunkIndex, Digest>> {
+    const map = new Map(this.parts.snapshot);
+    for (const [idx, kind] of this.parts.overrides) {
+      if (kind === 'zero') {
+        map.delete(idx);
+        continue;
+      }
+      const data = await this.parts.data!.pread(this.chunkLength(idx), idx * this.chunkSize);
+      const digest = await store(data);
+      if (digest) map.set(idx, digest);
+      else map.delete(idx); // all zeroes: a hole
+    }
+    return map;
+  }
+
+  private async readPiece(p: Piece, out: Buffer, at: number): Promise<void> {
+    const src = this.sourceOf(p.idx);
+    if (src.kind === 'zero') {
+      out.fill(0, at, at + p.length);
+    } else if (src.kind === 'local') {
+      const data = await this.parts.data!.pread(p.length, p.idx * this.chunkSize + p.at);
+      data.copy(out, at);
+    } else {
+      await this.parts.chunks.read(src.digest, p.at, p.length, out, at);
+    }
+  }
+
+  private setOverride(idx: ChunkIndex, kind: Override): void {
+    this.parts.overrides.set(idx, kind);
+    this.pending.set(idx, kind);
+  }
+
+  private writable(): FileBackend {
+    if (this.row.frozen || !this.parts.data) {
+      throw new ReadOnlyError(`volume ${this.row.id} is frozen`, { context: { volume: this.row.id } });
+    }
+    return this.parts.data;
+  }
+
+  private chunkLength(idx: ChunkIndex): number {
+    return Math.min(this.chunkSize, this.size - idx * this.chunkSize);
+  }
+
+  private pieces(offset: ByteCount, length: ByteCount): Piece[] {
+    const out: Piece[] = [];
+    for (let pos = 0; pos < length;) {
+      const abs = offset + pos;
+      const idx = Math.floor(abs / this.chunkSize);
+      const at = abs - idx * this.chunkSize;
+      const n = Math.min(this.chunkSize - at, length - pos);
+      out.push({ idx, at, length: n, pos });
+      pos += n;
+    }
+    return out;
+  }
+
+  private async withChunkLock(idx: ChunkIndex, fn: () => Promise<void>): Promise<void> {
+    const previous = this.locks.get(idx) ?? Promise.resolve();
+    const run = previous.then(fn, fn);
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.locks.set(idx, settled);
+    try {
+      await run;
+    } finally {
+      if (this.locks.get(idx) === settled) this.locks.delete(idx);
+    }
+  }
+}
