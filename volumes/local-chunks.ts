@@ -28,8 +28,14 @@ export class LocalChunks {
   /** Stores `data` under its digest (idempotent) and returns the digest. */
   async put(data: Buffer): Promise<Digest> {
     const digest = digestOf(data);
+    await this.putVerified(digest, data);
+    return digest;
+  }
+
+  /** Stores data already verified to match `digest`. */
+  async putVerified(digest: Digest, data: Buffer): Promise<void> {
     const path = this.pathOf(digest);
-    if (await this.has(digest)) return digest;
+    if (await this.has(digest)) return;
     await mkdir(join(path, '..'), { recursive: true });
     const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
     const f = await open(tmp, 'wx');
@@ -40,25 +46,26 @@ export class LocalChunks {
       await f.close();
     }
     await rename(tmp, path);
-    return digest;
   }
 
   /**
-   * Reads `length` bytes at `offset` within a chunk into `into` at `at`. The chunk must be
-   * present; what is read is not re-verified here (it was verified when stored).
+   * Reads `length` bytes at `offset` within a chunk into `into` at `at`; false if the chunk is
+   * not stored here. What is read is not re-verified (it was verified when stored).
    */
-  async read(digest: Digest, offset: number, length: number, into: Buffer, at: number): Promise<void> {
+  async read(digest: Digest, offset: number, length: number, into: Buffer, at: number): Promise<boolean> {
     let f;
     try {
       f = await open(this.pathOf(digest), 'r');
     } catch (err) {
-      throw new IoError(`chunk ${digest} is missing from the local store`, { cause: err, context: { digest } });
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw err;
     }
     try {
       const { bytesRead } = await f.read(into, at, length, offset);
       if (bytesRead !== length) {
         throw new IoError(`chunk ${digest} is truncated`, { context: { digest, offset, length, bytesRead } });
       }
+      return true;
     } finally {
       await f.close();
     }

@@ -1,5 +1,5 @@
 /**
- * VolumeManager: the layer volumes under one state root.
+ * VolumeManager: the layer volumes under one state root, and their backing store.
  *
  *   ROOT/metadata.db          SQLite metadata (see metadata.ts for the schema)
  *   ROOT/chunks/ab/cdef...    local content-addressed chunks (frozen data)
@@ -7,18 +7,32 @@
  *
  * Operations: create (empty), clone (O(1): a row and an empty sparse file; the parent must be
  * frozen), freeze (hash the volume's own chunks into the store, materialise its complete map in
- * one transaction), open/release (refcounted, one shared Backend per volume), remove (refused
- * while clones or openers depend on it), list, stats.
+ * one transaction), publish (upload the chunks the store lacks, then the manifest; returns the
+ * snapshot reference), openSnapshot (a frozen volume from a reference: metadata only, chunks
+ * fetched on first read), acquire/release (refcounted, one shared Backend per volume), remove
+ * (refused while clones or openers depend on it), list, stats.
  */
 import { mkdir, open as openFile, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ConflictError, InvalidArgumentError, NotFoundError } from '../common/errors.js';
+import { ConfigError, ConflictError, InvalidArgumentError, IoError, NotFoundError } from '../common/errors.js';
+import { silentLogger, type Logger } from '../common/logger.js';
+import type { BackingStore } from '../stores/backing-store.js';
+import { ChunkReader, DEFAULT_FETCH_POLICY, FetchCounters, type FetchPolicy } from './chunk-reader.js';
+import { decodeManifest, encodeManifest } from './manifest.js';
 import type { Backend } from '../nbd-server/backend.js';
 import { FileBackend } from '../nbd-server/backends/file.js';
 import { readOnly } from '../nbd-server/filters/read-only.js';
 import { LocalChunks } from './local-chunks.js';
 import { Metadata, type VolumeRow } from './metadata.js';
-import { DEFAULT_CHUNK_SIZE, isAllZero, isVolumeId, type ChunkIndex, type Digest, type VolumeId } from './types.js';
+import {
+  DEFAULT_CHUNK_SIZE,
+  isAllZero,
+  isDigest,
+  isVolumeId,
+  type ChunkIndex,
+  type Digest,
+  type VolumeId,
+} from './types.js';
 import { Volume } from './volume.js';
 
 export interface VolumeStats {
@@ -32,7 +46,22 @@ export interface VolumeStats {
   /** Bytes this volume wrote itself (writable volumes). */
   bytesWritten: number;
   openCount: number;
+  snapshotRef: Digest | null;
+  /** Reads of frozen chunks since the volume was opened (zero when not open). */
+  fetch: Pick<FetchCounters, 'chunksFetched' | 'bytesFetched' | 'fetchErrors' | 'localHits' | 'latency'>;
 }
+
+export interface VolumeManagerOptions {
+  /** The shared backing store publish and openSnapshot use, and lazy reads fetch from. */
+  store?: BackingStore;
+  fetchPolicy?: Partial<FetchPolicy>;
+  /** Chunks fetched ahead of a sequential reader (default 4). */
+  readahead?: number;
+  log?: Logger;
+}
+
+/** Chunks uploaded per batch when publishing: bounds memory to batch × chunk size. */
+const PUBLISH_BATCH = 64;
 
 interface OpenVolume {
   volume: Volume;
@@ -45,16 +74,95 @@ export class VolumeManager {
   /** Complete maps of frozen volumes, loaded once and shared by all their clones. */
   private readonly snapshots = new Map<VolumeId, Map<ChunkIndex, Digest>>();
 
+  readonly reader: ChunkReader;
+
   private constructor(
     readonly root: string,
     private readonly metadata: Metadata,
     readonly chunks: LocalChunks,
-  ) {}
+    private readonly options: VolumeManagerOptions,
+  ) {
+    const store = options.store;
+    this.reader = new ChunkReader(
+      chunks,
+      store,
+      (digest) => (store && metadata.locationOf(store.url, digest)) ?? '',
+      { ...DEFAULT_FETCH_POLICY, ...options.fetchPolicy },
+      options.log ?? silentLogger(),
+    );
+  }
 
-  static async open(root: string): Promise<VolumeManager> {
+  static async open(root: string, options: VolumeManagerOptions = {}): Promise<VolumeManager> {
     await mkdir(join(root, 'data'), { recursive: true });
     await mkdir(join(root, 'chunks'), { recursive: true });
-    return new VolumeManager(root, new Metadata(join(root, 'metadata.db')), new LocalChunks(join(root, 'chunks')));
+    const metadata = new Metadata(join(root, 'metadata.db'));
+    return new VolumeManager(root, metadata, new LocalChunks(join(root, 'chunks')), options);
+  }
+
+  get store(): BackingStore | undefined {
+    return this.options.store;
+  }
+
+  /**
+   * Publishes a frozen volume: uploads the chunks the store does not have yet (known from
+   * earlier publishes and opened manifests), then the manifest. Returns the snapshot reference.
+   */
+  async publish(id: string): Promise<Digest> {
+    const store = this.requireStore();
+    const row = this.get(id);
+    if (!row.frozen)
+      throw new ConflictError(`volume ${row.id} must be frozen to publish`, { context: { volume: row.id } });
+    const map = this.snapshotOf(row.id);
+    // A digest's length is its chunk's length: the last chunk of a volume may be short.
+    const lengthOf = new Map<Digest, number>();
+    for (const [idx, digest] of map) lengthOf.set(digest, Math.min(row.chunkSize, row.size - idx * row.chunkSize));
+    const missing = [...lengthOf.keys()].filter((d) => this.metadata.locationOf(store.url, d) === undefined);
+    const counters = new FetchCounters();
+    for (let i = 0; i < missing.length; i += PUBLISH_BATCH) {
+      const batch = await Promise.all(
+        missing.slice(i, i + PUBLISH_BATCH).map(async (digest) => {
+          const data = Buffer.allocUnsafe(lengthOf.get(digest)!);
+          await this.reader.read(digest, 0, data.length, data, 0, counters);
+          return { digest, data };
+        }),
+      );
+      this.metadata.recordLocations(store.url, await store.putChunks(batch));
+    }
+    const hints = new Map([...new Set(map.values())].map((d) => [d, this.metadata.locationOf(store.url, d) ?? '']));
+    const ref = await store.putManifest(
+      encodeManifest({ size: row.size, chunkSize: row.chunkSize, chunks: map, hints }),
+    );
+    this.metadata.setSnapshotRef(row.id, ref);
+    return ref;
+  }
+
+  /** Creates frozen volume `id` from a published snapshot: only metadata moves now. */
+  async openSnapshot(ref: string, id: string): Promise<VolumeRow> {
+    const store = this.requireStore();
+    if (!isDigest(ref))
+      throw new InvalidArgumentError(`bad snapshot reference ${JSON.stringify(ref)}`, { context: { ref } });
+    if (!isVolumeId(id))
+      throw new InvalidArgumentError(`bad volume id ${JSON.stringify(id)}`, { context: { volume: id } });
+    if (this.metadata.getVolume(id))
+      throw new ConflictError(`volume ${id} already exists`, { context: { volume: id } });
+    let bytes: Buffer;
+    try {
+      bytes = await store.getManifest(ref);
+    } catch (err) {
+      throw new IoError(`cannot fetch snapshot ${ref} from ${store.url}`, {
+        cause: err,
+        context: { ref, store: store.url },
+      });
+    }
+    const m = decodeManifest(ref, bytes);
+    const hints = new Map([...new Set(m.chunks.values())].map((d) => [d, m.hints.get(d) ?? '']));
+    this.metadata.insertSnapshot(
+      { id, size: m.size, chunkSize: m.chunkSize, snapshotRef: ref },
+      m.chunks,
+      store.url,
+      hints,
+    );
+    return this.get(id);
   }
 
   list(): VolumeRow[] {
@@ -161,6 +269,8 @@ export class VolumeManager {
       chunks: row.frozen ? this.snapshotOf(row.id).size : written,
       bytesWritten: row.frozen ? 0 : written * row.chunkSize,
       openCount: o?.refs ?? 0,
+      snapshotRef: row.snapshotRef,
+      fetch: o?.volume.counters ?? new FetchCounters(),
     };
   }
 
@@ -196,9 +306,15 @@ export class VolumeManager {
       snapshot,
       overrides: row.frozen ? new Map() : this.metadata.overrides(row.id),
       data: row.frozen ? undefined : await FileBackend.open({ path: this.dataPath(row.id) }),
-      chunks: this.chunks,
+      chunks: this.reader,
       metadata: this.metadata,
+      readahead: this.options.readahead ?? 4,
     });
+  }
+
+  private requireStore(): BackingStore {
+    if (!this.options.store) throw new ConfigError('no backing store configured (--store URL)');
+    return this.options.store;
   }
 
   private snapshotOf(id: VolumeId): Map<ChunkIndex, Digest> {

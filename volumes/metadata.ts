@@ -11,6 +11,11 @@
  *   written_chunks  the overrides of a writable volume since it was cloned: (volume, index) ->
  *                   'data' (the bytes are in the volume's sparse data file at index*chunk_size)
  *                   or 'zero' (explicitly zeroed/trimmed: a hole that hides the base's chunk).
+ *   chunk_locations (store URL, digest) -> location hint: the chunks known to be in a backing
+ *                   store (published from here, or listed in a manifest opened from there), so
+ *                   publishing a clone uploads only chunks the store does not have.
+ *   volumes.snapshot_ref  the reference (manifest digest) a frozen volume was published as or
+ *                   opened from.
  *   meta            schema_version.
  *
  * Crash consistency: a 'data' override is committed only after the data file was fdatasync'ed,
@@ -27,6 +32,8 @@ export interface VolumeRow {
   chunkSize: number;
   frozen: boolean;
   createdAt: number;
+  /** The published reference of a frozen volume, if it was published or opened from a store. */
+  snapshotRef: Digest | null;
 }
 
 export type Override = 'data' | 'zero';
@@ -54,6 +61,14 @@ const MIGRATIONS: string[] = [
      kind TEXT NOT NULL CHECK (kind IN ('data', 'zero')),
      PRIMARY KEY (volume_id, idx)
    ) WITHOUT ROWID;`,
+  // 2: published snapshots and where their chunks live
+  `ALTER TABLE volumes ADD COLUMN snapshot_ref TEXT;
+   CREATE TABLE chunk_locations (
+     store TEXT NOT NULL,
+     digest TEXT NOT NULL,
+     hint TEXT NOT NULL,
+     PRIMARY KEY (store, digest)
+   ) WITHOUT ROWID;`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -65,6 +80,7 @@ interface RawVolume {
   chunk_size: number;
   frozen: number;
   created_at: number;
+  snapshot_ref: string | null;
 }
 
 function toRow(r: RawVolume): VolumeRow {
@@ -75,6 +91,7 @@ function toRow(r: RawVolume): VolumeRow {
     chunkSize: r.chunk_size,
     frozen: r.frozen === 1,
     createdAt: r.created_at,
+    snapshotRef: r.snapshot_ref as Digest | null,
   };
 }
 
@@ -109,7 +126,7 @@ export class Metadata {
     return (this.db.prepare("SELECT value FROM meta WHERE key = 'schema_version'").get() as { value: number }).value;
   }
 
-  insertVolume(v: Omit<VolumeRow, 'createdAt' | 'frozen'>): void {
+  insertVolume(v: Omit<VolumeRow, 'createdAt' | 'frozen' | 'snapshotRef'>): void {
     this.db
       .prepare('INSERT INTO volumes (id, parent, size, chunk_size, frozen, created_at) VALUES (?, ?, ?, ?, 0, ?)')
       .run(v.id, v.parent, v.size, v.chunkSize, Date.now());
@@ -163,6 +180,45 @@ export class Metadata {
       this.db.prepare('DELETE FROM written_chunks WHERE volume_id = ?').run(id);
       this.db.prepare('UPDATE volumes SET frozen = 1 WHERE id = ?').run(id);
     })();
+  }
+
+  /** A frozen volume made from a published snapshot, with where its chunks are, in one go. */
+  insertSnapshot(
+    v: Omit<VolumeRow, 'createdAt' | 'frozen' | 'parent'> & { snapshotRef: Digest },
+    map: Map<ChunkIndex, Digest>,
+    store: string,
+    hints: Map<Digest, string>,
+  ): void {
+    const chunk = this.db.prepare('INSERT INTO snapshot_chunks (volume_id, idx, digest) VALUES (?, ?, ?)');
+    this.db.transaction(() => {
+      this.db
+        .prepare(
+          'INSERT INTO volumes (id, parent, size, chunk_size, frozen, created_at, snapshot_ref) VALUES (?, NULL, ?, ?, 1, ?, ?)',
+        )
+        .run(v.id, v.size, v.chunkSize, Date.now(), v.snapshotRef);
+      for (const [idx, digest] of map) chunk.run(v.id, idx, digest);
+      this.recordLocations(store, hints);
+    })();
+  }
+
+  setSnapshotRef(id: VolumeId, ref: Digest): void {
+    this.db.prepare('UPDATE volumes SET snapshot_ref = ? WHERE id = ?').run(ref, id);
+  }
+
+  recordLocations(store: string, hints: Map<Digest, string>): void {
+    const upsert = this.db.prepare(
+      'INSERT INTO chunk_locations (store, digest, hint) VALUES (?, ?, ?) ON CONFLICT(store, digest) DO UPDATE SET hint = excluded.hint',
+    );
+    this.db.transaction(() => {
+      for (const [digest, hint] of hints) upsert.run(store, digest, hint);
+    })();
+  }
+
+  /** The location hint of a chunk in a store, or undefined if not known to be there. */
+  locationOf(store: string, digest: Digest): string | undefined {
+    const r = this.db.prepare('SELECT hint FROM chunk_locations WHERE store = ? AND digest = ?').get(store, digest) as
+      { hint: string } | undefined;
+    return r?.hint;
   }
 
   deleteVolume(id: VolumeId): void {

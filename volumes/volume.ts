@@ -12,7 +12,7 @@
 import { NotSupportedError, ReadOnlyError } from '../common/errors.js';
 import type { Backend, BlockSizes, ByteCount, Extent, WriteFlags, ZeroFlags } from '../nbd-server/backend.js';
 import type { FileBackend } from '../nbd-server/backends/file.js';
-import type { LocalChunks } from './local-chunks.js';
+import { FetchCounters, type ChunkReader } from './chunk-reader.js';
 import type { Metadata, Override, VolumeRow } from './metadata.js';
 import type { ChunkIndex, Digest } from './types.js';
 
@@ -34,8 +34,10 @@ export interface VolumeParts {
   overrides: Map<ChunkIndex, Override>;
   /** Writable only: the sparse data file. */
   data: FileBackend | undefined;
-  chunks: LocalChunks;
+  chunks: ChunkReader;
   metadata: Metadata;
+  /** Chunks to prefetch ahead of a sequential reader (0: none). */
+  readahead?: number;
 }
 
 export class Volume implements Backend {
@@ -50,6 +52,9 @@ export class Volume implements Backend {
   /** Per-chunk serialisation of copy-on-write (read-modify-write). */
   private readonly locks = new Map<ChunkIndex, Promise<void>>();
   private closed = false;
+  /** Where the previous read ended: a read starting there is sequential. */
+  private lastReadEnd = -1;
+  readonly counters = new FetchCounters();
 
   constructor(private readonly parts: VolumeParts) {
     this.row = parts.row;
@@ -71,8 +76,20 @@ export class Volume implements Backend {
 
   async pread(length: ByteCount, offset: ByteCount): Promise<Buffer> {
     const out = Buffer.allocUnsafe(length);
+    if (offset === this.lastReadEnd) this.readAhead(offset + length);
+    this.lastReadEnd = offset + length;
     await Promise.all(this.pieces(offset, length).map((p) => this.readPiece(p, out, p.pos)));
     return out;
+  }
+
+  /** NBD_CMD_CACHE: bring the range's chunks into the local store. */
+  async cache(offset: ByteCount, length: ByteCount): Promise<void> {
+    await Promise.all(
+      this.pieces(offset, length).map((p) => {
+        const src = this.sourceOf(p.idx);
+        return src.kind === 'chunk' ? this.parts.chunks.prefetch(src.digest, this.counters) : undefined;
+      }),
+    );
   }
 
   async pwrite(data: Buffer, offset: ByteCount, flags: WriteFlags): Promise<void> {
@@ -184,7 +201,17 @@ export class Volume implements Backend {
       const data = await this.parts.data!.pread(p.length, p.idx * this.chunkSize + p.at);
       data.copy(out, at);
     } else {
-      await this.parts.chunks.read(src.digest, p.at, p.length, out, at);
+      await this.parts.chunks.read(src.digest, p.at, p.length, out, at, this.counters);
+    }
+  }
+
+  /** Sequential reader: fetch the next chunks in the background before they are asked for. */
+  private readAhead(from: ByteCount): void {
+    const n = this.parts.readahead ?? 0;
+    const first = Math.ceil(from / this.chunkSize);
+    for (let idx = first; idx < first + n && idx * this.chunkSize < this.size; idx++) {
+      const src = this.sourceOf(idx);
+      if (src.kind === 'chunk') void this.parts.chunks.prefetch(src.digest, this.counters);
     }
   }
 

@@ -10,7 +10,7 @@ export async function tempDir(prefix = 'slacker-test-'): Promise<{ path: string;
 
 /** Deterministic pseudo-random bytes (xorshift32), so failures reproduce. */
 export function prng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
+  let x = (Math.imul(seed, 2654435761) + 1) >>> 0 || 1; // distinct for every 32-bit seed, never 0
   return () => {
     x ^= x << 13;
     x >>>= 0;

@@ -18,7 +18,12 @@ async function digestTree(root: string): Promise<Map<string, string>> {
   for (const e of await readdir(root, { recursive: true, withFileTypes: true })) {
     const p = join(e.parentPath, e.name);
     if (e.isFile() && !p.includes('lost+found')) {
-      out.set(relative(root, p), createHash('sha256').update(await readFile(p)).digest('hex'));
+      out.set(
+        relative(root, p),
+        createHash('sha256')
+          .update(await readFile(p))
+          .digest('hex'),
+      );
     }
   }
   return out;
@@ -66,7 +71,8 @@ describe('ext4 on layer volumes over NBD', () => {
     const baseTree = await withMounted('base', false, async (mnt) => {
       for (let d = 0; d < 5; d++) {
         await mkdir(join(mnt, `etc${d}`));
-        for (let f = 0; f < 10; f++) await writeFile(join(mnt, `etc${d}`, `f${f}`), randomBytes(1000 + d * 5000 + f * 333, d * 10 + f));
+        for (let f = 0; f < 10; f++)
+          await writeFile(join(mnt, `etc${d}`, `f${f}`), randomBytes(1000 + d * 5000 + f * 333, d * 10 + f));
       }
       await writeFile(join(mnt, 'blob'), randomBytes(8 * 1024 * 1024, 77));
       return digestTree(mnt);

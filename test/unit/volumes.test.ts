@@ -200,7 +200,7 @@ describe('volumes', () => {
       snapshot: new Map(),
       overrides: new Map(),
       data: undefined,
-      chunks: mgr.chunks,
+      chunks: mgr.reader,
       metadata: meta,
     });
     await expect(direct.pwrite(Buffer.alloc(1), 0, { fua: false })).rejects.toBeInstanceOf(ReadOnlyError);

@@ -1,0 +1,28 @@
+/**
+ * A backing store holds published chunks and snapshot manifests, shared by every host that
+ * pulls from it. Implementations are chosen by URL (see open-store.ts): `dir:///path` (a local
+ * or NFS directory) and, next, `oci://host:port/repository` (any OCI distribution registry).
+ *
+ * Chunks are addressed by their SHA-256 digest. A store may keep them packed: `putChunks`
+ * returns, per chunk, an opaque location hint that is recorded in the snapshot manifest and
+ * handed back to `getChunk`. Callers verify every chunk against its digest; stores need not.
+ */
+import type { Digest } from '../volumes/types.js';
+
+export interface StoredChunk {
+  digest: Digest;
+  data: Buffer;
+}
+
+export interface BackingStore {
+  /** The store's URL, for logs and for recording where chunks were published. */
+  readonly url: string;
+  /** Uploads chunks; returns a location hint per digest ('' when the digest alone locates it). */
+  putChunks(chunks: StoredChunk[]): Promise<Map<Digest, string>>;
+  /** Fetches one chunk's bytes (unverified). Throws on any store error; honours `signal`. */
+  getChunk(digest: Digest, hint: string, signal?: AbortSignal): Promise<Buffer>;
+  /** Stores a snapshot manifest; returns its reference (the manifest's digest). */
+  putManifest(manifest: Buffer): Promise<Digest>;
+  /** Fetches a snapshot manifest by reference (unverified). */
+  getManifest(ref: Digest): Promise<Buffer>;
+}

@@ -1,0 +1,71 @@
+/**
+ * dir:// backing store: a directory, local or an NFS mount shared by several hosts, as in
+ * Slacker.
+ *
+ *   DIR/chunks/ab/cdef...        one file per chunk, named by its SHA-256 (fan-out by 2 hex)
+ *   DIR/snapshots/ab/cdef....json snapshot manifests, named by their SHA-256
+ *
+ * Every file is written under a temporary name, synced and renamed, so readers on other hosts
+ * see a complete file or none.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, readFile, rename, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { digestOf, type Digest } from '../volumes/types.js';
+import type { BackingStore, StoredChunk } from './backing-store.js';
+
+export class DirStore implements BackingStore {
+  constructor(readonly root: string) {}
+
+  get url(): string {
+    return `dir://${this.root}`;
+  }
+
+  async putChunks(chunks: StoredChunk[]): Promise<Map<Digest, string>> {
+    const out = new Map<Digest, string>();
+    for (const c of chunks) {
+      await this.putFile(this.path('chunks', c.digest), c.data);
+      out.set(c.digest, '');
+    }
+    return out;
+  }
+
+  getChunk(digest: Digest, _hint: string, signal?: AbortSignal): Promise<Buffer> {
+    return readFile(this.path('chunks', digest), { signal });
+  }
+
+  async putManifest(manifest: Buffer): Promise<Digest> {
+    const ref = digestOf(manifest);
+    await this.putFile(this.path('snapshots', ref, '.json'), manifest);
+    return ref;
+  }
+
+  getManifest(ref: Digest): Promise<Buffer> {
+    return readFile(this.path('snapshots', ref, '.json'));
+  }
+
+  private path(kind: string, digest: Digest, suffix = ''): string {
+    const hex = digest.slice('sha256:'.length);
+    return join(this.root, kind, hex.slice(0, 2), hex.slice(2) + suffix);
+  }
+
+  private async putFile(path: string, data: Buffer): Promise<void> {
+    if (
+      await stat(path).then(
+        () => true,
+        () => false,
+      )
+    )
+      return; // content-addressed: already there
+    await mkdir(join(path, '..'), { recursive: true });
+    const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+    const f = await open(tmp, 'wx');
+    try {
+      await f.writeFile(data);
+      await f.datasync();
+    } finally {
+      await f.close();
+    }
+    await rename(tmp, path);
+  }
+}

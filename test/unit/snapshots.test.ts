@@ -1,0 +1,178 @@
+/**
+ * Publishing snapshots to a dir:// store and opening them on a "second host" (another state
+ * root): lazy, verified, deduplicated, and robust to a tampered or vanished store.
+ */
+import { readdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { IoError } from '../../common/errors.js';
+import { DirStore } from '../../stores/dir-store.js';
+import { openStore } from '../../stores/open-store.js';
+import { VolumeManager } from '../../volumes/manager.js';
+import type { Digest } from '../../volumes/types.js';
+import { randomBytes, tempDir } from '../helpers/tmp.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const CHUNK = 64 * KiB;
+
+/** Distinct content for chunk i (the PRNG treats seeds 0 and 1 alike, so offset them). */
+const chunkData = (i: number): Buffer => randomBytes(CHUNK, 1000 + i);
+
+async function countFiles(dir: string): Promise<number> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => []);
+  return entries.filter((e) => e.isFile()).length;
+}
+
+describe('snapshots in a dir:// store', () => {
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  let storePath: string;
+  let hostA: VolumeManager;
+  let hostB: VolumeManager;
+
+  beforeEach(async () => {
+    dir = await tempDir('slacker-snap-');
+    storePath = join(dir.path, 'store');
+    const store = openStore(`dir://${storePath}`);
+    hostA = await VolumeManager.open(join(dir.path, 'a'), { store });
+    hostB = await VolumeManager.open(join(dir.path, 'b'), {
+      store,
+      readahead: 0,
+      fetchPolicy: { deadlineMs: 600, initialBackoffMs: 50, maxBackoffMs: 100 },
+    });
+  });
+  afterEach(async () => {
+    await hostA.close();
+    await hostB.close();
+    await dir.cleanup();
+  });
+
+  /** Creates, fills (chunk i gets chunkData(i)), freezes and publishes a volume on host A. */
+  async function published(id: string, chunks: number[], size = 16 * MiB): Promise<Digest> {
+    await hostA.create(id, size, { chunkSize: CHUNK });
+    const v = await hostA.acquire(id);
+    for (const i of chunks) await v.pwrite!(chunkData(i), i * CHUNK, { fua: false });
+    await hostA.release(id);
+    await hostA.freeze(id);
+    return hostA.publish(id);
+  }
+
+  it('opens a published snapshot elsewhere with metadata only, fetching chunks on first read', async () => {
+    const ref = await published('img', [0, 5, 100, 255]);
+    expect(await hostA.publish('img')).toBe(ref); // deterministic: same snapshot, same reference
+    const row = await hostB.openSnapshot(ref, 'img-b');
+    expect(row).toMatchObject({ frozen: true, size: 16 * MiB, snapshotRef: ref });
+    expect(await countFiles(join(hostB.root, 'chunks'))).toBe(0); // nothing moved yet
+
+    const v = await hostB.acquire('img-b');
+    expect((await v.pread(CHUNK, 5 * CHUNK)).equals(chunkData(5))).toBe(true);
+    expect((await v.pread(100, 100 * CHUNK + 10)).equals(chunkData(100).subarray(10, 110))).toBe(true);
+    expect((await v.pread(CHUNK, 7 * CHUNK)).every((b) => b === 0)).toBe(true); // a hole: no fetch
+    let s = hostB.stats('img-b');
+    expect(s.fetch).toMatchObject({ chunksFetched: 2, bytesFetched: 2 * CHUNK, fetchErrors: 0 });
+    await v.pread(CHUNK, 5 * CHUNK); // now local
+    s = hostB.stats('img-b');
+    expect(s.fetch.chunksFetched).toBe(2);
+    expect(s.fetch.localHits).toBe(1);
+    expect(s.fetch.latency.reduce((a, b) => a + b, 0)).toBe(2);
+    await hostB.release('img-b');
+  });
+
+  it('publishes a clone by uploading only the chunks the store lacks', async () => {
+    await published('base', [0, 1, 2, 3]);
+    const before = await countFiles(join(storePath, 'chunks'));
+    expect(before).toBe(4);
+    await hostA.clone('base', 'app');
+    const v = await hostA.acquire('app');
+    await v.pwrite!(chunkData(99), 9 * CHUNK, { fua: false });
+    await hostA.release('app');
+    await hostA.freeze('app');
+    const ref = await hostA.publish('app');
+    expect(await countFiles(join(storePath, 'chunks'))).toBe(before + 1);
+    // And a host that opens the clone reads its parent's chunks from the same store.
+    await hostB.openSnapshot(ref, 'app-b');
+    const b = await hostB.acquire('app-b');
+    expect((await b.pread(CHUNK, 2 * CHUNK)).equals(chunkData(2))).toBe(true);
+    expect((await b.pread(CHUNK, 9 * CHUNK)).equals(chunkData(99))).toBe(true);
+    await hostB.release('app-b');
+  });
+
+  it('refuses a tampered chunk with an I/O error, never wrong data, and recovers once repaired', async () => {
+    const ref = await published('img', [3]);
+    const chunkFile = (await readdir(join(storePath, 'chunks'), { recursive: true, withFileTypes: true })).find((e) =>
+      e.isFile(),
+    )!;
+    const path = join(chunkFile.parentPath, chunkFile.name);
+    const good = await readFile(path);
+    const evil = Buffer.from(good);
+    evil[100]! ^= 0xff;
+    await writeFile(path, evil);
+
+    await hostB.openSnapshot(ref, 'img-b');
+    const v = await hostB.acquire('img-b');
+    const err = await v.pread(16, 3 * CHUNK).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(IoError);
+    expect((err as Error).message).toMatch(/failed verification/);
+    expect(hostB.stats('img-b').fetch.fetchErrors).toBe(1);
+    await writeFile(path, good);
+    expect((await v.pread(16, 3 * CHUNK)).equals(chunkData(3).subarray(0, 16))).toBe(true);
+    await hostB.release('img-b');
+  });
+
+  it('fails a read with EIO within the deadline while the store is down, and works once it is back', async () => {
+    const ref = await published('img', [1]);
+    await hostB.openSnapshot(ref, 'img-b');
+    const v = await hostB.acquire('img-b');
+    await rename(storePath, `${storePath}.away`);
+    const t0 = Date.now();
+    await expect(v.pread(16, CHUNK)).rejects.toThrow(/did not deliver chunk .* within 600 ms/);
+    const elapsed = Date.now() - t0;
+    expect(elapsed).toBeGreaterThanOrEqual(400); // it retried
+    expect(elapsed).toBeLessThan(3000); // and gave up in bounded time
+    expect(hostB.stats('img-b').fetch.fetchErrors).toBeGreaterThan(1);
+    await rename(`${storePath}.away`, storePath);
+    expect((await v.pread(16, CHUNK)).equals(chunkData(1).subarray(0, 16))).toBe(true);
+    await hostB.release('img-b');
+  });
+
+  it('fetches a cold chunk once for many concurrent readers', async () => {
+    const ref = await published('img', [4]);
+    await hostB.openSnapshot(ref, 'img-b');
+    const v = await hostB.acquire('img-b');
+    const reads = await Promise.all(Array.from({ length: 20 }, (_, i) => v.pread(1000, 4 * CHUNK + i * 1000)));
+    reads.forEach((r, i) => expect(r.equals(chunkData(4).subarray(i * 1000, i * 1000 + 1000))).toBe(true));
+    expect(hostB.stats('img-b').fetch.chunksFetched).toBe(1);
+    await hostB.release('img-b');
+  });
+
+  it('prefetches ahead of a sequential reader, and on NBD CACHE', async () => {
+    const ref = await published('img', [0, 1, 2, 3, 4, 5, 6, 7, 20, 21]);
+    const c = await VolumeManager.open(join(dir.path, 'c'), { store: new DirStore(storePath), readahead: 4 });
+    try {
+      await c.openSnapshot(ref, 'img-c');
+      const v = await c.acquire('img-c');
+      await v.pread(CHUNK, 0);
+      await v.pread(CHUNK, CHUNK); // sequential: chunks 2..5 are fetched in the background
+      for (let i = 0; i < 50 && c.stats('img-c').fetch.chunksFetched < 6; i++)
+        await new Promise((r) => setTimeout(r, 20));
+      expect(c.stats('img-c').fetch.chunksFetched).toBe(6);
+      await v.cache!(20 * CHUNK, 2 * CHUNK);
+      expect(c.stats('img-c').fetch.chunksFetched).toBe(8);
+      await c.release('img-c');
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('rejects a manifest that does not match its reference', async () => {
+    const ref = await published('img', [1]);
+    const hex = ref.slice('sha256:'.length);
+    const manifestPath = join(storePath, 'snapshots', hex.slice(0, 2), `${hex.slice(2)}.json`);
+    const m = JSON.parse(await readFile(manifestPath, 'utf8'));
+    m.size *= 2;
+    await writeFile(manifestPath, JSON.stringify(m));
+    await expect(hostB.openSnapshot(ref, 'img-b')).rejects.toThrow(/does not match the reference/);
+    expect(hostB.list()).toEqual([]);
+    await expect(hostB.openSnapshot('sha256:nothex', 'x')).rejects.toThrow(/bad snapshot reference/);
+  });
+});

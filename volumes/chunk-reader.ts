@@ -1,0 +1,136 @@
+/**
+ * Reads frozen chunks for volumes: from the local content-addressed store when present, else
+ * fetched from the backing store, once per digest however many readers want it at the same
+ * time, verified against the digest before any byte is used, and kept locally.
+ *
+ * Store errors are retried with exponential backoff until a deadline, then the read fails
+ * with IoError (EIO to the NBD client) rather than hang. Data that fails verification is not
+ * retried: it is reported (log + IoError) and never returned.
+ */
+import { IoError } from '../common/errors.js';
+import { silentLogger, type Logger } from '../common/logger.js';
+import type { BackingStore } from '../stores/backing-store.js';
+import type { LocalChunks } from './local-chunks.js';
+import { digestOf, type Digest } from './types.js';
+
+export interface FetchPolicy {
+  /** Give up on a chunk after this long (all attempts together). */
+  deadlineMs: number;
+  initialBackoffMs: number;
+  maxBackoffMs: number;
+}
+
+export const DEFAULT_FETCH_POLICY: FetchPolicy = { deadlineMs: 15_000, initialBackoffMs: 100, maxBackoffMs: 2_000 };
+
+/** Upper bounds (ms) of the fetch latency histogram buckets; the last bucket is open. */
+export const LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
+
+/** What one volume's reads cost: shown by `volume stats`, the plugin's GetMetadata and Status. */
+export class FetchCounters {
+  chunksFetched = 0;
+  bytesFetched = 0;
+  fetchErrors = 0;
+  /** Reads of frozen chunks served from the local store. */
+  localHits = 0;
+  readonly latency = new Array<number>(LATENCY_BUCKETS_MS.length + 1).fill(0);
+
+  recordFetch(bytes: number, ms: number): void {
+    this.chunksFetched++;
+    this.bytesFetched += bytes;
+    const i = LATENCY_BUCKETS_MS.findIndex((b) => ms <= b);
+    this.latency[i < 0 ? LATENCY_BUCKETS_MS.length : i]!++;
+  }
+}
+
+/** Where the chunk reader finds a digest's location hint in the store. */
+export type HintLookup = (digest: Digest) => string;
+
+export class ChunkReader {
+  private readonly inflight = new Map<Digest, Promise<Buffer>>();
+
+  constructor(
+    readonly local: LocalChunks,
+    private readonly store: BackingStore | undefined,
+    private readonly hintOf: HintLookup,
+    private readonly policy: FetchPolicy = DEFAULT_FETCH_POLICY,
+    private readonly log: Logger = silentLogger(),
+  ) {}
+
+  /** Copies `length` bytes at `offset` of chunk `digest` into `out` at `at`. */
+  async read(digest: Digest, offset: number, length: number, out: Buffer, at: number, c: FetchCounters): Promise<void> {
+    if (await this.local.read(digest, offset, length, out, at)) {
+      c.localHits++;
+      return;
+    }
+    const data = await this.fetch(digest, c);
+    data.copy(out, at, offset, offset + length);
+  }
+
+  /** Starts fetching a chunk that is not local yet (readahead, NBD CACHE); errors only logged. */
+  prefetch(digest: Digest, c: FetchCounters): Promise<void> {
+    return this.local
+      .has(digest)
+      .then(
+        (has) => (has ? undefined : this.fetch(digest, c).then(() => undefined)),
+        () => undefined,
+      )
+      .catch((err: unknown) => this.log.debug({ err, digest }, 'prefetch failed'));
+  }
+
+  /** The chunk's bytes, fetched once however many callers ask at the same time. */
+  private fetch(digest: Digest, c: FetchCounters): Promise<Buffer> {
+    let p = this.inflight.get(digest);
+    if (!p) {
+      p = this.fetchVerified(digest, c).finally(() => this.inflight.delete(digest));
+      this.inflight.set(digest, p);
+    }
+    return p;
+  }
+
+  private async fetchVerified(digest: Digest, c: FetchCounters): Promise<Buffer> {
+    const store = this.store;
+    if (!store) {
+      throw new IoError(`chunk ${digest} is not local and no backing store is configured`, { context: { digest } });
+    }
+    const t0 = Date.now();
+    const deadline = t0 + this.policy.deadlineMs;
+    let backoff = this.policy.initialBackoffMs;
+    for (let attempt = 1; ; attempt++) {
+      let data: Buffer;
+      try {
+        data = await store.getChunk(
+          digest,
+          this.hintOf(digest),
+          AbortSignal.timeout(Math.max(1, deadline - Date.now())),
+        );
+      } catch (err) {
+        c.fetchErrors++;
+        if (Date.now() + backoff >= deadline) {
+          this.log.error({ err, digest, store: store.url, attempts: attempt }, 'chunk fetch failed: giving up');
+          throw new IoError(
+            `backing store ${store.url} did not deliver chunk ${digest} within ${this.policy.deadlineMs} ms`,
+            {
+              cause: err,
+              context: { digest, store: store.url, attempts: attempt },
+            },
+          );
+        }
+        this.log.warn({ err, digest, store: store.url, attempt, retryInMs: backoff }, 'chunk fetch failed: retrying');
+        await new Promise((r) => setTimeout(r, backoff));
+        backoff = Math.min(backoff * 2, this.policy.maxBackoffMs);
+        continue;
+      }
+      const got = digestOf(data);
+      if (got !== digest) {
+        c.fetchErrors++;
+        this.log.error({ digest, got, bytes: data.length, store: store.url }, 'chunk failed verification: refusing it');
+        throw new IoError(`chunk ${digest} from ${store.url} failed verification (got ${got})`, {
+          context: { digest, got, store: store.url },
+        });
+      }
+      await this.local.putVerified(digest, data);
+      c.recordFetch(data.length, Date.now() - t0);
+      return data;
+    }
+  }
+}
