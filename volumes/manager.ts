@@ -47,7 +47,7 @@ export interface VolumeStats {
   bytesWritten: number;
   openCount: number;
   snapshotRef: Digest | null;
-  /** Reads of frozen chunks since the volume was opened (zero when not open). */
+  /** Reads of frozen chunks since this manager started. */
   fetch: Pick<FetchCounters, 'chunksFetched' | 'bytesFetched' | 'fetchErrors' | 'localHits' | 'latency'>;
 }
 
@@ -73,6 +73,8 @@ export class VolumeManager {
   private readonly open = new Map<VolumeId, OpenVolume>();
   /** Complete maps of frozen volumes, loaded once and shared by all their clones. */
   private readonly snapshots = new Map<VolumeId, Map<ChunkIndex, Digest>>();
+  /** Fetch costs per volume since this manager started, whether or not it is open now. */
+  private readonly counters = new Map<VolumeId, FetchCounters>();
 
   readonly reader: ChunkReader;
 
@@ -252,6 +254,7 @@ export class VolumeManager {
     }
     this.metadata.deleteVolume(row.id);
     this.snapshots.delete(row.id);
+    this.counters.delete(row.id);
     await rm(this.dataPath(row.id), { force: true });
   }
 
@@ -270,7 +273,7 @@ export class VolumeManager {
       bytesWritten: row.frozen ? 0 : written * row.chunkSize,
       openCount: o?.refs ?? 0,
       snapshotRef: row.snapshotRef,
-      fetch: o?.volume.counters ?? new FetchCounters(),
+      fetch: this.countersOf(row.id),
     };
   }
 
@@ -309,7 +312,17 @@ export class VolumeManager {
       chunks: this.reader,
       metadata: this.metadata,
       readahead: this.options.readahead ?? 4,
+      counters: this.countersOf(row.id),
     });
+  }
+
+  private countersOf(id: VolumeId): FetchCounters {
+    let c = this.counters.get(id);
+    if (!c) {
+      c = new FetchCounters();
+      this.counters.set(id, c);
+    }
+    return c;
   }
 
   private requireStore(): BackingStore {

@@ -12,7 +12,7 @@
 import { NotSupportedError, ReadOnlyError } from '../common/errors.js';
 import type { Backend, BlockSizes, ByteCount, Extent, WriteFlags, ZeroFlags } from '../nbd-server/backend.js';
 import type { FileBackend } from '../nbd-server/backends/file.js';
-import { FetchCounters, type ChunkReader } from './chunk-reader.js';
+import type { ChunkReader, FetchCounters } from './chunk-reader.js';
 import type { Metadata, Override, VolumeRow } from './metadata.js';
 import type { ChunkIndex, Digest } from './types.js';
 
@@ -38,6 +38,8 @@ export interface VolumeParts {
   metadata: Metadata;
   /** Chunks to prefetch ahead of a sequential reader (0: none). */
   readahead?: number;
+  /** Where this volume's fetch costs are counted (kept by the manager across opens). */
+  counters: FetchCounters;
 }
 
 export class Volume implements Backend {
@@ -54,7 +56,6 @@ export class Volume implements Backend {
   private closed = false;
   /** Where the previous read ended: a read starting there is sequential. */
   private lastReadEnd = -1;
-  readonly counters = new FetchCounters();
 
   constructor(private readonly parts: VolumeParts) {
     this.row = parts.row;
@@ -87,7 +88,7 @@ export class Volume implements Backend {
     await Promise.all(
       this.pieces(offset, length).map((p) => {
         const src = this.sourceOf(p.idx);
-        return src.kind === 'chunk' ? this.parts.chunks.prefetch(src.digest, this.counters) : undefined;
+        return src.kind === 'chunk' ? this.parts.chunks.prefetch(src.digest, this.parts.counters) : undefined;
       }),
     );
   }
@@ -201,7 +202,7 @@ export class Volume implements Backend {
       const data = await this.parts.data!.pread(p.length, p.idx * this.chunkSize + p.at);
       data.copy(out, at);
     } else {
-      await this.parts.chunks.read(src.digest, p.at, p.length, out, at, this.counters);
+      await this.parts.chunks.read(src.digest, p.at, p.length, out, at, this.parts.counters);
     }
   }
 
@@ -211,7 +212,7 @@ export class Volume implements Backend {
     const first = Math.ceil(from / this.chunkSize);
     for (let idx = first; idx < first + n && idx * this.chunkSize < this.size; idx++) {
       const src = this.sourceOf(idx);
-      if (src.kind === 'chunk') void this.parts.chunks.prefetch(src.digest, this.counters);
+      if (src.kind === 'chunk') void this.parts.chunks.prefetch(src.digest, this.parts.counters);
     }
   }
 

@@ -31,3 +31,11 @@ export async function startServer(exports: ExportSpec[], options: NbdServerOptio
     },
   };
 }
+
+/** Waits until every client connection has closed (close events may trail a client's exit). */
+export async function noConnections(server: NbdServer, timeoutMs = 2000): Promise<number> {
+  for (const t0 = Date.now(); server.connectionCount > 0 && Date.now() - t0 < timeoutMs;) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return server.connectionCount;
+}

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ConflictError, InvalidArgumentError, NotFoundError, ReadOnlyError } from '../../common/errors.js';
 import { capabilitiesOf } from '../../nbd-server/backend.js';
+import { FetchCounters } from '../../volumes/chunk-reader.js';
 import { VolumeManager } from '../../volumes/manager.js';
 import { SCHEMA_VERSION } from '../../volumes/metadata.js';
 import { backendConformance, CONFORMANCE_SIZE } from '../helpers/backend-conformance.js';
@@ -202,6 +203,7 @@ describe('volumes', () => {
       data: undefined,
       chunks: mgr.reader,
       metadata: meta,
+      counters: new FetchCounters(),
     });
     await expect(direct.pwrite(Buffer.alloc(1), 0, { fua: false })).rejects.toBeInstanceOf(ReadOnlyError);
     meta.close();
