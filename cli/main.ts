@@ -4,17 +4,20 @@
  */
 import { SlackerError } from '../common/errors.js';
 import { nbdServe, NBD_SERVE_HELP } from './nbd-serve.js';
+import { volume, VOLUME_HELP } from './volume.js';
 
 const USAGE = `usage: slacker-ts <command> [options]
 
 commands:
   nbd-serve   serve raw files over NBD (slacker-ts nbd-serve --help)
+  volume      create, clone, freeze, publish, open, list, remove and serve layer volumes
 
 Run 'slacker-ts <command> --help' for a command's options.
 `;
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help: string }> = {
   'nbd-serve': { run: nbdServe, help: NBD_SERVE_HELP },
+  volume: { run: volume, help: VOLUME_HELP },
 };
 
 async function main(argv: string[]): Promise<number> {
