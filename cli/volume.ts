@@ -22,11 +22,14 @@ commands:
   ls [--json]                       list volumes
   rm ID                             remove a volume (refused while clones depend on it)
   stats ID [--json]                 size, chunks, bytes written and fetched, fetch latency
+  cache [--json]                    the local chunk cache: bytes held, limit, evictions
   serve ID... [--listen URI ...]    serve volumes over NBD (export name = volume id) until SIGTERM
 
 options:
   --root DIR     state root (default $SLACKER_ROOT or /var/lib/slacker-ts)
   --store URL    backing store: dir:///PATH (default $SLACKER_STORE)
+  --cache-size S bytes of fetched/published chunks kept locally (default 10G or $SLACKER_CACHE_SIZE);
+                 chunks that exist only locally are never evicted
   --listen URI   for serve: tcp://HOST:PORT or unix:///PATH (default tcp://127.0.0.1:10809)
   --log-level L  trace|debug|info|warn|error
 `;
@@ -44,6 +47,7 @@ export async function volume(argv: string[]): Promise<number> {
       root: { type: 'string' },
       store: { type: 'string' },
       'chunk-size': { type: 'string' },
+      'cache-size': { type: 'string' },
       listen: { type: 'string', multiple: true },
       json: { type: 'boolean', default: false },
       'log-level': { type: 'string' },
@@ -54,7 +58,12 @@ export async function volume(argv: string[]): Promise<number> {
   const root = values.root ?? process.env.SLACKER_ROOT ?? '/var/lib/slacker-ts';
   const storeUrl = values.store ?? process.env.SLACKER_STORE;
   const log = createLogger({ level: values['log-level'] });
-  const mgr = await VolumeManager.open(root, { store: storeUrl ? openStore(storeUrl) : undefined, log });
+  const cacheSize = values['cache-size'] ?? process.env.SLACKER_CACHE_SIZE;
+  const mgr = await VolumeManager.open(root, {
+    store: storeUrl ? openStore(storeUrl) : undefined,
+    cacheBytes: cacheSize ? parseSize(cacheSize) : undefined,
+    log,
+  });
   const print = (o: unknown, text: string): void => {
     process.stdout.write(values.json ? `${JSON.stringify(o)}\n` : `${text}\n`);
   };
@@ -126,6 +135,12 @@ export async function volume(argv: string[]): Promise<number> {
             `fetch latency   ${buckets || '-'}`,
           ].join('\n'),
         );
+        return 0;
+      }
+      case 'cache': {
+        need(args, 0, 'cache');
+        const c = mgr.cacheStats();
+        print(c, `${c.chunks} chunks, ${formatSize(c.bytes)} of ${formatSize(c.limitBytes)}; ${c.evictions} evicted`);
         return 0;
       }
       case 'serve':

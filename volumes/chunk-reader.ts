@@ -10,6 +10,7 @@
 import { IoError } from '../common/errors.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import type { BackingStore } from '../stores/backing-store.js';
+import type { ChunkCache } from './chunk-cache.js';
 import type { LocalChunks } from './local-chunks.js';
 import { digestOf, type Digest } from './types.js';
 
@@ -54,12 +55,14 @@ export class ChunkReader {
     private readonly hintOf: HintLookup,
     private readonly policy: FetchPolicy = DEFAULT_FETCH_POLICY,
     private readonly log: Logger = silentLogger(),
+    private readonly cache?: ChunkCache,
   ) {}
 
   /** Copies `length` bytes at `offset` of chunk `digest` into `out` at `at`. */
   async read(digest: Digest, offset: number, length: number, out: Buffer, at: number, c: FetchCounters): Promise<void> {
     if (await this.local.read(digest, offset, length, out, at)) {
       c.localHits++;
+      this.cache?.touch(digest);
       return;
     }
     const data = await this.fetch(digest, c);
@@ -129,6 +132,7 @@ export class ChunkReader {
         });
       }
       await this.local.putVerified(digest, data);
+      await this.cache?.admit(digest, data.length);
       c.recordFetch(data.length, Date.now() - t0);
       return data;
     }

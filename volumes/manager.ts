@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { ConfigError, ConflictError, InvalidArgumentError, IoError, NotFoundError } from '../common/errors.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import type { BackingStore } from '../stores/backing-store.js';
+import { ChunkCache } from './chunk-cache.js';
 import { ChunkReader, DEFAULT_FETCH_POLICY, FetchCounters, type FetchPolicy } from './chunk-reader.js';
 import { decodeManifest, encodeManifest } from './manifest.js';
 import type { Backend } from '../nbd-server/backend.js';
@@ -57,6 +58,8 @@ export interface VolumeManagerOptions {
   fetchPolicy?: Partial<FetchPolicy>;
   /** Chunks fetched ahead of a sequential reader (default 4). */
   readahead?: number;
+  /** Bytes of evictable chunks (fetched or published) kept locally (default 10 GiB). */
+  cacheBytes?: number;
   log?: Logger;
 }
 
@@ -77,6 +80,7 @@ export class VolumeManager {
   private readonly counters = new Map<VolumeId, FetchCounters>();
 
   readonly reader: ChunkReader;
+  readonly cache: ChunkCache;
 
   private constructor(
     readonly root: string,
@@ -85,12 +89,14 @@ export class VolumeManager {
     private readonly options: VolumeManagerOptions,
   ) {
     const store = options.store;
+    this.cache = new ChunkCache(metadata, chunks, options.cacheBytes ?? 10 * 2 ** 30);
     this.reader = new ChunkReader(
       chunks,
       store,
       (digest) => (store && metadata.locationOf(store.url, digest)) ?? '',
       { ...DEFAULT_FETCH_POLICY, ...options.fetchPolicy },
       options.log ?? silentLogger(),
+      this.cache,
     );
   }
 
@@ -130,6 +136,8 @@ export class VolumeManager {
       );
       this.metadata.recordLocations(store.url, await store.putChunks(batch));
     }
+    // What was only here is in the store now: the cache may evict it.
+    for (const digest of missing) await this.cache.admit(digest, lengthOf.get(digest)!);
     const hints = new Map([...new Set(map.values())].map((d) => [d, this.metadata.locationOf(store.url, d) ?? '']));
     const ref = await store.putManifest(
       encodeManifest({ size: row.size, chunkSize: row.chunkSize, chunks: map, hints }),
@@ -277,9 +285,20 @@ export class VolumeManager {
     };
   }
 
+  /** The local chunk cache: evictable bytes held, the limit, evictions so far. */
+  cacheStats(): { bytes: number; chunks: number; limitBytes: number; evictions: number } {
+    return {
+      bytes: this.cache.bytes,
+      chunks: this.cache.count,
+      limitBytes: this.cache.limitBytes,
+      evictions: this.cache.evictions,
+    };
+  }
+
   async close(): Promise<void> {
     for (const o of this.open.values()) await o.volume.close();
     this.open.clear();
+    this.cache.persist();
     this.metadata.close();
   }
 

@@ -14,6 +14,9 @@
  *   chunk_locations (store URL, digest) -> location hint: the chunks known to be in a backing
  *                   store (published from here, or listed in a manifest opened from there), so
  *                   publishing a clone uploads only chunks the store does not have.
+ *   cached_chunks   local chunks that may be evicted because the backing store has them
+ *                   (fetched from it, or published to it), with their size and last use.
+ *                   Chunks that exist only here are never listed, so never evicted.
  *   volumes.snapshot_ref  the reference (manifest digest) a frozen volume was published as or
  *                   opened from.
  *   meta            schema_version.
@@ -68,6 +71,12 @@ const MIGRATIONS: string[] = [
      digest TEXT NOT NULL,
      hint TEXT NOT NULL,
      PRIMARY KEY (store, digest)
+   ) WITHOUT ROWID;`,
+  // 3: the evictable part of the local chunk store
+  `CREATE TABLE cached_chunks (
+     digest TEXT PRIMARY KEY,
+     size INTEGER NOT NULL,
+     last_used INTEGER NOT NULL
    ) WITHOUT ROWID;`,
 ];
 
@@ -219,6 +228,28 @@ export class Metadata {
     const r = this.db.prepare('SELECT hint FROM chunk_locations WHERE store = ? AND digest = ?').get(store, digest) as
       { hint: string } | undefined;
     return r?.hint;
+  }
+
+  /** Evictable chunks, least recently used first. */
+  cachedChunks(): { digest: Digest; size: number }[] {
+    return this.db.prepare('SELECT digest, size FROM cached_chunks ORDER BY last_used, digest').all() as {
+      digest: Digest;
+      size: number;
+    }[];
+  }
+
+  /** Records evictable chunks with their last use (insert or refresh). */
+  touchCached(entries: { digest: Digest; size: number; lastUsed: number }[]): void {
+    const upsert = this.db.prepare(
+      'INSERT INTO cached_chunks (digest, size, last_used) VALUES (?, ?, ?) ON CONFLICT(digest) DO UPDATE SET last_used = excluded.last_used',
+    );
+    this.db.transaction(() => {
+      for (const e of entries) upsert.run(e.digest, e.size, e.lastUsed);
+    })();
+  }
+
+  forgetCached(digest: Digest): void {
+    this.db.prepare('DELETE FROM cached_chunks WHERE digest = ?').run(digest);
   }
 
   deleteVolume(id: VolumeId): void {

@@ -52,6 +52,10 @@ describe('slacker-ts volume', () => {
     expect((await cli('a', 'rm', 'app')).code).toBe(0);
     expect((await cli('a', 'rm', 'base')).code).toBe(0);
     expect((await cli('a', 'ls')).out).toBe('');
+    expect(JSON.parse((await cli('b', 'cache', '--json', '--cache-size', '1G')).out)).toMatchObject({
+      limitBytes: 1024 ** 3,
+      evictions: 0,
+    });
   });
 
   it('explains bad input', async () => {

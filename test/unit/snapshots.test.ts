@@ -175,4 +175,78 @@ describe('snapshots in a dir:// store', () => {
     expect(hostB.list()).toEqual([]);
     await expect(hostB.openSnapshot('sha256:nothex', 'x')).rejects.toThrow(/bad snapshot reference/);
   });
+
+  describe('the local chunk cache', () => {
+    it('keeps fetched chunks under its limit, least recently used out first, and refetches on demand', async () => {
+      const ref = await published('img', [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+      const c = await VolumeManager.open(join(dir.path, 'c'), {
+        store: new DirStore(storePath),
+        readahead: 0,
+        cacheBytes: 3 * CHUNK,
+      });
+      try {
+        await c.openSnapshot(ref, 'img-c');
+        const v = await c.acquire('img-c');
+        const readChunk = async (i: number) =>
+          expect((await v.pread(CHUNK, i * CHUNK)).equals(chunkData(i))).toBe(true);
+        await readChunk(0);
+        await readChunk(1);
+        await readChunk(2);
+        await readChunk(0); // touch: 1 is now the least recently used
+        await readChunk(3); // evicts 1
+        expect(c.cacheStats()).toMatchObject({ chunks: 3, bytes: 3 * CHUNK, evictions: 1 });
+        expect(await countFiles(join(c.root, 'chunks'))).toBe(3);
+        const fetched = c.stats('img-c').fetch.chunksFetched;
+        await readChunk(0); // still cached
+        expect(c.stats('img-c').fetch.chunksFetched).toBe(fetched);
+        await readChunk(1); // evicted: fetched again, verified, correct
+        expect(c.stats('img-c').fetch.chunksFetched).toBe(fetched + 1);
+        for (let i = 0; i < 10; i++) await readChunk(i);
+        expect(c.cacheStats().bytes).toBeLessThanOrEqual(3 * CHUNK);
+        await c.release('img-c');
+      } finally {
+        await c.close();
+      }
+      // The cache's content and order survive a restart.
+      const again = await VolumeManager.open(join(dir.path, 'c'), {
+        store: new DirStore(storePath),
+        cacheBytes: 3 * CHUNK,
+      });
+      expect(again.cacheStats()).toMatchObject({ chunks: 3, bytes: 3 * CHUNK });
+      await again.close();
+    });
+
+    it('never evicts chunks that exist only locally, until they are published', async () => {
+      const ref = await published('img', [0, 1, 2, 3, 4]);
+      const c = await VolumeManager.open(join(dir.path, 'c'), {
+        store: new DirStore(storePath),
+        readahead: 0,
+        cacheBytes: CHUNK,
+      });
+      try {
+        await c.create('mine', 4 * MiB, { chunkSize: CHUNK });
+        const w = await c.acquire('mine');
+        for (let i = 0; i < 3; i++) await w.pwrite!(chunkData(50 + i), i * CHUNK, { fua: false });
+        await c.release('mine');
+        await c.freeze('mine'); // 3 chunks that exist nowhere else
+        await c.openSnapshot(ref, 'img-c');
+        const v = await c.acquire('img-c');
+        for (let i = 0; i < 5; i++) await v.pread(CHUNK, i * CHUNK); // churns a 1-chunk cache
+        await c.release('img-c');
+        expect(c.cacheStats().chunks).toBe(1);
+        // With the store gone, the local-only chunks are all still readable.
+        await rename(storePath, `${storePath}.away`);
+        const m = await c.acquire('mine');
+        for (let i = 0; i < 3; i++) expect((await m.pread(CHUNK, i * CHUNK)).equals(chunkData(50 + i))).toBe(true);
+        await c.release('mine');
+        await rename(`${storePath}.away`, storePath);
+        // Once published, the store has them and they become evictable.
+        await c.publish('mine');
+        expect(c.cacheStats().chunks).toBe(1);
+        expect(await countFiles(join(c.root, 'chunks'))).toBe(1);
+      } finally {
+        await c.close();
+      }
+    });
+  });
 });

@@ -1,0 +1,94 @@
+/**
+ * The bounded part of the local chunk store: chunks the backing store also has (fetched from it,
+ * or published to it) may be evicted, least recently used first, to keep them under a size
+ * limit; they are fetched again if needed. Chunks that exist only here (frozen but unpublished)
+ * are never admitted, so never evicted.
+ *
+ * The LRU order lives in memory (a Map in use order) and is written to the metadata in batches,
+ * so a cache hit costs no database write; after a restart the order is the last one saved.
+ */
+import type { LocalChunks } from './local-chunks.js';
+import type { Metadata } from './metadata.js';
+import type { Digest } from './types.js';
+
+/** Persist use times after this many touches (and on close). */
+const PERSIST_EVERY = 256;
+
+export class ChunkCache {
+  /** Evictable chunks in least- to most-recently-used order, with their sizes. */
+  private readonly lru = new Map<Digest, number>();
+  private readonly dirty = new Set<Digest>();
+  private used = 0;
+  evictions = 0;
+
+  constructor(
+    private readonly metadata: Metadata,
+    private readonly local: LocalChunks,
+    readonly limitBytes: number,
+  ) {
+    for (const { digest, size } of metadata.cachedChunks()) {
+      this.lru.set(digest, size);
+      this.used += size;
+    }
+  }
+
+  get bytes(): number {
+    return this.used;
+  }
+
+  get count(): number {
+    return this.lru.size;
+  }
+
+  /** A read hit: the chunk becomes the most recently used (no-op for local-only chunks). */
+  touch(digest: Digest): void {
+    const size = this.lru.get(digest);
+    if (size === undefined) return;
+    this.lru.delete(digest);
+    this.lru.set(digest, size);
+    this.markDirty(digest);
+  }
+
+  /** Makes a locally stored chunk evictable (the store has it), then evicts down to the limit. */
+  async admit(digest: Digest, size: number): Promise<void> {
+    if (!this.lru.has(digest)) this.used += size;
+    this.lru.delete(digest);
+    this.lru.set(digest, size);
+    this.markDirty(digest);
+    await this.evict(digest);
+  }
+
+  /** Saves the use order. */
+  persist(): void {
+    if (this.dirty.size === 0) return;
+    const order = [...this.lru.keys()];
+    const now = Date.now();
+    // Use times that preserve the in-memory order: older entries get earlier times.
+    const entries = [...this.dirty].map((digest) => ({
+      digest,
+      size: this.lru.get(digest) ?? 0,
+      lastUsed: now - (order.length - order.indexOf(digest)),
+    }));
+    this.metadata.touchCached(entries.filter((e) => this.lru.has(e.digest)));
+    this.dirty.clear();
+  }
+
+  private markDirty(digest: Digest): void {
+    this.dirty.add(digest);
+    if (this.dirty.size >= PERSIST_EVERY) this.persist();
+  }
+
+  /** Evicts least recently used chunks until under the limit, sparing `keep`. */
+  private async evict(keep: Digest): Promise<void> {
+    for (const [digest, size] of this.lru) {
+      if (this.used <= this.limitBytes) return;
+      if (digest === keep) continue;
+      this.lru.delete(digest);
+      this.dirty.delete(digest);
+      this.used -= size;
+      this.evictions++;
+      this.metadata.forgetCached(digest);
+      await this.local.remove(digest);
+    }
+  }
+}
