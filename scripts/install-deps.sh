@@ -14,6 +14,7 @@ declare -A NEED=(
   [fusermount3]=fuse3
   [losetup]=mount
   [fio]=fio
+  [docker-registry]=docker-registry [htpasswd]=apache2-utils
   [make]=make [g++]=g++ [python3]=python3
 )
 

@@ -18,6 +18,8 @@ const PACKAGES: Record<string, string> = {
   fusermount3: 'fuse3',
   losetup: 'mount',
   fio: 'fio',
+  'docker-registry': 'docker-registry',
+  htpasswd: 'apache2-utils',
 };
 
 /**

@@ -1,0 +1,172 @@
+/**
+ * The oci:// backing store against a real registry (Debian's docker-registry on loopback):
+ * publish on one host, open on another, lazy verified reads through HTTP Range requests,
+ * tampering, an outage, and Basic auth from the URL or Docker's config.json.
+ */
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { IoError } from '../../common/errors.js';
+import { OciStore, parseOciUrl } from '../../stores/oci-store.js';
+import { openStore } from '../../stores/open-store.js';
+import { VolumeManager } from '../../volumes/manager.js';
+import type { Digest } from '../../volumes/types.js';
+import { startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { randomBytes, tempDir } from '../helpers/tmp.js';
+
+const CHUNK = 64 * 1024;
+const MiB = 1024 * 1024;
+const chunkData = (i: number): Buffer => randomBytes(CHUNK, 2000 + i);
+
+describe('parseOciUrl', () => {
+  it('uses HTTP for loopback, HTTPS elsewhere, and reads credentials', () => {
+    expect(parseOciUrl('oci://127.0.0.1:5000/a/b')).toMatchObject({ base: 'http://127.0.0.1:5000', repository: 'a/b' });
+    expect(parseOciUrl('oci://registry.example:443/x')).toMatchObject({ base: 'https://registry.example:443' });
+    expect(parseOciUrl('oci+http://10.0.0.1:5000/x').base).toBe('http://10.0.0.1:5000');
+    expect(parseOciUrl('oci://u:p%40ss@localhost:5000/x').credentials).toEqual({ username: 'u', password: 'p@ss' });
+    expect(() => parseOciUrl('oci://host')).toThrow(/want oci:\/\/host/);
+    expect(() => parseOciUrl('oci://host/UPPER')).toThrow(/bad repository/);
+  });
+});
+
+describe('oci:// store on a real registry', () => {
+  let registry: TestRegistry;
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  let hostA: VolumeManager;
+  let hostB: VolumeManager;
+
+  beforeAll(async () => {
+    registry = await startRegistry();
+  });
+  afterAll(async () => {
+    await registry?.close();
+  });
+  beforeEach(async () => {
+    dir = await tempDir('slacker-oci-');
+    const url = registry.url(`slacker/t${Date.now()}`);
+    hostA = await VolumeManager.open(join(dir.path, 'a'), { store: openStore(url) });
+    hostB = await VolumeManager.open(join(dir.path, 'b'), {
+      store: openStore(url),
+      readahead: 0,
+      fetchPolicy: { deadlineMs: 800, initialBackoffMs: 50, maxBackoffMs: 200 },
+    });
+  });
+  afterEach(async () => {
+    await hostA.close();
+    await hostB.close();
+    await dir.cleanup();
+  });
+
+  async function published(id: string, chunks: number[]): Promise<Digest> {
+    await hostA.create(id, 16 * MiB, { chunkSize: CHUNK });
+    const v = await hostA.acquire(id);
+    for (const i of chunks) await v.pwrite!(chunkData(i), i * CHUNK, { fua: false });
+    await hostA.release(id);
+    await hostA.freeze(id);
+    return hostA.publish(id);
+  }
+
+  it('publishes packs and opens the snapshot elsewhere, reading chunks lazily by range', async () => {
+    const ref = await published('img', [0, 3, 7, 200]);
+    await hostB.openSnapshot(ref, 'img-b');
+    const v = await hostB.acquire('img-b');
+    expect((await v.pread(CHUNK, 7 * CHUNK)).equals(chunkData(7))).toBe(true);
+    expect((await v.pread(10, 200 * CHUNK + 5)).equals(chunkData(200).subarray(5, 15))).toBe(true);
+    expect(hostB.stats('img-b').fetch).toMatchObject({ chunksFetched: 2, bytesFetched: 2 * CHUNK });
+    await hostB.release('img-b');
+    // A clone publishes only its new chunk: one more small pack.
+    await hostA.clone('img', 'app');
+    const w = await hostA.acquire('app');
+    await w.pwrite!(chunkData(9), 9 * CHUNK, { fua: false });
+    await hostA.release('app');
+    await hostA.freeze('app');
+    const appRef = await hostA.publish('app');
+    // Snapshots are per repository: another repository does not have it.
+    await expect(new OciStore(registry.url('other/repo')).getManifest(ref)).rejects.toThrow(/404/);
+    await hostB.openSnapshot(appRef, 'app-b');
+    const a = await hostB.acquire('app-b');
+    expect((await a.pread(CHUNK, 9 * CHUNK)).equals(chunkData(9))).toBe(true);
+    expect((await a.pread(CHUNK, 3 * CHUNK)).equals(chunkData(3))).toBe(true);
+    await hostB.release('app-b');
+  });
+
+  it('refuses a tampered pack with EIO and never returns its bytes', async () => {
+    const ref = await published('img', [1]);
+    const blobs = join(registry.storage, 'docker/registry/v2/blobs/sha256');
+    // The pack is the blob holding exactly the chunk's bytes.
+    for (const prefix of await readdir(blobs)) {
+      for (const hex of await readdir(join(blobs, prefix))) {
+        const path = join(blobs, prefix, hex, 'data');
+        const data = await readFile(path);
+        if (data.equals(chunkData(1))) {
+          data[7]! ^= 0x01;
+          await writeFile(path, data);
+        }
+      }
+    }
+    await hostB.openSnapshot(ref, 'img-b');
+    const v = await hostB.acquire('img-b');
+    const err = await v.pread(CHUNK, CHUNK).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(IoError);
+    expect((err as Error).message).toMatch(/failed verification/);
+    await hostB.release('img-b');
+  });
+
+  it('fails reads with EIO in bounded time while the registry is down, and recovers', async () => {
+    const ref = await published('img', [2]);
+    await hostB.openSnapshot(ref, 'img-b');
+    const v = await hostB.acquire('img-b');
+    await registry.stop();
+    try {
+      const t0 = Date.now();
+      await expect(v.pread(16, 2 * CHUNK)).rejects.toThrow(/did not deliver chunk/);
+      expect(Date.now() - t0).toBeLessThan(4000);
+    } finally {
+      await registry.start();
+    }
+    expect((await v.pread(16, 2 * CHUNK)).equals(chunkData(2).subarray(0, 16))).toBe(true);
+    await hostB.release('img-b');
+  });
+});
+
+describe('oci:// store with Basic auth', () => {
+  const user = { username: 'slacker', password: 's3cret:pw' };
+  let registry: TestRegistry;
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  beforeAll(async () => {
+    registry = await startRegistry({ user });
+    dir = await tempDir('slacker-oci-auth-');
+  });
+  afterAll(async () => {
+    await registry?.close();
+    await dir?.cleanup();
+  });
+
+  const roundTrip = async (store: OciStore): Promise<void> => {
+    const data = randomBytes(5000, 1);
+    const digest = (await import('../../volumes/types.js')).digestOf(data);
+    const hints = await store.putChunks([{ digest, data }]);
+    expect((await store.getChunk(digest, hints.get(digest)!)).equals(data)).toBe(true);
+  };
+
+  it('says clearly that credentials are missing', async () => {
+    const anonymous = new OciStore(registry.url('auth/test'), { dockerConfig: join(dir.path, 'none.json') });
+    await expect(roundTrip(anonymous)).rejects.toThrow(/wants credentials and none are configured/);
+  });
+
+  it('authenticates with credentials from the URL', async () => {
+    await roundTrip(new OciStore(registry.url('auth/test', user)));
+  });
+
+  it('authenticates with credentials from Docker config.json', async () => {
+    const config = join(dir.path, 'config.json');
+    const auth = Buffer.from(`${user.username}:${user.password}`).toString('base64');
+    await writeFile(config, JSON.stringify({ auths: { [`127.0.0.1:${registry.port}`]: { auth } } }));
+    await roundTrip(new OciStore(registry.url('auth/test'), { dockerConfig: config }));
+  });
+
+  it('reports wrong credentials as an I/O error with the status', async () => {
+    const wrong = new OciStore(registry.url('auth/test', { username: 'slacker', password: 'nope' }));
+    await expect(roundTrip(wrong)).rejects.toThrow(/401/);
+  });
+});
