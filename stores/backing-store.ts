@@ -21,6 +21,11 @@ export interface BackingStore {
   putChunks(chunks: StoredChunk[]): Promise<Map<Digest, string>>;
   /** Fetches one chunk's bytes (unverified). Throws on any store error; honours `signal`. */
   getChunk(digest: Digest, hint: string, signal?: AbortSignal): Promise<Buffer>;
+  /**
+   * Fetches several chunks (unverified), in the order asked, as few requests as the store's
+   * layout allows (adjacent chunks of a pack in one range). A store error fails them all.
+   */
+  getChunks(wanted: { digest: Digest; hint: string }[], signal?: AbortSignal): Promise<Buffer[]>;
   /** Stores a snapshot manifest; returns its reference (the manifest's digest). */
   putManifest(manifest: Buffer): Promise<Digest>;
   /** Fetches a snapshot manifest by reference (unverified). */

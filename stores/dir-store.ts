@@ -34,6 +34,10 @@ export class DirStore implements BackingStore {
     return readFile(this.path('chunks', digest), { signal });
   }
 
+  getChunks(wanted: { digest: Digest; hint: string }[], signal?: AbortSignal): Promise<Buffer[]> {
+    return Promise.all(wanted.map((w) => this.getChunk(w.digest, w.hint, signal)));
+  }
+
   async putManifest(manifest: Buffer): Promise<Digest> {
     const ref = digestOf(manifest);
     await this.putFile(this.path('snapshots', ref, '.json'), manifest);

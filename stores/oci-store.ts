@@ -62,6 +62,15 @@ export function parseOciUrl(url: string): ParsedUrl {
   };
 }
 
+/** Largest span fetched with one Range request, and the largest hole bridged inside one. */
+const MAX_SPAN = 8 * 1024 * 1024;
+const MAX_GAP = 256 * 1024;
+
+function parseHint(hint: string): { pack: Digest; offset: number; length: number } | undefined {
+  const m = /^(sha256:[0-9a-f]{64}):(\d+):(\d+)$/.exec(hint);
+  return m ? { pack: m[1] as Digest, offset: Number(m[2]), length: Number(m[3]) } : undefined;
+}
+
 export class OciStore implements BackingStore {
   private readonly target: ParsedUrl;
   private credentials: Credentials | undefined;
@@ -91,13 +100,43 @@ export class OciStore implements BackingStore {
   }
 
   async getChunk(digest: Digest, hint: string, signal?: AbortSignal): Promise<Buffer> {
-    const m = /^(sha256:[0-9a-f]{64}):(\d+):(\d+)$/.exec(hint);
-    if (!m) {
-      // No pack location: the chunk was stored as a blob of its own.
-      return this.getBlob(digest, undefined, signal);
+    const at = parseHint(hint);
+    // No pack location: the chunk was stored as a blob of its own.
+    if (!at) return this.getBlob(digest, undefined, signal);
+    return this.getBlob(at.pack, { offset: at.offset, length: at.length }, signal);
+  }
+
+  /** Adjacent chunks of one pack are fetched with one Range request, up to MAX_SPAN bytes. */
+  async getChunks(wanted: { digest: Digest; hint: string }[], signal?: AbortSignal): Promise<Buffer[]> {
+    const located = wanted.map((w, i) => ({ i, w, at: parseHint(w.hint) }));
+    const out = new Array<Buffer>(wanted.length);
+    const spans: { pack: Digest; offset: number; end: number; members: typeof located }[] = [];
+    const packed = located
+      .filter((l) => l.at)
+      .sort((x, y) => (x.at!.pack < y.at!.pack ? -1 : x.at!.pack > y.at!.pack ? 1 : x.at!.offset - y.at!.offset));
+    for (const l of packed) {
+      const last = spans[spans.length - 1];
+      const { pack, offset, length } = l.at!;
+      if (
+        last &&
+        last.pack === pack &&
+        offset >= last.end &&
+        offset - last.end <= MAX_GAP &&
+        offset + length - last.offset <= MAX_SPAN
+      ) {
+        last.end = Math.max(last.end, offset + length);
+        last.members.push(l);
+      } else spans.push({ pack, offset, end: offset + length, members: [l] });
     }
-    const [, pack, offset, length] = m;
-    return this.getBlob(pack as Digest, { offset: Number(offset), length: Number(length) }, signal);
+    await Promise.all([
+      ...spans.map(async (s) => {
+        const bytes = await this.getBlob(s.pack, { offset: s.offset, length: s.end - s.offset }, signal);
+        for (const m of s.members)
+          out[m.i] = bytes.subarray(m.at!.offset - s.offset, m.at!.offset - s.offset + m.at!.length);
+      }),
+      ...located.filter((l) => !l.at).map(async (l) => (out[l.i] = await this.getBlob(l.w.digest, undefined, signal))),
+    ]);
+    return out;
   }
 
   async putManifest(manifest: Buffer): Promise<Digest> {

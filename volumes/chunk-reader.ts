@@ -46,8 +46,20 @@ export class FetchCounters {
 /** Where the chunk reader finds a digest's location hint in the store. */
 export type HintLookup = (digest: Digest) => string;
 
+interface Queued {
+  digest: Digest;
+  counters: FetchCounters;
+  resolve: (data: Buffer) => void;
+  reject: (err: Error) => void;
+  queuedAt: number;
+}
+
+/** Most chunks asked of the store in one batch. */
+const MAX_BATCH = 64;
+
 export class ChunkReader {
   private readonly inflight = new Map<Digest, Promise<Buffer>>();
+  private readonly queue: Queued[] = [];
 
   constructor(
     readonly local: LocalChunks,
@@ -80,61 +92,107 @@ export class ChunkReader {
       .catch((err: unknown) => this.log.debug({ err, digest }, 'prefetch failed'));
   }
 
-  /** The chunk's bytes, fetched once however many callers ask at the same time. */
+  /**
+   * The chunk's bytes, fetched once however many callers ask at the same time. Fetches asked
+   * for in the same event-loop turn go to the store as one batch, which it may coalesce (one
+   * Range request for adjacent chunks of a pack): per-request overhead, not bandwidth, is what
+   * limits small fetches.
+   */
   private fetch(digest: Digest, c: FetchCounters): Promise<Buffer> {
     let p = this.inflight.get(digest);
     if (!p) {
-      p = this.fetchVerified(digest, c).finally(() => this.inflight.delete(digest));
+      p = new Promise<Buffer>((resolve, reject) => {
+        this.queue.push({ digest, counters: c, resolve, reject, queuedAt: Date.now() });
+        if (this.queue.length === 1) setImmediate(() => this.flushQueue());
+      }).finally(() => this.inflight.delete(digest));
       this.inflight.set(digest, p);
     }
     return p;
   }
 
-  private async fetchVerified(digest: Digest, c: FetchCounters): Promise<Buffer> {
+  private flushQueue(): void {
+    const all = this.queue.splice(0);
+    for (let i = 0; i < all.length; i += MAX_BATCH) void this.fetchBatch(all.slice(i, i + MAX_BATCH));
+  }
+
+  private async fetchBatch(batch: Queued[]): Promise<void> {
     const store = this.store;
     if (!store) {
-      throw new IoError(`chunk ${digest} is not local and no backing store is configured`, { context: { digest } });
+      for (const q of batch) {
+        q.reject(
+          new IoError(`chunk ${q.digest} is not local and no backing store is configured`, {
+            context: { digest: q.digest },
+          }),
+        );
+      }
+      return;
     }
     const t0 = Date.now();
     const deadline = t0 + this.policy.deadlineMs;
     let backoff = this.policy.initialBackoffMs;
+    let datas: Buffer[];
     for (let attempt = 1; ; attempt++) {
-      let data: Buffer;
       try {
-        data = await store.getChunk(
-          digest,
-          this.hintOf(digest),
-          AbortSignal.timeout(Math.max(1, deadline - Date.now())),
+        const signal = AbortSignal.timeout(Math.max(1, deadline - Date.now()));
+        datas = await store.getChunks(
+          batch.map((q) => ({ digest: q.digest, hint: this.hintOf(q.digest) })),
+          signal,
         );
+        break;
       } catch (err) {
-        c.fetchErrors++;
+        for (const q of batch) q.counters.fetchErrors++;
         if (Date.now() + backoff >= deadline) {
-          this.log.error({ err, digest, store: store.url, attempts: attempt }, 'chunk fetch failed: giving up');
-          throw new IoError(
-            `backing store ${store.url} did not deliver chunk ${digest} within ${this.policy.deadlineMs} ms`,
-            {
-              cause: err,
-              context: { digest, store: store.url, attempts: attempt },
-            },
+          this.log.error(
+            { err, chunks: batch.length, store: store.url, attempts: attempt },
+            'chunk fetch failed: giving up',
           );
+          for (const q of batch) {
+            q.reject(
+              new IoError(
+                `backing store ${store.url} did not deliver chunk ${q.digest} within ${this.policy.deadlineMs} ms`,
+                {
+                  cause: err,
+                  context: { digest: q.digest, store: store.url, attempts: attempt },
+                },
+              ),
+            );
+          }
+          return;
         }
-        this.log.warn({ err, digest, store: store.url, attempt, retryInMs: backoff }, 'chunk fetch failed: retrying');
+        this.log.warn(
+          { err, chunks: batch.length, store: store.url, attempt, retryInMs: backoff },
+          'chunk fetch failed: retrying',
+        );
         await new Promise((r) => setTimeout(r, backoff));
         backoff = Math.min(backoff * 2, this.policy.maxBackoffMs);
-        continue;
       }
-      const got = digestOf(data);
-      if (got !== digest) {
-        c.fetchErrors++;
-        this.log.error({ digest, got, bytes: data.length, store: store.url }, 'chunk failed verification: refusing it');
-        throw new IoError(`chunk ${digest} from ${store.url} failed verification (got ${got})`, {
-          context: { digest, got, store: store.url },
-        });
-      }
-      await this.local.putVerified(digest, data);
-      await this.cache?.admit(digest, data.length);
-      c.recordFetch(data.length, Date.now() - t0);
-      return data;
     }
+    await Promise.all(
+      batch.map(async (q, i) => {
+        const data = datas[i]!;
+        const got = digestOf(data);
+        if (got !== q.digest) {
+          q.counters.fetchErrors++;
+          this.log.error(
+            { digest: q.digest, got, bytes: data.length, store: store.url },
+            'chunk failed verification: refusing it',
+          );
+          q.reject(
+            new IoError(`chunk ${q.digest} from ${store.url} failed verification (got ${got})`, {
+              context: { digest: q.digest, got, store: store.url },
+            }),
+          );
+          return;
+        }
+        try {
+          await this.local.putVerified(q.digest, data);
+          await this.cache?.admit(q.digest, data.length);
+          q.counters.recordFetch(data.length, Date.now() - q.queuedAt);
+          q.resolve(data);
+        } catch (err) {
+          q.reject(err as Error);
+        }
+      }),
+    );
   }
 }

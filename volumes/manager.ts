@@ -299,6 +299,7 @@ export class VolumeManager {
     for (const o of this.open.values()) await o.volume.close();
     this.open.clear();
     this.cache.persist();
+    this.chunks.close();
     this.metadata.close();
   }
 

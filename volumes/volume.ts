@@ -56,6 +56,8 @@ export class Volume implements Backend {
   private closed = false;
   /** Where the previous read ended: a read starting there is sequential. */
   private lastReadEnd = -1;
+  /** Chunks below this index were already considered for readahead. */
+  private readaheadFrom = 0;
 
   constructor(private readonly parts: VolumeParts) {
     this.row = parts.row;
@@ -210,7 +212,10 @@ export class Volume implements Backend {
   private readAhead(from: ByteCount): void {
     const n = this.parts.readahead ?? 0;
     const first = Math.ceil(from / this.chunkSize);
-    for (let idx = first; idx < first + n && idx * this.chunkSize < this.size; idx++) {
+    // Only chunks newly entering the window: a sliding window would ask for each one n times.
+    const start = first >= this.readaheadFrom && first < this.readaheadFrom + n ? this.readaheadFrom : first;
+    this.readaheadFrom = first + n;
+    for (let idx = start; idx < first + n && idx * this.chunkSize < this.size; idx++) {
       const src = this.sourceOf(idx);
       if (src.kind === 'chunk') void this.parts.chunks.prefetch(src.digest, this.parts.counters);
     }

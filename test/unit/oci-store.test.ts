@@ -11,7 +11,7 @@ import { OciStore, parseOciUrl } from '../../stores/oci-store.js';
 import { openStore } from '../../stores/open-store.js';
 import { VolumeManager } from '../../volumes/manager.js';
 import type { Digest } from '../../volumes/types.js';
-import { startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { startRegistry, type TestRegistry } from '../../harness/registry.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
 
 const CHUNK = 64 * 1024;

@@ -1,13 +1,14 @@
 /**
- * A real OCI registry for tests: Debian's docker-registry (distribution 2.8) on loopback, with
+ * A real OCI registry for tests and benchmarks: Debian's docker-registry (distribution 2.8) on loopback, with
  * its storage in a temporary directory, optionally behind htpasswd (Basic) auth. `stop` and
  * `start` keep the port and the storage, to simulate an outage.
  */
 import { writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { run, startProcess, type Started } from '../../common/exec.js';
-import { tempDir } from './tmp.js';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { run, startProcess, type Started } from '../common/exec.js';
 import { requireTools } from './tools.js';
 
 export interface TestRegistry {
@@ -32,7 +33,8 @@ export async function startRegistry(
   options: { user?: { username: string; password: string } } = {},
 ): Promise<TestRegistry> {
   await requireTools('docker-registry', ...(options.user ? ['htpasswd'] : []));
-  const dir = await tempDir('slacker-registry-');
+  const dir = { path: await mkdtemp(join(tmpdir(), 'slacker-registry-')) };
+  const cleanup = (): Promise<void> => rm(dir.path, { recursive: true, force: true });
   const port = await freePort();
   const storage = join(dir.path, 'storage');
   let auth = '';
@@ -75,7 +77,7 @@ export async function startRegistry(
     stop,
     close: async () => {
       await stop();
-      await dir.cleanup();
+      await cleanup();
     },
   };
 }

@@ -1,0 +1,181 @@
+/**
+ * Layer volume benchmarks, each against an anchor measured in the same run.
+ *
+ *   npm run bench:volumes -- [--size-mib 256] [--reps 3] [--json FILE]
+ *
+ * 1. Clone time of a 1 GiB and a 100 GiB frozen volume (must not grow with size).
+ * 2. Cold sequential read of a published volume over NBD (nbdcopy, 4 connections) from the
+ *    oci:// store on a local registry, on a "second host" with an empty cache, against a plain
+ *    download of the same bytes (every pack blob, 4 at a time) from the same registry.
+ * 3. Warm read of the same volume (its chunks now local) against `nbdkit file` serving a raw
+ *    image of the same bytes.
+ */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { run, startProcess } from '../common/exec.js';
+import { startRegistry } from '../harness/registry.js';
+import { requireTools } from '../harness/tools.js';
+import { nbdUri } from '../nbd-server/listen-address.js';
+import { NbdServer } from '../nbd-server/server.js';
+import { OciStore } from '../stores/oci-store.js';
+import { VolumeManager } from '../volumes/manager.js';
+
+const { values: opts } = parseArgs({
+  options: {
+    'size-mib': { type: 'string', default: '256' },
+    reps: { type: 'string', default: '3' },
+    json: { type: 'string' },
+  },
+});
+const SIZE = Number(opts['size-mib']) * 2 ** 20;
+const REPS = Number(opts.reps);
+const GiB = 2 ** 30;
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+async function timed(fn: () => Promise<unknown>): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  await fn();
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+interface Row {
+  name: string;
+  value: string;
+  anchor: string;
+  ratio: number;
+  target: string;
+}
+
+async function main(): Promise<void> {
+  await requireTools('docker-registry', 'nbdcopy', 'nbdkit');
+  const dir = await mkdtemp(join(tmpdir(), 'slacker-benchvol-'));
+  const registry = await startRegistry();
+  const rows: Row[] = [];
+  try {
+    // 1. clone time vs size
+    const a = await VolumeManager.open(join(dir, 'a'));
+    const cloneTimes: number[] = [];
+    for (const [id, size] of [
+      ['one', GiB],
+      ['hundred', 100 * GiB],
+    ] as const) {
+      await a.create(id, size);
+      const v = await a.acquire(id);
+      for (let i = 0; i < 64; i++) await v.pwrite!(Buffer.alloc(4096, i + 1), i * (size / 64), { fua: false });
+      await a.release(id);
+      await a.freeze(id);
+      const t: number[] = [];
+      for (let r = 0; r < 20; r++) t.push(await timed(() => a.clone(id, `${id}-c${r}`)));
+      cloneTimes.push(median(t) * 1000);
+    }
+    await a.close();
+    rows.push({
+      name: 'clone of a frozen volume: 100 GiB vs 1 GiB',
+      value: `${cloneTimes[1]!.toFixed(2)} ms`,
+      anchor: `${cloneTimes[0]!.toFixed(2)} ms`,
+      ratio: cloneTimes[1]! / cloneTimes[0]!,
+      target: '≈ 1 (independent of size)',
+    });
+
+    // 2. cold read over NBD from the registry vs a plain download
+    const url = registry.url('bench/volume');
+    const host = await VolumeManager.open(join(dir, 'host'), { store: new OciStore(url) });
+    await host.create('img', SIZE);
+    const data = Buffer.alloc(SIZE);
+    for (let i = 0; i < SIZE; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i); // incompressible-ish, no zero chunks
+    const w = await host.acquire('img');
+    for (let off = 0; off < SIZE; off += 16 * 2 ** 20)
+      await w.pwrite!(data.subarray(off, off + 16 * 2 ** 20), off, { fua: false });
+    await host.release('img');
+    await host.freeze('img');
+    const ref = await host.publish('img');
+    await host.close();
+    const raw = join(dir, 'raw.img');
+    await writeFile(raw, data);
+
+    const packs = (await (
+      await fetch(`http://127.0.0.1:${registry.port}/v2/bench/volume/manifests/${ref.replace(':', '-')}`, {
+        headers: { accept: 'application/vnd.oci.image.manifest.v1+json' },
+      })
+    ).json()) as { layers: { digest: string }[] };
+    const download = async (): Promise<void> => {
+      const queue = [...packs.layers];
+      await Promise.all(
+        Array.from({ length: 4 }, async () => {
+          for (let l = queue.shift(); l; l = queue.shift()) {
+            await (await fetch(`http://127.0.0.1:${registry.port}/v2/bench/volume/blobs/${l.digest}`)).arrayBuffer();
+          }
+        }),
+      );
+    };
+
+    const cold: number[] = [];
+    const warm: number[] = [];
+    const plain: number[] = [];
+    const nbdkit: number[] = [];
+    for (let r = 0; r < REPS; r++) {
+      const b = await VolumeManager.open(join(dir, `b${r}`), { store: new OciStore(url) });
+      await b.openSnapshot(ref, 'img');
+      const server = new NbdServer();
+      server.addExport({ name: 'img', backend: await b.acquire('img') });
+      const bound = await server.listen(`unix://${join(dir, `b${r}.sock`)}`);
+      const copy = () => run('nbdcopy', ['--connections=4', nbdUri(bound, 'img'), 'null:'], { timeoutMs: 600_000 });
+      cold.push(SIZE / 2 ** 20 / (await timed(copy)));
+      if (b.stats('img').fetch.bytesFetched < SIZE)
+        throw new Error('cold read did not fetch the volume: not a cold read');
+      warm.push(SIZE / 2 ** 20 / (await timed(copy)));
+      await server.close();
+      await b.release('img');
+      await b.close();
+      plain.push(SIZE / 2 ** 20 / (await timed(download)));
+      const sock = join(dir, `k${r}.sock`);
+      const k = startProcess('nbdkit', ['-f', '-U', sock, 'file', raw]);
+      for (let i = 0; i < 100; i++) {
+        if (
+          await run('nbdinfo', ['--size', `nbd+unix:///?socket=${sock}`]).then(
+            () => true,
+            () => false,
+          )
+        )
+          break;
+        await new Promise((res) => setTimeout(res, 50));
+      }
+      nbdkit.push(
+        SIZE /
+          2 ** 20 /
+          (await timed(() => run('nbdcopy', ['--connections=4', `nbd+unix:///?socket=${sock}`, 'null:']))),
+      );
+      await k.stop();
+    }
+    rows.push({
+      name: `cold sequential read over NBD from oci:// (${SIZE / 2 ** 20} MiB, nbdcopy 4 conns) vs plain download of its packs`,
+      value: `${median(cold).toFixed(0)} MiB/s`,
+      anchor: `${median(plain).toFixed(0)} MiB/s`,
+      ratio: median(cold) / median(plain),
+      target: '≥ 0.5',
+    });
+    rows.push({
+      name: 'warm read of the same volume vs nbdkit file on a raw image',
+      value: `${median(warm).toFixed(0)} MiB/s`,
+      anchor: `${median(nbdkit).toFixed(0)} MiB/s`,
+      ratio: median(warm) / median(nbdkit),
+      target: '≥ 0.5',
+    });
+
+    const machine = `${cpus().length} × ${cpus()[0]?.model.trim()}, ${(totalmem() / GiB).toFixed(0)} GiB, Node ${process.version}`;
+    console.log(`Machine: ${machine}. Registry: Debian docker-registry on loopback. Median of ${REPS}.\n`);
+    console.log('| measurement | slacker-ts | anchor | ratio | target |\n|---|---:|---:|---:|---|');
+    for (const r of rows) console.log(`| ${r.name} | ${r.value} | ${r.anchor} | ${r.ratio.toFixed(2)} | ${r.target} |`);
+    if (opts.json) await writeFile(opts.json, JSON.stringify({ machine, sizeBytes: SIZE, reps: REPS, rows }, null, 2));
+  } finally {
+    await registry.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exitCode = 1;
+});
