@@ -83,13 +83,11 @@ export class ChunkReader {
 
   /** Starts fetching a chunk that is not local yet (readahead, NBD CACHE); errors only logged. */
   prefetch(digest: Digest, c: FetchCounters): Promise<void> {
-    return this.local
-      .has(digest)
-      .then(
-        (has) => (has ? undefined : this.fetch(digest, c).then(() => undefined)),
-        () => undefined,
-      )
-      .catch((err: unknown) => this.log.debug({ err, digest }, 'prefetch failed'));
+    if (this.local.has(digest)) return Promise.resolve();
+    return this.fetch(digest, c).then(
+      () => undefined,
+      (err: unknown) => this.log.debug({ err, digest }, 'prefetch failed'),
+    );
   }
 
   /**
@@ -185,7 +183,7 @@ export class ChunkReader {
           return;
         }
         try {
-          await this.local.putVerified(q.digest, data);
+          await this.local.putVerified(q.digest, data, { durable: false }); // the store has it
           await this.cache?.admit(q.digest, data.length);
           q.counters.recordFetch(data.length, Date.now() - q.queuedAt);
           q.resolve(data);

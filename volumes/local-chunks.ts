@@ -6,14 +6,16 @@
  *
  * Reads keep an LRU of open descriptors (a chunk file is opened once, not per read) and use the
  * RWF_NOWAIT fast path: a cached chunk costs one syscall. A descriptor is pinned while a read
- * uses it, so eviction never closes one under a reader.
+ * uses it, so eviction never closes one under a reader. Chunk files are opened synchronously:
+ * opening a local file whose directory is cached takes microseconds, while a libuv threadpool
+ * round trip (contended by readahead and fetches) was measured to stall sequential reads.
+ * Presence is remembered once known, so readahead of local chunks costs no syscall.
  */
 import { randomBytes } from 'node:crypto';
-import { close as closeFd, open as openFd, read as readFd } from 'node:fs';
-import { mkdir, open, rename, stat, unlink } from 'node:fs/promises';
+import { closeSync, openSync, read as readFd, statSync } from 'node:fs';
+import { mkdir, open, rename, unlink } from 'node:fs/promises';
 import { fileOps } from '../common/fileops.js';
 import { join } from 'node:path';
-import { IoError } from '../common/errors.js';
 import { digestOf, type Digest } from './types.js';
 
 /** Chunk files kept open at once. */
@@ -29,6 +31,10 @@ interface OpenChunk {
 export class LocalChunks {
   /** Open chunk files in least- to most-recently-used order. */
   private readonly fds = new Map<Digest, OpenChunk>();
+  /** Chunks known to be stored here (a cache of stat results, kept by put and remove). */
+  private readonly present = new Set<Digest>();
+  /** Fan-out directories known to exist. */
+  private readonly dirs = new Set<string>();
 
   constructor(readonly root: string) {}
 
@@ -37,35 +43,44 @@ export class LocalChunks {
     return join(this.root, hex.slice(0, 2), hex.slice(2));
   }
 
-  async has(digest: Digest): Promise<boolean> {
-    if (this.fds.has(digest)) return true; // open, so present
-    return stat(this.pathOf(digest)).then(
-      () => true,
-      () => false,
-    );
+  /** Whether the chunk is stored here: from memory once known, else one cheap stat (no throw). */
+  has(digest: Digest): boolean {
+    if (this.present.has(digest)) return true;
+    const found = statSync(this.pathOf(digest), { throwIfNoEntry: false }) !== undefined;
+    if (found) this.present.add(digest);
+    return found;
   }
 
-  /** Stores `data` under its digest (idempotent) and returns the digest. */
+  /** Stores `data` under its digest, durably (it may exist nowhere else), and returns the digest. */
   async put(data: Buffer): Promise<Digest> {
     const digest = digestOf(data);
-    await this.putVerified(digest, data);
+    await this.putVerified(digest, data, { durable: true });
     return digest;
   }
 
-  /** Stores data already verified to match `digest`. */
-  async putVerified(digest: Digest, data: Buffer): Promise<void> {
+  /**
+   * Stores data already verified to match `digest`. `durable: false` for chunks the backing
+   * store also has: no fsync; if power loss leaves the file short, a read finds it short and
+   * treats it as missing, so it is fetched again.
+   */
+  async putVerified(digest: Digest, data: Buffer, options: { durable: boolean }): Promise<void> {
+    if (this.has(digest)) return;
     const path = this.pathOf(digest);
-    if (await this.has(digest)) return;
-    await mkdir(join(path, '..'), { recursive: true });
+    const dir = join(path, '..');
+    if (!this.dirs.has(dir)) {
+      await mkdir(dir, { recursive: true });
+      this.dirs.add(dir);
+    }
     const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
     const f = await open(tmp, 'wx');
     try {
       await f.writeFile(data);
-      await f.datasync();
+      if (options.durable) await f.datasync();
     } finally {
       await f.close();
     }
     await rename(tmp, path);
+    this.present.add(digest);
   }
 
   /**
@@ -73,7 +88,7 @@ export class LocalChunks {
    * not stored here. What is read is not re-verified (it was verified when stored).
    */
   async read(digest: Digest, offset: number, length: number, into: Buffer, at: number): Promise<boolean> {
-    const f = await this.acquire(digest);
+    const f = this.acquire(digest);
     if (!f) return false;
     try {
       let done = fileOps.preadNoWait(f.fd, into, at, length, offset);
@@ -82,40 +97,55 @@ export class LocalChunks {
         const n = await new Promise<number>((resolve, reject) =>
           readFd(f.fd, into, at + done, length - done, offset + done, (err, k) => (err ? reject(err) : resolve(k))),
         );
-        if (n === 0) throw new IoError(`chunk ${digest} is truncated`, { context: { digest, offset, length, done } });
+        if (n === 0) {
+          // Short: a cached chunk cut by power loss (never fsync'ed). Set it aside (never delete:
+          // it might be the only copy) and report it missing, so it is fetched again.
+          await this.quarantine(digest);
+          return false;
+        }
         done += n;
       }
       return true;
     } finally {
       f.users--;
-      if (f.doomed && f.users === 0) closeFd(f.fd, () => undefined);
+      if (f.doomed && f.users === 0) closeSync(f.fd);
       this.trim();
     }
+  }
+
+  private async quarantine(digest: Digest): Promise<void> {
+    this.present.delete(digest);
+    const f = this.fds.get(digest);
+    if (f) {
+      this.fds.delete(digest);
+      f.doomed = true; // closed by its last reader
+    }
+    await rename(this.pathOf(digest), `${this.pathOf(digest)}.short`).catch(() => undefined);
   }
 
   /** Closes every cached descriptor (none may be in use). */
   close(): void {
     for (const [digest, f] of this.fds) {
-      closeFd(f.fd, () => undefined);
+      closeSync(f.fd);
       this.fds.delete(digest);
     }
   }
 
-  private async acquire(digest: Digest): Promise<OpenChunk | undefined> {
+  private acquire(digest: Digest): OpenChunk | undefined {
     let f = this.fds.get(digest);
     if (f) {
       this.fds.delete(digest); // most recently used goes last
     } else {
-      const fd = await new Promise<number | undefined>((resolve, reject) =>
-        openFd(this.pathOf(digest), 'r', (err, fd) =>
-          err ? ((err as NodeJS.ErrnoException).code === 'ENOENT' ? resolve(undefined) : reject(err)) : resolve(fd),
-        ),
-      );
-      if (fd === undefined) return undefined;
-      f = this.fds.get(digest); // another reader may have opened it meanwhile
-      if (f) closeFd(fd, () => undefined);
-      else f = { fd, users: 0 };
-      this.fds.delete(digest);
+      let fd: number;
+      try {
+        fd = openSync(this.pathOf(digest), 'r');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        this.present.delete(digest);
+        return undefined;
+      }
+      this.present.add(digest);
+      f = { fd, users: 0 };
     }
     this.fds.set(digest, f);
     f.users++;
@@ -129,16 +159,17 @@ export class LocalChunks {
       if (this.fds.size <= MAX_OPEN) return;
       if (f.users > 0) continue;
       this.fds.delete(digest);
-      closeFd(f.fd, () => undefined);
+      closeSync(f.fd);
     }
   }
 
   /** Deletes a chunk file; a reader that has it open finishes its read (Unix semantics). */
   async remove(digest: Digest): Promise<void> {
+    this.present.delete(digest);
     const f = this.fds.get(digest);
     if (f) {
       this.fds.delete(digest);
-      if (f.users === 0) closeFd(f.fd, () => undefined);
+      if (f.users === 0) closeSync(f.fd);
       else f.doomed = true;
     }
     await unlink(this.pathOf(digest)).catch(() => undefined);
