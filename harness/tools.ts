@@ -18,6 +18,7 @@ export const PACKAGES: Record<string, string> = {
   fio: 'fio',
   'docker-registry': 'docker-registry',
   htpasswd: 'apache2-utils',
+  openssl: 'openssl',
 };
 
 /**

@@ -14,7 +14,7 @@ declare -A NEED=(
   [fusermount3]=fuse3
   [losetup]=mount
   [fio]=fio
-  [docker-registry]=docker-registry [htpasswd]=apache2-utils
+  [docker-registry]=docker-registry [htpasswd]=apache2-utils [openssl]=openssl
   [make]=make [g++]=g++ [python3]=python3
 )
 

@@ -170,3 +170,32 @@ describe('oci:// store with Basic auth', () => {
     await expect(roundTrip(wrong)).rejects.toThrow(/401/);
   });
 });
+
+describe('oci:// store with Bearer token auth', () => {
+  const user = { username: 'slacker', password: 'token-pw' };
+  let registry: TestRegistry;
+  beforeAll(async () => {
+    registry = await startRegistry({ user, token: true });
+  });
+  afterAll(async () => {
+    await registry?.close();
+  });
+
+  it("answers the registry's Bearer challenge with a token from its token server", async () => {
+    const data = randomBytes(7000, 3);
+    const { digestOf } = await import('../../volumes/types.js');
+    const digest = digestOf(data);
+    const store = new OciStore(registry.url('bearer/test', user));
+    const hints = await store.putChunks([{ digest, data }]);
+    expect((await store.getChunk(digest, hints.get(digest)!)).equals(data)).toBe(true);
+    const ref = await store.putManifest(Buffer.from('{"schema":"x"}'));
+    expect((await store.getManifest(ref)).toString()).toBe('{"schema":"x"}');
+  });
+
+  it('fails clearly when the token server refuses the credentials', async () => {
+    const store = new OciStore(registry.url('bearer/test', { username: 'slacker', password: 'wrong' }));
+    await expect(store.getManifest(('sha256:' + '1'.repeat(64)) as Digest)).rejects.toThrow(
+      /token request .* failed: 401/,
+    );
+  });
+});
