@@ -31,5 +31,5 @@ export function isAllZero(buf: Buffer): boolean {
   return true;
 }
 
-/** Default chunk size; see docs/ARCHITECTURE.md for why (to be settled by measurement). */
+/** Default chunk size, chosen by measurement on a real root file system (docs/BENCHMARKS.md). */
 export const DEFAULT_CHUNK_SIZE = 256 * 1024;

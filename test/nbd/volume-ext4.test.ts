@@ -9,7 +9,7 @@ import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DirStore } from '../../stores/dir-store.js';
 import { VolumeManager } from '../../volumes/manager.js';
-import { attachExt4 } from '../helpers/attach.js';
+import { attachExt4 } from '../../harness/attach.js';
 import { noConnections, startServer, type TestServer } from '../helpers/server.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';

@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { run, startProcess } from './tools.js';
+import { run, startProcess } from '../common/exec.js';
 
 export interface Attached {
   loopDevice: string;
