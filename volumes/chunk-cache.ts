@@ -61,15 +61,16 @@ export class ChunkCache {
   /** Saves the use order. */
   persist(): void {
     if (this.dirty.size === 0) return;
-    const order = [...this.lru.keys()];
-    const now = Date.now();
     // Use times that preserve the in-memory order: older entries get earlier times.
-    const entries = [...this.dirty].map((digest) => ({
-      digest,
-      size: this.lru.get(digest) ?? 0,
-      lastUsed: now - (order.length - order.indexOf(digest)),
-    }));
-    this.metadata.touchCached(entries.filter((e) => this.lru.has(e.digest)));
+    const now = Date.now();
+    const n = this.lru.size;
+    const entries: { digest: Digest; size: number; lastUsed: number }[] = [];
+    let position = 0;
+    for (const [digest, size] of this.lru) {
+      if (this.dirty.has(digest)) entries.push({ digest, size, lastUsed: now - (n - position) });
+      position++;
+    }
+    this.metadata.touchCached(entries);
     this.dirty.clear();
   }
 
