@@ -19,9 +19,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { brotliCompressSync, brotliDecompressSync, constants, deflateRawSync, inflateRawSync } from 'node:zlib';
 import { run } from '../common/exec.js';
-import { attachExt4 } from '../harness/attach.js';
+import { withMountedVolume } from '../harness/mounted-volume.js';
 import { requireTools } from '../harness/tools.js';
-import { nbdUri } from '../nbd-server/listen-address.js';
 import { NbdServer } from '../nbd-server/server.js';
 import { DirStore } from '../stores/dir-store.js';
 import { VolumeManager } from '../volumes/manager.js';
@@ -31,32 +30,6 @@ const { values: opts } = parseArgs({
 });
 const SIZES = [64 * 1024, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024];
 const MiB = 2 ** 20;
-
-async function serveAndMount<T>(
-  mgr: VolumeManager,
-  id: string,
-  work: string,
-  readOnly: boolean,
-  fn: (mnt: string) => Promise<T>,
-): Promise<T> {
-  const server = new NbdServer();
-  server.addExport({ name: id, backend: await mgr.acquire(id) });
-  const bound = await server.listen(`unix://${join(work, `${id}.sock`)}`);
-  try {
-    const a = await attachExt4(nbdUri(bound, id), join(work, `attach-${id}-${Date.now()}`), {
-      mkfs: !readOnly,
-      readOnly,
-    });
-    try {
-      return await fn(a.mountPoint);
-    } finally {
-      await a.detach();
-    }
-  } finally {
-    await server.close();
-    await mgr.release(id);
-  }
-}
 
 async function main(): Promise<void> {
   await requireTools('nbdfuse', 'losetup', 'mkfs.ext4', 'fusermount3');
@@ -68,6 +41,10 @@ async function main(): Promise<void> {
   });
   const rootfsBytes = Number((await run('du', ['-sb', rootfs])).stdout.split('\t')[0]);
   const work = await mkdtemp(join(tmpdir(), 'slacker-chunks-'));
+  const server = new NbdServer();
+  await server.listen(`unix://${join(work, 'nbd.sock')}`);
+  const mount = <T>(manager: VolumeManager, readOnly: boolean, fn: (mnt: string) => Promise<T>): Promise<T> =>
+    withMountedVolume({ server, manager, id: 'img', workDir: work, readOnly, mkfs: !readOnly }, fn);
   try {
     console.log(`rootfs ${rootfs}: ${(rootfsBytes / MiB).toFixed(0)} MiB\n`);
     console.log(
@@ -78,7 +55,7 @@ async function main(): Promise<void> {
       const store = new DirStore(join(work, `store-${chunkSize}`));
       const a = await VolumeManager.open(join(work, `a-${chunkSize}`), { store });
       await a.create('img', 1024 * MiB, { chunkSize });
-      await serveAndMount(a, 'img', work, false, async (mnt) => {
+      await mount(a, false, async (mnt) => {
         await run('sh', ['-c', `tar -C '${rootfs}' -cf - . | tar -C '${mnt}' -xf -`], { timeoutMs: 600_000 });
       });
       await a.freeze('img');
@@ -89,7 +66,7 @@ async function main(): Promise<void> {
       const b = await VolumeManager.open(join(work, `b-${chunkSize}`), { store, readahead: 0 });
       await b.openSnapshot(ref, 'img');
       const t0 = performance.now();
-      await serveAndMount(b, 'img', work, true, async (mnt) => {
+      await mount(b, true, async (mnt) => {
         const { stdout } = await run('chroot', [mnt, '/bin/bash', '-c', 'echo hello; cat /etc/os-release > /dev/null']);
         if (stdout.trim() !== 'hello') throw new Error(`workload printed ${stdout}`);
       });
@@ -129,6 +106,7 @@ async function main(): Promise<void> {
       );
     }
   } finally {
+    await server.close();
     await rm(work, { recursive: true, force: true });
   }
 }

@@ -9,7 +9,7 @@ import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DirStore } from '../../stores/dir-store.js';
 import { VolumeManager } from '../../volumes/manager.js';
-import { attachExt4 } from '../../harness/attach.js';
+import { withMountedVolume } from '../../harness/mounted-volume.js';
 import { noConnections, startServer, type TestServer } from '../helpers/server.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
@@ -36,29 +36,23 @@ describe('ext4 on layer volumes over NBD', () => {
   let srv: TestServer;
 
   /** Exports a volume, attaches it, runs `fn` on the mount, and undoes it all. */
-  async function withMounted<T>(
+  const withMounted = <T>(
     id: string,
     readOnly: boolean,
     fn: (mnt: string) => Promise<T>,
     on: VolumeManager = mgr,
-  ): Promise<T> {
-    const mgr = on;
-    srv.server.addExport({ name: id, backend: await mgr.acquire(id) });
-    try {
-      const a = await attachExt4(srv.uri(id, 'unix'), join(dir.path, `attach-${id}-${Date.now()}`), {
-        mkfs: mgr.stats(id).chunks === 0 && !mgr.get(id).parent && !readOnly,
+  ): Promise<T> =>
+    withMountedVolume(
+      {
+        server: srv.server,
+        manager: on,
+        id,
+        workDir: dir.path,
         readOnly,
-      });
-      try {
-        return await fn(a.mountPoint);
-      } finally {
-        await a.detach();
-      }
-    } finally {
-      srv.server.removeExport(id);
-      await mgr.release(id);
-    }
-  }
+        mkfs: !readOnly && on.stats(id).chunks === 0 && !on.get(id).parent,
+      },
+      fn,
+    );
 
   beforeAll(async () => {
     requireRoot();

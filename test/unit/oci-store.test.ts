@@ -13,6 +13,7 @@ import { VolumeManager } from '../../volumes/manager.js';
 import type { Digest } from '../../volumes/types.js';
 import { startRegistry, type TestRegistry } from '../../harness/registry.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
+import { publishVolume } from '../helpers/volumes.js';
 
 const CHUNK = 64 * 1024;
 const MiB = 1024 * 1024;
@@ -57,14 +58,8 @@ describe('oci:// store on a real registry', () => {
     await dir.cleanup();
   });
 
-  async function published(id: string, chunks: number[]): Promise<Digest> {
-    await hostA.create(id, 16 * MiB, { chunkSize: CHUNK });
-    const v = await hostA.acquire(id);
-    for (const i of chunks) await v.pwrite!(chunkData(i), i * CHUNK, { fua: false });
-    await hostA.release(id);
-    await hostA.freeze(id);
-    return hostA.publish(id);
-  }
+  const published = (id: string, chunks: number[]): Promise<Digest> =>
+    publishVolume(hostA, id, chunks, { size: 16 * MiB, chunkSize: CHUNK, data: chunkData });
 
   it('publishes packs and opens the snapshot elsewhere, reading chunks lazily by range', async () => {
     const ref = await published('img', [0, 3, 7, 200]);

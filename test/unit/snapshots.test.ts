@@ -11,6 +11,7 @@ import { openStore } from '../../stores/open-store.js';
 import { VolumeManager } from '../../volumes/manager.js';
 import type { Digest } from '../../volumes/types.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
+import { publishVolume } from '../helpers/volumes.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -47,15 +48,8 @@ describe('snapshots in a dir:// store', () => {
     await dir.cleanup();
   });
 
-  /** Creates, fills (chunk i gets chunkData(i)), freezes and publishes a volume on host A. */
-  async function published(id: string, chunks: number[], size = 16 * MiB): Promise<Digest> {
-    await hostA.create(id, size, { chunkSize: CHUNK });
-    const v = await hostA.acquire(id);
-    for (const i of chunks) await v.pwrite!(chunkData(i), i * CHUNK, { fua: false });
-    await hostA.release(id);
-    await hostA.freeze(id);
-    return hostA.publish(id);
-  }
+  const published = (id: string, chunks: number[], size = 16 * MiB): Promise<Digest> =>
+    publishVolume(hostA, id, chunks, { size, chunkSize: CHUNK, data: chunkData });
 
   it('opens a published snapshot elsewhere with metadata only, fetching chunks on first read', async () => {
     const ref = await published('img', [0, 5, 100, 255]);
