@@ -75,4 +75,5 @@ total=$(cli stats layer --root "$work/hostB" --json | sed -E 's/.*"chunks":([0-9
 fetched=$(find "$work/hostB/chunks" -type f | wc -l)
 echo "host B holds $fetched of the image's $total chunks ($(du -sh "$work/hostB/chunks" | cut -f1)):"
 echo "only what mounting ext4 and reading hello.txt touched, each verified against its SHA-256."
+cli stats layer --root "$work/hostB"
 echo "== done; cleaning up"

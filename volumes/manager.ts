@@ -48,7 +48,7 @@ export interface VolumeStats {
   bytesWritten: number;
   openCount: number;
   snapshotRef: Digest | null;
-  /** Reads of frozen chunks since this manager started. */
+  /** What reads of this volume's frozen chunks fetched, over its lifetime. */
   fetch: Pick<FetchCounters, 'chunksFetched' | 'bytesFetched' | 'fetchErrors' | 'localHits' | 'latency'>;
 }
 
@@ -76,8 +76,9 @@ export class VolumeManager {
   private readonly open = new Map<VolumeId, OpenVolume>();
   /** Complete maps of frozen volumes, loaded once and shared by all their clones. */
   private readonly snapshots = new Map<VolumeId, Map<ChunkIndex, Digest>>();
-  /** Fetch costs per volume since this manager started, whether or not it is open now. */
+  /** Fetch costs per volume, loaded from and saved to the metadata, whether or not it is open now. */
   private readonly counters = new Map<VolumeId, FetchCounters>();
+  private closed = false;
 
   readonly reader: ChunkReader;
   readonly cache: ChunkCache;
@@ -246,6 +247,7 @@ export class VolumeManager {
     if (--o.refs === 0) {
       this.open.delete(row.id);
       await o.volume.close();
+      this.metadata.saveFetchStats(row.id, this.countersOf(row.id));
     }
   }
 
@@ -295,9 +297,13 @@ export class VolumeManager {
     };
   }
 
+  /** Closes open volumes, saves statistics and the cache order, closes the metadata. Idempotent. */
   async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
     for (const o of this.open.values()) await o.volume.close();
     this.open.clear();
+    for (const [id, c] of this.counters) if (this.metadata.getVolume(id)) this.metadata.saveFetchStats(id, c);
     this.cache.persist();
     this.chunks.close();
     this.metadata.close();
@@ -340,6 +346,14 @@ export class VolumeManager {
     let c = this.counters.get(id);
     if (!c) {
       c = new FetchCounters();
+      const saved = this.metadata.fetchStats(id);
+      if (saved) {
+        c.chunksFetched = saved.chunksFetched;
+        c.bytesFetched = saved.bytesFetched;
+        c.fetchErrors = saved.fetchErrors;
+        c.localHits = saved.localHits;
+        saved.latency.forEach((n, i) => (c!.latency[i] = n));
+      }
       this.counters.set(id, c);
     }
     return c;

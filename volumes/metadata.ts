@@ -17,6 +17,9 @@
  *   cached_chunks   local chunks that may be evicted because the backing store has them
  *                   (fetched from it, or published to it), with their size and last use.
  *                   Chunks that exist only here are never listed, so never evicted.
+ *   fetch_stats     per volume: what its reads fetched (chunks, bytes, errors, local hits,
+ *                   latency histogram as JSON), saved when a volume is released or the
+ *                   manager closes, so stats outlive the process that served the volume.
  *   volumes.snapshot_ref  the reference (manifest digest) a frozen volume was published as or
  *                   opened from.
  *   meta            schema_version.
@@ -77,6 +80,15 @@ const MIGRATIONS: string[] = [
      digest TEXT PRIMARY KEY,
      size INTEGER NOT NULL,
      last_used INTEGER NOT NULL
+   ) WITHOUT ROWID;`,
+  // 4: fetch statistics that outlive the serving process
+  `CREATE TABLE fetch_stats (
+     volume_id TEXT PRIMARY KEY REFERENCES volumes(id),
+     chunks_fetched INTEGER NOT NULL,
+     bytes_fetched INTEGER NOT NULL,
+     fetch_errors INTEGER NOT NULL,
+     local_hits INTEGER NOT NULL,
+     latency TEXT NOT NULL
    ) WITHOUT ROWID;`,
 ];
 
@@ -252,8 +264,42 @@ export class Metadata {
     this.db.prepare('DELETE FROM cached_chunks WHERE digest = ?').run(digest);
   }
 
+  fetchStats(
+    id: VolumeId,
+  ):
+    | { chunksFetched: number; bytesFetched: number; fetchErrors: number; localHits: number; latency: number[] }
+    | undefined {
+    const r = this.db.prepare('SELECT * FROM fetch_stats WHERE volume_id = ?').get(id) as
+      | { chunks_fetched: number; bytes_fetched: number; fetch_errors: number; local_hits: number; latency: string }
+      | undefined;
+    return (
+      r && {
+        chunksFetched: r.chunks_fetched,
+        bytesFetched: r.bytes_fetched,
+        fetchErrors: r.fetch_errors,
+        localHits: r.local_hits,
+        latency: JSON.parse(r.latency) as number[],
+      }
+    );
+  }
+
+  saveFetchStats(
+    id: VolumeId,
+    c: { chunksFetched: number; bytesFetched: number; fetchErrors: number; localHits: number; latency: number[] },
+  ): void {
+    this.db
+      .prepare(
+        `INSERT INTO fetch_stats (volume_id, chunks_fetched, bytes_fetched, fetch_errors, local_hits, latency)
+         VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT(volume_id) DO UPDATE SET chunks_fetched = excluded.chunks_fetched, bytes_fetched = excluded.bytes_fetched,
+           fetch_errors = excluded.fetch_errors, local_hits = excluded.local_hits, latency = excluded.latency`,
+      )
+      .run(id, c.chunksFetched, c.bytesFetched, c.fetchErrors, c.localHits, JSON.stringify(c.latency));
+  }
+
   deleteVolume(id: VolumeId): void {
     this.db.transaction(() => {
+      this.db.prepare('DELETE FROM fetch_stats WHERE volume_id = ?').run(id);
       this.db.prepare('DELETE FROM snapshot_chunks WHERE volume_id = ?').run(id);
       this.db.prepare('DELETE FROM written_chunks WHERE volume_id = ?').run(id);
       this.db.prepare('DELETE FROM volumes WHERE id = ?').run(id);

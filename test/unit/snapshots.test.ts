@@ -70,6 +70,10 @@ describe('snapshots in a dir:// store', () => {
     expect(s.fetch.localHits).toBe(1);
     expect(s.fetch.latency.reduce((a, b) => a + b, 0)).toBe(2);
     await hostB.release('img-b');
+    // The counts outlive the process that served the volume.
+    await hostB.close();
+    hostB = await VolumeManager.open(join(dir.path, 'b'), { store: new DirStore(storePath) });
+    expect(hostB.stats('img-b').fetch).toMatchObject({ chunksFetched: 2, bytesFetched: 2 * CHUNK, localHits: 1 });
   });
 
   it('publishes a clone by uploading only the chunks the store lacks', async () => {
