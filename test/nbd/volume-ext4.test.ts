@@ -8,6 +8,8 @@ import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DirStore } from '../../stores/dir-store.js';
+import { OciStore } from '../../stores/oci-store.js';
+import { startRegistry } from '../../harness/registry.js';
 import { VolumeManager } from '../../volumes/manager.js';
 import { withMountedVolume } from '../../harness/mounted-volume.js';
 import { noConnections, startServer, type TestServer } from '../helpers/server.js';
@@ -127,6 +129,46 @@ describe('ext4 on layer volumes over NBD', () => {
       );
     } finally {
       await hostB.close();
+    }
+  });
+
+  it('publishes a file tree to an oci:// registry and a second host verifies every file', async () => {
+    const registry = await startRegistry();
+    try {
+      const url = registry.url('slacker/ext4');
+      const hostA = await VolumeManager.open(join(dir.path, 'oci-a'), { store: new OciStore(url) });
+      const hostB = await VolumeManager.open(join(dir.path, 'oci-b'), { store: new OciStore(url) });
+      try {
+        await hostA.create('tree', 256 * 1024 * 1024);
+        const tree = await withMounted(
+          'tree',
+          false,
+          async (mnt) => {
+            for (let d = 0; d < 6; d++) {
+              await mkdir(join(mnt, `dir${d}`, 'sub'), { recursive: true });
+              for (let f = 0; f < 8; f++) {
+                await writeFile(
+                  join(mnt, `dir${d}`, 'sub', `f${f}`),
+                  randomBytes(1 + (((d * 8 + f) * 104729) % 700_000), 900 + d * 8 + f),
+                );
+              }
+            }
+            return digestTree(mnt);
+          },
+          hostA,
+        );
+        await hostA.freeze('tree');
+        const ref = await hostA.publish('tree');
+        await hostB.openSnapshot(ref, 'tree');
+        expect(await withMounted('tree', true, digestTree, hostB)).toEqual(tree);
+        expect(tree.size).toBe(48);
+        expect(hostB.stats('tree').fetch.chunksFetched).toBeGreaterThan(0);
+      } finally {
+        await hostA.close();
+        await hostB.close();
+      }
+    } finally {
+      await registry.close();
     }
   });
 });
