@@ -304,7 +304,7 @@ export class VolumeManager {
     for (const o of this.open.values()) await o.volume.close();
     this.open.clear();
     for (const [id, c] of this.counters) if (this.metadata.getVolume(id)) this.metadata.saveFetchStats(id, c);
-    this.cache.persist();
+    this.cache.persist(true);
     this.chunks.close();
     this.metadata.close();
   }
