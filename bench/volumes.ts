@@ -1,7 +1,11 @@
 /**
  * Layer volume benchmarks, each against an anchor measured in the same run.
  *
- *   npm run bench:volumes -- [--size-mib 256] [--reps 3] [--json FILE]
+ *   npm run bench:volumes -- [--size-mib 256] [--reps 3] [--link RATE] [--json FILE]
+ *
+ * --link puts the registry in its own network namespace behind a tbf-limited veth pair
+ * (e.g. 1gbit): a realistic link, where bandwidth rather than this machine's two cores bounds
+ * the cold read. Without it the registry is on loopback.
  *
  * 1. Clone time of a 1 GiB and a 100 GiB frozen volume (must not grow with size).
  * 2. Cold sequential read of a published volume over NBD (nbdcopy, 4 connections) from the
@@ -15,6 +19,7 @@ import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { run, startProcess } from '../common/exec.js';
+import { createLink, type Link } from '../harness/link.js';
 import { startRegistry } from '../harness/registry.js';
 import { requireTools } from '../harness/tools.js';
 import { nbdUri } from '../nbd-server/listen-address.js';
@@ -26,6 +31,7 @@ const { values: opts } = parseArgs({
   options: {
     'size-mib': { type: 'string', default: '256' },
     reps: { type: 'string', default: '3' },
+    link: { type: 'string' },
     json: { type: 'string' },
   },
 });
@@ -51,7 +57,8 @@ interface Row {
 async function main(): Promise<void> {
   await requireTools('docker-registry', 'nbdcopy', 'nbdkit');
   const dir = await mkdtemp(join(tmpdir(), 'slacker-benchvol-'));
-  const registry = await startRegistry();
+  const link: Link | undefined = opts.link ? await createLink(opts.link) : undefined;
+  const registry = await startRegistry(link ? { netns: { name: link.netns, address: link.nsAddress } } : {});
   const rows: Row[] = [];
   try {
     // 1. clone time vs size
@@ -96,7 +103,7 @@ async function main(): Promise<void> {
     await writeFile(raw, data);
 
     const packs = (await (
-      await fetch(`http://127.0.0.1:${registry.port}/v2/bench/volume/manifests/${ref.replace(':', '-')}`, {
+      await fetch(`http://${registry.host}:${registry.port}/v2/bench/volume/manifests/${ref.replace(':', '-')}`, {
         headers: { accept: 'application/vnd.oci.image.manifest.v1+json' },
       })
     ).json()) as { layers: { digest: string }[] };
@@ -105,7 +112,9 @@ async function main(): Promise<void> {
       await Promise.all(
         Array.from({ length: 4 }, async () => {
           for (let l = queue.shift(); l; l = queue.shift()) {
-            await (await fetch(`http://127.0.0.1:${registry.port}/v2/bench/volume/blobs/${l.digest}`)).arrayBuffer();
+            await (
+              await fetch(`http://${registry.host}:${registry.port}/v2/bench/volume/blobs/${l.digest}`)
+            ).arrayBuffer();
           }
         }),
       );
@@ -170,12 +179,14 @@ async function main(): Promise<void> {
     });
 
     const machine = `${cpus().length} × ${cpus()[0]?.model.trim()}, ${(totalmem() / GiB).toFixed(0)} GiB, Node ${process.version}`;
-    console.log(`Machine: ${machine}. Registry: Debian docker-registry on loopback. Median of ${REPS}.\n`);
+    const where = link ? `in a network namespace behind a ${link.rate} tbf link` : 'on loopback';
+    console.log(`Machine: ${machine}. Registry: Debian docker-registry ${where}. Median of ${REPS}.\n`);
     console.log('| measurement | slacker-ts | anchor | ratio | target |\n|---|---:|---:|---:|---|');
     for (const r of rows) console.log(`| ${r.name} | ${r.value} | ${r.anchor} | ${r.ratio.toFixed(2)} | ${r.target} |`);
     if (opts.json) await writeFile(opts.json, JSON.stringify({ machine, sizeBytes: SIZE, reps: REPS, rows }, null, 2));
   } finally {
     await registry.close();
+    await link?.close();
     await rm(dir, { recursive: true, force: true });
   }
 }

@@ -25,9 +25,12 @@ export interface RegistryOptions {
   user?: Credentials;
   /** Bearer token auth through a token server instead of Basic auth. */
   token?: boolean;
+  /** Run inside this network namespace, listening on `address` (see link.ts). */
+  netns?: { name: string; address: string };
 }
 
 export interface TestRegistry {
+  host: string;
   port: number;
   storage: string;
   /** oci:// URL of a repository on it. */
@@ -49,6 +52,7 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Test
   await requireTools('docker-registry', ...(options.user && !options.token ? ['htpasswd'] : []));
   const dir = await mkdtemp(join(tmpdir(), 'slacker-registry-'));
   const port = await freePort();
+  const host = options.netns?.address ?? '127.0.0.1';
   const storage = join(dir, 'storage');
   let auth = '';
   let tokenServer: Server | undefined;
@@ -64,15 +68,18 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Test
   const config = join(dir, 'config.yml');
   await writeFile(
     config,
-    `version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: ${storage}\nhttp:\n  addr: 127.0.0.1:${port}\n${auth}`,
+    `version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: ${storage}\nhttp:\n  addr: ${host}:${port}\n${auth}`,
   );
   let proc: Started | undefined;
   const start = async (): Promise<void> => {
-    proc = startProcess('docker-registry', ['serve', config]);
+    // `ip netns exec` execs the registry, so the PID is the registry's own.
+    proc = options.netns
+      ? startProcess('ip', ['netns', 'exec', options.netns.name, 'docker-registry', 'serve', config])
+      : startProcess('docker-registry', ['serve', config]);
     proc.child.stdout?.resume();
     proc.child.stderr?.resume();
     for (let i = 0; i < 100; i++) {
-      const up = await fetch(`http://127.0.0.1:${port}/v2/`).then(
+      const up = await fetch(`http://${host}:${port}/v2/`).then(
         (r) => r.status === 200 || r.status === 401,
         () => false,
       );
@@ -89,8 +96,9 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Test
   return {
     port,
     storage,
+    host,
     url: (repository, c) =>
-      `oci://${c ? `${encodeURIComponent(c.username)}:${encodeURIComponent(c.password)}@` : ''}127.0.0.1:${port}/${repository}`,
+      `oci+http://${c ? `${encodeURIComponent(c.username)}:${encodeURIComponent(c.password)}@` : ''}${host}:${port}/${repository}`,
     start,
     stop,
     close: async () => {

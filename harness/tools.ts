@@ -19,6 +19,8 @@ export const PACKAGES: Record<string, string> = {
   'docker-registry': 'docker-registry',
   htpasswd: 'apache2-utils',
   openssl: 'openssl',
+  ip: 'iproute2',
+  tc: 'iproute2',
 };
 
 /**
