@@ -10,7 +10,7 @@ import { IoError } from '../../common/errors.js';
 import { OciStore, parseOciUrl } from '../../stores/oci-store.js';
 import { openStore } from '../../stores/open-store.js';
 import { VolumeManager } from '../../volumes/manager.js';
-import type { Digest } from '../../volumes/types.js';
+import { digestOf, type Digest } from '../../volumes/types.js';
 import { startRegistry, type TestRegistry } from '../../harness/registry.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
 import { publishVolume } from '../helpers/volumes.js';
@@ -124,6 +124,84 @@ describe('oci:// store on a real registry', () => {
   });
 });
 
+describe('oci:// store chunk compression', () => {
+  let registry: TestRegistry;
+  beforeAll(async () => {
+    registry = await startRegistry();
+  });
+  afterAll(async () => {
+    await registry?.close();
+  });
+  const text = (i: number): Buffer =>
+    Buffer.from(`line ${i}: the quick brown fox jumps over the lazy dog\n`.repeat(4000));
+
+  it('stores compressible chunks brotli-compressed and reads back exactly the original', async () => {
+    const store = new OciStore(registry.url('z/compressed'));
+    const chunks = [0, 1, 2].map((i) => ({ data: text(i), digest: digestOf(text(i)) }));
+    const random = { data: randomBytes(100_000, 7), digest: digestOf(randomBytes(100_000, 7)) };
+    const hints = await store.putChunks([...chunks, random]);
+    for (const c of chunks) expect(hints.get(c.digest)).toMatch(/:br$/);
+    expect(hints.get(random.digest)).not.toMatch(/:br$/); // incompressible: stored as it is
+    const pack = hints.get(chunks[0]!.digest)!.split(':').slice(0, 2).join(':') as Digest;
+    const head = await fetch(`http://${registry.host}:${registry.port}/v2/z/compressed/blobs/${pack}`, {
+      method: 'HEAD',
+    });
+    const raw = chunks.reduce((n, c) => n + c.data.length, 0) + random.data.length;
+    expect(Number(head.headers.get('content-length'))).toBeLessThan(raw / 2);
+    const got = await store.getChunks(
+      [...chunks, random].map((c) => ({ digest: c.digest, hint: hints.get(c.digest)! })),
+    );
+    got.forEach((g, i) => expect(g.equals([...chunks, random][i]!.data)).toBe(true));
+  });
+
+  it('stores chunks raw when compression is off', async () => {
+    const store = new OciStore(registry.url('z/raw'), { compression: 'none' });
+    const data = text(5);
+    const hints = await store.putChunks([{ data, digest: digestOf(data) }]);
+    expect(hints.get(digestOf(data))).not.toMatch(/:br$/);
+  });
+
+  it('refuses a tampered compressed chunk at once, as a verification failure', async () => {
+    const dir = await tempDir('slacker-oci-z-');
+    const url = registry.url('z/tamper');
+    const a = await VolumeManager.open(join(dir.path, 'a'), { store: openStore(url) });
+    const b = await VolumeManager.open(join(dir.path, 'b'), {
+      store: openStore(url),
+      fetchPolicy: { deadlineMs: 5000, initialBackoffMs: 1000, maxBackoffMs: 1000 },
+    });
+    try {
+      await a.create('v', 4 * MiB, { chunkSize: CHUNK });
+      const w = await a.acquire('v');
+      await w.pwrite!(text(9).subarray(0, CHUNK), 0, { fua: false });
+      await a.release('v');
+      await a.freeze('v');
+      const ref = await a.publish('v');
+      // Corrupt every blob that is not the manifest: the compressed pack.
+      const blobs = join(registry.storage, 'docker/registry/v2/blobs/sha256');
+      for (const prefix of await readdir(blobs)) {
+        for (const hex of await readdir(join(blobs, prefix))) {
+          const path = join(blobs, prefix, hex, 'data');
+          const bytes = await readFile(path);
+          if (bytes[0] !== 0x7b /* '{' */) {
+            bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
+            await writeFile(path, bytes);
+          }
+        }
+      }
+      await b.openSnapshot(ref, 'v');
+      const v = await b.acquire('v');
+      const t0 = Date.now();
+      await expect(v.pread(16, 0)).rejects.toThrow(/failed verification/);
+      expect(Date.now() - t0).toBeLessThan(1000); // not retried like a store outage
+      await b.release('v');
+    } finally {
+      await a.close();
+      await b.close();
+      await dir.cleanup();
+    }
+  });
+});
+
 describe('oci:// store with Basic auth', () => {
   const user = { username: 'slacker', password: 's3cret:pw' };
   let registry: TestRegistry;
@@ -139,7 +217,7 @@ describe('oci:// store with Basic auth', () => {
 
   const roundTrip = async (store: OciStore): Promise<void> => {
     const data = randomBytes(5000, 1);
-    const digest = (await import('../../volumes/types.js')).digestOf(data);
+    const digest = digestOf(data);
     const hints = await store.putChunks([{ digest, data }]);
     expect((await store.getChunk(digest, hints.get(digest)!)).equals(data)).toBe(true);
   };
@@ -178,7 +256,6 @@ describe('oci:// store with Bearer token auth', () => {
 
   it("answers the registry's Bearer challenge with a token from its token server", async () => {
     const data = randomBytes(7000, 3);
-    const { digestOf } = await import('../../volumes/types.js');
     const digest = digestOf(data);
     const store = new OciStore(registry.url('bearer/test', user));
     const hints = await store.putChunks([{ digest, data }]);
