@@ -19,11 +19,10 @@ export interface BackingStore {
   readonly url: string;
   /** Uploads chunks; returns a location hint per digest ('' when the digest alone locates it). */
   putChunks(chunks: StoredChunk[]): Promise<Map<Digest, string>>;
-  /** Fetches one chunk's bytes (unverified). Throws on any store error; honours `signal`. */
-  getChunk(digest: Digest, hint: string, signal?: AbortSignal): Promise<Buffer>;
   /**
-   * Fetches several chunks (unverified), in the order asked, as few requests as the store's
-   * layout allows (adjacent chunks of a pack in one range). A store error fails them all.
+   * Fetches chunks (unverified), in the order asked, in as few requests as the store's layout
+   * allows (adjacent chunks of a pack in one range). A store error fails them all; honours
+   * `signal`.
    */
   getChunks(wanted: { digest: Digest; hint: string }[], signal?: AbortSignal): Promise<Buffer[]>;
   /** Stores a snapshot manifest; returns its reference (the manifest's digest). */

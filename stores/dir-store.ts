@@ -30,12 +30,8 @@ export class DirStore implements BackingStore {
     return out;
   }
 
-  getChunk(digest: Digest, _hint: string, signal?: AbortSignal): Promise<Buffer> {
-    return readFile(this.path('chunks', digest), { signal });
-  }
-
   getChunks(wanted: { digest: Digest; hint: string }[], signal?: AbortSignal): Promise<Buffer[]> {
-    return Promise.all(wanted.map((w) => this.getChunk(w.digest, w.hint, signal)));
+    return Promise.all(wanted.map((w) => readFile(this.path('chunks', w.digest), { signal })));
   }
 
   async putManifest(manifest: Buffer): Promise<Digest> {

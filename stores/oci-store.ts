@@ -140,13 +140,6 @@ export class OciStore implements BackingStore {
     return out;
   }
 
-  async getChunk(digest: Digest, hint: string, signal?: AbortSignal): Promise<Buffer> {
-    const at = parseHint(hint);
-    // No pack location: the chunk was stored as a blob of its own.
-    if (!at) return this.getBlob(digest, undefined, signal);
-    return decode(await this.getBlob(at.pack, { offset: at.offset, length: at.length }, signal), at);
-  }
-
   /** Adjacent chunks of one pack are fetched with one Range request, up to MAX_SPAN bytes. */
   async getChunks(wanted: { digest: Digest; hint: string }[], signal?: AbortSignal): Promise<Buffer[]> {
     const located = wanted.map((w, i) => ({ i, w, at: parseHint(w.hint) }));

@@ -47,18 +47,13 @@ export class ChunkCache {
   /** A read hit: the chunk becomes the most recently used (no-op for local-only chunks). */
   touch(digest: Digest): void {
     const size = this.lru.get(digest);
-    if (size === undefined) return;
-    this.lru.delete(digest);
-    this.lru.set(digest, size);
-    this.markDirty(digest);
+    if (size !== undefined) this.use(digest, size);
   }
 
   /** Makes a locally stored chunk evictable (the store has it), then evicts down to the limit. */
   async admit(digest: Digest, size: number): Promise<void> {
     if (!this.lru.has(digest)) this.used += size;
-    this.lru.delete(digest);
-    this.lru.set(digest, size);
-    this.markDirty(digest);
+    this.use(digest, size);
     await this.evict(digest);
   }
 
@@ -79,7 +74,10 @@ export class ChunkCache {
     this.dirty.clear();
   }
 
-  private markDirty(digest: Digest): void {
+  /** Makes the chunk the most recently used; its use time is saved at the next persist. */
+  private use(digest: Digest, size: number): void {
+    this.lru.delete(digest);
+    this.lru.set(digest, size);
     this.dirty.add(digest);
   }
 

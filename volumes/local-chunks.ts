@@ -12,9 +12,9 @@
  * Presence is remembered once known, so readahead of local chunks costs no syscall.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, openSync, read as readFd, readFileSync, statSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, open, rename, unlink } from 'node:fs/promises';
-import { fileOps } from '../common/fileops.js';
+import { readFully, type NoWaitState } from '../common/file-io.js';
 import { join } from 'node:path';
 import { digestOf, type Digest } from './types.js';
 
@@ -48,6 +48,7 @@ export class LocalChunks {
   private readonly present = new Set<Digest>();
   /** Fan-out directories known to exist. */
   private readonly dirs = new Set<string>();
+  private readonly nowait: NoWaitState = { read: true };
 
   constructor(readonly root: string) {}
 
@@ -104,19 +105,11 @@ export class LocalChunks {
     const f = this.acquire(digest);
     if (!f) return false;
     try {
-      let done = fileOps.preadNoWait(f.fd, into, at, length, offset);
-      if (done < 0) done = 0;
-      while (done < length) {
-        const n = await new Promise<number>((resolve, reject) =>
-          readFd(f.fd, into, at + done, length - done, offset + done, (err, k) => (err ? reject(err) : resolve(k))),
-        );
-        if (n === 0) {
-          // Short: a cached chunk cut by power loss (never fsync'ed). Set it aside (never delete:
-          // it might be the only copy) and report it missing, so it is fetched again.
-          await this.quarantine(digest);
-          return false;
-        }
-        done += n;
+      if ((await readFully(f.fd, into, at, length, offset, this.nowait)) < length) {
+        // Short: a cached chunk cut by power loss (never fsync'ed). Set it aside (never delete:
+        // it might be the only copy) and report it missing, so it is fetched again.
+        await this.quarantine(digest);
+        return false;
       }
       return true;
     } finally {
@@ -127,13 +120,18 @@ export class LocalChunks {
   }
 
   private async quarantine(digest: Digest): Promise<void> {
+    this.forget(digest);
+    await rename(this.pathOf(digest), `${this.pathOf(digest)}.short`).catch(() => undefined);
+  }
+
+  /** Drops what is known of a chunk: its presence, its descriptor (closed now, or by its last reader). */
+  private forget(digest: Digest): void {
     this.present.delete(digest);
     const f = this.fds.get(digest);
-    if (f) {
-      this.fds.delete(digest);
-      f.doomed = true; // closed by its last reader
-    }
-    await rename(this.pathOf(digest), `${this.pathOf(digest)}.short`).catch(() => undefined);
+    if (!f) return;
+    this.fds.delete(digest);
+    if (f.users === 0) closeSync(f.fd);
+    else f.doomed = true;
   }
 
   /** Closes every cached descriptor (none may be in use). */
@@ -178,13 +176,7 @@ export class LocalChunks {
 
   /** Deletes a chunk file; a reader that has it open finishes its read (Unix semantics). */
   async remove(digest: Digest): Promise<void> {
-    this.present.delete(digest);
-    const f = this.fds.get(digest);
-    if (f) {
-      this.fds.delete(digest);
-      if (f.users === 0) closeSync(f.fd);
-      else f.doomed = true;
-    }
+    this.forget(digest);
     await unlink(this.pathOf(digest)).catch(() => undefined);
   }
 }

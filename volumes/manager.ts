@@ -27,6 +27,7 @@ import { LocalChunks } from './local-chunks.js';
 import { Metadata, type VolumeRow } from './metadata.js';
 import {
   DEFAULT_CHUNK_SIZE,
+  chunkLength,
   isAllZero,
   isDigest,
   isVolumeId,
@@ -124,7 +125,7 @@ export class VolumeManager {
     const map = this.snapshotOf(row.id);
     // A digest's length is its chunk's length: the last chunk of a volume may be short.
     const lengthOf = new Map<Digest, number>();
-    for (const [idx, digest] of map) lengthOf.set(digest, Math.min(row.chunkSize, row.size - idx * row.chunkSize));
+    for (const [idx, digest] of map) lengthOf.set(digest, chunkLength(row.size, row.chunkSize, idx));
     const missing = [...lengthOf.keys()].filter((d) => this.metadata.locationOf(store.url, d) === undefined);
     const counters = new FetchCounters();
     for (let i = 0; i < missing.length; i += PUBLISH_BATCH) {
@@ -139,7 +140,7 @@ export class VolumeManager {
     }
     // What was only here is in the store now: the cache may evict it.
     for (const digest of missing) await this.cache.admit(digest, lengthOf.get(digest)!);
-    const hints = new Map([...new Set(map.values())].map((d) => [d, this.metadata.locationOf(store.url, d) ?? '']));
+    const hints = new Map([...lengthOf.keys()].map((d) => [d, this.metadata.locationOf(store.url, d) ?? '']));
     const ref = await store.putManifest(
       encodeManifest({ size: row.size, chunkSize: row.chunkSize, chunks: map, hints }),
     );
@@ -152,10 +153,7 @@ export class VolumeManager {
     const store = this.requireStore();
     if (!isDigest(ref))
       throw new InvalidArgumentError(`bad snapshot reference ${JSON.stringify(ref)}`, { context: { ref } });
-    if (!isVolumeId(id))
-      throw new InvalidArgumentError(`bad volume id ${JSON.stringify(id)}`, { context: { volume: id } });
-    if (this.metadata.getVolume(id))
-      throw new ConflictError(`volume ${id} already exists`, { context: { volume: id } });
+    this.assertNewId(id);
     let bytes: Buffer;
     try {
       bytes = await store.getManifest(ref);
@@ -310,13 +308,7 @@ export class VolumeManager {
   }
 
   private async add(id: string, parent: VolumeId | null, size: number, chunkSize: number): Promise<VolumeRow> {
-    if (!isVolumeId(id)) {
-      throw new InvalidArgumentError(`bad volume id ${JSON.stringify(id)}: letters, digits, . _ - (max 128)`, {
-        context: { volume: id },
-      });
-    }
-    if (this.metadata.getVolume(id))
-      throw new ConflictError(`volume ${id} already exists`, { context: { volume: id } });
+    this.assertNewId(id);
     // The sparse data file first: a crash leaves at worst an orphan file, never a row without one.
     const f = await openFile(this.dataPath(id), 'w');
     try {
@@ -357,6 +349,17 @@ export class VolumeManager {
       this.counters.set(id, c);
     }
     return c;
+  }
+
+  /** A valid id that no volume has yet. */
+  private assertNewId(id: string): asserts id is VolumeId {
+    if (!isVolumeId(id)) {
+      throw new InvalidArgumentError(`bad volume id ${JSON.stringify(id)}: letters, digits, . _ - (max 128)`, {
+        context: { volume: id },
+      });
+    }
+    if (this.metadata.getVolume(id))
+      throw new ConflictError(`volume ${id} already exists`, { context: { volume: id } });
   }
 
   private requireStore(): BackingStore {

@@ -31,5 +31,10 @@ export function isAllZero(buf: Buffer): boolean {
   return true;
 }
 
+/** Length of chunk `idx` of a volume: the last chunk may be short. */
+export function chunkLength(size: number, chunkSize: number, idx: ChunkIndex): number {
+  return Math.min(chunkSize, size - idx * chunkSize);
+}
+
 /** Default chunk size, chosen by measurement on a real root file system (docs/BENCHMARKS.md). */
 export const DEFAULT_CHUNK_SIZE = 256 * 1024;

@@ -10,21 +10,12 @@
  * FLUSH/FUA, after the data file is synced. Knows nothing of NBD framing: it is only a Backend.
  */
 import { NotSupportedError, ReadOnlyError } from '../common/errors.js';
+import { blockPieces, type BlockPiece } from '../common/ranges.js';
 import type { Backend, BlockSizes, ByteCount, Extent, WriteFlags, ZeroFlags } from '../nbd-server/backend.js';
 import type { FileBackend } from '../nbd-server/backends/file.js';
 import type { ChunkReader, FetchCounters } from './chunk-reader.js';
 import type { Metadata, Override, VolumeRow } from './metadata.js';
-import type { ChunkIndex, Digest } from './types.js';
-
-/** One chunk's share of a request. */
-interface Piece {
-  idx: ChunkIndex;
-  /** Offset within the chunk. */
-  at: number;
-  length: number;
-  /** Offset within the request. */
-  pos: number;
-}
+import { chunkLength, type ChunkIndex, type Digest } from './types.js';
 
 export interface VolumeParts {
   row: VolumeRow;
@@ -89,7 +80,7 @@ export class Volume implements Backend {
   async cache(offset: ByteCount, length: ByteCount): Promise<void> {
     await Promise.all(
       this.pieces(offset, length).map((p) => {
-        const src = this.sourceOf(p.idx);
+        const src = this.sourceOf(p.index);
         return src.kind === 'chunk' ? this.parts.chunks.prefetch(src.digest, this.parts.counters) : undefined;
       }),
     );
@@ -99,19 +90,19 @@ export class Volume implements Backend {
     const file = this.writable();
     await Promise.all(
       this.pieces(offset, data.length).map((p) =>
-        this.withChunkLock(p.idx, async () => {
+        this.withChunkLock(p.index, async () => {
           const slice = data.subarray(p.pos, p.pos + p.length);
-          const start = p.idx * this.chunkSize;
-          if (this.parts.overrides.get(p.idx) === 'data' || p.length === this.chunkLength(p.idx)) {
+          const start = p.index * this.chunkSize;
+          if (this.parts.overrides.get(p.index) === 'data' || p.length === this.chunkLength(p.index)) {
             await file.pwrite(slice, start + p.at, { fua: false });
           } else {
             // Copy-on-write: the chunk's current content, overlaid with the write, lands whole.
-            const whole = Buffer.allocUnsafe(this.chunkLength(p.idx));
-            await this.readPiece({ idx: p.idx, at: 0, length: whole.length, pos: 0 }, whole, 0);
+            const whole = Buffer.allocUnsafe(this.chunkLength(p.index));
+            await this.readPiece({ index: p.index, at: 0, length: whole.length, pos: 0 }, whole, 0);
             slice.copy(whole, p.at);
             await file.pwrite(whole, start, { fua: false });
           }
-          this.setOverride(p.idx, 'data');
+          this.setOverride(p.index, 'data');
         }),
       ),
     );
@@ -121,18 +112,18 @@ export class Volume implements Backend {
   async zero(offset: ByteCount, length: ByteCount, flags: ZeroFlags): Promise<void> {
     const file = this.writable();
     const pieces = this.pieces(offset, length);
-    const partial = pieces.filter((p) => p.length !== this.chunkLength(p.idx));
+    const partial = pieces.filter((p) => p.length !== this.chunkLength(p.index));
     if (flags.fast && partial.length > 0) {
       throw new NotSupportedError('zeroing part of a chunk is a write, not a fast zero');
     }
     await Promise.all(
       pieces.map((p) =>
-        p.length === this.chunkLength(p.idx)
-          ? this.withChunkLock(p.idx, async () => {
-              this.setOverride(p.idx, 'zero');
-              await file.trim(p.idx * this.chunkSize, p.length, { fua: false }); // free the space
+        p.length === this.chunkLength(p.index)
+          ? this.withChunkLock(p.index, async () => {
+              this.setOverride(p.index, 'zero');
+              await file.trim(p.index * this.chunkSize, p.length, { fua: false }); // free the space
             })
-          : this.pwrite(Buffer.alloc(p.length), p.idx * this.chunkSize + p.at, { fua: false }),
+          : this.pwrite(Buffer.alloc(p.length), p.index * this.chunkSize + p.at, { fua: false }),
       ),
     );
     if (flags.fua) await this.flush();
@@ -140,8 +131,9 @@ export class Volume implements Backend {
 
   async trim(offset: ByteCount, length: ByteCount, flags: WriteFlags): Promise<void> {
     // Only whole chunks can be dropped; TRIM is advisory, so the partial ends are left alone.
-    const whole = this.pieces(offset, length).filter((p) => p.length === this.chunkLength(p.idx));
-    for (const p of whole) await this.zero(p.idx * this.chunkSize, p.length, { fua: false, mayTrim: true, fast: true });
+    const whole = this.pieces(offset, length).filter((p) => p.length === this.chunkLength(p.index));
+    for (const p of whole)
+      await this.zero(p.index * this.chunkSize, p.length, { fua: false, mayTrim: true, fast: true });
     if (flags.fua) await this.flush();
   }
 
@@ -156,7 +148,7 @@ export class Volume implements Backend {
   async extents(offset: ByteCount, length: ByteCount): Promise<Extent[]> {
     const out: Extent[] = [];
     for (const p of this.pieces(offset, length)) {
-      const hole = this.sourceOf(p.idx).kind === 'zero';
+      const hole = this.sourceOf(p.index).kind === 'zero';
       const last = out[out.length - 1];
       if (last && last.hole === hole) last.length += p.length;
       else out.push({ offset: offset + p.pos, length: p.length, hole, zero: hole });
@@ -196,12 +188,12 @@ export class Volume implements Backend {
     return map;
   }
 
-  private async readPiece(p: Piece, out: Buffer, at: number): Promise<void> {
-    const src = this.sourceOf(p.idx);
+  private async readPiece(p: BlockPiece, out: Buffer, at: number): Promise<void> {
+    const src = this.sourceOf(p.index);
     if (src.kind === 'zero') {
       out.fill(0, at, at + p.length);
     } else if (src.kind === 'local') {
-      const data = await this.parts.data!.pread(p.length, p.idx * this.chunkSize + p.at);
+      const data = await this.parts.data!.pread(p.length, p.index * this.chunkSize + p.at);
       data.copy(out, at);
     } else {
       await this.parts.chunks.read(src.digest, p.at, p.length, out, at, this.parts.counters);
@@ -234,20 +226,12 @@ export class Volume implements Backend {
   }
 
   private chunkLength(idx: ChunkIndex): number {
-    return Math.min(this.chunkSize, this.size - idx * this.chunkSize);
+    return chunkLength(this.size, this.chunkSize, idx);
   }
 
-  private pieces(offset: ByteCount, length: ByteCount): Piece[] {
-    const out: Piece[] = [];
-    for (let pos = 0; pos < length;) {
-      const abs = offset + pos;
-      const idx = Math.floor(abs / this.chunkSize);
-      const at = abs - idx * this.chunkSize;
-      const n = Math.min(this.chunkSize - at, length - pos);
-      out.push({ idx, at, length: n, pos });
-      pos += n;
-    }
-    return out;
+  /** The chunk pieces of a request. */
+  private pieces(offset: ByteCount, length: ByteCount): BlockPiece[] {
+    return blockPieces(offset, length, this.chunkSize);
   }
 
   private async withChunkLock(idx: ChunkIndex, fn: () => Promise<void>): Promise<void> {

@@ -10,15 +10,13 @@
  * (measured: random 4 KiB reads went from ~39k to the figures in docs/BENCHMARKS.md). Whatever
  * would block on the disk falls back to the threadpool, so the event loop never waits on it.
  */
-import { promises as fsp, read, write, writev, fdatasync } from 'node:fs';
+import { promises as fsp, write, writev, fdatasync } from 'node:fs';
 import { NotSupportedError, systemErrorCode } from '../../common/errors.js';
+import { readFully, type NoWaitState } from '../../common/file-io.js';
 import { fileOps } from '../../common/fileops.js';
 import type { Backend, ByteCount, Extent, WriteFlags, ZeroFlags } from '../backend.js';
 
 // The callback fs APIs wrapped by hand: measurably cheaper per call than FileHandle methods.
-function readAsync(fd: number, buf: Buffer, at: number, n: number, pos: number): Promise<number> {
-  return new Promise((resolve, reject) => read(fd, buf, at, n, pos, (err, k) => (err ? reject(err) : resolve(k))));
-}
 function writeAsync(fd: number, buf: Buffer, at: number, n: number, pos: number): Promise<number> {
   return new Promise((resolve, reject) => write(fd, buf, at, n, pos, (err, k) => (err ? reject(err) : resolve(k))));
 }
@@ -44,7 +42,7 @@ export class FileBackend implements Backend {
   readonly description: string | undefined;
   private closed = false;
   /** Cleared the first time the kernel says RWF_NOWAIT is unsupported for this file. */
-  private nowaitReads = true;
+  private readonly nowait: NoWaitState = { read: true };
   private nowaitWrites = true;
 
   private constructor(
@@ -76,21 +74,9 @@ export class FileBackend implements Backend {
 
   async pread(length: ByteCount, offset: ByteCount): Promise<Buffer> {
     const buf = Buffer.allocUnsafe(length);
-    let done = 0;
-    if (this.nowaitReads) {
-      const n = fileOps.preadNoWait(this.fd, buf, 0, length, offset);
-      if (n === -2) this.nowaitReads = false;
-      else if (n > 0) done = n;
-    }
-    while (done < length) {
-      const n = await readAsync(this.fd, buf, done, length - done, offset + done);
-      if (n === 0) {
-        // The file shrank under us: what lies past its end reads as zeroes.
-        buf.fill(0, done);
-        break;
-      }
-      done += n;
-    }
+    const done = await readFully(this.fd, buf, 0, length, offset, this.nowait);
+    // Short only if the file shrank under us: what lies past its end reads as zeroes.
+    if (done < length) buf.fill(0, done);
     return buf;
   }
 

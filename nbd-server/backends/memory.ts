@@ -4,6 +4,7 @@
  * zeroed whole pages are dropped again and report as holes.
  */
 import { InvalidArgumentError } from '../../common/errors.js';
+import { blockPieces } from '../../common/ranges.js';
 import type { Backend, BlockSizes, ByteCount, Extent, ZeroFlags } from '../backend.js';
 import { DEFAULT_BLOCK_SIZES } from '../backend.js';
 
@@ -93,14 +94,6 @@ export class MemoryBackend implements Backend {
     length: ByteCount,
     fn: (page: number, pageOffset: number, bufOffset: number, n: number) => void,
   ): void {
-    let done = 0;
-    while (done < length) {
-      const pos = offset + done;
-      const page = Math.floor(pos / PAGE_SIZE);
-      const pageOffset = pos % PAGE_SIZE;
-      const n = Math.min(PAGE_SIZE - pageOffset, length - done);
-      fn(page, pageOffset, done, n);
-      done += n;
-    }
+    for (const p of blockPieces(offset, length, PAGE_SIZE)) fn(p.index, p.at, p.pos, p.length);
   }
 }

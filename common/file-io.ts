@@ -1,0 +1,38 @@
+/**
+ * File reads shared by the file backend and the local chunk store: first from the page cache
+ * without blocking (preadv2 RWF_NOWAIT, on the event loop), the rest through the threadpool.
+ */
+import { read } from 'node:fs';
+import { fileOps } from './fileops.js';
+
+/** Whether RWF_NOWAIT is worth trying on a file; cleared when the kernel says it is unsupported. */
+export interface NoWaitState {
+  read: boolean;
+}
+
+function readAsync(fd: number, buf: Buffer, at: number, n: number, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => read(fd, buf, at, n, pos, (err, k) => (err ? reject(err) : resolve(k))));
+}
+
+/** Reads `length` bytes at `position` into `buf` at `at`; returns fewer only at end of file. */
+export async function readFully(
+  fd: number,
+  buf: Buffer,
+  at: number,
+  length: number,
+  position: number,
+  nowait: NoWaitState,
+): Promise<number> {
+  let done = 0;
+  if (nowait.read) {
+    const n = fileOps.preadNoWait(fd, buf, at, length, position);
+    if (n === -2) nowait.read = false;
+    else if (n > 0) done = n;
+  }
+  while (done < length) {
+    const n = await readAsync(fd, buf, at + done, length - done, position + done);
+    if (n === 0) break;
+    done += n;
+  }
+  return done;
+}
