@@ -4,11 +4,13 @@
  */
 import { SlackerError } from '../common/errors.js';
 import { nbdServe, NBD_SERVE_HELP } from './nbd-serve.js';
+import { serve, SERVE_HELP } from './serve.js';
 import { volume, VOLUME_HELP } from './volume.js';
 
 const USAGE = `usage: slacker-ts <command> [options]
 
 commands:
+  serve       run the Docker graphdriver plugin (slacker-ts serve --help)
   nbd-serve   serve raw files over NBD (slacker-ts nbd-serve --help)
   volume      create, clone, freeze, publish, open, list, remove and serve layer volumes
 
@@ -16,6 +18,7 @@ Run 'slacker-ts <command> --help' for a command's options.
 `;
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help: string }> = {
+  serve: { run: serve, help: SERVE_HELP },
   'nbd-serve': { run: nbdServe, help: NBD_SERVE_HELP },
   volume: { run: volume, help: VOLUME_HELP },
 };

@@ -5,6 +5,7 @@
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../common/errors.js';
 import { createLogger } from '../common/logger.js';
+import { untilSignal } from '../common/signals.js';
 import type { Backend } from '../nbd-server/backend.js';
 import { FileBackend } from '../nbd-server/backends/file.js';
 import { readOnly } from '../nbd-server/filters/read-only.js';
@@ -67,16 +68,7 @@ export async function nbdServe(argv: string[]): Promise<number> {
   if (exportArgs.length === 0) throw new ConfigError('nothing to serve: give at least one --export NAME=FILE');
 
   const log = createLogger({ level: values['log-level'] });
-  // Installed before anything starts: a signal that arrives as soon as the URIs are printed
-  // must still shut down cleanly.
-  const stopped = new Promise<void>((resolve) => {
-    const stop = (signal: string): void => {
-      log.info({ signal }, 'shutting down');
-      resolve();
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
+  const stopped = untilSignal(log);
   const server = new NbdServer({
     log,
     maxConnections: positiveInt(values['max-connections'], '--max-connections'),

@@ -1,6 +1,7 @@
 /**
  * `slacker-ts volume ...`: operate layer volumes in a state root, and serve them over NBD.
  */
+import { untilSignal } from '../common/signals.js';
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../common/errors.js';
 import { createLogger } from '../common/logger.js';
@@ -160,10 +161,7 @@ async function serve(
   log: ReturnType<typeof createLogger>,
 ): Promise<number> {
   if (ids.length === 0) throw new ConfigError('usage: slacker-ts volume serve ID... [--listen URI]');
-  const stopped = new Promise<void>((resolve) => {
-    process.once('SIGTERM', () => resolve());
-    process.once('SIGINT', () => resolve());
-  });
+  const stopped = untilSignal(log);
   const server = new NbdServer({ log });
   const acquired: string[] = [];
   try {
@@ -176,7 +174,6 @@ async function serve(
       for (const id of ids) process.stdout.write(`${nbdUri(bound, id)}\n`);
     }
     await stopped;
-    log.info('shutting down');
   } finally {
     await server.close();
     for (const id of acquired) await mgr.release(id);

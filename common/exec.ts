@@ -3,6 +3,7 @@
  * serves NBD in-process must keep serving while a tool it started talks to it.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
 
 export interface RunResult {
   stdout: string;
@@ -66,8 +67,18 @@ export interface Started {
   stop(): Promise<void>;
 }
 
-export function startProcess(cmd: string, args: string[]): Started {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Starts a long-running process. Its output goes to `logFile` when given (a chatty daemon would
+ * otherwise fill an unread pipe and stall), else to pipes the caller reads.
+ */
+export function startProcess(
+  cmd: string,
+  args: string[],
+  options: { logFile?: string; env?: NodeJS.ProcessEnv } = {},
+): Started {
+  const out = options.logFile ? openSync(options.logFile, 'a') : 'pipe';
+  const child = spawn(cmd, args, { stdio: ['ignore', out, out], env: options.env ?? process.env });
+  if (typeof out === 'number') closeSync(out);
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   return {
     child,

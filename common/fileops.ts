@@ -24,6 +24,10 @@ export interface FileOps {
   pwriteNoWait(fd: number, buffer: Buffer, bufOffset: number, length: number, position: number): number;
   /** Ask the kernel to read a range ahead into the page cache. */
   fadviseWillNeed(fd: number, offset: number, length: number): void;
+  /** Set an extended attribute on a path, not following a final symlink. */
+  lsetxattr(path: string, name: string, value: Buffer): void;
+  /** Create a device node or FIFO; `mode` includes the file type bits (S_IFCHR, S_IFBLK, S_IFIFO). */
+  mknod(path: string, mode: number, major: number, minor: number): void;
 }
 
 const require = createRequire(import.meta.url);

@@ -4,7 +4,6 @@
  * also when `fn` fails.
  */
 import { join } from 'node:path';
-import { nbdUri } from '../nbd-server/listen-address.js';
 import type { NbdServer } from '../nbd-server/server.js';
 import type { VolumeManager } from '../volumes/manager.js';
 import { attachExt4 } from './attach.js';
@@ -26,10 +25,14 @@ export async function withMountedVolume<T>(o: MountOptions, fn: (mountPoint: str
   if (!unix) throw new Error('withMountedVolume needs a server listening on a unix socket');
   o.server.addExport({ name: o.id, backend: await o.manager.acquire(o.id) });
   try {
-    const a = await attachExt4(nbdUri(unix, o.id), join(o.workDir, `attach-${o.id}-${Date.now()}`), {
-      mkfs: o.mkfs,
-      readOnly: o.readOnly,
-    });
+    const a = await attachExt4(
+      { socket: unix.path, exportName: o.id },
+      join(o.workDir, `attach-${o.id}-${Date.now()}`),
+      {
+        mkfs: o.mkfs,
+        readOnly: o.readOnly,
+      },
+    );
     try {
       return await fn(a.mountPoint);
     } finally {

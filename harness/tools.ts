@@ -21,6 +21,10 @@ export const PACKAGES: Record<string, string> = {
   openssl: 'openssl',
   ip: 'iproute2',
   tc: 'iproute2',
+  dockerd: 'docker.io',
+  fsfreeze: 'util-linux',
+  findmnt: 'util-linux',
+  'busybox-static': 'busybox-static',
 };
 
 /**
@@ -31,7 +35,9 @@ export async function requireTools(...tools: string[]): Promise<void> {
   const missing: string[] = [];
   for (const t of tools) {
     try {
-      await run('sh', ['-c', `command -v ${t}`]);
+      // Packages whose command alone does not tell (a dynamic busybox is no use in an image).
+      if (t === 'busybox-static') await run('dpkg', ['-s', t]);
+      else await run('sh', ['-c', `command -v ${t}`]);
     } catch {
       missing.push(`${t} (Debian package ${PACKAGES[t] ?? '?'})`);
     }

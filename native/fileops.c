@@ -8,6 +8,8 @@
  *   punchHole(fd, offset, length)   fallocate(PUNCH_HOLE|KEEP_SIZE): reads back zeroes, frees blocks
  *   zeroRange(fd, offset, length)   fallocate(ZERO_RANGE|KEEP_SIZE): reads back zeroes, stays allocated
  *   fadviseWillNeed(fd, offset, length)  start readahead (NBD_CMD_CACHE)
+ *   lsetxattr(path, name, value)   set an extended attribute on a path, not following a symlink
+ *   mknod(path, mode, major, minor)  create a device node or FIFO (mode carries the file type)
  *   preadNoWait(fd, buffer, bufOffset, length, position)
  *   pwriteNoWait(fd, buffer, bufOffset, length, position)
  *       preadv2/pwritev2 with RWF_NOWAIT: transfer only what can be done without blocking
@@ -28,6 +30,9 @@
 #include <unistd.h>
 #include <linux/falloc.h>
 #include <sys/uio.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
 #include <node_api.h>
 
 static const char *errno_name(int e) {
@@ -184,6 +189,55 @@ static napi_value do_nowait(napi_env env, napi_callback_info info, int write) {
 static napi_value pread_nowait(napi_env env, napi_callback_info info) { return do_nowait(env, info, 0); }
 static napi_value pwrite_nowait(napi_env env, napi_callback_info info) { return do_nowait(env, info, 1); }
 
+/* Copies a JS string argument into `buf` (NUL-terminated); 0 and a thrown error if it does not fit. */
+static int get_string(napi_env env, napi_value v, char *buf, size_t cap) {
+  size_t len;
+  if (napi_get_value_string_utf8(env, v, buf, cap, &len) != napi_ok || len >= cap - 1) {
+    napi_throw_type_error(env, "EINVAL", "expected a string shorter than PATH_MAX");
+    return 0;
+  }
+  return 1;
+}
+
+static napi_value lsetxattr_path(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  size_t argc = 3;
+  char path[4096], name[256];
+  void *data;
+  size_t size;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3) {
+    napi_throw_type_error(env, "EINVAL", "wrong number of arguments");
+    return NULL;
+  }
+  if (!get_string(env, argv[0], path, sizeof path) || !get_string(env, argv[1], name, sizeof name)) return NULL;
+  if (napi_get_buffer_info(env, argv[2], &data, &size) != napi_ok) {
+    napi_throw_type_error(env, "EINVAL", "value must be a Buffer");
+    return NULL;
+  }
+  if (lsetxattr(path, name, data, size, 0) < 0) return throw_errno(env, "lsetxattr", errno);
+  return NULL;
+}
+
+static napi_value mknod_path(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  size_t argc = 4;
+  char path[4096];
+  int64_t v[3];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4) {
+    napi_throw_type_error(env, "EINVAL", "wrong number of arguments");
+    return NULL;
+  }
+  if (!get_string(env, argv[0], path, sizeof path)) return NULL;
+  for (int i = 0; i < 3; i++) {
+    if (napi_get_value_int64(env, argv[i + 1], &v[i]) != napi_ok || v[i] < 0) {
+      napi_throw_type_error(env, "EINVAL", "arguments must be non-negative integers");
+      return NULL;
+    }
+  }
+  if (mknod(path, (mode_t)v[0], makedev((unsigned)v[1], (unsigned)v[2])) < 0) return throw_errno(env, "mknod", errno);
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -194,6 +248,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"preadNoWait", NULL, pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
     {"pwriteNoWait", NULL, pwrite_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
     {"fadviseWillNeed", NULL, fadvise_willneed, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"lsetxattr", NULL, lsetxattr_path, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"mknod", NULL, mknod_path, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -16,12 +16,15 @@ declare -A NEED=(
   [fio]=fio
   [docker-registry]=docker-registry [htpasswd]=apache2-utils [openssl]=openssl
   [make]=make [g++]=g++ [python3]=python3
+  [dockerd]=docker.io [fsfreeze]=util-linux [findmnt]=util-linux
 )
 
 missing=()
 for cmd in "${!NEED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
 done
+# A static busybox makes the tests' tiny images (a dynamic one would need its libraries).
+dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 if ((${#missing[@]} > 0)); then
   mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
   if [[ $(id -u) -ne 0 ]]; then

@@ -10,7 +10,8 @@
  * one transaction), publish (upload the chunks the store lacks, then the manifest; returns the
  * snapshot reference), openSnapshot (a frozen volume from a reference: metadata only, chunks
  * fetched on first read), acquire/release (refcounted, one shared Backend per volume), remove
- * (refused while clones or openers depend on it), list, stats.
+ * (refused while clones or openers depend on it), snapshot (a frozen copy of a writable volume,
+ * which stays writable), list, stats.
  */
 import { mkdir, open as openFile, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -225,6 +226,28 @@ export class VolumeManager {
     return this.get(id);
   }
 
+  /**
+   * A frozen copy of a writable volume's current contents, as new volume `newId` (no parent: it
+   * outlives the source). The source stays writable and may be open: what it has flushed is what
+   * the copy holds, so callers quiesce the file system on it first.
+   */
+  async snapshot(id: string, newId: string): Promise<VolumeRow> {
+    const row = this.get(id);
+    if (row.frozen) throw new ConflictError(`volume ${row.id} is frozen already: clone it instead`);
+    this.assertNewId(newId);
+    const o = this.open.get(row.id);
+    const volume = o?.volume ?? (await this.load(row));
+    try {
+      await volume.flush();
+      const map = await volume.materialize(async (data) => (isAllZero(data) ? undefined : this.chunks.put(data)));
+      this.metadata.insertFrozen({ id: newId, size: row.size, chunkSize: row.chunkSize }, map);
+      this.snapshots.set(newId, map);
+    } finally {
+      if (!o) await volume.close();
+    }
+    return this.get(newId);
+  }
+
   /** Opens (or shares) the volume's backend; frozen volumes are read-only. Pair with release(). */
   async acquire(id: string): Promise<Backend> {
     const row = this.get(id);
@@ -283,6 +306,16 @@ export class VolumeManager {
       snapshotRef: row.snapshotRef,
       fetch: this.countersOf(row.id),
     };
+  }
+
+  /** Chunks in which frozen volume `id` differs from frozen volume `base` (same chunk size). */
+  diffChunks(base: string, id: string): number {
+    const a = this.snapshotOf(this.get(base).id);
+    const b = this.snapshotOf(this.get(id).id);
+    let n = 0;
+    for (const [idx, digest] of b) if (a.get(idx) !== digest) n++;
+    for (const idx of a.keys()) if (!b.has(idx)) n++;
+    return n;
   }
 
   /** The local chunk cache: evictable bytes held, the limit, evictions so far. */

@@ -203,6 +203,22 @@ export class Metadata {
     })();
   }
 
+  /** A frozen volume with no parent and the given complete map, in one go (a snapshot copy). */
+  insertFrozen(
+    v: Omit<VolumeRow, 'createdAt' | 'frozen' | 'parent' | 'snapshotRef'>,
+    map: Map<ChunkIndex, Digest>,
+  ): void {
+    const chunk = this.db.prepare('INSERT INTO snapshot_chunks (volume_id, idx, digest) VALUES (?, ?, ?)');
+    this.db.transaction(() => {
+      this.db
+        .prepare(
+          'INSERT INTO volumes (id, parent, size, chunk_size, frozen, created_at, snapshot_ref) VALUES (?, NULL, ?, ?, 1, ?, NULL)',
+        )
+        .run(v.id, v.size, v.chunkSize, Date.now());
+      for (const [idx, digest] of map) chunk.run(v.id, idx, digest);
+    })();
+  }
+
   /** A frozen volume made from a published snapshot, with where its chunks are, in one go. */
   insertSnapshot(
     v: Omit<VolumeRow, 'createdAt' | 'frozen' | 'parent'> & { snapshotRef: Digest },

@@ -10,6 +10,7 @@
  * FLUSH/FUA, after the data file is synced. Knows nothing of NBD framing: it is only a Backend.
  */
 import { NotSupportedError, ReadOnlyError } from '../common/errors.js';
+import { KeyedLock } from '../common/keyed-lock.js';
 import { blockPieces, type BlockPiece } from '../common/ranges.js';
 import type { Backend, BlockSizes, ByteCount, Extent, WriteFlags, ZeroFlags } from '../nbd-server/backend.js';
 import type { FileBackend } from '../nbd-server/backends/file.js';
@@ -43,7 +44,7 @@ export class Volume implements Backend {
   /** Overrides not yet committed to the metadata (waiting for a flush). */
   private readonly pending = new Map<ChunkIndex, Override>();
   /** Per-chunk serialisation of copy-on-write (read-modify-write). */
-  private readonly locks = new Map<ChunkIndex, Promise<void>>();
+  private readonly locks = new KeyedLock<ChunkIndex>();
   private closed = false;
   /** Where the previous read ended: a read starting there is sequential. */
   private lastReadEnd = -1;
@@ -234,18 +235,7 @@ export class Volume implements Backend {
     return blockPieces(offset, length, this.chunkSize);
   }
 
-  private async withChunkLock(idx: ChunkIndex, fn: () => Promise<void>): Promise<void> {
-    const previous = this.locks.get(idx) ?? Promise.resolve();
-    const run = previous.then(fn, fn);
-    const settled = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.locks.set(idx, settled);
-    try {
-      await run;
-    } finally {
-      if (this.locks.get(idx) === settled) this.locks.delete(idx);
-    }
+  private withChunkLock(idx: ChunkIndex, fn: () => Promise<void>): Promise<void> {
+    return this.locks.run(idx, fn);
   }
 }

@@ -51,8 +51,8 @@ describe('ext4 on nbdfuse + loop over the server', () => {
   });
 
   it('survives mkfs, a tree of writes, detach and re-attach with every byte intact', async () => {
-    const uri = srv.uri('layer', 'unix');
-    const first = await attachExt4(uri, join(dir.path, 'a1'), { mkfs: true });
+    const target = { socket: srv.unix.path, exportName: 'layer' };
+    const first = await attachExt4(target, join(dir.path, 'a1'), { mkfs: true });
     let written: Map<string, string>;
     try {
       for (let d = 0; d < 8; d++) {
@@ -69,7 +69,7 @@ describe('ext4 on nbdfuse + loop over the server', () => {
     }
     expect(written.size).toBe(97);
 
-    const second = await attachExt4(uri, join(dir.path, 'a2'), { readOnly: true });
+    const second = await attachExt4(target, join(dir.path, 'a2'), { readOnly: true });
     try {
       expect(await digestTree(second.mountPoint)).toEqual(written);
     } finally {

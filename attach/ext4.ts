@@ -1,0 +1,19 @@
+/** ext4 on an attached block device: make, mount, unmount. */
+import { mkdir } from 'node:fs/promises';
+import { run } from '../common/exec.js';
+import { retryUntil } from '../common/retry.js';
+
+/** A fresh ext4; every inode table and the journal are written now, not lazily in the background. */
+export async function mkfsExt4(device: string): Promise<void> {
+  await run('mkfs.ext4', ['-q', '-E', 'lazy_itable_init=0,lazy_journal_init=0', device], { timeoutMs: 300_000 });
+}
+
+export async function mountExt4(device: string, dir: string, options: { readOnly: boolean }): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  await run('mount', ['-t', 'ext4', ...(options.readOnly ? ['-o', 'ro'] : []), device, dir]);
+}
+
+/** Unmounts, retrying while the file system is briefly busy (a process still closing files). */
+export async function unmount(dir: string): Promise<void> {
+  await retryUntil(`umount ${dir}`, () => run('umount', [dir]), { attempts: 30, delayMs: 200 });
+}

@@ -1,0 +1,56 @@
+/**
+ * The kernel NBD driver through nbd-client (Debian package nbd-client). Timeout policy: the
+ * server fails a read whose chunk cannot be fetched with EIO within its fetch deadline (15 s by
+ * default), so the kernel's request timeout is set well above it (60 s): a slow lazy fetch never
+ * makes the kernel tear the device down, and a dead server does not hang I/O forever.
+ *
+ * Not exercised on the development machine (its kernel has no NBD driver); nbdfuse is.
+ */
+import { readdirSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { run } from '../common/exec.js';
+import { NotSupportedError } from '../common/errors.js';
+import type { Attacher, BlockDevice, NbdTarget } from './attacher.js';
+
+const KERNEL_TIMEOUT_S = 60;
+
+export class NbdClientAttacher implements Attacher {
+  readonly method = 'nbd-client';
+
+  async attach(target: NbdTarget, _workDir: string, options: { readOnly: boolean }): Promise<BlockDevice> {
+    const device = await freeDevice();
+    await run('nbd-client', [
+      '-unix',
+      target.socket,
+      '-N',
+      target.exportName,
+      device,
+      '-timeout',
+      String(KERNEL_TIMEOUT_S),
+      ...(options.readOnly ? ['-readonly'] : []),
+    ]);
+    let attached = true;
+    return {
+      path: device,
+      method: this.method,
+      detach: async () => {
+        if (!attached) return;
+        attached = false;
+        await run('nbd-client', ['-d', device]);
+      },
+    };
+  }
+}
+
+/** The first /dev/nbdN with no client connected (its sysfs pid file is absent). */
+async function freeDevice(): Promise<string> {
+  const names = readdirSync('/sys/block').filter((n) => /^nbd\d+$/.test(n));
+  for (const name of names.sort((a, b) => Number(a.slice(3)) - Number(b.slice(3)))) {
+    const busy = await readFile(`/sys/block/${name}/pid`, 'utf8').then(
+      () => true,
+      () => false,
+    );
+    if (!busy) return `/dev/${name}`;
+  }
+  throw new NotSupportedError('no free /dev/nbd device (is the nbd module loaded with enough nbds_max?)');
+}

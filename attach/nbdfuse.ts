@@ -1,0 +1,54 @@
+/**
+ * nbdfuse + loop: nbdfuse exposes the export as a file in a FUSE mount, losetup makes that file
+ * a block device. Detach runs the steps in reverse, also those of a half-finished attach.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { run, startProcess } from '../common/exec.js';
+import { retryUntil } from '../common/retry.js';
+import type { Attacher, BlockDevice, NbdTarget } from './attacher.js';
+import { nbdUnixUri } from './uri.js';
+
+export class NbdfuseAttacher implements Attacher {
+  readonly method = 'nbdfuse';
+
+  async attach(target: NbdTarget, workDir: string, options: { readOnly: boolean }): Promise<BlockDevice> {
+    const fuseDir = join(workDir, 'fuse');
+    await mkdir(fuseDir, { recursive: true });
+    const undo: (() => Promise<unknown>)[] = [];
+    const detach = async (): Promise<void> => {
+      for (let step = undo.pop(); step; step = undo.pop()) await step();
+    };
+    try {
+      const fuse = startProcess('nbdfuse', [
+        ...(options.readOnly ? ['-r'] : []),
+        join(fuseDir, 'disk'),
+        nbdUnixUri(target),
+      ]);
+      undo.push(async () => {
+        await retryUntil('fusermount3 -u', () => run('fusermount3', ['-u', fuseDir]));
+        await fuse.stop();
+      });
+      await retryUntil('nbdfuse to expose the export', async () => {
+        if (!existsSync(join(fuseDir, 'disk'))) throw new Error('not yet');
+      });
+      const loop = (
+        await run('losetup', ['-f', '--show', ...(options.readOnly ? ['-r'] : []), join(fuseDir, 'disk')])
+      ).stdout.trim();
+      undo.push(() => run('losetup', ['-d', loop]).then(() => waitLoopGone(loop)));
+      return { path: loop, method: this.method, detach };
+    } catch (err) {
+      await detach();
+      throw err;
+    }
+  }
+}
+
+/** losetup -d only marks the device for release; wait until it no longer holds the file. */
+async function waitLoopGone(loop: string): Promise<void> {
+  await retryUntil(`${loop} to detach`, async () => {
+    const { stdout } = await run('losetup', ['-l', '-n', '-O', 'NAME']);
+    if (stdout.split('\n').some((l) => l.trim() === loop)) throw new Error('still attached');
+  });
+}

@@ -1,0 +1,104 @@
+/**
+ * `slacker-ts serve`: the Docker graphdriver plugin daemon. Runs until SIGTERM/SIGINT, then
+ * unmounts and detaches every layer it mounted and closes its state.
+ */
+import { readFile } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { ATTACH_METHODS, type AttachMethod } from '../attach/attacher.js';
+import { ConfigError } from '../common/errors.js';
+import { createLogger } from '../common/logger.js';
+import { untilSignal } from '../common/signals.js';
+import { parseSize } from '../common/units.js';
+import { DEFAULT_LAYER_SIZE, PluginDaemon } from '../plugin/daemon.js';
+
+export const SERVE_HELP = `usage: slacker-ts serve [options]
+
+Runs the slacker graphdriver plugin: the plugin API (HTTP on a unix socket) and the NBD server
+of its layer volumes (unix socket). Start dockerd with --experimental --storage-driver NAME.
+
+options:
+  --name NAME          plugin and storage driver name (default slacker); the socket is
+                       SOCKET_DIR/NAME.sock
+  --socket-dir DIR     where dockerd looks for plugin sockets (default /run/docker/plugins)
+  --root DIR           state root: volumes, chunks, mounts (default: the Home dockerd gives at Init)
+  --store URL          backing store: dir:///PATH or oci://HOST[:PORT]/REPO
+                       (default dir://ROOT/store, a local directory store)
+  --size SIZE          virtual size of new base layers (default 10G; dockerd's
+                       --storage-opt slacker.size=SIZE overrides it)
+  --attach METHOD      auto | nbd-client | nbdfuse (default auto: the kernel NBD driver when
+                       /dev/nbd0 exists, else nbdfuse + loop)
+  --cache-size SIZE    bytes of fetched chunks kept locally (default 10G)
+  --config FILE        JSON file with any of the options above as keys (name, socketDir, root,
+                       store, size, attach, cacheSize, logLevel); flags win over it
+  --log-level LEVEL    trace|debug|info|warn|error (default info, or $SLACKER_LOG_LEVEL)
+
+Environment: SLACKER_STORE, SLACKER_ROOT, SLACKER_NAME stand in for the flags of the same name.
+`;
+
+interface ConfigFile {
+  name?: string;
+  socketDir?: string;
+  root?: string;
+  store?: string;
+  size?: string;
+  attach?: string;
+  cacheSize?: string;
+  logLevel?: string;
+}
+
+const KEYS = ['name', 'socketDir', 'root', 'store', 'size', 'attach', 'cacheSize', 'logLevel'];
+
+async function readConfig(path: string | undefined): Promise<ConfigFile> {
+  if (!path) return {};
+  const parsed = JSON.parse(await readFile(path, 'utf8')) as Record<string, unknown>;
+  for (const [k, v] of Object.entries(parsed)) {
+    if (!KEYS.includes(k))
+      throw new ConfigError(`unknown key ${JSON.stringify(k)} in ${path} (known: ${KEYS.join(', ')})`);
+    if (typeof v !== 'string') throw new ConfigError(`${k} in ${path} must be a string`);
+  }
+  return parsed as ConfigFile;
+}
+
+export async function serve(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      name: { type: 'string' },
+      'socket-dir': { type: 'string' },
+      root: { type: 'string' },
+      store: { type: 'string' },
+      size: { type: 'string' },
+      attach: { type: 'string' },
+      'cache-size': { type: 'string' },
+      config: { type: 'string' },
+      'log-level': { type: 'string' },
+    },
+    strict: true,
+  });
+  const file = await readConfig(values.config);
+  const env = process.env;
+  const attach = values.attach ?? file.attach ?? 'auto';
+  if (attach !== 'auto' && !ATTACH_METHODS.includes(attach as AttachMethod)) {
+    throw new ConfigError(`--attach wants auto, ${ATTACH_METHODS.join(' or ')}, got ${attach}`);
+  }
+  const size = values.size ?? file.size;
+  const cacheSize = values['cache-size'] ?? file.cacheSize;
+  const log = createLogger({ level: values['log-level'] ?? file.logLevel });
+  const stopped = untilSignal(log);
+  // A storage daemon that dies takes every mounted layer with it: a stray rejection is logged.
+  process.on('unhandledRejection', (err) => log.error({ err }, 'unhandled rejection'));
+  const daemon = new PluginDaemon({
+    name: values.name ?? file.name ?? env.SLACKER_NAME ?? 'slacker',
+    socketDir: values['socket-dir'] ?? file.socketDir ?? '/run/docker/plugins',
+    root: values.root ?? file.root ?? env.SLACKER_ROOT,
+    store: values.store ?? file.store ?? env.SLACKER_STORE,
+    layerSize: size ? parseSize(size) : DEFAULT_LAYER_SIZE,
+    attach: attach as AttachMethod | 'auto',
+    cacheBytes: cacheSize ? parseSize(cacheSize) : undefined,
+    log,
+  });
+  await daemon.listen();
+  await stopped;
+  await daemon.close();
+  return 0;
+}

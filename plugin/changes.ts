@@ -1,0 +1,63 @@
+/**
+ * What changed between a layer's tree and its parent's, as `docker diff` and DiffSize report it
+ * (moby's rules: a path is modified when its type, mode, owner, device, or, for non-directories,
+ * size or mtime differ). Both trees are walked without following symlinks.
+ */
+import { lstat, readdir } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { join } from 'node:path';
+
+export const enum ChangeKind {
+  Modify = 0,
+  Add = 1,
+  Delete = 2,
+}
+
+export interface Change {
+  Path: string;
+  Kind: ChangeKind;
+}
+
+/** ext4's own directory, present in every layer: not part of any image. */
+const IGNORED = new Set(['/lost+found']);
+
+async function walk(root: string): Promise<Map<string, Stats>> {
+  const out = new Map<string, Stats>();
+  const visit = async (rel: string): Promise<void> => {
+    for (const name of await readdir(join(root, rel))) {
+      const path = `${rel}/${name}`;
+      if (IGNORED.has(path)) continue;
+      const st = await lstat(join(root, path));
+      out.set(path, st);
+      if (st.isDirectory()) await visit(path);
+    }
+  };
+  await visit('');
+  return out;
+}
+
+function differs(a: Stats, b: Stats): boolean {
+  if (a.mode !== b.mode || a.uid !== b.uid || a.gid !== b.gid || a.rdev !== b.rdev) return true;
+  return !a.isDirectory() && (a.size !== b.size || a.mtimeMs !== b.mtimeMs);
+}
+
+/** Changes of `layer` relative to `parent` (undefined: an empty parent), sorted by path. */
+export async function changes(layer: string, parent: string | undefined): Promise<{ changes: Change[]; size: number }> {
+  const now = await walk(layer);
+  const before = parent ? await walk(parent) : new Map<string, Stats>();
+  const out: Change[] = [];
+  let size = 0;
+  for (const [path, st] of now) {
+    const old = before.get(path);
+    if (old && !differs(old, st)) continue;
+    out.push({ Path: path, Kind: old ? ChangeKind.Modify : ChangeKind.Add });
+    if (st.isFile()) size += st.size;
+  }
+  for (const path of before.keys()) {
+    // A deleted directory is one change: its contents are not listed (as moby does).
+    const parentGone = !now.has(path.slice(0, path.lastIndexOf('/'))) && path.lastIndexOf('/') > 0;
+    if (!now.has(path) && !parentGone) out.push({ Path: path, Kind: ChangeKind.Delete });
+  }
+  out.sort((a, b) => (a.Path < b.Path ? -1 : a.Path > b.Path ? 1 : 0));
+  return { changes: out, size };
+}

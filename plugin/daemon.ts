@@ -1,0 +1,170 @@
+/**
+ * The plugin daemon: composes the graphdriver API (api.ts) with a SlackerDriver over a volume
+ * manager, an NBD server on a unix socket and an attacher. The driver comes to life at Init,
+ * when dockerd says where its home is (unless a state root was configured).
+ */
+import { chmod, mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { chooseAttacher, type AttachMethod } from '../attach/attacher.js';
+import { ConfigError, SlackerError } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+import { parseSize } from '../common/units.js';
+import { NbdServer } from '../nbd-server/server.js';
+import { openStore } from '../stores/open-store.js';
+import { VolumeManager } from '../volumes/manager.js';
+import { buildApi, type GraphDriverApi } from './api.js';
+import type { Change } from './changes.js';
+import { SlackerDriver } from './driver.js';
+import { LayerMounts } from './layer-mounts.js';
+
+export interface DaemonOptions {
+  /** Plugin (and storage driver) name: the socket is SOCKET_DIR/NAME.sock. */
+  name: string;
+  socketDir: string;
+  /** State root; default: the Home dockerd gives at Init. */
+  root?: string;
+  /** Backing store URL; default dir://ROOT/store. */
+  store?: string;
+  /** Virtual size of new base layers (bytes). */
+  layerSize: number;
+  attach: AttachMethod | 'auto';
+  cacheBytes?: number;
+  log: Logger;
+}
+
+export const DEFAULT_LAYER_SIZE = 10 * 2 ** 30;
+
+class NotInitializedError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_NOT_INITIALIZED';
+}
+
+interface Running {
+  home: string;
+  driver: SlackerDriver;
+  manager: VolumeManager;
+  nbd: NbdServer;
+}
+
+export class PluginDaemon implements GraphDriverApi {
+  private running: Running | undefined;
+  private starting: Promise<Running> | undefined;
+  private readonly app;
+  readonly socketPath: string;
+
+  constructor(private readonly o: DaemonOptions) {
+    this.socketPath = join(o.socketDir, `${o.name}.sock`);
+    this.app = buildApi(this, o.log);
+  }
+
+  /** Serves the plugin API on its unix socket (mode 0600: dockerd runs as root). */
+  async listen(): Promise<void> {
+    await mkdir(this.o.socketDir, { recursive: true });
+    await rm(this.socketPath, { force: true });
+    await this.app.listen({ path: this.socketPath });
+    await chmod(this.socketPath, 0o600);
+    this.o.log.info({ socket: this.socketPath, plugin: this.o.name }, 'graphdriver plugin listening');
+  }
+
+  /** Stops serving, unmounts and detaches every layer, closes the state. */
+  async close(): Promise<void> {
+    await this.app.close();
+    await rm(this.socketPath, { force: true });
+    await this.stop();
+  }
+
+  async init(home: string, opts: string[]): Promise<void> {
+    let layerSize = this.o.layerSize;
+    for (const opt of opts) {
+      const [key, value] = opt.split('=', 2) as [string, string | undefined];
+      if (key === `${this.o.name}.size` || key === 'slacker.size') layerSize = parseSize(value ?? '');
+      else throw new ConfigError(`unknown storage option ${JSON.stringify(opt)} (known: ${this.o.name}.size)`);
+    }
+    if (this.running && this.running.home !== home) await this.stop();
+    if (!this.running) {
+      this.starting ??= this.start(home, layerSize);
+      try {
+        this.running = await this.starting;
+      } finally {
+        this.starting = undefined;
+      }
+    }
+  }
+
+  private async start(home: string, layerSize: number): Promise<Running> {
+    const root = this.o.root ?? home;
+    await mkdir(root, { recursive: true });
+    const store = openStore(this.o.store ?? `dir://${join(root, 'store')}`);
+    const manager = await VolumeManager.open(join(root, 'volumes'), {
+      store,
+      cacheBytes: this.o.cacheBytes,
+      log: this.o.log,
+    });
+    const nbd = new NbdServer({ log: this.o.log });
+    const nbdSocket = join(root, 'nbd.sock');
+    await nbd.listen(`unix://${nbdSocket}`);
+    const attacher = chooseAttacher(this.o.attach);
+    const mounts = new LayerMounts({ manager, nbd, nbdSocket, attacher, dir: root, log: this.o.log });
+    await mounts.recover();
+    const driver = new SlackerDriver({ manager, mounts, layerSize, attachMethod: attacher.method, log: this.o.log });
+    this.o.log.info({ home, root, store: store.url, attach: attacher.method, layerSize }, 'driver initialised');
+    return { home, driver, manager, nbd };
+  }
+
+  private async stop(): Promise<void> {
+    const r = this.running;
+    this.running = undefined;
+    if (!r) return;
+    await r.driver.cleanup();
+    await r.nbd.close();
+    await r.manager.close();
+  }
+
+  private get driver(): SlackerDriver {
+    if (!this.running) throw new NotInitializedError('the driver is not initialised: dockerd has not called Init');
+    return this.running.driver;
+  }
+
+  create(id: string, parent: string | undefined, storageOpt: Record<string, string>): Promise<void> {
+    let size: number | undefined;
+    for (const [k, v] of Object.entries(storageOpt)) {
+      if (k === 'size') size = parseSize(v);
+      else throw new ConfigError(`unknown storage option ${k} (known: size)`);
+    }
+    return this.driver.create(id, parent, size);
+  }
+
+  remove(id: string): Promise<void> {
+    return this.driver.remove(id);
+  }
+  get(id: string): Promise<string> {
+    return this.driver.get(id);
+  }
+  put(id: string): Promise<void> {
+    return this.driver.put(id);
+  }
+  exists(id: string): boolean {
+    return this.driver.exists(id);
+  }
+  status(): [string, string][] {
+    return this.driver.status();
+  }
+  metadata(id: string): Record<string, string> {
+    return this.driver.metadata(id);
+  }
+  async cleanup(): Promise<void> {
+    await this.running?.driver.cleanup();
+  }
+  diff(id: string): Promise<Buffer> {
+    return this.driver.diff(id);
+  }
+  async changes(id: string, parent: string | undefined): Promise<Change[]> {
+    return (await this.driver.changes(id, parent)).changes;
+  }
+  applyDiff(id: string, parent: string | undefined, body: Readable): Promise<number> {
+    return this.driver.applyDiff(id, parent, body);
+  }
+  async diffSize(id: string, parent: string | undefined): Promise<number> {
+    return (await this.driver.changes(id, parent)).size;
+  }
+}

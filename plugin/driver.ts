@@ -1,0 +1,262 @@
+/**
+ * SlackerDriver: Docker's graphdriver operations on layer volumes. One layer, one volume (the
+ * layer id is the volume id):
+ *   - Create/CreateReadWrite clone the parent volume (O(1)); a layer without a parent clones an
+ *     empty, frozen ext4 template of the configured size (made once per size).
+ *   - Get/Put mount and unmount (layer-mounts.ts); image layers mount read-only.
+ *   - ApplyDiff applies an ordinary layer tar to the fresh clone and freezes it; a marker tar
+ *     (layer-tar/marker.ts) replaces the clone with the published snapshot it names: nothing
+ *     but metadata moves. A failed apply leaves the layer as Create made it.
+ *   - Diff publishes the layer's snapshot to the backing store and returns its marker tar.
+ * Knows nothing of HTTP (api.ts) or of NBD framing (the server and volumes do).
+ */
+import { randomBytes } from 'node:crypto';
+import { rmdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+import { run } from '../common/exec.js';
+import { ConflictError } from '../common/errors.js';
+import { formatSize } from '../common/units.js';
+import type { Logger } from '../common/logger.js';
+import type { VolumeManager } from '../volumes/manager.js';
+import { changes, type Change } from './changes.js';
+import { applyLayerTar } from './layer-tar/apply.js';
+import { markerTar } from './layer-tar/marker.js';
+import type { LayerMounts } from './layer-mounts.js';
+import type { Digest } from '../volumes/types.js';
+
+export interface DriverOptions {
+  manager: VolumeManager;
+  mounts: LayerMounts;
+  /** Virtual size of layers without a parent. */
+  layerSize: number;
+  attachMethod: string;
+  log: Logger;
+}
+
+/** GetMetadata's answer: docker inspect shows it under GraphDriver.Data (strings only). */
+export type LayerMetadata = Record<string, string>;
+
+export class SlackerDriver {
+  constructor(private readonly o: DriverOptions) {}
+
+  private get manager(): VolumeManager {
+    return this.o.manager;
+  }
+
+  exists(id: string): boolean {
+    return this.manager.list().some((v) => v.id === id);
+  }
+
+  async create(id: string, parent: string | undefined, size?: number): Promise<void> {
+    await this.o.mounts.lock.run(id, async () => {
+      const base = parent ? await this.frozenParent(parent) : await this.template(size ?? this.o.layerSize);
+      await this.manager.clone(base, id);
+      this.o.log.info({ layer: id, parent: parent ?? null, base }, 'layer created');
+    });
+  }
+
+  async remove(id: string): Promise<void> {
+    await this.o.mounts.lock.run(id, async () => {
+      if (!this.exists(id)) return; // Remove is idempotent, as in moby's drivers
+      await this.o.mounts.putLocked(id, true);
+      await this.manager.remove(id);
+      this.o.log.info({ layer: id }, 'layer removed');
+    });
+  }
+
+  get(id: string): Promise<string> {
+    this.manager.get(id); // unknown ids fail here with a clear NotFoundError
+    return this.o.mounts.get(id);
+  }
+
+  put(id: string): Promise<void> {
+    return this.o.mounts.put(id);
+  }
+
+  /**
+   * Applies a layer tar (optionally gzip'ed) to layer `id`, made by Create(id, parent) before.
+   * Returns the bytes of file data applied (for a marker: those of the chunks that differ from
+   * the parent's).
+   */
+  async applyDiff(id: string, parent: string | undefined, body: Readable): Promise<number> {
+    return this.o.mounts.lock.run(id, async () => {
+      if (!this.exists(id)) {
+        const base = parent ? await this.frozenParent(parent) : await this.template(this.o.layerSize);
+        await this.manager.clone(base, id);
+      }
+      const row = this.manager.get(id);
+      if (row.frozen) throw new ConflictError(`layer ${id} is committed already: ApplyDiff needs a new layer`);
+      let mounted = false;
+      try {
+        const result = await applyLayerTar(await maybeGunzip(body), async () => {
+          mounted = true;
+          return this.o.mounts.getLocked(id);
+        });
+        if (mounted) await this.o.mounts.putLocked(id, true);
+        mounted = false;
+        if (result.kind === 'marker') {
+          await this.manager.remove(id);
+          await this.manager.openSnapshot(result.ref, id);
+          const size = this.changedBytes(id, parent);
+          this.o.log.info({ layer: id, ref: result.ref, size }, 'marker layer applied: snapshot opened lazily');
+          return size;
+        }
+        await this.manager.freeze(id);
+        this.o.log.info({ layer: id, bytes: result.size, entries: result.entries }, 'layer tar applied');
+        return result.size;
+      } catch (err) {
+        // Nothing half-applied: the layer goes back to the fresh clone Create made.
+        if (mounted) await this.o.mounts.putLocked(id, true).catch(() => undefined);
+        await this.reset(id, parent).catch((e: unknown) => this.o.log.error({ err: e, layer: id }, 'reset failed'));
+        this.o.log.warn({ err, layer: id }, 'ApplyDiff failed; layer reset');
+        throw err;
+      }
+    });
+  }
+
+  /** The marker tar of the layer's published snapshot (publishing it first if needed). */
+  async diff(id: string): Promise<Buffer> {
+    const ref = await this.o.mounts.lock.run(id, () => this.publish(id));
+    return markerTar(ref);
+  }
+
+  async changes(id: string, parent: string | undefined): Promise<{ changes: Change[]; size: number }> {
+    const dir = await this.get(id);
+    try {
+      if (!parent) return await changes(dir, undefined);
+      const parentDir = await this.get(parent);
+      try {
+        return await changes(dir, parentDir);
+      } finally {
+        await this.put(parent);
+      }
+    } finally {
+      await this.put(id);
+    }
+  }
+
+  metadata(id: string): LayerMetadata {
+    const s = this.manager.stats(id);
+    return {
+      VolumeId: s.id,
+      Parent: s.parent ?? '',
+      Frozen: String(s.frozen),
+      SnapshotRef: s.snapshotRef ?? '',
+      VirtualSize: String(s.virtualSize),
+      ChunkSize: String(s.chunkSize),
+      BytesWritten: String(s.bytesWritten),
+      ChunksFetched: String(s.fetch.chunksFetched),
+      BytesFetched: String(s.fetch.bytesFetched),
+      LocalHits: String(s.fetch.localHits),
+      Mounted: String(this.o.mounts.isMounted(id)),
+    };
+  }
+
+  status(): [string, string][] {
+    const volumes = this.manager.list();
+    const cache = this.manager.cacheStats();
+    let fetched = 0;
+    for (const v of volumes) fetched += this.manager.stats(v.id).fetch.bytesFetched;
+    return [
+      ['Backing store', this.manager.store?.url ?? 'none'],
+      ['State root', this.manager.root],
+      ['Attach method', this.o.attachMethod],
+      ['Volumes', String(volumes.length)],
+      ['Mounted layers', String(this.o.mounts.count)],
+      ['Chunk cache', `${formatSize(cache.bytes)} of ${formatSize(cache.limitBytes)}`],
+      ['Bytes fetched', String(fetched)],
+    ];
+  }
+
+  /** Unmounts everything (dockerd's Cleanup, and shutdown). */
+  async cleanup(): Promise<void> {
+    await this.o.mounts.unmountAll();
+  }
+
+  /** Publishes the layer: a writable one through a frozen copy of what it holds now. */
+  private async publish(id: string): Promise<Digest> {
+    const row = this.manager.get(id);
+    if (row.frozen) return row.snapshotRef ?? (await this.manager.publish(id));
+    const copy = `${id}.diff-${randomBytes(4).toString('hex')}`;
+    await this.quiesced(id, () => this.manager.snapshot(id, copy));
+    try {
+      return await this.manager.publish(copy);
+    } finally {
+      await this.manager.remove(copy); // its chunks stay local and in the store
+    }
+  }
+
+  /** Runs `fn` with the layer's file system frozen (fsfreeze) if it is mounted: a consistent image. */
+  private async quiesced<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    if (!this.o.mounts.isMounted(id)) return fn();
+    const dir = this.o.mounts.mountPoint(id);
+    await run('fsfreeze', ['--freeze', dir]);
+    try {
+      return await fn();
+    } finally {
+      await run('fsfreeze', ['--unfreeze', dir]);
+    }
+  }
+
+  /** A parent must be frozen to be cloned: a writable one (a container's init layer) is frozen now. */
+  private async frozenParent(parent: string): Promise<string> {
+    const row = this.manager.get(parent);
+    if (row.frozen) return parent;
+    if (this.o.mounts.isMounted(parent)) {
+      throw new ConflictError(`parent layer ${parent} is mounted: it cannot be frozen for a child`, {
+        context: { layer: parent },
+      });
+    }
+    await this.manager.freeze(parent);
+    return parent;
+  }
+
+  /** The frozen empty ext4 volume of a size, made on first use. */
+  private async template(size: number): Promise<string> {
+    const id = `template.ext4.${size}`;
+    if (this.exists(id)) {
+      if (this.manager.get(id).frozen) return id;
+      await this.manager.remove(id); // a half-made template from a crash
+    }
+    await this.manager.create(id, size);
+    const dir = await this.o.mounts.getLocked(id, { mkfs: true });
+    try {
+      // An empty root: lost+found would otherwise show up in every image made here.
+      await rmdir(join(dir, 'lost+found'));
+    } finally {
+      await this.o.mounts.putLocked(id, true);
+    }
+    await this.manager.freeze(id);
+    this.o.log.info({ template: id, size }, 'empty ext4 template made');
+    return id;
+  }
+
+  /** Bytes of the chunks in which a frozen layer differs from its parent. */
+  private changedBytes(id: string, parent: string | undefined): number {
+    const s = this.manager.stats(id);
+    if (!parent) return s.chunks * s.chunkSize;
+    return this.manager.diffChunks(parent, id) * s.chunkSize;
+  }
+
+  private async reset(id: string, parent: string | undefined): Promise<void> {
+    if (this.exists(id)) await this.manager.remove(id);
+    const base = parent ? await this.frozenParent(parent) : await this.template(this.o.layerSize);
+    await this.manager.clone(base, id);
+  }
+}
+
+async function maybeGunzip(body: Readable): Promise<Readable> {
+  // Peek at the first bytes: dockerd sends plain tars, but a gzip'ed one is accepted too.
+  const it = body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  const first = await it.next();
+  const rest = Readable.from(
+    (async function* () {
+      if (!first.done) yield first.value;
+      for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
+    })(),
+  );
+  if (!first.done && first.value[0] === 0x1f && first.value[1] === 0x8b) return rest.pipe(createGunzip());
+  return rest.pipe(new PassThrough());
+}

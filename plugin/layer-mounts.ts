@@ -1,0 +1,139 @@
+/**
+ * Mounted layers, refcounted: dockerd's Get/Put come in pairs and nest. The first Get of a layer
+ * exports its volume on this host's NBD server, attaches it as a block device and mounts its
+ * ext4 (read-only for frozen layers); the last Put undoes all three, in reverse. Work on one
+ * layer is serialised; different layers proceed in parallel.
+ */
+import { join } from 'node:path';
+import type { Attacher, BlockDevice } from '../attach/attacher.js';
+import { mkfsExt4, mountExt4, unmount } from '../attach/ext4.js';
+import { run } from '../common/exec.js';
+import { KeyedLock } from '../common/keyed-lock.js';
+import type { Logger } from '../common/logger.js';
+import type { NbdServer } from '../nbd-server/server.js';
+import type { VolumeManager } from '../volumes/manager.js';
+
+interface Mounted {
+  refs: number;
+  dir: string;
+  device: BlockDevice;
+}
+
+export interface LayerMountsOptions {
+  manager: VolumeManager;
+  nbd: NbdServer;
+  /** The unix socket `nbd` listens on. */
+  nbdSocket: string;
+  attacher: Attacher;
+  /** Mount points go under DIR/mnt, attachment scratch space under DIR/attach. */
+  dir: string;
+  log: Logger;
+}
+
+export class LayerMounts {
+  private readonly mounted = new Map<string, Mounted>();
+  readonly lock = new KeyedLock<string>();
+
+  constructor(private readonly o: LayerMountsOptions) {}
+
+  get count(): number {
+    return this.mounted.size;
+  }
+
+  isMounted(id: string): boolean {
+    return this.mounted.has(id);
+  }
+
+  mountPoint(id: string): string {
+    return join(this.o.dir, 'mnt', id);
+  }
+
+  /** Mounts the layer (or counts one more user) and returns its mount point. */
+  get(id: string): Promise<string> {
+    return this.lock.run(id, () => this.getLocked(id));
+  }
+
+  /** One user fewer; the last one unmounts and detaches. */
+  put(id: string): Promise<void> {
+    return this.lock.run(id, () => this.putLocked(id, false));
+  }
+
+  /** For callers already holding the layer's lock. `mkfs`: make a fresh ext4 first (templates). */
+  async getLocked(id: string, options: { mkfs?: boolean } = {}): Promise<string> {
+    const m = this.mounted.get(id);
+    if (m) {
+      m.refs++;
+      return m.dir;
+    }
+    const row = this.o.manager.get(id);
+    const readOnly = row.frozen;
+    const backend = await this.o.manager.acquire(id);
+    const undo: (() => Promise<unknown>)[] = [];
+    try {
+      this.o.nbd.addExport({ name: id, backend });
+      undo.push(async () => this.o.nbd.removeExport(id, { force: true }));
+      const device = await this.o.attacher.attach(
+        { socket: this.o.nbdSocket, exportName: id },
+        join(this.o.dir, 'attach', id),
+        { readOnly },
+      );
+      undo.push(() => device.detach());
+      const dir = this.mountPoint(id);
+      if (options.mkfs) await mkfsExt4(device.path);
+      await mountExt4(device.path, dir, { readOnly });
+      this.mounted.set(id, { refs: 1, dir, device });
+      this.o.log.debug({ layer: id, device: device.path, dir, readOnly }, 'layer mounted');
+      return dir;
+    } catch (err) {
+      for (let step = undo.pop(); step; step = undo.pop()) await step().catch(() => undefined);
+      await this.o.manager.release(id);
+      throw err;
+    }
+  }
+
+  /** `all`: unmount whatever the count (Remove, shutdown). */
+  async putLocked(id: string, all: boolean): Promise<void> {
+    const m = this.mounted.get(id);
+    if (!m) return;
+    if (!all && --m.refs > 0) return;
+    this.mounted.delete(id);
+    await unmount(m.dir);
+    await m.device.detach();
+    this.o.nbd.removeExport(id, { force: true });
+    await this.o.manager.release(id);
+    this.o.log.debug({ layer: id }, 'layer unmounted');
+  }
+
+  /**
+   * After a crash: what a previous run of the plugin left under this root (mounts, loop
+   * devices, dead FUSE mounts) is torn down before anything is mounted again.
+   */
+  async recover(): Promise<void> {
+    const attachDir = join(this.o.dir, 'attach');
+    const under = (p: string, d: string): boolean => p.startsWith(`${d}/`);
+    const targets = (await run('findmnt', ['-rn', '-o', 'TARGET'])).stdout.split('\n');
+    for (const t of targets
+      .filter((t) => under(t, join(this.o.dir, 'mnt')))
+      .sort()
+      .reverse()) {
+      await run('umount', ['-l', t]);
+      this.o.log.warn({ mount: t }, 'recovered: stale layer mount removed');
+    }
+    for (const line of (await run('losetup', ['-l', '-n', '-O', 'NAME,BACK-FILE'])).stdout.split('\n')) {
+      const [loop, file] = line.trim().split(/\s+/, 2);
+      if (loop && file && under(file, attachDir)) {
+        await run('losetup', ['-d', loop]);
+        this.o.log.warn({ loop, file }, 'recovered: stale loop device detached');
+      }
+    }
+    for (const t of targets.filter((t) => under(t, attachDir))) {
+      await run('fusermount3', ['-u', '-z', t]);
+      this.o.log.warn({ mount: t }, 'recovered: stale nbdfuse mount removed');
+    }
+  }
+
+  /** Unmounts every layer (shutdown). */
+  async unmountAll(): Promise<void> {
+    for (const id of [...this.mounted.keys()]) await this.lock.run(id, () => this.putLocked(id, true));
+  }
+}
