@@ -4,6 +4,7 @@
  */
 import { SlackerError } from '../common/errors.js';
 import { nbdServe, NBD_SERVE_HELP } from './nbd-serve.js';
+import { convertCommand, CONVERT_HELP } from './convert.js';
 import { serve, SERVE_HELP } from './serve.js';
 import { volume, VOLUME_HELP } from './volume.js';
 
@@ -11,6 +12,7 @@ const USAGE = `usage: slacker-ts <command> [options]
 
 commands:
   serve       run the Docker graphdriver plugin (slacker-ts serve --help)
+  convert     make an image lazily pullable: one marker layer (slacker-ts convert --help)
   nbd-serve   serve raw files over NBD (slacker-ts nbd-serve --help)
   volume      create, clone, freeze, publish, open, list, remove and serve layer volumes
 
@@ -19,6 +21,7 @@ Run 'slacker-ts <command> --help' for a command's options.
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help: string }> = {
   serve: { run: serve, help: SERVE_HELP },
+  convert: { run: convertCommand, help: CONVERT_HELP },
   'nbd-serve': { run: nbdServe, help: NBD_SERVE_HELP },
   volume: { run: volume, help: VOLUME_HELP },
 };

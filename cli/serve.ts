@@ -28,8 +28,10 @@ options:
   --attach METHOD      auto | nbd-client | nbdfuse (default auto: the kernel NBD driver when
                        /dev/nbd0 exists, else nbdfuse + loop)
   --cache-size SIZE    bytes of fetched chunks kept locally (default 10G)
+  --fetch-deadline MS  give up on a chunk the store cannot deliver after MS milliseconds of
+                       retries; the read then fails with EIO (default 15000)
   --config FILE        JSON file with any of the options above as keys (name, socketDir, root,
-                       store, size, attach, cacheSize, logLevel); flags win over it
+                       store, size, attach, cacheSize, fetchDeadline, logLevel); flags win over it
   --log-level LEVEL    trace|debug|info|warn|error (default info, or $SLACKER_LOG_LEVEL)
 
 Environment: SLACKER_STORE, SLACKER_ROOT, SLACKER_NAME stand in for the flags of the same name.
@@ -43,10 +45,11 @@ interface ConfigFile {
   size?: string;
   attach?: string;
   cacheSize?: string;
+  fetchDeadline?: string;
   logLevel?: string;
 }
 
-const KEYS = ['name', 'socketDir', 'root', 'store', 'size', 'attach', 'cacheSize', 'logLevel'];
+const KEYS = ['name', 'socketDir', 'root', 'store', 'size', 'attach', 'cacheSize', 'fetchDeadline', 'logLevel'];
 
 async function readConfig(path: string | undefined): Promise<ConfigFile> {
   if (!path) return {};
@@ -57,6 +60,12 @@ async function readConfig(path: string | undefined): Promise<ConfigFile> {
     if (typeof v !== 'string') throw new ConfigError(`${k} in ${path} must be a string`);
   }
   return parsed as ConfigFile;
+}
+
+function positiveNumber(text: string, what: string): number {
+  const n = Number(text);
+  if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${what} wants a positive number, got ${text}`);
+  return n;
 }
 
 export async function serve(argv: string[]): Promise<number> {
@@ -70,6 +79,7 @@ export async function serve(argv: string[]): Promise<number> {
       size: { type: 'string' },
       attach: { type: 'string' },
       'cache-size': { type: 'string' },
+      'fetch-deadline': { type: 'string' },
       config: { type: 'string' },
       'log-level': { type: 'string' },
     },
@@ -83,6 +93,7 @@ export async function serve(argv: string[]): Promise<number> {
   }
   const size = values.size ?? file.size;
   const cacheSize = values['cache-size'] ?? file.cacheSize;
+  const deadline = values['fetch-deadline'] ?? file.fetchDeadline;
   const log = createLogger({ level: values['log-level'] ?? file.logLevel });
   const stopped = untilSignal(log);
   // A storage daemon that dies takes every mounted layer with it: a stray rejection is logged.
@@ -95,6 +106,7 @@ export async function serve(argv: string[]): Promise<number> {
     layerSize: size ? parseSize(size) : DEFAULT_LAYER_SIZE,
     attach: attach as AttachMethod | 'auto',
     cacheBytes: cacheSize ? parseSize(cacheSize) : undefined,
+    fetchDeadlineMs: deadline ? positiveNumber(deadline, '--fetch-deadline') : undefined,
     log,
   });
   await daemon.listen();

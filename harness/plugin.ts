@@ -5,10 +5,10 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { request } from 'node:http';
 import { join } from 'node:path';
 import { startProcess, type Started } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
+import { pluginRequest } from '../plugin/client.js';
 
 export interface PluginProcess {
   name: string;
@@ -55,27 +55,12 @@ export async function startPlugin(o: PluginOptions): Promise<PluginProcess> {
   return { name, socket, logFile: o.logFile, proc, stop };
 }
 
-/** One plugin protocol call on its unix socket, as dockerd makes it: status code and JSON body. */
-export function callPlugin(
+/** One plugin protocol call, as dockerd makes it: status code and parsed JSON body. */
+export async function callPlugin(
   socket: string,
   method: string,
   body: unknown,
-  raw?: Buffer,
 ): Promise<{ status: number; body: Record<string, unknown> }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath: socket, path: `/${method}`, method: 'POST' }, (res) => {
-      const parts: Buffer[] = [];
-      res.on('data', (b: Buffer) => parts.push(b));
-      res.on('end', () => {
-        const text = Buffer.concat(parts).toString();
-        try {
-          resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as Record<string, unknown> });
-        } catch {
-          resolve({ status: res.statusCode ?? 0, body: { raw: text } });
-        }
-      });
-    });
-    req.on('error', reject);
-    req.end(raw ?? `${JSON.stringify(body)}\n`);
-  });
+  const r = await pluginRequest(socket, method, body);
+  return { status: r.status, body: JSON.parse(r.body.toString()) as Record<string, unknown> };
 }

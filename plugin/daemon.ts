@@ -30,6 +30,8 @@ export interface DaemonOptions {
   layerSize: number;
   attach: AttachMethod | 'auto';
   cacheBytes?: number;
+  /** How long a chunk fetch may retry before the read fails (ms). */
+  fetchDeadlineMs?: number;
   log: Logger;
 }
 
@@ -98,6 +100,7 @@ export class PluginDaemon implements GraphDriverApi {
     const manager = await VolumeManager.open(join(root, 'volumes'), {
       store,
       cacheBytes: this.o.cacheBytes,
+      fetchPolicy: this.o.fetchDeadlineMs ? { deadlineMs: this.o.fetchDeadlineMs } : undefined,
       log: this.o.log,
     });
     const nbd = new NbdServer({ log: this.o.log });

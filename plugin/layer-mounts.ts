@@ -7,6 +7,7 @@
 import { join } from 'node:path';
 import type { Attacher, BlockDevice } from '../attach/attacher.js';
 import { mkfsExt4, mountExt4, unmount } from '../attach/ext4.js';
+import { IoError } from '../common/errors.js';
 import { run } from '../common/exec.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/logger.js';
@@ -67,6 +68,7 @@ export class LayerMounts {
     }
     const row = this.o.manager.get(id);
     const readOnly = row.frozen;
+    const fetchErrors = this.o.manager.stats(id).fetch.fetchErrors;
     const backend = await this.o.manager.acquire(id);
     const undo: (() => Promise<unknown>)[] = [];
     try {
@@ -86,7 +88,16 @@ export class LayerMounts {
       return dir;
     } catch (err) {
       for (let step = undo.pop(); step; step = undo.pop()) await step().catch(() => undefined);
+      const failedFetches = this.o.manager.stats(id).fetch.fetchErrors - fetchErrors;
       await this.o.manager.release(id);
+      if (failedFetches > 0) {
+        // The usual reason a lazy layer does not mount: say so, not just "mount failed".
+        throw new IoError(
+          `layer ${id} cannot be mounted: ${failedFetches} chunk fetch(es) from the backing store ` +
+            `${this.o.manager.store?.url ?? ''} failed (is the store reachable?)`,
+          { cause: err, context: { layer: id, failedFetches } },
+        );
+      }
       throw err;
     }
   }

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../../common/exec.js';
 import { startDockerd, type Dockerd } from '../../harness/dockerd.js';
-import { busyboxRootfs, imageTarball, layerTar } from '../../harness/images.js';
+import { busyboxRootfs, imageArchive, layerTar } from '../../harness/images.js';
 import { callPlugin, startPlugin, uniquePluginName, type PluginProcess } from '../../harness/plugin.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
 import { tempDir } from '../helpers/tmp.js';
@@ -151,7 +151,10 @@ describe('legacy graphdriver plugin under dockerd', () => {
     ];
     for (const [i, c] of cases.entries()) {
       const tarball = join(dir.path, `evil${i}.tar`);
-      await writeFile(tarball, await imageTarball([await layerTar(c.entries)], `evil:${i}`));
+      await writeFile(
+        tarball,
+        await imageArchive([await layerTar(c.entries)], `evil:${i}`, { config: { Cmd: ['/bin/sh'] } }),
+      );
       const err = await dockerd.docker(['load', '-i', tarball]).then(
         () => undefined,
         (e: Error) => e.message,

@@ -1,0 +1,48 @@
+/** `slacker-ts convert SRC DST`: see plugin/convert.ts. */
+import { parseArgs } from 'node:util';
+import { join } from 'node:path';
+import { ConfigError } from '../common/errors.js';
+import { run } from '../common/exec.js';
+import { convert } from '../plugin/convert.js';
+
+export const CONVERT_HELP = `usage: slacker-ts convert SRC DST [options]
+
+Turns image SRC, present on this slacker host, into image DST made of a single marker layer:
+pulling DST on another slacker host sharing the backing store moves only metadata, and its files
+are fetched on first read. DST keeps SRC's config (env, cmd, entrypoint, workdir, exposed ports,
+healthcheck, labels). Prints the snapshot reference and the layer's DiffID.
+
+options:
+  --push              docker push DST afterwards (DST names a registry: HOST:PORT/REPO:TAG)
+  --name NAME         the plugin's name (default slacker)
+  --socket-dir DIR    where its socket is (default /run/docker/plugins)
+  --host URI          dockerd to talk to (default $DOCKER_HOST or the docker client's default)
+  --docker-bin PATH   docker client to run (default docker)
+`;
+
+export async function convertCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      push: { type: 'boolean', default: false },
+      name: { type: 'string', default: 'slacker' },
+      'socket-dir': { type: 'string', default: '/run/docker/plugins' },
+      host: { type: 'string' },
+      'docker-bin': { type: 'string', default: 'docker' },
+    },
+    strict: true,
+  });
+  const [src, dst] = positionals;
+  if (!src || !dst || positionals.length !== 2) throw new ConfigError('usage: slacker-ts convert SRC DST [--push]');
+  const hostArgs = values.host ? ['--host', values.host] : [];
+  const result = await convert({
+    src,
+    dst,
+    push: values.push,
+    docker: (args) => run(values['docker-bin'], [...hostArgs, ...args], { timeoutMs: 3_600_000 }),
+    pluginSocket: join(values['socket-dir'], `${values.name}.sock`),
+  });
+  process.stdout.write(`${JSON.stringify({ image: dst, ...result })}\n`);
+  return 0;
+}

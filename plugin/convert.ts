@@ -1,0 +1,87 @@
+/**
+ * convert: an image on a slacker host becomes an image of ONE marker layer, so that pulling it
+ * anywhere moves only metadata and its files are fetched on first read (compare nydusify,
+ * `soci create`). The image's top layer already holds its complete file system (layers are
+ * full snapshots), so its published snapshot is the whole image. The new image keeps the
+ * source's config (env, cmd, entrypoint, workdir, ports, healthcheck, labels...).
+ */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ConfigError } from '../common/errors.js';
+import type { RunResult } from '../common/exec.js';
+import { pluginRequest, PluginCallError } from './client.js';
+import { imageArchive, sha256Hex } from './layer-tar/image-archive.js';
+
+/** The keys of an image config's `config` section (docker image inspect shows more). */
+const IMAGE_CONFIG_KEYS = [
+  'User',
+  'ExposedPorts',
+  'Env',
+  'Entrypoint',
+  'Cmd',
+  'Volumes',
+  'WorkingDir',
+  'Labels',
+  'StopSignal',
+  'Healthcheck',
+  'OnBuild',
+  'Shell',
+  'ArgsEscaped',
+];
+
+export interface ConvertOptions {
+  src: string;
+  dst: string;
+  push: boolean;
+  /** Runs the docker client against the slacker host's dockerd. */
+  docker(args: string[]): Promise<RunResult>;
+  /** The plugin's socket (/run/docker/plugins/NAME.sock). */
+  pluginSocket: string;
+}
+
+export interface ConvertResult {
+  snapshotRef: string;
+  diffId: string;
+  layerBytes: number;
+}
+
+interface ImageInspect {
+  Architecture: string;
+  Os: string;
+  Config: Record<string, unknown> | null;
+  GraphDriver: { Name: string; Data: Record<string, string> | null };
+}
+
+export async function convert(o: ConvertOptions): Promise<ConvertResult> {
+  const [image] = JSON.parse((await o.docker(['image', 'inspect', o.src])).stdout) as ImageInspect[];
+  const layer = image?.GraphDriver.Data?.VolumeId;
+  if (!image || !layer) {
+    throw new ConfigError(
+      `${o.src} is not stored by a slacker driver (storage driver ${image?.GraphDriver.Name ?? '?'}): ` +
+        'convert runs on a slacker host; docker load or pull the image there first',
+    );
+  }
+  const diff = await pluginRequest(o.pluginSocket, 'GraphDriver.Diff', { ID: layer });
+  if (diff.status !== 200) throw new PluginCallError(`Diff of ${layer}: ${diff.body.toString()}`);
+  const marker = diff.body;
+
+  const config: Record<string, unknown> = {};
+  for (const key of IMAGE_CONFIG_KEYS) if (image.Config?.[key] != null) config[key] = image.Config[key];
+  const archive = await imageArchive([marker], o.dst, {
+    architecture: image.Architecture,
+    os: image.Os,
+    config,
+    history: [{ created: new Date().toISOString(), created_by: `slacker-ts convert ${o.src}` }],
+  });
+  const dir = await mkdtemp(join(tmpdir(), 'slacker-convert-'));
+  try {
+    await writeFile(join(dir, 'image.tar'), archive);
+    await o.docker(['load', '-i', join(dir, 'image.tar')]);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+  if (o.push) await o.docker(['push', o.dst]);
+  const ref = /SLACKER\.snapshot=(sha256:[0-9a-f]{64})/.exec(marker.toString('latin1'))?.[1] ?? '';
+  return { snapshotRef: ref, diffId: `sha256:${sha256Hex(marker)}`, layerBytes: marker.length };
+}

@@ -1,0 +1,184 @@
+/**
+ * Two slacker hosts (two dockerds, two plugins, separate state) sharing one backing store and a
+ * real registry: an image converted on host A and pushed is pulled by host B moving only a
+ * marker layer, runs there, and reads only a small part of the image. A store that is down
+ * during a Get gives dockerd a clear error, and everything works again once it is back.
+ */
+import { rename } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { run } from '../../common/exec.js';
+import { startDockerd, DOCKER, type Dockerd } from '../../harness/dockerd.js';
+import { busyboxRootfs } from '../../harness/images.js';
+import { startPlugin, uniquePluginName, type PluginProcess } from '../../harness/plugin.js';
+import { startRegistry, type TestRegistry } from '../../harness/registry.js';
+import { requireRoot, requireTools } from '../helpers/tools.js';
+import { tempDir } from '../helpers/tmp.js';
+
+const BIN = join(import.meta.dirname, '../../dist/cli/main.js');
+const BIG = 32 * 2 ** 20;
+
+interface Host {
+  plugin: PluginProcess;
+  dockerd: Dockerd;
+}
+
+describe('two slacker hosts sharing a store and a registry', () => {
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  let registry: TestRegistry;
+  const hosts: Host[] = [];
+  let image: string;
+
+  const startHost = async (label: string): Promise<Host> => {
+    const plugin = await startPlugin({
+      name: uniquePluginName(),
+      root: join(dir.path, label, 'state'),
+      store: `dir://${join(dir.path, 'shared-store')}`,
+      size: '1G',
+      logFile: join(dir.path, `${label}-plugin.log`),
+      extraArgs: ['--fetch-deadline', '2000'],
+    });
+    const dockerd = await startDockerd(join(dir.path, label, 'docker'), { storageDriver: plugin.name });
+    const host = { plugin, dockerd };
+    hosts.push(host);
+    return host;
+  };
+
+  beforeAll(async () => {
+    requireRoot();
+    await requireTools('dockerd', 'docker-registry', 'nbdfuse', 'busybox-static', 'findmnt');
+    dir = await tempDir('slacker-2hosts-');
+    registry = await startRegistry();
+    image = `127.0.0.1:${registry.port}/slacker/big:1`;
+    const a = await startHost('a');
+    await startHost('b');
+    const rootfs = await busyboxRootfs(join(dir.path, 'rootfs'));
+    await run('sh', ['-c', `tar -C ${rootfs} -c . | ${DOCKER} --host unix://${a.dockerd.socket} import - bb:1`]);
+    await a.dockerd.docker([
+      'run',
+      '--name',
+      'fill',
+      '--network',
+      'none',
+      'bb:1',
+      'sh',
+      '-c',
+      `head -c ${BIG} /dev/urandom > /big.bin; mkdir -p /srv; echo hello from A > /srv/hello.txt`,
+    ]);
+    await a.dockerd.docker([
+      'commit',
+      '--change',
+      'ENV FOO=bar',
+      '--change',
+      'WORKDIR /srv',
+      '--change',
+      'LABEL org.example.kind=test',
+      '--change',
+      'EXPOSE 8080',
+      '--change',
+      'CMD ["cat", "hello.txt"]',
+      'fill',
+      'bb:big',
+    ]);
+  }, 180_000);
+
+  afterAll(async () => {
+    for (const h of hosts) {
+      await h.dockerd.stop();
+      await h.plugin.stop();
+    }
+    await registry?.close();
+    const mounts = (await run('findmnt', ['-rn', '-o', 'TARGET'])).stdout
+      .split('\n')
+      .filter((t) => dir && t.startsWith(dir.path));
+    await dir?.cleanup();
+    expect(mounts).toEqual([]);
+  }, 120_000);
+
+  it('convert keeps the config and pushes one marker layer of a few KiB', async () => {
+    const a = hosts[0]!;
+    const { stdout } = await run(process.execPath, [
+      BIN,
+      'convert',
+      'bb:big',
+      image,
+      '--push',
+      '--name',
+      a.plugin.name,
+      '--host',
+      `unix://${a.dockerd.socket}`,
+      '--docker-bin',
+      DOCKER,
+    ]);
+    expect(JSON.parse(stdout).snapshotRef).toMatch(/^sha256:/);
+    const [cfg] = JSON.parse((await a.dockerd.docker(['image', 'inspect', image])).stdout);
+    expect(cfg.Config.Env).toContain('FOO=bar');
+    expect(cfg.Config.WorkingDir).toBe('/srv');
+    expect(cfg.Config.Labels).toEqual({ 'org.example.kind': 'test' });
+    expect(Object.keys(cfg.Config.ExposedPorts)).toEqual(['8080/tcp']);
+    expect(cfg.Config.Cmd).toEqual(['cat', 'hello.txt']);
+    expect(cfg.RootFS.Layers).toHaveLength(1);
+
+    const res = await fetch(`http://127.0.0.1:${registry.port}/v2/slacker/big/manifests/1`, {
+      headers: { accept: 'application/vnd.docker.distribution.manifest.v2+json' },
+    });
+    const manifest = (await res.json()) as { layers: { size: number }[] };
+    expect(manifest.layers).toHaveLength(1);
+    console.info(`converted image in the registry: one layer of ${manifest.layers[0]!.size} bytes`);
+    expect(manifest.layers[0]!.size).toBeLessThan(16 * 1024);
+  });
+
+  it('host B pulls metadata only, runs the image, and fetches a small part of it', async () => {
+    const b = hosts[1]!;
+    await b.dockerd.docker(['pull', image]);
+    const out = await b.dockerd.docker(['run', '--name', 'reader', '--network', 'none', image]);
+    expect(out.stdout.trim()).toBe('hello from A');
+    const [c] = JSON.parse((await b.dockerd.docker(['inspect', 'reader'])).stdout);
+    const fetched = Number(c.GraphDriver.Data.BytesFetched);
+    console.info(`host B: pull + run fetched ${fetched} bytes of a ${BIG + 2 ** 21}-byte image`);
+    expect(fetched).toBeGreaterThan(0); // the lazy path really ran
+    expect(fetched).toBeLessThan(BIG / 4); // ... and read a small part of a 34 MB image
+    const sum = await b.dockerd.docker(['run', '--rm', '--network', 'none', image, 'sh', '-c', 'wc -c < /big.bin']);
+    expect(Number(sum.stdout.trim())).toBe(BIG);
+    await b.dockerd.docker(['rm', 'reader']);
+  });
+
+  it('a store that is down during Get is a clear error; it works again once the store is back', async () => {
+    const b = hosts[1]!;
+    // A new snapshot B has never read: convert another image on A.
+    const a = hosts[0]!;
+    const second = `127.0.0.1:${registry.port}/slacker/second:1`;
+    await a.dockerd.docker(['run', '--name', 'fill2', '--network', 'none', 'bb:1', 'sh', '-c', 'echo two > /two.txt']);
+    await a.dockerd.docker(['commit', 'fill2', 'bb:two']);
+    await run(process.execPath, [
+      BIN,
+      'convert',
+      'bb:two',
+      second,
+      '--push',
+      '--name',
+      a.plugin.name,
+      '--host',
+      `unix://${a.dockerd.socket}`,
+      '--docker-bin',
+      DOCKER,
+    ]);
+    await b.dockerd.docker(['pull', second]);
+    const store = join(dir.path, 'shared-store');
+    await rename(store, `${store}.away`);
+    let err: string | undefined;
+    try {
+      err = await b.dockerd
+        .docker(['run', '--rm', '--network', 'none', second, 'cat', '/two.txt'])
+        .then(() => undefined)
+        .catch((e: Error) => e.message);
+    } finally {
+      await rename(`${store}.away`, store);
+    }
+    console.info(`store down during Get: ${err?.split('\n').find((l) => l.includes('Error response'))}`);
+    expect(err).toBeDefined();
+    expect(err).toContain('chunk fetch(es) from the backing store');
+    const ok = await b.dockerd.docker(['run', '--rm', '--network', 'none', second, 'cat', '/two.txt']);
+    expect(ok.stdout.trim()).toBe('two');
+  });
+});
