@@ -102,7 +102,7 @@ export async function serve(argv: string[]): Promise<number> {
     name: values.name ?? file.name ?? env.SLACKER_NAME ?? 'slacker',
     socketDir: values['socket-dir'] ?? file.socketDir ?? '/run/docker/plugins',
     root: values.root ?? file.root ?? env.SLACKER_ROOT,
-    store: values.store ?? file.store ?? env.SLACKER_STORE,
+    store: values.store ?? file.store ?? (env.SLACKER_STORE || undefined),
     layerSize: size ? parseSize(size) : DEFAULT_LAYER_SIZE,
     attach: attach as AttachMethod | 'auto',
     cacheBytes: cacheSize ? parseSize(cacheSize) : undefined,

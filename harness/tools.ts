@@ -22,6 +22,7 @@ export const PACKAGES: Record<string, string> = {
   ip: 'iproute2',
   tc: 'iproute2',
   dockerd: 'docker.io',
+  debootstrap: 'debootstrap',
   fsfreeze: 'util-linux',
   findmnt: 'util-linux',
   'busybox-static': 'busybox-static',
