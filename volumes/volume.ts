@@ -18,6 +18,9 @@ import type { ChunkReader, FetchCounters } from './chunk-reader.js';
 import type { Metadata, Override, VolumeRow } from './metadata.js';
 import { chunkLength, type ChunkIndex, type Digest } from './types.js';
 
+/** Chunks hashed and stored at once by materialize (freeze, snapshot). */
+const MATERIALIZE_CONCURRENCY = 8;
+
 export interface VolumeParts {
   row: VolumeRow;
   /** Frozen: its own complete map. Writable: its base's map (empty without a base). */
@@ -176,16 +179,23 @@ export class Volume implements Backend {
   /** The complete chunk map this volume would have if frozen now (flush first). */
   async materialize(store: (data: Buffer) => Promise<Digest | undefined>): Promise<Map<ChunkIndex, Digest>> {
     const map = new Map(this.parts.snapshot);
+    const written: ChunkIndex[] = [];
     for (const [idx, kind] of this.parts.overrides) {
-      if (kind === 'zero') {
-        map.delete(idx);
-        continue;
-      }
-      const data = await this.parts.data!.pread(this.chunkLength(idx), idx * this.chunkSize);
-      const digest = await store(data);
-      if (digest) map.set(idx, digest);
-      else map.delete(idx); // all zeroes: a hole
+      if (kind === 'zero') map.delete(idx);
+      else written.push(idx);
     }
+    // Several chunks at a time: each is a read, a hash and a synced write, and the fsyncs of
+    // one chunk file after another were most of the time a freeze took.
+    const next = written[Symbol.iterator]();
+    const worker = async (): Promise<void> => {
+      for (let r = next.next(); !r.done; r = next.next()) {
+        const idx = r.value;
+        const digest = await store(await this.parts.data!.pread(this.chunkLength(idx), idx * this.chunkSize));
+        if (digest) map.set(idx, digest);
+        else map.delete(idx); // all zeroes: a hole
+      }
+    };
+    await Promise.all(Array.from({ length: MATERIALIZE_CONCURRENCY }, worker));
     return map;
   }
 
