@@ -6,6 +6,7 @@
  * removes the veth pair. Needs root and iproute2.
  */
 import { randomBytes, randomInt } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { run } from '../common/exec.js';
 import { requireTools } from './tools.js';
 
@@ -15,6 +16,10 @@ export interface Link {
   nsAddress: string;
   /** tbf rate, e.g. '1gbit', or 'unlimited'. */
   rate: string;
+  /** The host end of the veth pair (its counters measure what crossed the link). */
+  hostInterface: string;
+  /** Bytes the host has received over the link so far. */
+  receivedBytes(): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -52,6 +57,8 @@ export async function createLink(rate = '1gbit'): Promise<Link> {
     hostAddress,
     nsAddress,
     rate,
+    hostInterface: hostIf,
+    receivedBytes: async () => Number((await readFile(`/sys/class/net/${hostIf}/statistics/rx_bytes`, 'utf8')).trim()),
     close: async () => {
       await run('ip', ['netns', 'del', netns]).catch(() => undefined);
       await run('ip', ['link', 'del', hostIf]).catch(() => undefined); // usually gone with the namespace

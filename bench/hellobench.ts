@@ -1,0 +1,169 @@
+/**
+ * HelloBench, Slacker-style: pull-to-ready of a set of images on a fresh overlay2 worker and a
+ * fresh slacker worker, the registry (and slacker's chunk store) behind a rate-limited link.
+ *
+ *   npm run hellobench -- [--quick] [--link 1gbit|100mbit|unlimited] [--reps 3] [--images a,b] [--json FILE]
+ *
+ * Writes docs/results/hellobench.md and .svg. Images are built from Debian packages once and
+ * cached (bench/hellobench/rootfs.ts).
+ */
+import { parseArgs } from 'node:util';
+import { run } from '../common/exec.js';
+import { DOCKER } from '../harness/dockerd.js';
+import { requireTools } from '../harness/tools.js';
+import { deploy } from './hellobench/deploy.js';
+import { IMAGES, QUICK } from './hellobench/images.js';
+import { median, summarise, writeResults, type Row } from './hellobench/report.js';
+import { rootfsTarball } from './hellobench/rootfs.js';
+import { startTopology, type Driver } from './hellobench/topology.js';
+
+const { values: opts } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    link: { type: 'string', default: '1gbit' },
+    reps: { type: 'string' },
+    images: { type: 'string' },
+    json: { type: 'string' },
+  },
+});
+const reps = Number(opts.reps ?? (opts.quick ? 1 : 3));
+const names = opts.images ? opts.images.split(',') : opts.quick ? QUICK : IMAGES.map((i) => i.name);
+const specs = names.map((n) => {
+  const s = IMAGES.find((i) => i.name === n);
+  if (!s) throw new Error(`unknown image ${n} (known: ${IMAGES.map((i) => i.name).join(', ')})`);
+  return s;
+});
+const t0 = Date.now();
+const progress = (s: string): void =>
+  void process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${s}\n`);
+
+async function main(): Promise<void> {
+  await requireTools('dockerd', 'docker-registry', 'debootstrap', 'nbdfuse', 'ip', 'tc', 'busybox-static');
+  const tarballs = new Map<string, string>();
+  for (const s of specs) tarballs.set(s.name, await rootfsTarball(s, progress));
+
+  progress(`starting the topology (link ${opts.link})`);
+  const topo = await startTopology(opts.link!, 'slacker-hellobench-');
+  const rows: Row[] = [];
+  try {
+    const refs = new Map<string, Record<Driver, string> & { push: Record<Driver, number>; bytes: number }>();
+    for (const s of specs) {
+      const change = ['--change', `CMD ${JSON.stringify(s.cmd)}`];
+      const repo = `${topo.registryAddress}/hb/${s.name}`;
+      const o = topo.builders.overlay2.dockerd;
+      await run(
+        'sh',
+        [
+          '-c',
+          `${DOCKER} --host unix://${o.socket} import ${change.map((c) => `'${c}'`).join(' ')} ${tarballs.get(s.name)} ${repo}:overlay2`,
+        ],
+        { timeoutMs: 900_000 },
+      );
+      let t = Date.now();
+      await o.docker(['push', `${repo}:overlay2`], { timeoutMs: 1_800_000 });
+      const pushOverlay = (Date.now() - t) / 1000;
+      const bytes = Number((await o.docker(['image', 'inspect', '-f', '{{.Size}}', `${repo}:overlay2`])).stdout.trim());
+      const b = topo.builders.slacker;
+      await run(
+        'sh',
+        [
+          '-c',
+          `${DOCKER} --host unix://${b.dockerd.socket} import ${change.map((c) => `'${c}'`).join(' ')} ${tarballs.get(s.name)} hb/${s.name}:src`,
+        ],
+        { timeoutMs: 900_000 },
+      );
+      t = Date.now();
+      await run(
+        process.execPath,
+        [
+          new URL('../cli/main.js', import.meta.url).pathname,
+          'convert',
+          `hb/${s.name}:src`,
+          `${repo}:slacker`,
+          '--push',
+          '--name',
+          b.plugin!.name,
+          '--host',
+          `unix://${b.dockerd.socket}`,
+          '--docker-bin',
+          DOCKER,
+        ],
+        { timeoutMs: 1_800_000 },
+      );
+      const pushSlacker = (Date.now() - t) / 1000;
+      refs.set(s.name, {
+        overlay2: `${repo}:overlay2`,
+        slacker: `${repo}:slacker`,
+        push: { overlay2: pushOverlay, slacker: pushSlacker },
+        bytes,
+      });
+      progress(
+        `pushed ${s.name} (${(bytes / 1e6).toFixed(0)} MB): overlay2 ${pushOverlay.toFixed(1)} s, slacker convert+push ${pushSlacker.toFixed(1)} s`,
+      );
+    }
+
+    for (let rep = 0; rep < reps; rep++) {
+      for (const s of specs) {
+        for (const driver of ['overlay2', 'slacker'] as const) {
+          const ref = refs.get(s.name)!;
+          const worker = await topo.worker(driver);
+          try {
+            const rx0 = await topo.link.receivedBytes();
+            const d = await deploy(worker, ref[driver], s.ready, { hostNetwork: s.hostNetwork });
+            const linkBytes = (await topo.link.receivedBytes()) - rx0;
+            const bytesFetched = await worker.bytesFetched();
+            if (driver === 'slacker' && bytesFetched >= ref.bytes) {
+              throw new Error(
+                `guard rail: slacker fetched ${bytesFetched} bytes of a ${ref.bytes}-byte image: the lazy path did not run`,
+              );
+            }
+            rows.push({
+              item: s.name,
+              category: s.category,
+              driver,
+              rep,
+              push: ref.push[driver],
+              ...d,
+              deploy: d.pull + d.create + d.run,
+              linkBytes,
+              bytesFetched,
+              imageBytes: ref.bytes,
+            });
+            progress(
+              `rep ${rep + 1}/${reps} ${s.name} on ${driver}: pull ${d.pull.toFixed(2)} + create ${d.create.toFixed(2)} + run ${d.run.toFixed(2)} s` +
+                `, ${(linkBytes / 1e6).toFixed(1)} MB over the link` +
+                (driver === 'slacker' ? `, fetched ${(bytesFetched / 1e6).toFixed(1)} MB` : ''),
+            );
+          } finally {
+            await worker.close();
+          }
+        }
+      }
+    }
+  } finally {
+    await topo.close();
+  }
+  const { items, medianSpeedup, medianFetched } = summarise(rows);
+  for (const i of items) {
+    progress(
+      `${i.item.padEnd(10)} overlay2 ${i.deploy.overlay2.toFixed(2)} s, slacker ${i.deploy.slacker.toFixed(2)} s: ${i.speedup.toFixed(2)}×, fetched ${(100 * i.fetchedFraction).toFixed(1)}%`,
+    );
+  }
+  progress(
+    `median speedup ${medianSpeedup.toFixed(2)}×, median fetched ${(100 * medianFetched).toFixed(1)}% (deploy medians: ${median(rows.map((r) => r.deploy)).toFixed(2)} s)`,
+  );
+  const command = `npm run hellobench -- ${process.argv.slice(2).join(' ')}`.trim();
+  await writeResults(
+    opts.quick ? 'hellobench-quick' : 'hellobench',
+    'HelloBench',
+    command,
+    `Link ${opts.link} (tbf, its own network namespace), ${reps} repetition(s), fresh worker dockerd per deployment (new data root, page cache dropped). 2-core VM.`,
+    rows,
+    opts.json,
+  );
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exitCode = 1;
+});
