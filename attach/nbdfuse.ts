@@ -10,6 +10,9 @@ import { retryUntil } from '../common/retry.js';
 import type { Attacher, BlockDevice, NbdTarget } from './attacher.js';
 import { nbdUnixUri } from './uri.js';
 
+/** Both waits are usually a few milliseconds: poll often (each Get and Put waits once). */
+const POLL = { attempts: 500, delayMs: 10 };
+
 export class NbdfuseAttacher implements Attacher {
   readonly method = 'nbdfuse';
 
@@ -30,9 +33,13 @@ export class NbdfuseAttacher implements Attacher {
         await retryUntil('fusermount3 -u', () => run('fusermount3', ['-u', fuseDir]));
         await fuse.stop();
       });
-      await retryUntil('nbdfuse to expose the export', async () => {
-        if (!existsSync(join(fuseDir, 'disk'))) throw new Error('not yet');
-      });
+      await retryUntil(
+        'nbdfuse to expose the export',
+        async () => {
+          if (!existsSync(join(fuseDir, 'disk'))) throw new Error('not yet');
+        },
+        POLL,
+      );
       const loop = (
         await run('losetup', ['-f', '--show', ...(options.readOnly ? ['-r'] : []), join(fuseDir, 'disk')])
       ).stdout.trim();
@@ -47,8 +54,12 @@ export class NbdfuseAttacher implements Attacher {
 
 /** losetup -d only marks the device for release; wait until it no longer holds the file. */
 async function waitLoopGone(loop: string): Promise<void> {
-  await retryUntil(`${loop} to detach`, async () => {
-    const { stdout } = await run('losetup', ['-l', '-n', '-O', 'NAME']);
-    if (stdout.split('\n').some((l) => l.trim() === loop)) throw new Error('still attached');
-  });
+  await retryUntil(
+    `${loop} to detach`,
+    async () => {
+      const { stdout } = await run('losetup', ['-l', '-n', '-O', 'NAME']);
+      if (stdout.split('\n').some((l) => l.trim() === loop)) throw new Error('still attached');
+    },
+    POLL,
+  );
 }

@@ -4,8 +4,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { startProcess, type Started } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
 import { pluginRequest } from '../plugin/client.js';
@@ -43,6 +43,7 @@ export async function startPlugin(o: PluginOptions): Promise<PluginProcess> {
   const args = [cliPath(), 'serve', '--name', name, '--root', o.root, '--log-level', 'debug'];
   if (o.store) args.push('--store', o.store);
   if (o.size) args.push('--size', o.size);
+  await mkdir(dirname(o.logFile), { recursive: true });
   const proc = startProcess(process.execPath, [...args, ...(o.extraArgs ?? [])], { logFile: o.logFile });
   await retryUntil('the plugin socket to appear', async () => {
     if (proc.child.exitCode !== null) throw new Error(`plugin exited; see ${o.logFile}`);

@@ -51,9 +51,11 @@ export class SlackerDriver {
 
   async create(id: string, parent: string | undefined, size?: number): Promise<void> {
     await this.o.mounts.lock.run(id, async () => {
-      const base = parent ? await this.frozenParent(parent) : await this.template(size ?? this.o.layerSize);
-      await this.manager.clone(base, id);
-      this.o.log.info({ layer: id, parent: parent ?? null, base }, 'layer created');
+      if (parent) await this.manager.clone(await this.frozenParent(parent), id);
+      // A base layer starts blank: it gets its file system (a template clone) only when first
+      // mounted or given an ordinary tar; a marker layer never needs one.
+      else await this.manager.create(id, size ?? this.o.layerSize);
+      this.o.log.info({ layer: id, parent: parent ?? null }, 'layer created');
     });
   }
 
@@ -66,9 +68,12 @@ export class SlackerDriver {
     });
   }
 
-  get(id: string): Promise<string> {
+  async get(id: string): Promise<string> {
     this.manager.get(id); // unknown ids fail here with a clear NotFoundError
-    return this.o.mounts.get(id);
+    return this.o.mounts.lock.run(id, async () => {
+      await this.formatted(id);
+      return this.o.mounts.getLocked(id);
+    });
   }
 
   put(id: string): Promise<void> {
@@ -82,15 +87,13 @@ export class SlackerDriver {
    */
   async applyDiff(id: string, parent: string | undefined, body: Readable): Promise<number> {
     return this.o.mounts.lock.run(id, async () => {
-      if (!this.exists(id)) {
-        const base = parent ? await this.frozenParent(parent) : await this.template(this.o.layerSize);
-        await this.manager.clone(base, id);
-      }
+      if (!this.exists(id)) await this.reset(id, parent);
       const row = this.manager.get(id);
       if (row.frozen) throw new ConflictError(`layer ${id} is committed already: ApplyDiff needs a new layer`);
       let mounted = false;
       try {
         const result = await applyLayerTar(await maybeGunzip(body), async () => {
+          await this.formatted(id);
           mounted = true;
           return this.o.mounts.getLocked(id);
         });
@@ -146,6 +149,7 @@ export class SlackerDriver {
       SnapshotRef: s.snapshotRef ?? '',
       VirtualSize: String(s.virtualSize),
       ChunkSize: String(s.chunkSize),
+      Chunks: String(s.chunks),
       BytesWritten: String(s.bytesWritten),
       ChunksFetched: String(s.fetch.chunksFetched),
       BytesFetched: String(s.fetch.bytesFetched),
@@ -157,8 +161,7 @@ export class SlackerDriver {
   status(): [string, string][] {
     const volumes = this.manager.list();
     const cache = this.manager.cacheStats();
-    let fetched = 0;
-    for (const v of volumes) fetched += this.manager.stats(v.id).fetch.bytesFetched;
+    const total = this.manager.reader.total;
     return [
       ['Backing store', this.manager.store?.url ?? 'none'],
       ['State root', this.manager.root],
@@ -166,7 +169,9 @@ export class SlackerDriver {
       ['Volumes', String(volumes.length)],
       ['Mounted layers', String(this.o.mounts.count)],
       ['Chunk cache', `${formatSize(cache.bytes)} of ${formatSize(cache.limitBytes)}`],
-      ['Bytes fetched', String(fetched)],
+      ['Bytes fetched', String(total.bytesFetched)],
+      ['Chunks fetched', String(total.chunksFetched)],
+      ['Fetch errors', String(total.fetchErrors)],
     ];
   }
 
@@ -241,9 +246,18 @@ export class SlackerDriver {
   }
 
   private async reset(id: string, parent: string | undefined): Promise<void> {
+    const size = this.exists(id) ? this.manager.get(id).size : this.o.layerSize;
     if (this.exists(id)) await this.manager.remove(id);
-    const base = parent ? await this.frozenParent(parent) : await this.template(this.o.layerSize);
-    await this.manager.clone(base, id);
+    if (parent) await this.manager.clone(await this.frozenParent(parent), id);
+    else await this.manager.create(id, size);
+  }
+
+  /** A blank base layer (no parent, nothing written) becomes a clone of the empty ext4 template. */
+  private async formatted(id: string): Promise<void> {
+    const s = this.manager.stats(id);
+    if (s.parent !== null || s.frozen || s.chunks > 0 || this.o.mounts.isMounted(id)) return;
+    await this.manager.remove(id);
+    await this.manager.clone(await this.template(s.virtualSize), id);
   }
 }
 

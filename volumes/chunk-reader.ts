@@ -58,6 +58,8 @@ interface Queued {
 const MAX_BATCH = 64;
 
 export class ChunkReader {
+  /** Everything this reader fetched, whichever volume asked (volumes come and go). */
+  readonly total = new FetchCounters();
   private readonly inflight = new Map<Digest, Promise<Buffer>>();
   private readonly queue: Queued[] = [];
 
@@ -138,7 +140,10 @@ export class ChunkReader {
         );
         break;
       } catch (err) {
-        for (const q of batch) q.counters.fetchErrors++;
+        for (const q of batch) {
+          q.counters.fetchErrors++;
+          this.total.fetchErrors++;
+        }
         if (Date.now() + backoff >= deadline) {
           this.log.error(
             { err, chunks: batch.length, store: store.url, attempts: attempt },
@@ -171,6 +176,7 @@ export class ChunkReader {
         const got = digestOf(data);
         if (got !== q.digest) {
           q.counters.fetchErrors++;
+          this.total.fetchErrors++;
           this.log.error(
             { digest: q.digest, got, bytes: data.length, store: store.url },
             'chunk failed verification: refusing it',
@@ -186,6 +192,7 @@ export class ChunkReader {
           await this.local.putVerified(q.digest, data, { durable: false }); // the store has it
           await this.cache?.admit(q.digest, data.length);
           q.counters.recordFetch(data.length, Date.now() - q.queuedAt);
+          this.total.recordFetch(data.length, Date.now() - q.queuedAt);
           q.resolve(data);
         } catch (err) {
           q.reject(err as Error);
