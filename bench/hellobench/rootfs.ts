@@ -67,6 +67,8 @@ export async function rootfsTarball(spec: ImageSpec, log: (s: string) => void): 
     }
     for (const [path, content] of Object.entries(spec.files ?? {})) {
       await mkdir(dirname(join(root, path)), { recursive: true });
+      // Replace, never write through: a packaged symlink here points into the host's /etc.
+      await rm(join(root, path), { force: true });
       await writeFile(join(root, path), content);
     }
     for (const m of mounted.splice(0).reverse()) await run('umount', [m]);

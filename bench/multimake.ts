@@ -1,0 +1,237 @@
+/**
+ * MultiMake, Slacker-style: the development cycle of 16 builds of one C program with different
+ * settings (4 optimisation levels x 4 feature combinations). Each variant is compiled in a
+ * container on the builder, committed as an image, pushed to the registry (behind the
+ * rate-limited link), pulled by a worker and run: build + push + pull + run = one cycle,
+ * overlay2 against slacker (whose commits are marker layers and whose pulls move metadata).
+ *
+ *   npm run multimake -- [--quick] [--link 1gbit] [--json FILE]
+ *
+ * Writes docs/results/multimake.md and .svg. The compiler image is HelloBench's gcc image.
+ */
+import { writeFile, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { run } from '../common/exec.js';
+import { DOCKER } from '../harness/dockerd.js';
+import { requireTools } from '../harness/tools.js';
+import { IMAGES } from './hellobench/images.js';
+import { median, svgChart, type Row } from './hellobench/report.js';
+import { rootfsTarball } from './hellobench/rootfs.js';
+import { startTopology, type Driver, type Host } from './hellobench/topology.js';
+
+const { values: opts } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    link: { type: 'string', default: '1gbit' },
+    json: { type: 'string' },
+  },
+});
+
+const PROGRAM = `#include <stdio.h>
+#include <math.h>
+/* A little work, so that optimisation levels differ. */
+static double series(int n) { double s = 0; for (int i = 1; i <= n; i++) s += 1.0 / ((double)i * i); return s; }
+int main(void) {
+#ifdef FEATURE_FAST
+  int n = 1000;
+#else
+  int n = 100000;
+#endif
+#ifdef FEATURE_VERBOSE
+  printf("terms: %d\\n", n);
+#endif
+  printf("pi ~ %.6f\\n", sqrt(6 * series(n)));
+  return 0;
+}
+`;
+
+interface Variant {
+  name: string;
+  flags: string;
+}
+
+function variants(quick: boolean): Variant[] {
+  const out: Variant[] = [];
+  for (const o of ['-O0', '-O1', '-O2', '-O3']) {
+    for (const f of [[], ['FEATURE_FAST'], ['FEATURE_VERBOSE'], ['FEATURE_FAST', 'FEATURE_VERBOSE']]) {
+      if (quick && f.length > 0) continue;
+      out.push({
+        name: `${o.slice(1)}${f.map((x) => `-${x.slice(8).toLowerCase()}`).join('')}`,
+        flags: [o, ...f.map((x) => `-D${x}`)].join(' '),
+      });
+    }
+  }
+  return out;
+}
+
+const now = (): number => Number(process.hrtime.bigint()) / 1e9;
+const t0 = Date.now();
+const progress = (s: string): void =>
+  void process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${s}\n`);
+
+interface Cycle {
+  variant: string;
+  driver: Driver;
+  build: number;
+  push: number;
+  pull: number;
+  run: number;
+  cycle: number;
+  linkBytes: number;
+}
+
+async function main(): Promise<void> {
+  await requireTools('dockerd', 'docker-registry', 'debootstrap', 'nbdfuse', 'ip', 'tc', 'busybox-static');
+  const gcc = IMAGES.find((i) => i.name === 'gcc')!;
+  const tarball = await rootfsTarball(gcc, progress);
+  const topo = await startTopology(opts.link!, 'slacker-multimake-');
+  const cycles: Cycle[] = [];
+  try {
+    // The compiler image on each builder: overlay2 as imported; slacker converted (one marker layer).
+    const base: Record<Driver, string> = {
+      overlay2: `${topo.registryAddress}/mm/gcc:overlay2`,
+      slacker: `${topo.registryAddress}/mm/gcc:slacker`,
+    };
+    const o = topo.builders.overlay2.dockerd;
+    await run('sh', ['-c', `${DOCKER} --host unix://${o.socket} import ${tarball} ${base.overlay2}`], {
+      timeoutMs: 900_000,
+    });
+    await o.docker(['push', base.overlay2], { timeoutMs: 1_800_000 });
+    const s = topo.builders.slacker;
+    await run('sh', ['-c', `${DOCKER} --host unix://${s.dockerd.socket} import ${tarball} mm/gcc:src`], {
+      timeoutMs: 900_000,
+    });
+    await run(
+      process.execPath,
+      [
+        new URL('../cli/main.js', import.meta.url).pathname,
+        'convert',
+        'mm/gcc:src',
+        base.slacker,
+        '--push',
+        '--name',
+        s.plugin!.name,
+        '--host',
+        `unix://${s.dockerd.socket}`,
+        '--docker-bin',
+        DOCKER,
+      ],
+      { timeoutMs: 1_800_000 },
+    );
+    progress('compiler images pushed (overlay2 as is, slacker converted)');
+
+    for (const driver of ['overlay2', 'slacker'] as const) {
+      const builder: Host = topo.builders[driver];
+      const worker = await topo.worker(driver);
+      try {
+        for (const v of variants(opts.quick)) {
+          const image = `${topo.registryAddress}/mm/prog:${v.name}-${driver}`;
+          const ctr = `build-${v.name}-${driver}`;
+          let t = now();
+          const script = `mkdir -p /src /out && cat > /src/multi.c <<'EOF'\n${PROGRAM}EOF\ngcc ${v.flags} -o /out/prog /src/multi.c -lm`;
+          await builder.dockerd.docker(['run', '--name', ctr, '--network', 'none', base[driver], 'sh', '-c', script]);
+          await builder.dockerd.docker(['commit', '--change', 'CMD ["/out/prog"]', ctr, image]);
+          await builder.dockerd.docker(['rm', ctr]);
+          const build = now() - t;
+          t = now();
+          await builder.dockerd.docker(['push', image], { timeoutMs: 1_800_000 });
+          const push = now() - t;
+          const rx0 = await topo.link.receivedBytes();
+          t = now();
+          await worker.dockerd.docker(['pull', '-q', image], { timeoutMs: 1_800_000 });
+          const pull = now() - t;
+          t = now();
+          const out = await worker.dockerd.docker(['run', '--rm', '--network', 'none', image]);
+          const runS = now() - t;
+          if (!out.stdout.includes('pi ~ 3.14')) throw new Error(`${image} printed ${JSON.stringify(out.stdout)}`);
+          const linkBytes = (await topo.link.receivedBytes()) - rx0;
+          const c = {
+            variant: v.name,
+            driver,
+            build,
+            push,
+            pull,
+            run: runS,
+            cycle: build + push + pull + runS,
+            linkBytes,
+          };
+          cycles.push(c);
+          progress(
+            `${driver} ${v.name}: build ${build.toFixed(2)} + push ${push.toFixed(2)} + pull ${pull.toFixed(2)} + run ${runS.toFixed(2)} = ${c.cycle.toFixed(2)} s, ${(linkBytes / 1e6).toFixed(1)} MB over the link`,
+          );
+        }
+      } finally {
+        await worker.close();
+      }
+    }
+  } finally {
+    await topo.close();
+  }
+  const total = (d: Driver) => cycles.filter((c) => c.driver === d).reduce((n, c) => n + c.cycle, 0);
+  const med = (d: Driver, k: keyof Cycle) => median(cycles.filter((c) => c.driver === d).map((c) => c[k] as number));
+  const speedup = total('overlay2') / total('slacker');
+  progress(
+    `total cycle: overlay2 ${total('overlay2').toFixed(1)} s, slacker ${total('slacker').toFixed(1)} s: ${speedup.toFixed(2)}×`,
+  );
+
+  const command = `npm run multimake -- ${process.argv.slice(2).join(' ')}`.trim();
+  const lines = [
+    '# MultiMake',
+    '',
+    `Command: \`${command}\``,
+    '',
+    `Link ${opts.link} (tbf, its own network namespace); one builder and one fresh worker per driver; the worker keeps what it pulled between variants, as a developer's machine would. 2-core VM.`,
+    '',
+    '| variant | overlay2: build / push / pull / run = cycle (s) | slacker: build / push / pull / run = cycle (s) | over the link MB (overlay2 / slacker) |',
+    '| --- | --- | --- | --- |',
+  ];
+  for (const v of [...new Set(cycles.map((c) => c.variant))]) {
+    const cell = (d: Driver) => {
+      const c = cycles.find((x) => x.variant === v && x.driver === d)!;
+      return `${c.build.toFixed(2)} / ${c.push.toFixed(2)} / ${c.pull.toFixed(2)} / ${c.run.toFixed(2)} = **${c.cycle.toFixed(2)}**`;
+    };
+    const mb = (d: Driver) => (cycles.find((x) => x.variant === v && x.driver === d)!.linkBytes / 1e6).toFixed(1);
+    lines.push(`| ${v} | ${cell('overlay2')} | ${cell('slacker')} | ${mb('overlay2')} / ${mb('slacker')} |`);
+  }
+  lines.push(
+    '',
+    `**Total development cycle: overlay2 ${total('overlay2').toFixed(1)} s, slacker ${total('slacker').toFixed(1)} s: ${speedup.toFixed(2)}× faster.** Median cycle: overlay2 ${med('overlay2', 'cycle').toFixed(2)} s, slacker ${med('slacker', 'cycle').toFixed(2)} s.`,
+    '',
+  );
+  const dir = join(
+    import.meta.dirname,
+    '..',
+    ...(import.meta.dirname.includes('/dist/') ? ['..'] : []),
+    'docs',
+    'results',
+  );
+  await mkdir(dir, { recursive: true });
+  const name = opts.quick ? 'multimake-quick' : 'multimake';
+  await writeFile(join(dir, `${name}.md`), lines.join('\n'));
+  const rows: Row[] = cycles.map((c) => ({
+    item: c.variant,
+    category: 'build',
+    driver: c.driver,
+    rep: 0,
+    push: c.push,
+    pull: c.pull,
+    create: c.build,
+    run: c.run,
+    deploy: c.cycle,
+    linkBytes: c.linkBytes,
+    bytesFetched: 0,
+    imageBytes: 1,
+  }));
+  await writeFile(join(dir, `${name}.svg`), svgChart('MultiMake (development cycle)', rows));
+  if (opts.json)
+    await writeFile(
+      opts.json,
+      JSON.stringify({ cycles, total: { overlay2: total('overlay2'), slacker: total('slacker') }, speedup }, null, 2),
+    );
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exitCode = 1;
+});
