@@ -94,11 +94,11 @@ export async function startTopology(rate: string, dirPrefix: string): Promise<To
       };
       return h;
     };
-    const builders = { overlay2: await host('overlay2', 'builder'), slacker: await host('slacker', 'builder') };
-    closers.push(
-      () => builders.overlay2.close(),
-      () => builders.slacker.close(),
-    );
+    const overlay2 = await host('overlay2', 'builder');
+    closers.push(() => overlay2.close());
+    const slacker = await host('slacker', 'builder');
+    closers.push(() => slacker.close());
+    const builders = { overlay2, slacker };
     return {
       link,
       registry,
