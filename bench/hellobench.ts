@@ -4,6 +4,7 @@
  *
  *   npm run hellobench -- [--quick] [--link 1gbit|100mbit|unlimited] [--reps 3] [--images a,b] [--json FILE]
  *                         [--build-only]   (build and cache the images, measure nothing)
+ *                         [--out DIR]      (where the markdown and SVG go; default docs/results)
  *
  * Writes docs/results/hellobench.md and .svg. Images are built from Debian packages once and
  * cached (bench/hellobench/rootfs.ts).
@@ -11,6 +12,7 @@
 import { parseArgs } from 'node:util';
 import { run } from '../common/exec.js';
 import { DOCKER } from '../harness/dockerd.js';
+import { convertImage } from '../harness/plugin.js';
 import { requireTools } from '../harness/tools.js';
 import { deploy } from './hellobench/deploy.js';
 import { IMAGES, QUICK } from './hellobench/images.js';
@@ -26,6 +28,7 @@ const { values: opts } = parseArgs({
     images: { type: 'string' },
     json: { type: 'string' },
     'build-only': { type: 'boolean', default: false },
+    out: { type: 'string' },
   },
 });
 const reps = Number(opts.reps ?? (opts.quick ? 1 : 3));
@@ -76,23 +79,7 @@ async function main(): Promise<void> {
         { timeoutMs: 900_000 },
       );
       t = Date.now();
-      await run(
-        process.execPath,
-        [
-          new URL('../cli/main.js', import.meta.url).pathname,
-          'convert',
-          `hb/${s.name}:src`,
-          `${repo}:slacker`,
-          '--push',
-          '--name',
-          b.plugin!.name,
-          '--host',
-          `unix://${b.dockerd.socket}`,
-          '--docker-bin',
-          DOCKER,
-        ],
-        { timeoutMs: 1_800_000 },
-      );
+      await convertImage(b, `hb/${s.name}:src`, `${repo}:slacker`);
       const pushSlacker = (Date.now() - t) / 1000;
       refs.set(s.name, {
         overlay2: `${repo}:overlay2`,
@@ -170,6 +157,7 @@ async function main(): Promise<void> {
     `Link ${opts.link} (tbf, its own network namespace), ${reps} repetition(s), fresh worker dockerd per deployment (new data root, page cache dropped). 2-core VM.`,
     rows,
     opts.json,
+    opts.out,
   );
 }
 

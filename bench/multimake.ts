@@ -5,7 +5,7 @@
  * rate-limited link), pulled by a worker and run: build + push + pull + run = one cycle,
  * overlay2 against slacker (whose commits are marker layers and whose pulls move metadata).
  *
- *   npm run multimake -- [--quick] [--link 1gbit] [--json FILE]
+ *   npm run multimake -- [--quick] [--link 1gbit] [--json FILE] [--out DIR]
  *
  * Writes docs/results/multimake.md and .svg. The compiler image is HelloBench's gcc image.
  */
@@ -14,9 +14,10 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { run } from '../common/exec.js';
 import { DOCKER } from '../harness/dockerd.js';
+import { convertImage } from '../harness/plugin.js';
 import { requireTools } from '../harness/tools.js';
 import { IMAGES } from './hellobench/images.js';
-import { median, svgChart, type Row } from './hellobench/report.js';
+import { median, RESULTS_DIR, svgChart, type Row } from './hellobench/report.js';
 import { rootfsTarball } from './hellobench/rootfs.js';
 import { startTopology, type Driver, type Host } from './hellobench/topology.js';
 
@@ -25,6 +26,7 @@ const { values: opts } = parseArgs({
     quick: { type: 'boolean', default: false },
     link: { type: 'string', default: '1gbit' },
     json: { type: 'string' },
+    out: { type: 'string' },
   },
 });
 
@@ -102,23 +104,7 @@ async function main(): Promise<void> {
     await run('sh', ['-c', `${DOCKER} --host unix://${s.dockerd.socket} import ${tarball} mm/gcc:src`], {
       timeoutMs: 900_000,
     });
-    await run(
-      process.execPath,
-      [
-        new URL('../cli/main.js', import.meta.url).pathname,
-        'convert',
-        'mm/gcc:src',
-        base.slacker,
-        '--push',
-        '--name',
-        s.plugin!.name,
-        '--host',
-        `unix://${s.dockerd.socket}`,
-        '--docker-bin',
-        DOCKER,
-      ],
-      { timeoutMs: 1_800_000 },
-    );
+    await convertImage(s, 'mm/gcc:src', base.slacker);
     progress('compiler images pushed (overlay2 as is, slacker converted)');
 
     for (const driver of ['overlay2', 'slacker'] as const) {
@@ -199,13 +185,7 @@ async function main(): Promise<void> {
     `**Total development cycle: overlay2 ${total('overlay2').toFixed(1)} s, slacker ${total('slacker').toFixed(1)} s: ${speedup.toFixed(2)}× faster.** Median cycle: overlay2 ${med('overlay2', 'cycle').toFixed(2)} s, slacker ${med('slacker', 'cycle').toFixed(2)} s.`,
     '',
   );
-  const dir = join(
-    import.meta.dirname,
-    '..',
-    ...(import.meta.dirname.includes('/dist/') ? ['..'] : []),
-    'docs',
-    'results',
-  );
+  const dir = opts.out ?? RESULTS_DIR;
   await mkdir(dir, { recursive: true });
   const name = opts.quick ? 'multimake-quick' : 'multimake';
   await writeFile(join(dir, `${name}.md`), lines.join('\n'));

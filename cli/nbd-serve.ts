@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError } from '../common/errors.js';
 import { createLogger } from '../common/logger.js';
 import { untilSignal } from '../common/signals.js';
+import { positiveInt } from './args.js';
 import type { Backend } from '../nbd-server/backend.js';
 import { FileBackend } from '../nbd-server/backends/file.js';
 import { readOnly } from '../nbd-server/filters/read-only.js';
@@ -43,13 +44,6 @@ export function parseExportArg(arg: string): ExportArg {
   const ro = path.endsWith(':ro');
   if (ro) path = path.slice(0, -3);
   return { name: arg.slice(0, eq), path, readOnly: ro };
-}
-
-function positiveInt(value: string | undefined, flag: string): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n <= 0) throw new ConfigError(`${flag} wants a positive integer, got ${value}`);
-  return n;
 }
 
 export async function nbdServe(argv: string[]): Promise<number> {

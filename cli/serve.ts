@@ -10,6 +10,7 @@ import { createLogger } from '../common/logger.js';
 import { untilSignal } from '../common/signals.js';
 import { parseSize } from '../common/units.js';
 import { DEFAULT_LAYER_SIZE, PluginDaemon } from '../plugin/daemon.js';
+import { positiveInt } from './args.js';
 
 export const SERVE_HELP = `usage: slacker-ts serve [options]
 
@@ -62,12 +63,6 @@ async function readConfig(path: string | undefined): Promise<ConfigFile> {
   return parsed as ConfigFile;
 }
 
-function positiveNumber(text: string, what: string): number {
-  const n = Number(text);
-  if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${what} wants a positive number, got ${text}`);
-  return n;
-}
-
 export async function serve(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
@@ -106,7 +101,7 @@ export async function serve(argv: string[]): Promise<number> {
     layerSize: size ? parseSize(size) : DEFAULT_LAYER_SIZE,
     attach: attach as AttachMethod | 'auto',
     cacheBytes: cacheSize ? parseSize(cacheSize) : undefined,
-    fetchDeadlineMs: deadline ? positiveNumber(deadline, '--fetch-deadline') : undefined,
+    fetchDeadlineMs: positiveInt(deadline, '--fetch-deadline'),
     log,
   });
   await daemon.listen();

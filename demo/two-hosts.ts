@@ -16,7 +16,7 @@ import { run } from '../common/exec.js';
 import { formatSize } from '../common/units.js';
 import { DOCKER, startDockerd, type Dockerd } from '../harness/dockerd.js';
 import { busyboxRootfs } from '../harness/images.js';
-import { startPlugin, uniquePluginName, type PluginProcess } from '../harness/plugin.js';
+import { convertImage, startPlugin, uniquePluginName, type PluginProcess } from '../harness/plugin.js';
 import { startRegistry, type TestRegistry } from '../harness/registry.js';
 import { requireTools } from '../harness/tools.js';
 
@@ -65,20 +65,8 @@ async function main(): Promise<void> {
     say(`host A: committed demo:app (busybox + ${formatSize(DATA)} of data) as a marker layer`);
 
     const image = `127.0.0.1:${registry.port}/demo/app:lazy`;
-    const converted = await run(process.execPath, [
-      join(import.meta.dirname, '../cli/main.js'),
-      'convert',
-      'demo:app',
-      image,
-      '--push',
-      '--name',
-      a.plugin.name,
-      '--host',
-      `unix://${a.dockerd.socket}`,
-      '--docker-bin',
-      DOCKER,
-    ]);
-    const { snapshotRef } = JSON.parse(converted.stdout) as { snapshotRef: string };
+    const converted = await convertImage(a, 'demo:app', image);
+    const { snapshotRef } = converted;
     const manifest = (await (
       await fetch(`http://127.0.0.1:${registry.port}/v2/demo/app/manifests/lazy`, {
         headers: { accept: 'application/vnd.docker.distribution.manifest.v2+json' },

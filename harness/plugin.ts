@@ -6,7 +6,8 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { startProcess, type Started } from '../common/exec.js';
+import { run, startProcess, type Started } from '../common/exec.js';
+import { DOCKER } from './dockerd.js';
 import { retryUntil } from '../common/retry.js';
 import { pluginRequest } from '../plugin/client.js';
 
@@ -64,4 +65,40 @@ export async function callPlugin(
 ): Promise<{ status: number; body: Record<string, unknown> }> {
   const r = await pluginRequest(socket, method, body);
   return { status: r.status, body: JSON.parse(r.body.toString()) as Record<string, unknown> };
+}
+
+/**
+ * `slacker-ts convert SRC DST --push` on a slacker host (a dockerd whose storage driver is
+ * `plugin`); returns what convert prints (snapshot reference, DiffID, layer bytes).
+ */
+export async function convertImage(
+  host: { plugin?: { name: string }; dockerd: { socket: string } },
+  src: string,
+  dst: string,
+): Promise<{ snapshotRef: string; diffId: string; layerBytes: number }> {
+  if (!host.plugin) throw new Error('convert runs on a slacker host');
+  const { stdout } = await run(
+    process.execPath,
+    [
+      cliPath(),
+      'convert',
+      src,
+      dst,
+      '--push',
+      '--name',
+      host.plugin.name,
+      '--host',
+      `unix://${host.dockerd.socket}`,
+      '--docker-bin',
+      DOCKER,
+    ],
+    { timeoutMs: 1_800_000 },
+  );
+  return JSON.parse(stdout) as { snapshotRef: string; diffId: string; layerBytes: number };
+}
+
+/** Mount points below `dir` (what a test or benchmark must not leave behind). */
+export async function mountsUnder(dir: string): Promise<string[]> {
+  const { stdout } = await run('findmnt', ['-rn', '-o', 'TARGET']);
+  return stdout.split('\n').filter((t) => t.startsWith(`${dir}/`));
 }

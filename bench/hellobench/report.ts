@@ -131,6 +131,16 @@ export function svgChart(title: string, rows: Row[]): string {
   return out.join('\n');
 }
 
+/** docs/results of this checkout, from sources or from dist/. */
+export const RESULTS_DIR = join(
+  import.meta.dirname,
+  '..',
+  '..',
+  ...(import.meta.dirname.includes('/dist/') ? ['..'] : []),
+  'docs',
+  'results',
+);
+
 export async function writeResults(
   name: string,
   title: string,
@@ -138,15 +148,8 @@ export async function writeResults(
   context: string,
   rows: Row[],
   json: string | undefined,
+  dir = RESULTS_DIR,
 ): Promise<void> {
-  const dir = join(
-    import.meta.dirname,
-    '..',
-    '..',
-    ...(import.meta.dirname.includes('/dist/') ? ['..'] : []),
-    'docs',
-    'results',
-  );
   await mkdir(dir, { recursive: true });
   await writeFile(join(dir, `${name}.md`), markdown(title, command, rows, context));
   await writeFile(join(dir, `${name}.svg`), svgChart(title, rows));

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../../common/exec.js';
 import { DOCKER, startDockerd, type Dockerd } from '../../harness/dockerd.js';
 import { busyboxRootfs } from '../../harness/images.js';
-import { uniquePluginName } from '../../harness/plugin.js';
+import { mountsUnder, uniquePluginName } from '../../harness/plugin.js';
 import { startRegistry, type TestRegistry } from '../../harness/registry.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
 import { tempDir } from '../helpers/tmp.js';
@@ -30,9 +30,7 @@ describe('managed plugin from a registry', () => {
   afterAll(async () => {
     for (const d of daemons) await d.stop();
     await registry?.close();
-    const mounts = (await run('findmnt', ['-rn', '-o', 'TARGET'])).stdout
-      .split('\n')
-      .filter((t) => dir && t.startsWith(dir.path));
+    const mounts = dir ? await mountsUnder(dir.path) : [];
     await dir?.cleanup();
     expect(mounts).toEqual([]);
   }, 120_000);

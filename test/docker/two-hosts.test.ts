@@ -10,12 +10,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../../common/exec.js';
 import { startDockerd, DOCKER, type Dockerd } from '../../harness/dockerd.js';
 import { busyboxRootfs } from '../../harness/images.js';
-import { startPlugin, uniquePluginName, type PluginProcess } from '../../harness/plugin.js';
+import { convertImage, mountsUnder, startPlugin, uniquePluginName, type PluginProcess } from '../../harness/plugin.js';
 import { startRegistry, type TestRegistry } from '../../harness/registry.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
 import { tempDir } from '../helpers/tmp.js';
 
-const BIN = join(import.meta.dirname, '../../dist/cli/main.js');
 const BIG = 32 * 2 ** 20;
 
 interface Host {
@@ -88,29 +87,15 @@ describe('two slacker hosts sharing a store and a registry', () => {
       await h.plugin.stop();
     }
     await registry?.close();
-    const mounts = (await run('findmnt', ['-rn', '-o', 'TARGET'])).stdout
-      .split('\n')
-      .filter((t) => dir && t.startsWith(dir.path));
+    const mounts = dir ? await mountsUnder(dir.path) : [];
     await dir?.cleanup();
     expect(mounts).toEqual([]);
   }, 120_000);
 
   it('convert keeps the config and pushes one marker layer of a few KiB', async () => {
     const a = hosts[0]!;
-    const { stdout } = await run(process.execPath, [
-      BIN,
-      'convert',
-      'bb:big',
-      image,
-      '--push',
-      '--name',
-      a.plugin.name,
-      '--host',
-      `unix://${a.dockerd.socket}`,
-      '--docker-bin',
-      DOCKER,
-    ]);
-    expect(JSON.parse(stdout).snapshotRef).toMatch(/^sha256:/);
+    const converted = await convertImage(a, 'bb:big', image);
+    expect(converted.snapshotRef).toMatch(/^sha256:/);
     const [cfg] = JSON.parse((await a.dockerd.docker(['image', 'inspect', image])).stdout);
     expect(cfg.Config.Env).toContain('FOO=bar');
     expect(cfg.Config.WorkingDir).toBe('/srv');
@@ -150,19 +135,7 @@ describe('two slacker hosts sharing a store and a registry', () => {
     const second = `127.0.0.1:${registry.port}/slacker/second:1`;
     await a.dockerd.docker(['run', '--name', 'fill2', '--network', 'none', 'bb:1', 'sh', '-c', 'echo two > /two.txt']);
     await a.dockerd.docker(['commit', 'fill2', 'bb:two']);
-    await run(process.execPath, [
-      BIN,
-      'convert',
-      'bb:two',
-      second,
-      '--push',
-      '--name',
-      a.plugin.name,
-      '--host',
-      `unix://${a.dockerd.socket}`,
-      '--docker-bin',
-      DOCKER,
-    ]);
+    await convertImage(a, 'bb:two', second);
     await b.dockerd.docker(['pull', second]);
     const store = join(dir.path, 'shared-store');
     await rename(store, `${store}.away`);

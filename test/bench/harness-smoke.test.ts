@@ -1,0 +1,55 @@
+/**
+ * Smoke test of the HelloBench and MultiMake harnesses in quick mode (3 images / 4 variants):
+ * the whole topology (rate-limited link, registry with the oci chunk store, builders, cold
+ * workers) runs for real, the guard rails hold, and the results are written. Speed is not
+ * asserted here: the numbers are in docs/results/, made by the full runs.
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { run } from '../../common/exec.js';
+import { requireRoot, requireTools } from '../helpers/tools.js';
+import { tempDir } from '../helpers/tmp.js';
+
+const DIST = join(import.meta.dirname, '../../dist/bench');
+
+describe('benchmark harnesses, quick mode', () => {
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  beforeAll(async () => {
+    requireRoot();
+    await requireTools('dockerd', 'docker-registry', 'debootstrap', 'ip', 'tc', 'busybox-static');
+    dir = await tempDir('slacker-harness-');
+  });
+  afterAll(() => dir?.cleanup());
+
+  it('hellobench --quick deploys every image on both drivers, lazily on slacker', async () => {
+    const json = join(dir.path, 'hb.json');
+    await run(process.execPath, [join(DIST, 'hellobench.js'), '--quick', '--out', dir.path, '--json', json], {
+      timeoutMs: 1_200_000,
+    });
+    const { rows } = JSON.parse(await readFile(json, 'utf8')) as {
+      rows: { item: string; driver: string; deploy: number; bytesFetched: number; linkBytes: number }[];
+    };
+    expect(rows.map((r) => `${r.item}/${r.driver}`).sort()).toEqual(
+      ['busybox', 'debian', 'python3'].flatMap((i) => [`${i}/overlay2`, `${i}/slacker`]),
+    );
+    for (const r of rows) expect(r.deploy).toBeGreaterThan(0);
+    for (const r of rows.filter((x) => x.driver === 'slacker')) expect(r.bytesFetched).toBeGreaterThan(0);
+    // The overlay2 pull of a Debian image moves it whole; slacker's moves a marker and what is read.
+    const link = (item: string, driver: string) => rows.find((r) => r.item === item && r.driver === driver)!.linkBytes;
+    expect(link('debian', 'slacker')).toBeLessThan(link('debian', 'overlay2') / 4);
+    expect(await readFile(join(dir.path, 'hellobench-quick.md'), 'utf8')).toContain('Median deploy speedup');
+    expect(await readFile(join(dir.path, 'hellobench-quick.svg'), 'utf8')).toContain('<svg');
+  }, 1_200_000);
+
+  it('multimake --quick runs four development cycles on both drivers', async () => {
+    const json = join(dir.path, 'mm.json');
+    await run(process.execPath, [join(DIST, 'multimake.js'), '--quick', '--out', dir.path, '--json', json], {
+      timeoutMs: 1_200_000,
+    });
+    const { cycles } = JSON.parse(await readFile(json, 'utf8')) as { cycles: { driver: string; cycle: number }[] };
+    expect(cycles.filter((c) => c.driver === 'overlay2')).toHaveLength(4);
+    expect(cycles.filter((c) => c.driver === 'slacker')).toHaveLength(4);
+    expect(await readFile(join(dir.path, 'multimake-quick.md'), 'utf8')).toContain('Total development cycle');
+  }, 1_200_000);
+});
