@@ -5,6 +5,7 @@
  *   npm run hellobench -- [--quick] [--link 1gbit|100mbit|unlimited] [--reps 3] [--images a,b] [--json FILE]
  *                         [--build-only]   (build and cache the images, measure nothing)
  *                         [--out DIR]      (where the markdown and SVG go; default docs/results)
+ *                         [--readahead N]  (the slacker plugin's sequential readahead, in chunks)
  *
  * Writes docs/results/hellobench.md and .svg. Images are built from Debian packages once and
  * cached (bench/hellobench/rootfs.ts).
@@ -29,6 +30,7 @@ const { values: opts } = parseArgs({
     json: { type: 'string' },
     'build-only': { type: 'boolean', default: false },
     out: { type: 'string' },
+    readahead: { type: 'string' },
   },
 });
 const reps = Number(opts.reps ?? (opts.quick ? 1 : 3));
@@ -49,7 +51,11 @@ async function main(): Promise<void> {
   if (opts['build-only']) return;
 
   progress(`starting the topology (link ${opts.link})`);
-  const topo = await startTopology(opts.link!, 'slacker-hellobench-');
+  const topo = await startTopology(
+    opts.link!,
+    'slacker-hellobench-',
+    opts.readahead ? ['--readahead', opts.readahead] : [],
+  );
   const rows: Row[] = [];
   try {
     const refs = new Map<string, Record<Driver, string> & { push: Record<Driver, number>; bytes: number }>();

@@ -29,6 +29,8 @@ options:
   --attach METHOD      auto | nbd-client | nbdfuse (default auto: the kernel NBD driver when
                        /dev/nbd0 exists, else nbdfuse + loop)
   --cache-size SIZE    bytes of fetched chunks kept locally (default 10G)
+  --readahead N        chunks fetched ahead of a sequential reader (default 0: measured on
+                       HelloBench, prefetching competed with the reads containers wait for)
   --fetch-deadline MS  give up on a chunk the store cannot deliver after MS milliseconds of
                        retries; the read then fails with EIO (default 15000)
   --config FILE        JSON file with any of the options above as keys (name, socketDir, root,
@@ -63,6 +65,12 @@ async function readConfig(path: string | undefined): Promise<ConfigFile> {
   return parsed as ConfigFile;
 }
 
+function chunkCount(text: string): number {
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < 0) throw new ConfigError(`--readahead wants a number of chunks, got ${text}`);
+  return n;
+}
+
 export async function serve(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
@@ -75,6 +83,7 @@ export async function serve(argv: string[]): Promise<number> {
       attach: { type: 'string' },
       'cache-size': { type: 'string' },
       'fetch-deadline': { type: 'string' },
+      readahead: { type: 'string' },
       config: { type: 'string' },
       'log-level': { type: 'string' },
     },
@@ -102,6 +111,7 @@ export async function serve(argv: string[]): Promise<number> {
     attach: attach as AttachMethod | 'auto',
     cacheBytes: cacheSize ? parseSize(cacheSize) : undefined,
     fetchDeadlineMs: positiveInt(deadline, '--fetch-deadline'),
+    readahead: values.readahead === undefined ? 0 : chunkCount(values.readahead),
     log,
   });
   await daemon.listen();

@@ -32,6 +32,8 @@ export interface DaemonOptions {
   cacheBytes?: number;
   /** How long a chunk fetch may retry before the read fails (ms). */
   fetchDeadlineMs?: number;
+  /** Chunks prefetched ahead of sequential readers (default 4). */
+  readahead?: number;
   log: Logger;
 }
 
@@ -101,6 +103,7 @@ export class PluginDaemon implements GraphDriverApi {
       store,
       cacheBytes: this.o.cacheBytes,
       fetchPolicy: this.o.fetchDeadlineMs ? { deadlineMs: this.o.fetchDeadlineMs } : undefined,
+      readahead: this.o.readahead,
       log: this.o.log,
     });
     const nbd = new NbdServer({ log: this.o.log });

@@ -36,7 +36,7 @@ export interface Topology {
   close(): Promise<void>;
 }
 
-export async function startTopology(rate: string, dirPrefix: string): Promise<Topology> {
+export async function startTopology(rate: string, dirPrefix: string, pluginArgs: string[] = []): Promise<Topology> {
   const dir = await mkdtemp(join(tmpdir(), dirPrefix));
   const closers: (() => Promise<unknown>)[] = [async () => rm(dir, { recursive: true, force: true })];
   const close = async (): Promise<void> => {
@@ -60,7 +60,7 @@ export async function startTopology(rate: string, dirPrefix: string): Promise<To
           store: storeUrl,
           size: '4G',
           logFile: join(hostDir, 'plugin.log'),
-          extraArgs: ['--log-level', 'info'],
+          extraArgs: ['--log-level', 'info', ...pluginArgs],
         });
       }
       let dockerd: Dockerd;
