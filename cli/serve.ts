@@ -34,7 +34,8 @@ options:
   --fetch-deadline MS  give up on a chunk the store cannot deliver after MS milliseconds of
                        retries; the read then fails with EIO (default 15000)
   --config FILE        JSON file with any of the options above as keys (name, socketDir, root,
-                       store, size, attach, cacheSize, fetchDeadline, logLevel); flags win over it
+                       store, size, attach, cacheSize, fetchDeadline, readahead, logLevel);
+                       flags win over it
   --log-level LEVEL    trace|debug|info|warn|error (default info, or $SLACKER_LOG_LEVEL)
 
 Environment: SLACKER_STORE, SLACKER_ROOT, SLACKER_NAME stand in for the flags of the same name.
@@ -49,10 +50,22 @@ interface ConfigFile {
   attach?: string;
   cacheSize?: string;
   fetchDeadline?: string;
+  readahead?: string;
   logLevel?: string;
 }
 
-const KEYS = ['name', 'socketDir', 'root', 'store', 'size', 'attach', 'cacheSize', 'fetchDeadline', 'logLevel'];
+const KEYS = [
+  'name',
+  'socketDir',
+  'root',
+  'store',
+  'size',
+  'attach',
+  'cacheSize',
+  'fetchDeadline',
+  'readahead',
+  'logLevel',
+];
 
 async function readConfig(path: string | undefined): Promise<ConfigFile> {
   if (!path) return {};
@@ -111,7 +124,7 @@ export async function serve(argv: string[]): Promise<number> {
     attach: attach as AttachMethod | 'auto',
     cacheBytes: cacheSize ? parseSize(cacheSize) : undefined,
     fetchDeadlineMs: positiveInt(deadline, '--fetch-deadline'),
-    readahead: values.readahead === undefined ? 0 : chunkCount(values.readahead),
+    readahead: chunkCount(values.readahead ?? file.readahead ?? '0'),
     log,
   });
   await daemon.listen();
