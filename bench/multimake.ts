@@ -182,7 +182,7 @@ async function main(): Promise<void> {
   }
   lines.push(
     '',
-    `**Total development cycle: overlay2 ${total('overlay2').toFixed(1)} s, slacker ${total('slacker').toFixed(1)} s: ${speedup.toFixed(2)}× faster.** Median cycle: overlay2 ${med('overlay2', 'cycle').toFixed(2)} s, slacker ${med('slacker', 'cycle').toFixed(2)} s.`,
+    `**Total development cycle: overlay2 ${total('overlay2').toFixed(1)} s, slacker ${total('slacker').toFixed(1)} s: speedup ${speedup.toFixed(2)}×${speedup < 1 ? ' (slacker is slower)' : ''}.** Median cycle: overlay2 ${med('overlay2', 'cycle').toFixed(2)} s, slacker ${med('slacker', 'cycle').toFixed(2)} s.`,
     '',
   );
   const dir = opts.out ?? RESULTS_DIR;

@@ -208,15 +208,7 @@ export class Metadata {
     v: Omit<VolumeRow, 'createdAt' | 'frozen' | 'parent' | 'snapshotRef'>,
     map: Map<ChunkIndex, Digest>,
   ): void {
-    const chunk = this.db.prepare('INSERT INTO snapshot_chunks (volume_id, idx, digest) VALUES (?, ?, ?)');
-    this.db.transaction(() => {
-      this.db
-        .prepare(
-          'INSERT INTO volumes (id, parent, size, chunk_size, frozen, created_at, snapshot_ref) VALUES (?, NULL, ?, ?, 1, ?, NULL)',
-        )
-        .run(v.id, v.size, v.chunkSize, Date.now());
-      for (const [idx, digest] of map) chunk.run(v.id, idx, digest);
-    })();
+    this.db.transaction(() => this.insertFrozenRows(v, null, map))();
   }
 
   /** A frozen volume made from a published snapshot, with where its chunks are, in one go. */
@@ -226,16 +218,25 @@ export class Metadata {
     store: string,
     hints: Map<Digest, string>,
   ): void {
-    const chunk = this.db.prepare('INSERT INTO snapshot_chunks (volume_id, idx, digest) VALUES (?, ?, ?)');
     this.db.transaction(() => {
-      this.db
-        .prepare(
-          'INSERT INTO volumes (id, parent, size, chunk_size, frozen, created_at, snapshot_ref) VALUES (?, NULL, ?, ?, 1, ?, ?)',
-        )
-        .run(v.id, v.size, v.chunkSize, Date.now(), v.snapshotRef);
-      for (const [idx, digest] of map) chunk.run(v.id, idx, digest);
+      this.insertFrozenRows(v, v.snapshotRef, map);
       this.recordLocations(store, hints);
     })();
+  }
+
+  /** The rows of a parentless frozen volume (call inside a transaction). */
+  private insertFrozenRows(
+    v: Pick<VolumeRow, 'id' | 'size' | 'chunkSize'>,
+    ref: Digest | null,
+    map: Map<ChunkIndex, Digest>,
+  ): void {
+    this.db
+      .prepare(
+        'INSERT INTO volumes (id, parent, size, chunk_size, frozen, created_at, snapshot_ref) VALUES (?, NULL, ?, ?, 1, ?, ?)',
+      )
+      .run(v.id, v.size, v.chunkSize, Date.now(), ref);
+    const chunk = this.db.prepare('INSERT INTO snapshot_chunks (volume_id, idx, digest) VALUES (?, ?, ?)');
+    for (const [idx, digest] of map) chunk.run(v.id, idx, digest);
   }
 
   setSnapshotRef(id: VolumeId, ref: Digest): void {
