@@ -172,6 +172,7 @@ export class SlackerDriver {
       ['Bytes fetched', String(total.bytesFetched)],
       ['Chunks fetched', String(total.chunksFetched)],
       ['Fetch errors', String(total.fetchErrors)],
+      ['Fetch latency p50/p99', `<= ${total.latencyQuantile(0.5)} ms / <= ${total.latencyQuantile(0.99)} ms`],
     ];
   }
 

@@ -35,6 +35,17 @@ export class FetchCounters {
   localHits = 0;
   readonly latency = new Array<number>(LATENCY_BUCKETS_MS.length + 1).fill(0);
 
+  /** Upper bound (ms) of the bucket holding the q-quantile of fetch latencies (Infinity: the open bucket). */
+  latencyQuantile(q: number): number {
+    const total = this.latency.reduce((a, b) => a + b, 0);
+    let seen = 0;
+    for (let i = 0; i < this.latency.length; i++) {
+      seen += this.latency[i]!;
+      if (total > 0 && seen >= q * total) return LATENCY_BUCKETS_MS[i] ?? Infinity;
+    }
+    return 0;
+  }
+
   recordFetch(bytes: number, ms: number): void {
     this.chunksFetched++;
     this.bytesFetched += bytes;
