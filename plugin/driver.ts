@@ -46,7 +46,7 @@ export class SlackerDriver {
   }
 
   exists(id: string): boolean {
-    return this.manager.list().some((v) => v.id === id);
+    return this.manager.has(id);
   }
 
   async create(id: string, parent: string | undefined, size?: number): Promise<void> {

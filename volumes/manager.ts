@@ -179,6 +179,10 @@ export class VolumeManager {
     return this.metadata.listVolumes();
   }
 
+  has(id: string): boolean {
+    return isVolumeId(id) && this.metadata.getVolume(id) !== undefined;
+  }
+
   get(id: string): VolumeRow {
     const row = isVolumeId(id) ? this.metadata.getVolume(id) : undefined;
     if (!row) throw new NotFoundError(`no volume ${JSON.stringify(id)}`, { context: { volume: id } });

@@ -112,7 +112,8 @@ class Applier {
         break;
       case 'link': {
         data.resume();
-        const target = await resolveAll(this.root, entryPath(h.linkname ?? ''), h.name);
+        // link(2) does not follow a final symlink: the new name shares the target entry itself.
+        const target = await resolveParent(this.root, entryPath(h.linkname ?? ''), h.name);
         await link(target, path);
         return; // a hardlink shares its target's inode, attributes included
       }

@@ -42,7 +42,7 @@ export async function resolveParent(root: string, rel: string, entry = rel): Pro
   return last === undefined ? root : join(dir, last);
 }
 
-/** Like resolveParent, but follows the last component too (a hardlink's target names a file). */
+/** Like resolveParent, but follows the last component too (the directory an opaque whiteout names). */
 export async function resolveAll(root: string, rel: string, entry = rel): Promise<string> {
   return resolveComponents(root, rel.split('/').filter(Boolean), entry);
 }
