@@ -83,6 +83,16 @@ export class ConfigError extends SlackerError {
   override readonly code = 'SLACKER_ERR_CONFIG';
 }
 
+/** A graphdriver call that came before dockerd's Init. */
+export class NotInitializedError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_NOT_INITIALIZED';
+}
+
+/** A call to a running plugin (convert, tools) that it answered with an error. */
+export class PluginCallError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_PLUGIN_CALL';
+}
+
 /** Node's own system errors carry an errno name in `code` (ENOSPC, EIO...). */
 export function systemErrorCode(err: unknown): string | undefined {
   if (err instanceof Error && 'code' in err && typeof err.code === 'string') return err.code;

@@ -8,7 +8,7 @@
 import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
-import { SlackerError } from '../common/errors.js';
+import { InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { Change } from './changes.js';
 
@@ -65,7 +65,7 @@ async function readJson(req: FastifyRequest): Promise<unknown> {
   let n = 0;
   for await (const b of req.body as Readable) {
     n += (b as Buffer).length;
-    if (n > MAX_JSON) throw new RequestError('request body too large');
+    if (n > MAX_JSON) throw new InvalidArgumentError('request body too large');
     parts.push(b as Buffer);
   }
   const text = Buffer.concat(parts).toString('utf8').trim();
@@ -73,12 +73,8 @@ async function readJson(req: FastifyRequest): Promise<unknown> {
   try {
     return JSON.parse(text);
   } catch {
-    throw new RequestError('request body is not JSON');
+    throw new InvalidArgumentError('request body is not JSON');
   }
-}
-
-class RequestError extends SlackerError {
-  override readonly code = 'SLACKER_ERR_INVALID_ARGUMENT';
 }
 
 export function buildApi(

@@ -3,11 +3,7 @@
  * Content-Type): for `convert`, for operators poking a running plugin, and for tests.
  */
 import { request } from 'node:http';
-import { SlackerError } from '../common/errors.js';
-
-export class PluginCallError extends SlackerError {
-  override readonly code = 'SLACKER_ERR_PLUGIN_CALL';
-}
+import { PluginCallError } from '../common/errors.js';
 
 /** One call; resolves with the status and raw body whatever the status. */
 export function pluginRequest(

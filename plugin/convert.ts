@@ -8,9 +8,9 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ConfigError } from '../common/errors.js';
+import { ConfigError, PluginCallError } from '../common/errors.js';
 import type { RunResult } from '../common/exec.js';
-import { pluginRequest, PluginCallError } from './client.js';
+import { pluginRequest } from './client.js';
 import { imageArchive, sha256Hex } from './layer-tar/image-archive.js';
 
 /** The keys of an image config's `config` section (docker image inspect shows more). */

@@ -7,7 +7,7 @@ import { chmod, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { chooseAttacher, type AttachMethod } from '../attach/attacher.js';
-import { ConfigError, SlackerError } from '../common/errors.js';
+import { ConfigError, NotInitializedError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { parseSize } from '../common/units.js';
 import { NbdServer } from '../nbd-server/server.js';
@@ -38,10 +38,6 @@ export interface DaemonOptions {
 }
 
 export const DEFAULT_LAYER_SIZE = 10 * 2 ** 30;
-
-class NotInitializedError extends SlackerError {
-  override readonly code = 'SLACKER_ERR_NOT_INITIALIZED';
-}
 
 interface Running {
   home: string;
