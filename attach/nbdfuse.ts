@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { run, startProcess } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
 import type { Attacher, BlockDevice, NbdTarget } from './attacher.js';
+import { loopDevices } from './host-state.js';
 import { nbdUnixUri } from './uri.js';
 
 /** Both waits are usually a few milliseconds: poll often (each Get and Put waits once). */
@@ -57,8 +58,7 @@ async function waitLoopGone(loop: string): Promise<void> {
   await retryUntil(
     `${loop} to detach`,
     async () => {
-      const { stdout } = await run('losetup', ['-l', '-n', '-O', 'NAME']);
-      if (stdout.split('\n').some((l) => l.trim() === loop)) throw new Error('still attached');
+      if ((await loopDevices()).some((l) => l.device === loop)) throw new Error('still attached');
     },
     POLL,
   );

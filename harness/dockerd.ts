@@ -7,6 +7,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run, startProcess, type RunResult, type Started } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
+import { mountsUnder } from '../attach/host-state.js';
 
 /** The docker client that matches Debian's dockerd (another client may be first on PATH). */
 export const DOCKER = '/usr/bin/docker';
@@ -59,12 +60,7 @@ export async function startDockerd(dir: string, o: DockerdOptions): Promise<Dock
   const stop = async (): Promise<void> => {
     await proc.stop();
     // dockerd leaves its data root bind-mounted and container mounts behind: remove ours only.
-    const { stdout } = await run('findmnt', ['-rn', '-o', 'TARGET']);
-    const ours = stdout
-      .split('\n')
-      .filter((t) => t.startsWith(`${dir}/`))
-      .sort((a, b) => b.length - a.length);
-    for (const t of ours) await run('umount', ['-l', t]).catch(() => undefined);
+    for (const t of await mountsUnder(dir)) await run('umount', ['-l', t]).catch(() => undefined);
   };
   try {
     await retryUntil(

@@ -96,9 +96,3 @@ export async function convertImage(
   );
   return JSON.parse(stdout) as { snapshotRef: string; diffId: string; layerBytes: number };
 }
-
-/** Mount points below `dir` (what a test or benchmark must not leave behind). */
-export async function mountsUnder(dir: string): Promise<string[]> {
-  const { stdout } = await run('findmnt', ['-rn', '-o', 'TARGET']);
-  return stdout.split('\n').filter((t) => t.startsWith(`${dir}/`));
-}

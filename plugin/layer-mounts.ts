@@ -7,6 +7,7 @@
 import { join } from 'node:path';
 import type { Attacher, BlockDevice } from '../attach/attacher.js';
 import { mkfsExt4, mountExt4, unmount } from '../attach/ext4.js';
+import { loopsUnder, mountsUnder } from '../attach/host-state.js';
 import { IoError } from '../common/errors.js';
 import { run } from '../common/exec.js';
 import { KeyedLock } from '../common/keyed-lock.js';
@@ -121,23 +122,15 @@ export class LayerMounts {
    */
   async recover(): Promise<void> {
     const attachDir = join(this.o.dir, 'attach');
-    const under = (p: string, d: string): boolean => p.startsWith(`${d}/`);
-    const targets = (await run('findmnt', ['-rn', '-o', 'TARGET'])).stdout.split('\n');
-    for (const t of targets
-      .filter((t) => under(t, join(this.o.dir, 'mnt')))
-      .sort()
-      .reverse()) {
+    for (const t of await mountsUnder(join(this.o.dir, 'mnt'))) {
       await run('umount', ['-l', t]);
       this.o.log.warn({ mount: t }, 'recovered: stale layer mount removed');
     }
-    for (const line of (await run('losetup', ['-l', '-n', '-O', 'NAME,BACK-FILE'])).stdout.split('\n')) {
-      const [loop, file] = line.trim().split(/\s+/, 2);
-      if (loop && file && under(file, attachDir)) {
-        await run('losetup', ['-d', loop]);
-        this.o.log.warn({ loop, file }, 'recovered: stale loop device detached');
-      }
+    for (const { device, backFile } of await loopsUnder(attachDir)) {
+      await run('losetup', ['-d', device]);
+      this.o.log.warn({ loop: device, file: backFile }, 'recovered: stale loop device detached');
     }
-    for (const t of targets.filter((t) => under(t, attachDir))) {
+    for (const t of await mountsUnder(attachDir)) {
       await run('fusermount3', ['-u', '-z', t]);
       this.o.log.warn({ mount: t }, 'recovered: stale nbdfuse mount removed');
     }

@@ -6,6 +6,7 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loopsUnder, mountsUnder } from '../../attach/host-state.js';
 import { run } from '../../common/exec.js';
 import { startDockerd, type Dockerd } from '../../harness/dockerd.js';
 import { busyboxRootfs, imageArchive, layerTar } from '../../harness/images.js';
@@ -15,15 +16,10 @@ import { tempDir } from '../helpers/tmp.js';
 
 type Dir = Awaited<ReturnType<typeof tempDir>>;
 
-/** Mounts and loop devices that belong to this test's directory. */
+/** Mounts and loop devices that belong to this test's plugin state. */
 async function leftovers(dir: string): Promise<string[]> {
-  const mounts = (await run('findmnt', ['-rn', '-o', 'TARGET'])).stdout
-    .split('\n')
-    .filter((t) => t.startsWith(`${dir}/state/`));
-  const loops = (await run('losetup', ['-l', '-n', '-O', 'NAME,BACK-FILE'])).stdout
-    .split('\n')
-    .filter((l) => l.includes(`${dir}/state/`));
-  return [...mounts, ...loops];
+  const state = join(dir, 'state');
+  return [...(await mountsUnder(state)), ...(await loopsUnder(state)).map((l) => `${l.device} ${l.backFile}`)];
 }
 
 async function status(p: PluginProcess): Promise<Map<string, string>> {

@@ -7,17 +7,12 @@ import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { run } from '../../common/exec.js';
 import { startDockerd, type Dockerd } from '../../harness/dockerd.js';
 import { imageArchive, layerTar } from '../../harness/images.js';
-import { mountsUnder, startPlugin, uniquePluginName, type PluginProcess } from '../../harness/plugin.js';
+import { loopsUnder, mountsUnder } from '../../attach/host-state.js';
+import { startPlugin, uniquePluginName, type PluginProcess } from '../../harness/plugin.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
 import { tempDir } from '../helpers/tmp.js';
-
-async function loopsUnder(dir: string): Promise<string[]> {
-  const { stdout } = await run('losetup', ['-l', '-n', '-O', 'NAME,BACK-FILE']);
-  return stdout.split('\n').filter((l) => l.includes(`${dir}/`));
-}
 
 describe('plugin killed mid-operation', () => {
   let dir: Awaited<ReturnType<typeof tempDir>>;
