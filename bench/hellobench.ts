@@ -11,8 +11,6 @@
  * cached (bench/hellobench/rootfs.ts).
  */
 import { parseArgs } from 'node:util';
-import { run } from '../common/exec.js';
-import { DOCKER } from '../harness/dockerd.js';
 import { convertImage } from '../harness/plugin.js';
 import { requireTools } from '../harness/tools.js';
 import { deploy } from './hellobench/deploy.js';
@@ -63,27 +61,13 @@ async function main(): Promise<void> {
       const change = ['--change', `CMD ${JSON.stringify(s.cmd)}`];
       const repo = `${topo.registryAddress}/hb/${s.name}`;
       const o = topo.builders.overlay2.dockerd;
-      await run(
-        'sh',
-        [
-          '-c',
-          `${DOCKER} --host unix://${o.socket} import ${change.map((c) => `'${c}'`).join(' ')} ${tarballs.get(s.name)} ${repo}:overlay2`,
-        ],
-        { timeoutMs: 900_000 },
-      );
+      await o.docker(['import', ...change, tarballs.get(s.name)!, `${repo}:overlay2`], { timeoutMs: 900_000 });
       let t = Date.now();
       await o.docker(['push', `${repo}:overlay2`], { timeoutMs: 1_800_000 });
       const pushOverlay = (Date.now() - t) / 1000;
       const bytes = Number((await o.docker(['image', 'inspect', '-f', '{{.Size}}', `${repo}:overlay2`])).stdout.trim());
       const b = topo.builders.slacker;
-      await run(
-        'sh',
-        [
-          '-c',
-          `${DOCKER} --host unix://${b.dockerd.socket} import ${change.map((c) => `'${c}'`).join(' ')} ${tarballs.get(s.name)} hb/${s.name}:src`,
-        ],
-        { timeoutMs: 900_000 },
-      );
+      await b.dockerd.docker(['import', ...change, tarballs.get(s.name)!, `hb/${s.name}:src`], { timeoutMs: 900_000 });
       t = Date.now();
       await convertImage(b, `hb/${s.name}:src`, `${repo}:slacker`);
       const pushSlacker = (Date.now() - t) / 1000;

@@ -12,8 +12,6 @@
 import { writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { run } from '../common/exec.js';
-import { DOCKER } from '../harness/dockerd.js';
 import { convertImage } from '../harness/plugin.js';
 import { requireTools } from '../harness/tools.js';
 import { IMAGES } from './hellobench/images.js';
@@ -96,14 +94,10 @@ async function main(): Promise<void> {
       slacker: `${topo.registryAddress}/mm/gcc:slacker`,
     };
     const o = topo.builders.overlay2.dockerd;
-    await run('sh', ['-c', `${DOCKER} --host unix://${o.socket} import ${tarball} ${base.overlay2}`], {
-      timeoutMs: 900_000,
-    });
+    await o.docker(['import', tarball, base.overlay2], { timeoutMs: 900_000 });
     await o.docker(['push', base.overlay2], { timeoutMs: 1_800_000 });
     const s = topo.builders.slacker;
-    await run('sh', ['-c', `${DOCKER} --host unix://${s.dockerd.socket} import ${tarball} mm/gcc:src`], {
-      timeoutMs: 900_000,
-    });
+    await s.dockerd.docker(['import', tarball, 'mm/gcc:src'], { timeoutMs: 900_000 });
     await convertImage(s, 'mm/gcc:src', base.slacker);
     progress('compiler images pushed (overlay2 as is, slacker converted)');
 

@@ -12,10 +12,9 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { run } from '../common/exec.js';
 import { formatSize } from '../common/units.js';
-import { DOCKER, startDockerd, type Dockerd } from '../harness/dockerd.js';
-import { busyboxRootfs } from '../harness/images.js';
+import { startDockerd, type Dockerd } from '../harness/dockerd.js';
+import { busyboxRootfs, importRootfs } from '../harness/images.js';
 import { convertImage, startPlugin, uniquePluginName, type PluginProcess } from '../harness/plugin.js';
 import { startRegistry, type TestRegistry } from '../harness/registry.js';
 import { requireTools } from '../harness/tools.js';
@@ -48,7 +47,7 @@ async function main(): Promise<void> {
     const b = await host('B');
 
     const rootfs = await busyboxRootfs(join(dir, 'rootfs'));
-    await run('sh', ['-c', `tar -C ${rootfs} -c . | ${DOCKER} --host unix://${a.dockerd.socket} import - demo:base`]);
+    await importRootfs(a.dockerd, rootfs, 'demo:base');
     await a.dockerd.docker([
       'run',
       '--name',

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loopsUnder, mountsUnder } from '../../attach/host-state.js';
 import { run } from '../../common/exec.js';
 import { startDockerd, type Dockerd } from '../../harness/dockerd.js';
-import { busyboxRootfs, imageArchive, layerTar } from '../../harness/images.js';
+import { busyboxRootfs, importRootfs, imageArchive, layerTar } from '../../harness/images.js';
 import { callPlugin, startPlugin, uniquePluginName, type PluginProcess } from '../../harness/plugin.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
 import { tempDir } from '../helpers/tmp.js';
@@ -49,7 +49,7 @@ describe('legacy graphdriver plugin under dockerd', () => {
     dir = await tempDir('slacker-docker-');
     await startAll();
     const rootfs = await busyboxRootfs(join(dir.path, 'rootfs'));
-    await run('sh', ['-c', `tar -C ${rootfs} -c . | docker --host unix://${dockerd.socket} import - bb:1`]);
+    await importRootfs(dockerd, rootfs, 'bb:1');
   }, 120_000);
 
   afterAll(async () => {

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../../common/exec.js';
 import { DOCKER, startDockerd, type Dockerd } from '../../harness/dockerd.js';
-import { busyboxRootfs } from '../../harness/images.js';
+import { busyboxRootfs, importRootfs } from '../../harness/images.js';
 import { mountsUnder } from '../../attach/host-state.js';
 import { uniquePluginName } from '../../harness/plugin.js';
 import { startRegistry, type TestRegistry } from '../../harness/registry.js';
@@ -61,7 +61,7 @@ describe('managed plugin from a registry', () => {
     expect(info).toContain(alias);
     expect(info).toContain('Attach method');
     const rootfs = await busyboxRootfs(join(dir.path, 'rootfs'));
-    await run('sh', ['-c', `tar -C ${rootfs} -c . | ${DOCKER} --host unix://${b.socket} import - bb:1`]);
+    await importRootfs(b, rootfs, 'bb:1');
     const out = await b.docker(['run', '--rm', '--network', 'none', 'bb:1', 'sh', '-c', 'echo managed > /f; cat /f']);
     expect(out.stdout.trim()).toBe('managed');
     await b.docker(['rmi', 'bb:1']);

@@ -7,9 +7,8 @@
 import { rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { run } from '../../common/exec.js';
-import { startDockerd, DOCKER, type Dockerd } from '../../harness/dockerd.js';
-import { busyboxRootfs } from '../../harness/images.js';
+import { startDockerd, type Dockerd } from '../../harness/dockerd.js';
+import { busyboxRootfs, importRootfs } from '../../harness/images.js';
 import { mountsUnder } from '../../attach/host-state.js';
 import { convertImage, startPlugin, uniquePluginName, type PluginProcess } from '../../harness/plugin.js';
 import { startRegistry, type TestRegistry } from '../../harness/registry.js';
@@ -53,7 +52,7 @@ describe('two slacker hosts sharing a store and a registry', () => {
     const a = await startHost('a');
     await startHost('b');
     const rootfs = await busyboxRootfs(join(dir.path, 'rootfs'));
-    await run('sh', ['-c', `tar -C ${rootfs} -c . | ${DOCKER} --host unix://${a.dockerd.socket} import - bb:1`]);
+    await importRootfs(a.dockerd, rootfs, 'bb:1');
     await a.dockerd.docker([
       'run',
       '--name',
