@@ -255,10 +255,12 @@ export class SlackerDriver {
 
   /** A blank base layer (no parent, nothing written) becomes a clone of the empty ext4 template. */
   private async formatted(id: string): Promise<void> {
-    const s = this.manager.stats(id);
-    if (s.parent !== null || s.frozen || s.chunks > 0 || this.o.mounts.isMounted(id)) return;
+    // Every Get passes here: the row alone settles it for all but parentless writable layers.
+    const row = this.manager.get(id);
+    if (row.parent !== null || row.frozen || this.o.mounts.isMounted(id)) return;
+    if (this.manager.stats(id).chunks > 0) return; // written to: it has a file system
     await this.manager.remove(id);
-    await this.manager.clone(await this.template(s.virtualSize), id);
+    await this.manager.clone(await this.template(row.size), id);
   }
 }
 
