@@ -219,8 +219,7 @@ export class VolumeManager {
     }
     const volume = await this.load(row);
     try {
-      await volume.flush();
-      const map = await volume.materialize(async (data) => (isAllZero(data) ? undefined : this.chunks.put(data)));
+      const map = await this.completeMap(volume);
       this.metadata.freeze(row.id, map);
       this.snapshots.set(row.id, map);
     } finally {
@@ -242,8 +241,7 @@ export class VolumeManager {
     const o = this.open.get(row.id);
     const volume = o?.volume ?? (await this.load(row));
     try {
-      await volume.flush();
-      const map = await volume.materialize(async (data) => (isAllZero(data) ? undefined : this.chunks.put(data)));
+      const map = await this.completeMap(volume);
       this.metadata.insertFrozen({ id: newId, size: row.size, chunkSize: row.chunkSize }, map);
       this.snapshots.set(newId, map);
     } finally {
@@ -369,6 +367,12 @@ export class VolumeManager {
       readahead: this.options.readahead ?? 4,
       counters: this.countersOf(row.id),
     });
+  }
+
+  /** A writable volume's complete chunk map as of now: flushed, its own chunks stored here. */
+  private async completeMap(volume: Volume): Promise<Map<ChunkIndex, Digest>> {
+    await volume.flush();
+    return volume.materialize(async (data) => (isAllZero(data) ? undefined : this.chunks.put(data)));
   }
 
   private countersOf(id: VolumeId): FetchCounters {
