@@ -113,10 +113,10 @@ export function buildApi(
   route('Plugin.Activate', empty, () => ({ Implements: ['GraphDriver'] }));
   route('GraphDriver.Init', init, async (b) => void (await driver.init(b.Home, b.Opts ?? [])));
   route('GraphDriver.Capabilities', empty, () => ({ Capabilities: { ReproducesExactDiffs: false } }));
-  route('GraphDriver.Create', createRw, async (b) => void (await driver.create(b.ID, parent(b), b.StorageOpt ?? {})));
-  route('GraphDriver.CreateReadWrite', createRw, async (b) => {
-    await driver.create(b.ID, parent(b), b.StorageOpt ?? {});
-  });
+  // Image layers and container layers are created alike (the read-write one is just not frozen later).
+  const create = async (b: Body): Promise<void> => driver.create(b.ID, parent(b), b.StorageOpt ?? {});
+  route('GraphDriver.Create', createRw, create);
+  route('GraphDriver.CreateReadWrite', createRw, create);
   route('GraphDriver.Remove', idOnly, async (b) => void (await driver.remove(b.ID)));
   route(
     'GraphDriver.Get',
