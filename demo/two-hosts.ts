@@ -13,9 +13,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { formatSize } from '../common/units.js';
-import { startDockerd, type Dockerd } from '../harness/dockerd.js';
 import { busyboxRootfs, importRootfs } from '../harness/images.js';
-import { convertImage, startPlugin, uniquePluginName, type PluginProcess } from '../harness/plugin.js';
+import { convertImage, startSlackerHost, type SlackerHost } from '../harness/plugin.js';
 import { startRegistry, type TestRegistry } from '../harness/registry.js';
 import { requireTools } from '../harness/tools.js';
 
@@ -24,24 +23,16 @@ const DATA = 64 * 2 ** 20;
 async function main(): Promise<void> {
   await requireTools('dockerd', 'docker-registry', 'nbdfuse', 'losetup', 'mkfs.ext4', 'busybox-static');
   const dir = await mkdtemp(join(tmpdir(), 'slacker-demo-'));
-  const started: (PluginProcess | Dockerd | TestRegistry)[] = [];
+  const started: (SlackerHost | TestRegistry)[] = [];
   const say = (s: string): void => void process.stdout.write(`${s}\n`);
   try {
     const registry = await startRegistry();
     started.push(registry);
-    const host = async (label: string): Promise<{ plugin: PluginProcess; dockerd: Dockerd }> => {
-      const plugin = await startPlugin({
-        name: uniquePluginName(),
-        root: join(dir, label, 'state'),
-        store: `dir://${join(dir, 'store')}`,
-        size: '2G',
-        logFile: join(dir, `${label}-plugin.log`),
-      });
-      started.push(plugin);
-      const dockerd = await startDockerd(join(dir, label, 'docker'), { storageDriver: plugin.name });
-      started.push(dockerd);
-      say(`host ${label}: dockerd with storage driver ${plugin.name} (state in ${join(dir, label)})`);
-      return { plugin, dockerd };
+    const host = async (label: string): Promise<SlackerHost> => {
+      const h = await startSlackerHost(join(dir, label), { store: `dir://${join(dir, 'store')}`, size: '2G' });
+      started.push(h);
+      say(`host ${label}: dockerd with storage driver ${h.plugin.name} (state in ${join(dir, label)})`);
+      return h;
     };
     const a = await host('A');
     const b = await host('B');

@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { run, startProcess, type Started } from '../common/exec.js';
-import { DOCKER } from './dockerd.js';
+import { DOCKER, startDockerd, type Dockerd } from './dockerd.js';
 import { retryUntil } from '../common/retry.js';
 import { pluginRequest } from '../plugin/client.js';
 
@@ -95,4 +95,40 @@ export async function convertImage(
     { timeoutMs: 1_800_000 },
   );
   return JSON.parse(stdout) as { snapshotRef: string; diffId: string; layerBytes: number };
+}
+
+/** A "host" running on slacker: its own plugin (state in DIR/state) and a dockerd using it. */
+export interface SlackerHost {
+  plugin: PluginProcess;
+  dockerd: Dockerd;
+  /** Stops dockerd, then the plugin. */
+  stop(): Promise<void>;
+}
+
+export async function startSlackerHost(
+  dir: string,
+  o: { store?: string; size?: string; pluginArgs?: string[]; dockerdArgs?: string[] } = {},
+): Promise<SlackerHost> {
+  const plugin = await startPlugin({
+    root: join(dir, 'state'),
+    store: o.store,
+    size: o.size,
+    logFile: join(dir, 'plugin.log'),
+    extraArgs: o.pluginArgs,
+  });
+  let dockerd: Dockerd;
+  try {
+    dockerd = await startDockerd(join(dir, 'docker'), { storageDriver: plugin.name, args: o.dockerdArgs });
+  } catch (err) {
+    await plugin.stop();
+    throw err;
+  }
+  return {
+    plugin,
+    dockerd,
+    stop: async () => {
+      await dockerd.stop();
+      await plugin.stop();
+    },
+  };
 }

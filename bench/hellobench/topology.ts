@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { run } from '../../common/exec.js';
 import { startDockerd, type Dockerd } from '../../harness/dockerd.js';
 import { createLink, type Link } from '../../harness/link.js';
-import { callPlugin, startPlugin, uniquePluginName, type PluginProcess } from '../../harness/plugin.js';
+import { callPlugin, startSlackerHost, type PluginProcess } from '../../harness/plugin.js';
 import { startRegistry, type TestRegistry } from '../../harness/registry.js';
 
 export type Driver = 'overlay2' | 'slacker';
@@ -52,27 +52,23 @@ export async function startTopology(rate: string, dirPrefix: string, pluginArgs:
     let n = 0;
     const host = async (driver: Driver, label: string): Promise<Host> => {
       const hostDir = join(dir, `${label}-${n++}`);
-      let plugin: PluginProcess | undefined;
-      if (driver === 'slacker') {
-        plugin = await startPlugin({
-          name: uniquePluginName(),
-          root: join(hostDir, 'slacker'),
-          store: storeUrl,
-          size: '4G',
-          logFile: join(hostDir, 'plugin.log'),
-          extraArgs: ['--log-level', 'info', ...pluginArgs],
-        });
-      }
-      let dockerd: Dockerd;
-      try {
-        dockerd = await startDockerd(join(hostDir, 'docker'), {
-          storageDriver: plugin?.name ?? 'overlay2',
+      // slacker: a plugin and a dockerd on it; overlay2: a dockerd alone.
+      const slacker =
+        driver === 'slacker'
+          ? await startSlackerHost(hostDir, {
+              store: storeUrl,
+              size: '4G',
+              pluginArgs: ['--log-level', 'info', ...pluginArgs],
+              dockerdArgs: ['--insecure-registry', registryAddress],
+            })
+          : undefined;
+      const plugin = slacker?.plugin;
+      const dockerd =
+        slacker?.dockerd ??
+        (await startDockerd(join(hostDir, 'docker'), {
+          storageDriver: 'overlay2',
           args: ['--insecure-registry', registryAddress],
-        });
-      } catch (err) {
-        await plugin?.stop();
-        throw err;
-      }
+        }));
       const driverName = (await dockerd.docker(['info', '--format', '{{.Driver}}'])).stdout.trim();
       if (driverName !== (plugin?.name ?? 'overlay2')) {
         throw new Error(`guard rail: ${label} runs storage driver ${driverName}, not ${driver}`);
@@ -87,8 +83,7 @@ export async function startTopology(rate: string, dirPrefix: string, pluginArgs:
           return Number(new Map(s.body.Status as [string, string][]).get('Bytes fetched') ?? 0);
         },
         close: async () => {
-          await dockerd.stop();
-          await plugin?.stop();
+          await (slacker ?? dockerd).stop();
           await rm(hostDir, { recursive: true, force: true });
         },
       };

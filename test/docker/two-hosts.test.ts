@@ -7,38 +7,27 @@
 import { rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startDockerd, type Dockerd } from '../../harness/dockerd.js';
 import { busyboxRootfs, importRootfs } from '../../harness/images.js';
 import { mountsUnder } from '../../attach/host-state.js';
-import { convertImage, startPlugin, uniquePluginName, type PluginProcess } from '../../harness/plugin.js';
+import { convertImage, startSlackerHost, type SlackerHost } from '../../harness/plugin.js';
 import { startRegistry, type TestRegistry } from '../../harness/registry.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
 import { tempDir } from '../helpers/tmp.js';
 
 const BIG = 32 * 2 ** 20;
 
-interface Host {
-  plugin: PluginProcess;
-  dockerd: Dockerd;
-}
-
 describe('two slacker hosts sharing a store and a registry', () => {
   let dir: Awaited<ReturnType<typeof tempDir>>;
   let registry: TestRegistry;
-  const hosts: Host[] = [];
+  const hosts: SlackerHost[] = [];
   let image: string;
 
-  const startHost = async (label: string): Promise<Host> => {
-    const plugin = await startPlugin({
-      name: uniquePluginName(),
-      root: join(dir.path, label, 'state'),
+  const startHost = async (label: string): Promise<SlackerHost> => {
+    const host = await startSlackerHost(join(dir.path, label), {
       store: `dir://${join(dir.path, 'shared-store')}`,
       size: '1G',
-      logFile: join(dir.path, `${label}-plugin.log`),
-      extraArgs: ['--fetch-deadline', '2000'],
+      pluginArgs: ['--fetch-deadline', '2000'],
     });
-    const dockerd = await startDockerd(join(dir.path, label, 'docker'), { storageDriver: plugin.name });
-    const host = { plugin, dockerd };
     hosts.push(host);
     return host;
   };
@@ -82,10 +71,7 @@ describe('two slacker hosts sharing a store and a registry', () => {
   }, 180_000);
 
   afterAll(async () => {
-    for (const h of hosts) {
-      await h.dockerd.stop();
-      await h.plugin.stop();
-    }
+    for (const h of hosts) await h.stop();
     await registry?.close();
     const mounts = dir ? await mountsUnder(dir.path) : [];
     await dir?.cleanup();
