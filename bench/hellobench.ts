@@ -6,6 +6,8 @@
  *                         [--build-only]   (build and cache the images, measure nothing)
  *                         [--out DIR]      (where the markdown and SVG go; default docs/results)
  *                         [--readahead N]  (the slacker plugin's sequential readahead, in chunks)
+ *                         [--no-profile]   (convert without a startup profile)
+ *                         [--logs DIR]     (keep every slacker plugin's debug log there)
  *
  * Writes docs/results/hellobench.md and .svg. Images are built from Debian packages once and
  * cached (bench/hellobench/rootfs.ts).
@@ -13,8 +15,9 @@
 import { parseArgs } from 'node:util';
 import { convertImage } from '../harness/plugin.js';
 import { requireTools } from '../harness/tools.js';
-import { deploy } from './hellobench/deploy.js';
-import { IMAGES, QUICK } from './hellobench/images.js';
+import type { Dockerd } from '../harness/dockerd.js';
+import { deploy, startUntilReady } from './hellobench/deploy.js';
+import { IMAGES, QUICK, type ImageSpec } from './hellobench/images.js';
 import { median, summarise, writeResults, type Row } from './hellobench/report.js';
 import { rootfsTarball } from './hellobench/rootfs.js';
 import { startTopology, type Driver } from './hellobench/topology.js';
@@ -29,6 +32,8 @@ const { values: opts } = parseArgs({
     'build-only': { type: 'boolean', default: false },
     out: { type: 'string' },
     readahead: { type: 'string' },
+    'no-profile': { type: 'boolean', default: false },
+    logs: { type: 'string' },
   },
 });
 const reps = Number(opts.reps ?? (opts.quick ? 1 : 3));
@@ -42,6 +47,27 @@ const t0 = Date.now();
 const progress = (s: string): void =>
   void process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${s}\n`);
 
+/**
+ * Converts with a startup profile: a container of the image runs on the builder until ready
+ * (as `slacker-ts convert --profile` documents for users), then is removed.
+ */
+async function convertProfiled<T>(
+  d: Dockerd,
+  spec: ImageSpec,
+  src: string,
+  convert: (profile?: string) => Promise<T>,
+): Promise<T> {
+  if (opts['no-profile']) return convert();
+  const net = spec.hostNetwork ? 'host' : 'none';
+  const id = (await d.docker(['create', '--network', net, src])).stdout.trim();
+  try {
+    await startUntilReady(d, id, spec.ready);
+    return await convert(id);
+  } finally {
+    await d.docker(['rm', '-f', id]).catch(() => undefined);
+  }
+}
+
 async function main(): Promise<void> {
   await requireTools('dockerd', 'docker-registry', 'debootstrap', 'nbdfuse', 'ip', 'tc', 'busybox-static');
   const tarballs = new Map<string, string>();
@@ -49,11 +75,10 @@ async function main(): Promise<void> {
   if (opts['build-only']) return;
 
   progress(`starting the topology (link ${opts.link})`);
-  const topo = await startTopology(
-    opts.link!,
-    'slacker-hellobench-',
-    opts.readahead ? ['--readahead', opts.readahead] : [],
-  );
+  const topo = await startTopology(opts.link!, 'slacker-hellobench-', {
+    pluginArgs: opts.readahead ? ['--readahead', opts.readahead] : [],
+    logsDir: opts.logs,
+  });
   const rows: Row[] = [];
   try {
     const refs = new Map<string, Record<Driver, string> & { push: Record<Driver, number>; bytes: number }>();
@@ -69,7 +94,9 @@ async function main(): Promise<void> {
       const b = topo.builders.slacker;
       await b.dockerd.docker(['import', ...change, tarballs.get(s.name)!, `hb/${s.name}:src`], { timeoutMs: 900_000 });
       t = Date.now();
-      await convertImage(b, `hb/${s.name}:src`, `${repo}:slacker`);
+      const converted = await convertProfiled(b.dockerd, s, `hb/${s.name}:src`, (profile) =>
+        convertImage(b, `hb/${s.name}:src`, `${repo}:slacker`, { profile }),
+      );
       const pushSlacker = (Date.now() - t) / 1000;
       refs.set(s.name, {
         overlay2: `${repo}:overlay2`,
@@ -78,7 +105,8 @@ async function main(): Promise<void> {
         bytes,
       });
       progress(
-        `pushed ${s.name} (${(bytes / 1e6).toFixed(0)} MB): overlay2 ${pushOverlay.toFixed(1)} s, slacker convert+push ${pushSlacker.toFixed(1)} s`,
+        `pushed ${s.name} (${(bytes / 1e6).toFixed(0)} MB): overlay2 ${pushOverlay.toFixed(1)} s, slacker ` +
+          `${opts['no-profile'] ? '' : `profile (${converted.prefetchChunks} chunks) + `}convert + push ${pushSlacker.toFixed(1)} s`,
       );
     }
 

@@ -14,6 +14,9 @@ healthcheck, labels). Prints the snapshot reference and the layer's DiffID.
 
 options:
   --push              docker push DST afterwards (DST names a registry: HOST:PORT/REPO:TAG)
+  --profile CONTAINER a container of SRC, run on this host until ready (it may have exited):
+                      the chunks it read first become DST's startup profile, fetched at once
+                      and in parallel by every host that pulls DST
   --name NAME         the plugin's name (default slacker)
   --socket-dir DIR    where its socket is (default /run/docker/plugins)
   --host URI          dockerd to talk to (default $DOCKER_HOST or the docker client's default)
@@ -26,6 +29,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
     allowPositionals: true,
     options: {
       push: { type: 'boolean', default: false },
+      profile: { type: 'string' },
       name: { type: 'string', default: 'slacker' },
       'socket-dir': { type: 'string', default: '/run/docker/plugins' },
       host: { type: 'string' },
@@ -42,6 +46,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
     push: values.push,
     docker: (args) => run(values['docker-bin'], [...hostArgs, ...args], { timeoutMs: 3_600_000 }),
     pluginSocket: join(values['socket-dir'], `${values.name}.sock`),
+    profile: values.profile,
   });
   process.stdout.write(`${JSON.stringify({ image: dst, ...result })}\n`);
   return 0;

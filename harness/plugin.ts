@@ -10,6 +10,7 @@ import { run, startProcess, type Started } from '../common/exec.js';
 import { DOCKER, startDockerd, type Dockerd } from './dockerd.js';
 import { retryUntil } from '../common/retry.js';
 import { pluginRequest } from '../plugin/client.js';
+import type { ConvertResult } from '../plugin/convert.js';
 
 export interface PluginProcess {
   name: string;
@@ -75,7 +76,8 @@ export async function convertImage(
   host: { plugin?: { name: string }; dockerd: { socket: string } },
   src: string,
   dst: string,
-): Promise<{ snapshotRef: string; diffId: string; layerBytes: number }> {
+  options: { profile?: string } = {},
+): Promise<ConvertResult> {
   if (!host.plugin) throw new Error('convert runs on a slacker host');
   const { stdout } = await run(
     process.execPath,
@@ -91,10 +93,11 @@ export async function convertImage(
       `unix://${host.dockerd.socket}`,
       '--docker-bin',
       DOCKER,
+      ...(options.profile ? ['--profile', options.profile] : []),
     ],
     { timeoutMs: 1_800_000 },
   );
-  return JSON.parse(stdout) as { snapshotRef: string; diffId: string; layerBytes: number };
+  return JSON.parse(stdout) as ConvertResult;
 }
 
 /** A "host" running on slacker: its own plugin (state in DIR/state) and a dockerd using it. */

@@ -68,7 +68,7 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Test
   const config = join(dir, 'config.yml');
   await writeFile(
     config,
-    `version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: ${storage}\nhttp:\n  addr: ${host}:${port}\n${auth}`,
+    `version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: ${storage}\nhttp:\n  addr: ${host}:${port}\n${auth}`,
   );
   let proc: Started | undefined;
   const start = async (): Promise<void> => {

@@ -24,6 +24,8 @@ export interface GraphDriverApi {
   metadata(id: string): Record<string, string>;
   cleanup(): Promise<void>;
   diff(id: string, parent: string | undefined): Promise<Buffer>;
+  /** Not Docker's: Diff with the startup profile of layer `profileFrom` (plugin/convert.ts). */
+  profiledDiff(id: string, profileFrom: string): Promise<{ tar: Buffer; prefetch: number }>;
   changes(id: string, parent: string | undefined): Promise<Change[]>;
   applyDiff(id: string, parent: string | undefined, body: Readable): Promise<number>;
   diffSize(id: string, parent: string | undefined): Promise<number>;
@@ -139,6 +141,20 @@ export function buildApi(
     const tar = await driver.diff(b.ID, parent(b));
     return reply.code(200).header('content-type', 'application/x-tar').send(tar);
   });
+
+  app.post(
+    '/Slacker.Diff',
+    { schema: { body: { type: 'object', required: ['ID', 'ProfileFrom'], properties: { ID: id, ProfileFrom: id } } } },
+    async (req, reply) => {
+      const b = req.body as { ID: string; ProfileFrom: string };
+      const { tar, prefetch } = await driver.profiledDiff(b.ID, b.ProfileFrom);
+      return reply
+        .code(200)
+        .header('content-type', 'application/x-tar')
+        .header('x-slacker-prefetch-chunks', String(prefetch))
+        .send(tar);
+    },
+  );
 
   // ApplyDiff: ?id=&parent= in the URL, the tar as the body, streamed.
   app.post(

@@ -2,7 +2,7 @@
  * A client of the plugin protocol on a unix socket, as dockerd speaks it (JSON body, no
  * Content-Type): for `convert`, for operators poking a running plugin, and for tests.
  */
-import { request } from 'node:http';
+import { request, type IncomingHttpHeaders } from 'node:http';
 import { PluginCallError } from '../common/errors.js';
 
 /** One call; resolves with the status and raw body whatever the status. */
@@ -10,12 +10,12 @@ export function pluginRequest(
   socket: string,
   method: string,
   body: unknown,
-): Promise<{ status: number; body: Buffer }> {
+): Promise<{ status: number; headers: IncomingHttpHeaders; body: Buffer }> {
   return new Promise((resolve, reject) => {
     const req = request({ socketPath: socket, path: `/${method}`, method: 'POST' }, (res) => {
       const parts: Buffer[] = [];
       res.on('data', (b: Buffer) => parts.push(b));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(parts) }));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(parts) }));
       res.on('error', reject);
     });
     req.on('error', reject);

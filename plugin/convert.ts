@@ -4,6 +4,10 @@
  * `soci create`). The image's top layer already holds its complete file system (layers are
  * full snapshots), so its published snapshot is the whole image. The new image keeps the
  * source's config (env, cmd, entrypoint, workdir, ports, healthcheck, labels...).
+ *
+ * With a profile (a container of SRC, run on this host until it was ready), the snapshot also
+ * carries the chunks that container read first, in order: hosts pulling DST fetch them at
+ * once, in parallel, instead of one round trip per page fault (volumes/read-trace.ts).
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -38,15 +42,20 @@ export interface ConvertOptions {
   docker(args: string[]): Promise<RunResult>;
   /** The plugin's socket (/run/docker/plugins/NAME.sock). */
   pluginSocket: string;
+  /** A container of SRC (name or id) whose first reads become the startup profile. */
+  profile?: string;
 }
 
 export interface ConvertResult {
   snapshotRef: string;
   diffId: string;
   layerBytes: number;
+  /** Chunks in the startup profile (0 without one). */
+  prefetchChunks: number;
 }
 
 interface ImageInspect {
+  Id: string;
   Architecture: string;
   Os: string;
   Config: Record<string, unknown> | null;
@@ -62,7 +71,12 @@ export async function convert(o: ConvertOptions): Promise<ConvertResult> {
         'convert runs on a slacker host; docker load or pull the image there first',
     );
   }
-  const diff = await pluginRequest(o.pluginSocket, 'GraphDriver.Diff', { ID: layer });
+  const diff = o.profile
+    ? await pluginRequest(o.pluginSocket, 'Slacker.Diff', {
+        ID: layer,
+        ProfileFrom: await containerLayer(o, o.profile, image.Id),
+      })
+    : await pluginRequest(o.pluginSocket, 'GraphDriver.Diff', { ID: layer });
   if (diff.status !== 200) throw new PluginCallError(`Diff of ${layer}: ${diff.body.toString()}`);
   const marker = diff.body;
 
@@ -83,5 +97,26 @@ export async function convert(o: ConvertOptions): Promise<ConvertResult> {
   }
   if (o.push) await o.docker(['push', o.dst]);
   const ref = /SLACKER\.snapshot=(sha256:[0-9a-f]{64})/.exec(marker.toString('latin1'))?.[1] ?? '';
-  return { snapshotRef: ref, diffId: `sha256:${sha256Hex(marker)}`, layerBytes: marker.length };
+  return {
+    snapshotRef: ref,
+    diffId: `sha256:${sha256Hex(marker)}`,
+    layerBytes: marker.length,
+    prefetchChunks: Number(diff.headers['x-slacker-prefetch-chunks'] ?? 0),
+  };
+}
+
+/** The writable layer of container `name`, which must be a container of image `imageId`. */
+async function containerLayer(o: ConvertOptions, name: string, imageId: string): Promise<string> {
+  const [c] = JSON.parse((await o.docker(['container', 'inspect', name])).stdout) as {
+    Image: string;
+    GraphDriver: { Data: Record<string, string> | null };
+  }[];
+  const layer = c?.GraphDriver.Data?.VolumeId;
+  if (!c || !layer) throw new ConfigError(`container ${name} is not stored by a slacker driver: no profile`);
+  if (c.Image !== imageId) {
+    throw new ConfigError(
+      `container ${name} runs image ${c.Image}, not ${o.src} (${imageId}): its reads profile another image`,
+    );
+  }
+  return layer;
 }

@@ -160,6 +160,9 @@ export class PluginDaemon implements GraphDriverApi {
   diff(id: string): Promise<Buffer> {
     return this.driver.diff(id);
   }
+  profiledDiff(id: string, profileFrom: string): Promise<{ tar: Buffer; prefetch: number }> {
+    return this.driver.profiledDiff(id, profileFrom);
+  }
   async changes(id: string, parent: string | undefined): Promise<Change[]> {
     return (await this.driver.changes(id, parent)).changes;
   }

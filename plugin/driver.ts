@@ -7,7 +7,8 @@
  *   - ApplyDiff applies an ordinary layer tar to the fresh clone and freezes it; a marker tar
  *     (layer-tar/marker.ts) replaces the clone with the published snapshot it names: nothing
  *     but metadata moves. A failed apply leaves the layer as Create made it.
- *   - Diff publishes the layer's snapshot to the backing store and returns its marker tar.
+ *   - Diff publishes the layer's snapshot to the backing store and returns its marker tar;
+ *     Slacker.Diff (our own endpoint, for `convert --profile`) adds a startup profile.
  * Knows nothing of HTTP (api.ts) or of NBD framing (the server and volumes do).
  */
 import { randomBytes } from 'node:crypto';
@@ -24,7 +25,7 @@ import { changes, type Change } from './changes.js';
 import { applyLayerTar } from './layer-tar/apply.js';
 import { markerTar } from './layer-tar/marker.js';
 import type { LayerMounts } from './layer-mounts.js';
-import type { Digest } from '../volumes/types.js';
+import type { ChunkIndex, Digest } from '../volumes/types.js';
 
 export interface DriverOptions {
   manager: VolumeManager;
@@ -125,6 +126,22 @@ export class SlackerDriver {
     return markerTar(ref);
   }
 
+  /**
+   * Diff with a startup profile: the layer is published (again) with the chunks that layer
+   * `profileFrom` (a container's layer on top of it, run until ready) read first, so that
+   * hosts opening the snapshot fetch those at once (see volumes/read-trace.ts).
+   */
+  async profiledDiff(id: string, profileFrom: string): Promise<{ tar: Buffer; prefetch: number }> {
+    const trace = this.manager.readTrace(profileFrom);
+    if (trace.length === 0) {
+      throw new ConflictError(`layer ${profileFrom} read nothing of its image since the plugin started: no profile`, {
+        context: { layer: profileFrom },
+      });
+    }
+    const ref = await this.o.mounts.lock.run(id, () => this.publish(id, trace));
+    return { tar: await markerTar(ref), prefetch: trace.length };
+  }
+
   async changes(id: string, parent: string | undefined): Promise<{ changes: Change[]; size: number }> {
     const dir = await this.get(id);
     try {
@@ -182,13 +199,13 @@ export class SlackerDriver {
   }
 
   /** Publishes the layer: a writable one through a frozen copy of what it holds now. */
-  private async publish(id: string): Promise<Digest> {
+  private async publish(id: string, prefetch?: ChunkIndex[]): Promise<Digest> {
     const row = this.manager.get(id);
-    if (row.frozen) return row.snapshotRef ?? (await this.manager.publish(id));
+    if (row.frozen) return (!prefetch && row.snapshotRef) || (await this.manager.publish(id, { prefetch }));
     const copy = `${id}.diff-${randomBytes(4).toString('hex')}`;
     await this.quiesced(id, () => this.manager.snapshot(id, copy));
     try {
-      return await this.manager.publish(copy);
+      return await this.manager.publish(copy, { prefetch });
     } finally {
       await this.manager.remove(copy); // its chunks stay local and in the store
     }

@@ -17,6 +17,11 @@ export interface StoredChunk {
 export interface BackingStore {
   /** The store's URL, for logs and for recording where chunks were published. */
   readonly url: string;
+  /**
+   * Whether chunks live in packs read by range: then where a chunk sits matters, and a startup
+   * profile is worth a pack of its own, in profile order (VolumeManager.publish).
+   */
+  readonly packs: boolean;
   /** Uploads chunks; returns a location hint per digest ('' when the digest alone locates it). */
   putChunks(chunks: StoredChunk[]): Promise<Map<Digest, string>>;
   /**

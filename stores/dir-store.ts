@@ -21,6 +21,8 @@ export class DirStore implements BackingStore {
     return `dir://${this.root}`;
   }
 
+  readonly packs = false;
+
   async putChunks(chunks: StoredChunk[]): Promise<Map<Digest, string>> {
     const out = new Map<Digest, string>();
     for (const c of chunks) {

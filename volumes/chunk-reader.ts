@@ -63,6 +63,8 @@ interface Queued {
   resolve: (data: Buffer) => void;
   reject: (err: Error) => void;
   queuedAt: number;
+  /** Ends the fetch's in-flight entry (once its chunk is stored locally, or failed). */
+  settled: () => void;
 }
 
 /** Most chunks asked of the store in one batch. */
@@ -73,6 +75,8 @@ export class ChunkReader {
   readonly total = new FetchCounters();
   private readonly inflight = new Map<Digest, Promise<Buffer>>();
   private readonly queue: Queued[] = [];
+  /** Fetched chunks being written to the local store. */
+  private readonly landing = new Set<Promise<void>>();
 
   constructor(
     readonly local: LocalChunks,
@@ -94,6 +98,11 @@ export class ChunkReader {
     data.copy(out, at, offset, offset + length);
   }
 
+  /** Resolves once every chunk fetched so far is stored locally (or failed to be). */
+  async landed(): Promise<void> {
+    while (this.landing.size > 0) await Promise.all(this.landing);
+  }
+
   /** Starts fetching a chunk that is not local yet (readahead, NBD CACHE); errors only logged. */
   prefetch(digest: Digest, c: FetchCounters): Promise<void> {
     if (this.local.has(digest)) return Promise.resolve();
@@ -112,13 +121,26 @@ export class ChunkReader {
   private fetch(digest: Digest, c: FetchCounters): Promise<Buffer> {
     let p = this.inflight.get(digest);
     if (!p) {
+      // The entry outlives the promise's resolution until the chunk is stored locally: readers
+      // meanwhile get these bytes instead of fetching them again.
+      const settled = (): void => void this.inflight.delete(digest);
       p = new Promise<Buffer>((resolve, reject) => {
-        this.queue.push({ digest, counters: c, resolve, reject, queuedAt: Date.now() });
+        this.queue.push({ digest, counters: c, resolve, reject, queuedAt: Date.now(), settled });
         if (this.queue.length === 1) setImmediate(() => this.flushQueue());
-      }).finally(() => this.inflight.delete(digest));
+      });
+      p.catch(settled);
       this.inflight.set(digest, p);
     }
     return p;
+  }
+
+  private async keep(digest: Digest, data: Buffer): Promise<void> {
+    try {
+      await this.local.putVerified(digest, data, { durable: false }); // the store has it
+      await this.cache?.admit(digest, data.length);
+    } catch (err) {
+      this.log.warn({ err, digest }, 'fetched chunk not kept locally: it will be fetched again');
+    }
   }
 
   private flushQueue(): void {
@@ -199,15 +221,15 @@ export class ChunkReader {
           );
           return;
         }
-        try {
-          await this.local.putVerified(q.digest, data, { durable: false }); // the store has it
-          await this.cache?.admit(q.digest, data.length);
-          q.counters.recordFetch(data.length, Date.now() - q.queuedAt);
-          this.total.recordFetch(data.length, Date.now() - q.queuedAt);
-          q.resolve(data);
-        } catch (err) {
-          q.reject(err as Error);
-        }
+        q.counters.recordFetch(data.length, Date.now() - q.queuedAt);
+        this.total.recordFetch(data.length, Date.now() - q.queuedAt);
+        q.resolve(data); // readers need not wait for the local copy
+        const landed = this.keep(q.digest, data).finally(() => {
+          this.landing.delete(landed);
+          q.settled();
+        });
+        this.landing.add(landed);
+        await landed;
       }),
     );
   }

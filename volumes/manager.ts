@@ -36,6 +36,7 @@ import {
   type Digest,
   type VolumeId,
 } from './types.js';
+import { ReadTrace } from './read-trace.js';
 import { Volume } from './volume.js';
 
 export interface VolumeStats {
@@ -68,6 +69,14 @@ export interface VolumeManagerOptions {
 /** Chunks uploaded per batch when publishing: bounds memory to batch × chunk size. */
 const PUBLISH_BATCH = 64;
 
+/**
+ * Chunks of a startup profile asked of the store at once (a pack store reads a wave of its
+ * profile pack as one range), and waves in flight: enough to keep the link busy, few enough
+ * that a demand read arriving meanwhile does not queue behind hundreds of chunks.
+ */
+const PREFETCH_WAVE = 32;
+const PREFETCH_WAVES_IN_FLIGHT = 2;
+
 interface OpenVolume {
   volume: Volume;
   backend: Backend;
@@ -80,6 +89,8 @@ export class VolumeManager {
   private readonly snapshots = new Map<VolumeId, Map<ChunkIndex, Digest>>();
   /** Fetch costs per volume, loaded from and saved to the metadata, whether or not it is open now. */
   private readonly counters = new Map<VolumeId, FetchCounters>();
+  /** First reads of base chunks per volume, since this process opened it (startup profiles). */
+  private readonly traces = new Map<VolumeId, ReadTrace>();
   private closed = false;
 
   readonly reader: ChunkReader;
@@ -117,8 +128,10 @@ export class VolumeManager {
   /**
    * Publishes a frozen volume: uploads the chunks the store does not have yet (known from
    * earlier publishes and opened manifests), then the manifest. Returns the snapshot reference.
+   * `prefetch` is a startup profile (readTrace of a volume cloned from this one): the chunks
+   * among them that the snapshot holds are fetched first wherever it is opened.
    */
-  async publish(id: string): Promise<Digest> {
+  async publish(id: string, options: { prefetch?: ChunkIndex[] } = {}): Promise<Digest> {
     const store = this.requireStore();
     const row = this.get(id);
     if (!row.frozen)
@@ -128,25 +141,41 @@ export class VolumeManager {
     const lengthOf = new Map<Digest, number>();
     for (const [idx, digest] of map) lengthOf.set(digest, chunkLength(row.size, row.chunkSize, idx));
     const missing = [...lengthOf.keys()].filter((d) => this.metadata.locationOf(store.url, d) === undefined);
+    for await (const stored of this.upload(store, missing, lengthOf)) this.metadata.recordLocations(store.url, stored);
+    // What was only here is in the store now: the cache may evict it.
+    for (const digest of missing) await this.cache.admit(digest, lengthOf.get(digest)!);
+    const hints = new Map([...lengthOf.keys()].map((d) => [d, this.metadata.locationOf(store.url, d) ?? '']));
+    const prefetch = options.prefetch?.filter((idx) => map.has(idx));
+    if (prefetch?.length && store.packs) {
+      // The profile's chunks once more, packed in profile order, for this manifest only: a host
+      // opening it fetches them in a few large ranges instead of one small range each.
+      const hot = [...new Set(prefetch.map((idx) => map.get(idx)!))];
+      for await (const stored of this.upload(store, hot, lengthOf)) for (const [d, h] of stored) hints.set(d, h);
+    }
+    const ref = await store.putManifest(
+      encodeManifest({ size: row.size, chunkSize: row.chunkSize, chunks: map, hints, prefetch }),
+    );
+    this.metadata.setSnapshotRef(row.id, ref);
+    return ref;
+  }
+
+  /** Uploads chunks (read from here) in batches; yields each batch's locations. */
+  private async *upload(
+    store: BackingStore,
+    digests: Digest[],
+    lengthOf: Map<Digest, number>,
+  ): AsyncGenerator<Map<Digest, string>> {
     const counters = new FetchCounters();
-    for (let i = 0; i < missing.length; i += PUBLISH_BATCH) {
+    for (let i = 0; i < digests.length; i += PUBLISH_BATCH) {
       const batch = await Promise.all(
-        missing.slice(i, i + PUBLISH_BATCH).map(async (digest) => {
+        digests.slice(i, i + PUBLISH_BATCH).map(async (digest) => {
           const data = Buffer.allocUnsafe(lengthOf.get(digest)!);
           await this.reader.read(digest, 0, data.length, data, 0, counters);
           return { digest, data };
         }),
       );
-      this.metadata.recordLocations(store.url, await store.putChunks(batch));
+      yield await store.putChunks(batch);
     }
-    // What was only here is in the store now: the cache may evict it.
-    for (const digest of missing) await this.cache.admit(digest, lengthOf.get(digest)!);
-    const hints = new Map([...lengthOf.keys()].map((d) => [d, this.metadata.locationOf(store.url, d) ?? '']));
-    const ref = await store.putManifest(
-      encodeManifest({ size: row.size, chunkSize: row.chunkSize, chunks: map, hints }),
-    );
-    this.metadata.setSnapshotRef(row.id, ref);
-    return ref;
   }
 
   /** Creates frozen volume `id` from a published snapshot: only metadata moves now. */
@@ -172,7 +201,17 @@ export class VolumeManager {
       store.url,
       hints,
     );
+    if (m.prefetch?.length)
+      void this.prefetch(
+        id,
+        m.prefetch.map((idx) => m.chunks.get(idx)!),
+      );
     return this.get(id);
+  }
+
+  /** The chunks of its base that volume `id` read, in first-read order, since this process opened it. */
+  readTrace(id: string): ChunkIndex[] {
+    return this.traces.get(this.get(id).id)?.chunks() ?? [];
   }
 
   list(): VolumeRow[] {
@@ -288,6 +327,7 @@ export class VolumeManager {
     this.metadata.deleteVolume(row.id);
     this.snapshots.delete(row.id);
     this.counters.delete(row.id);
+    this.traces.delete(row.id);
     await rm(this.dataPath(row.id), { force: true });
   }
 
@@ -336,6 +376,7 @@ export class VolumeManager {
     this.closed = true;
     for (const o of this.open.values()) await o.volume.close();
     this.open.clear();
+    await this.reader.landed();
     for (const [id, c] of this.counters) if (this.metadata.getVolume(id)) this.metadata.saveFetchStats(id, c);
     this.cache.persist(true);
     this.chunks.close();
@@ -366,7 +407,33 @@ export class VolumeManager {
       metadata: this.metadata,
       readahead: this.options.readahead ?? 4,
       counters: this.countersOf(row.id),
+      trace: this.traceOf(row.id),
     });
+  }
+
+  private traceOf(id: VolumeId): ReadTrace {
+    let t = this.traces.get(id);
+    if (!t) this.traces.set(id, (t = new ReadTrace()));
+    return t;
+  }
+
+  /**
+   * Fetches a just-opened snapshot's startup profile in the background, wave by wave in profile
+   * order, counted as the volume's fetches. Failures are only logged: a chunk the profile
+   * missed is fetched when read, as without a profile.
+   */
+  private async prefetch(id: VolumeId, digests: Digest[]): Promise<void> {
+    const counters = this.countersOf(id);
+    const t0 = Date.now();
+    let next = 0;
+    const waves = async (): Promise<void> => {
+      while (next < digests.length && !this.closed) {
+        const wave = digests.slice(next, (next += PREFETCH_WAVE));
+        await Promise.all(wave.map((d) => this.reader.prefetch(d, counters)));
+      }
+    };
+    await Promise.all(Array.from({ length: PREFETCH_WAVES_IN_FLIGHT }, waves));
+    this.options.log?.info({ volume: id, chunks: digests.length, ms: Date.now() - t0 }, 'startup profile prefetched');
   }
 
   /** A writable volume's complete chunk map as of now: flushed, its own chunks stored here. */

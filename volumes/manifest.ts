@@ -5,7 +5,9 @@
  *   { "schema": "slacker.snapshot.v1",
  *     "size": <virtual bytes>, "chunkSize": <bytes>,
  *     "chunks": [[<index>, "sha256:..."], ...],      sorted by index; absent indices are holes
- *     "hints": { "sha256:...": "<store location>" } }  only non-empty hints (packed stores)
+ *     "hints": { "sha256:...": "<store location>" },  only non-empty hints (packed stores)
+ *     "prefetch": [<index>, ...] }                     optional: a startup profile (read-trace.ts),
+ *                                                      fetched in this order when opened
  *
  * The reference is `sha256:` of these bytes, so a manifest fetched by reference is verified
  * like a chunk. Decoding checks every field: a manifest is input from the network.
@@ -20,12 +22,18 @@ export interface Manifest {
   chunkSize: number;
   chunks: Map<ChunkIndex, Digest>;
   hints: Map<Digest, string>;
+  /** Chunks to fetch as soon as the snapshot is opened, in this order (absent: none). */
+  prefetch?: ChunkIndex[];
 }
 
 export function encodeManifest(m: Manifest): Buffer {
   const chunks = [...m.chunks].sort((a, b) => a[0] - b[0]);
   const hints = Object.fromEntries([...m.hints].filter(([, h]) => h !== '').sort(([a], [b]) => (a < b ? -1 : 1)));
-  return Buffer.from(JSON.stringify({ schema: MANIFEST_SCHEMA, size: m.size, chunkSize: m.chunkSize, chunks, hints }));
+  // No prefetch list, no key: manifests without a profile keep the references they always had.
+  const prefetch = m.prefetch?.length ? { prefetch: m.prefetch } : {};
+  return Buffer.from(
+    JSON.stringify({ schema: MANIFEST_SCHEMA, size: m.size, chunkSize: m.chunkSize, chunks, hints, ...prefetch }),
+  );
 }
 
 /** Parses and checks a manifest fetched as `ref`; throws IoError on any mismatch. */
@@ -64,5 +72,14 @@ export function decodeManifest(ref: Digest, bytes: Buffer): Manifest {
       hints.set(d as Digest, h as string);
     }
   }
-  return { size: size as number, chunkSize: chunkSize as number, chunks, hints };
+  let prefetch: ChunkIndex[] | undefined;
+  if (o.prefetch !== undefined) {
+    if (!Array.isArray(o.prefetch) || o.prefetch.length > chunks.size) bad('prefetch is not a list of its chunks');
+    for (const idx of o.prefetch as unknown[]) {
+      if (typeof idx !== 'number' || !chunks.has(idx))
+        bad(`prefetch names chunk ${String(idx)}, which it does not hold`);
+    }
+    prefetch = [...new Set(o.prefetch as ChunkIndex[])];
+  }
+  return { size: size as number, chunkSize: chunkSize as number, chunks, hints, prefetch };
 }

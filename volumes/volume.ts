@@ -16,6 +16,7 @@ import type { Backend, BlockSizes, ByteCount, Extent, WriteFlags, ZeroFlags } fr
 import type { FileBackend } from '../nbd-server/backends/file.js';
 import type { ChunkReader, FetchCounters } from './chunk-reader.js';
 import type { Metadata, Override, VolumeRow } from './metadata.js';
+import type { ReadTrace } from './read-trace.js';
 import { chunkLength, type ChunkIndex, type Digest } from './types.js';
 
 /** Chunks hashed and stored at once by materialize (freeze, snapshot). */
@@ -35,6 +36,8 @@ export interface VolumeParts {
   readahead?: number;
   /** Where this volume's fetch costs are counted (kept by the manager across opens). */
   counters: FetchCounters;
+  /** Where its first reads of base chunks are noted (kept by the manager across opens). */
+  trace?: ReadTrace;
 }
 
 export class Volume implements Backend {
@@ -207,6 +210,7 @@ export class Volume implements Backend {
       const data = await this.parts.data!.pread(p.length, p.index * this.chunkSize + p.at);
       data.copy(out, at);
     } else {
+      this.parts.trace?.record(p.index);
       await this.parts.chunks.read(src.digest, p.at, p.length, out, at, this.parts.counters);
     }
   }

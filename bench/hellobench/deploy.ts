@@ -4,7 +4,7 @@
  * every 10 ms). The container is removed afterwards.
  */
 import { spawn } from 'node:child_process';
-import { DOCKER } from '../../harness/dockerd.js';
+import { DOCKER, type Dockerd } from '../../harness/dockerd.js';
 import type { Ready } from './images.js';
 import type { Host } from './topology.js';
 
@@ -31,17 +31,22 @@ export async function deploy(
   const create = now() - t;
   t = now();
   try {
-    if (ready.kind === 'exit') {
-      const out = await d.docker(['start', '-a', id], { timeoutMs: (options.timeoutS ?? 600) * 1000 });
-      if (!out.stdout.includes(ready.output)) throw new Error(`${image} printed ${JSON.stringify(out.stdout)}`);
-    } else {
-      await d.docker(['start', id]);
-      if (ready.kind === 'log') await waitForLog(d.socket, id, ready.line, options.timeoutS ?? 600);
-      else await waitForHttp(ready.port, options.timeoutS ?? 600);
-    }
+    await startUntilReady(d, id, ready, options.timeoutS);
     return { pull, create, run: now() - t };
   } finally {
     await d.docker(['rm', '-f', id]).catch(() => undefined);
+  }
+}
+
+/** Starts created container `id` and waits until it is ready (the HelloBench way). */
+export async function startUntilReady(d: Dockerd, id: string, ready: Ready, timeoutS = 600): Promise<void> {
+  if (ready.kind === 'exit') {
+    const out = await d.docker(['start', '-a', id], { timeoutMs: timeoutS * 1000 });
+    if (!out.stdout.includes(ready.output)) throw new Error(`container ${id} printed ${JSON.stringify(out.stdout)}`);
+  } else {
+    await d.docker(['start', id]);
+    if (ready.kind === 'log') await waitForLog(d.socket, id, ready.line, timeoutS);
+    else await waitForHttp(ready.port, timeoutS);
   }
 }
 

@@ -4,7 +4,7 @@
  * host side (one overlay2, one slacker), and fresh worker dockerds with cold state for every
  * measurement. Everything started here is stopped by `close`, also after a failure.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../../common/exec.js';
@@ -36,13 +36,21 @@ export interface Topology {
   close(): Promise<void>;
 }
 
-export async function startTopology(rate: string, dirPrefix: string, pluginArgs: string[] = []): Promise<Topology> {
+export interface TopologyOptions {
+  /** Extra `slacker-ts serve` arguments for every slacker host. */
+  pluginArgs?: string[];
+  /** Keep each slacker host's plugin log (debug level) here, named after the host. */
+  logsDir?: string;
+}
+
+export async function startTopology(rate: string, dirPrefix: string, options: TopologyOptions = {}): Promise<Topology> {
   const dir = await mkdtemp(join(tmpdir(), dirPrefix));
   const closers: (() => Promise<unknown>)[] = [async () => rm(dir, { recursive: true, force: true })];
   const close = async (): Promise<void> => {
     for (let c = closers.pop(); c; c = closers.pop()) await c().catch(() => undefined);
   };
   try {
+    if (options.logsDir) await mkdir(options.logsDir, { recursive: true });
     const link = await createLink(rate);
     closers.push(() => link.close());
     const registry = await startRegistry({ netns: { name: link.netns, address: link.nsAddress } });
@@ -51,14 +59,15 @@ export async function startTopology(rate: string, dirPrefix: string, pluginArgs:
     const storeUrl = registry.url('slacker/chunks');
     let n = 0;
     const host = async (driver: Driver, label: string): Promise<Host> => {
-      const hostDir = join(dir, `${label}-${n++}`);
+      const name = `${label}-${n++}`;
+      const hostDir = join(dir, name);
       // slacker: a plugin and a dockerd on it; overlay2: a dockerd alone.
       const slacker =
         driver === 'slacker'
           ? await startSlackerHost(hostDir, {
               store: storeUrl,
               size: '4G',
-              pluginArgs: ['--log-level', 'info', ...pluginArgs],
+              pluginArgs: ['--log-level', options.logsDir ? 'debug' : 'info', ...(options.pluginArgs ?? [])],
               dockerdArgs: ['--insecure-registry', registryAddress],
             })
           : undefined;
@@ -84,6 +93,7 @@ export async function startTopology(rate: string, dirPrefix: string, pluginArgs:
         },
         close: async () => {
           await (slacker ?? dockerd).stop();
+          if (options.logsDir && plugin) await copyFile(plugin.logFile, join(options.logsDir, `${name}.log`));
           await rm(hostDir, { recursive: true, force: true });
         },
       };

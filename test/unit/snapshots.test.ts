@@ -64,6 +64,7 @@ describe('snapshots in a dir:// store', () => {
     expect((await v.pread(CHUNK, 7 * CHUNK)).every((b) => b === 0)).toBe(true); // a hole: no fetch
     let s = hostB.stats('img-b');
     expect(s.fetch).toMatchObject({ chunksFetched: 2, bytesFetched: 2 * CHUNK, fetchErrors: 0 });
+    await hostB.reader.landed();
     await v.pread(CHUNK, 5 * CHUNK); // now local
     s = hostB.stats('img-b');
     expect(s.fetch.chunksFetched).toBe(2);
@@ -185,8 +186,10 @@ describe('snapshots in a dir:// store', () => {
       try {
         await c.openSnapshot(ref, 'img-c');
         const v = await c.acquire('img-c');
-        const readChunk = async (i: number) =>
+        const readChunk = async (i: number) => {
           expect((await v.pread(CHUNK, i * CHUNK)).equals(chunkData(i))).toBe(true);
+          await c.reader.landed(); // fetched chunks are stored after the read is answered
+        };
         await readChunk(0);
         await readChunk(1);
         await readChunk(2);
