@@ -9,7 +9,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { busyboxRootfs, importRootfs } from '../../harness/images.js';
 import { mountsUnder } from '../../attach/host-state.js';
-import { convertImage, startSlackerHost, type SlackerHost } from '../../harness/plugin.js';
+import { callPlugin, convertImage, startSlackerHost, type SlackerHost } from '../../harness/plugin.js';
+import { retryUntil } from '../../common/retry.js';
+import { DEFAULT_CHUNK_SIZE as CHUNK_SIZE } from '../../volumes/types.js';
 import { startRegistry, type TestRegistry } from '../../harness/registry.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
 import { tempDir } from '../helpers/tmp.js';
@@ -112,6 +114,49 @@ describe('two slacker hosts sharing a store and a registry', () => {
     const sum = await b.dockerd.docker(['run', '--rm', '--network', 'none', image, 'sh', '-c', 'wc -c < /big.bin']);
     expect(Number(sum.stdout.trim())).toBe(BIG);
     await b.dockerd.docker(['rm', 'reader']);
+  });
+
+  it('convert --profile: a third host fetches what the image reads at start during the pull, before it runs', async () => {
+    const a = hosts[0]!;
+    const profiled = `127.0.0.1:${registry.port}/slacker/big:profiled`;
+    const id = (await a.dockerd.docker(['create', '--network', 'none', 'bb:big'])).stdout.trim();
+    await a.dockerd.docker(['start', '-a', id]); // runs until ready: here, until it exits
+    const converted = await convertImage(a, 'bb:big', profiled, { profile: id });
+    await a.dockerd.docker(['rm', id]);
+    expect(converted.prefetchChunks).toBeGreaterThan(0);
+    await expect(convertImage(a, 'bb:big', profiled, { profile: 'no-such-container' })).rejects.toThrow(
+      /no-such-container/,
+    );
+
+    const c = await startHost('c'); // has read nothing of this image yet
+    const fetched = async (): Promise<number> => {
+      const s = await callPlugin(c.plugin.socket, 'GraphDriver.Status', {});
+      return Number(new Map(s.body.Status as [string, string][]).get('Bytes fetched'));
+    };
+    await c.dockerd.docker(['pull', profiled]);
+    // The profile is fetched in the background after the pull: wait until that settles.
+    let atPull = -1;
+    await retryUntil(
+      'the startup profile to be fetched',
+      async () => {
+        const now = await fetched();
+        if (now === 0 || now !== atPull) {
+          atPull = now;
+          throw new Error('still fetching');
+        }
+      },
+      { delayMs: 200 },
+    );
+    expect(atPull).toBeGreaterThanOrEqual(CHUNK_SIZE);
+    const out = await c.dockerd.docker(['run', '--name', 'profiled', '--network', 'none', profiled]);
+    expect(out.stdout.trim()).toBe('hello from A');
+    const [ctr] = JSON.parse((await c.dockerd.docker(['inspect', 'profiled'])).stdout);
+    const byRun = Number(ctr.GraphDriver.Data.BytesFetched);
+    console.info(
+      `profile of ${converted.prefetchChunks} chunks: host C fetched ${atPull} bytes at pull, then ${byRun} while running`,
+    );
+    expect(byRun).toBeLessThan(atPull / 4); // what it read at start was there already
+    await c.dockerd.docker(['rm', 'profiled']);
   });
 
   it('a store that is down during Get is a clear error; it works again once the store is back', async () => {

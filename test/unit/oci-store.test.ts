@@ -9,6 +9,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { IoError } from '../../common/errors.js';
 import { OciStore, parseOciUrl } from '../../stores/oci-store.js';
 import { openStore } from '../../stores/open-store.js';
+import { decodeManifest } from '../../volumes/manifest.js';
 import { VolumeManager } from '../../volumes/manager.js';
 import { digestOf, type Digest } from '../../volumes/types.js';
 import { startRegistry, type TestRegistry } from '../../harness/registry.js';
@@ -83,6 +84,31 @@ describe('oci:// store on a real registry', () => {
     expect((await a.pread(CHUNK, 9 * CHUNK)).equals(chunkData(9))).toBe(true);
     expect((await a.pread(CHUNK, 3 * CHUNK)).equals(chunkData(3))).toBe(true);
     await hostB.release('app-b');
+  });
+
+  it('packs a startup profile on its own, in profile order, so it is fetched in one range', async () => {
+    await published('img', [0, 3, 7, 200]);
+    const ref = await hostA.publish('img', { prefetch: [200, 0, 7] });
+    const m = decodeManifest(ref, await hostA.store!.getManifest(ref));
+    expect(m.prefetch).toEqual([200, 0, 7]);
+    const at = (idx: number) => m.hints.get(m.chunks.get(idx)!)!.split(':');
+    const [hot200, hot0, hot7, cold3] = [at(200), at(0), at(7), at(3)];
+    expect(hot200[1]).toBe(hot0[1]); // one pack ...
+    expect(hot0[1]).toBe(hot7[1]);
+    expect(hot200[1]).not.toBe(cold3[1]); // ... of its own
+    expect([Number(hot200[2]), Number(hot0[2]), Number(hot7[2])]).toEqual(
+      [Number(hot200[2]), Number(hot0[2]), Number(hot7[2])].sort((a, b) => a - b),
+    ); // in profile order
+    await hostB.openSnapshot(ref, 'img-b');
+    const deadline = Date.now() + 5_000;
+    while (hostB.stats('img-b').fetch.chunksFetched < 3 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(hostB.stats('img-b').fetch.chunksFetched).toBe(3);
+    const v = await hostB.acquire('img-b');
+    expect((await v.pread(CHUNK, 200 * CHUNK)).equals(chunkData(200))).toBe(true);
+    expect((await v.pread(CHUNK, 3 * CHUNK)).equals(chunkData(3))).toBe(true); // from the original pack
+    await hostB.release('img-b');
   });
 
   it('refuses a tampered pack with EIO and never returns its bytes', async () => {

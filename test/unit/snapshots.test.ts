@@ -9,7 +9,8 @@ import { IoError } from '../../common/errors.js';
 import { DirStore } from '../../stores/dir-store.js';
 import { openStore } from '../../stores/open-store.js';
 import { VolumeManager } from '../../volumes/manager.js';
-import type { Digest } from '../../volumes/types.js';
+import { decodeManifest, MANIFEST_SCHEMA } from '../../volumes/manifest.js';
+import { digestOf, type Digest } from '../../volumes/types.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
 import { publishVolume } from '../helpers/volumes.js';
 
@@ -173,6 +174,58 @@ describe('snapshots in a dir:// store', () => {
     await expect(hostB.openSnapshot(ref, 'img-b')).rejects.toThrow(/does not match the reference/);
     expect(hostB.list()).toEqual([]);
     await expect(hostB.openSnapshot('sha256:nothex', 'x')).rejects.toThrow(/bad snapshot reference/);
+  });
+
+  describe('startup profiles', () => {
+    it('a clone notes the base chunks it reads first, in order; holes and its own writes are not noted', async () => {
+      await published('img', [0, 5, 100, 255]);
+      await hostA.clone('img', 'ctr');
+      const v = await hostA.acquire('ctr');
+      await v.pread(10, 100 * CHUNK + 3);
+      await v.pread(CHUNK, 7 * CHUNK); // a hole
+      await v.pwrite!(chunkData(9), 9 * CHUNK, { fua: false }); // its own chunk
+      await v.pread(CHUNK, 9 * CHUNK);
+      await v.pread(2 * CHUNK, 4 * CHUNK); // chunks 4 (hole) and 5
+      await v.pread(1, 100 * CHUNK); // already noted
+      await hostA.release('ctr');
+      expect(hostA.readTrace('ctr')).toEqual([100, 5]);
+      expect(() => hostA.readTrace('nope')).toThrow(/no volume/);
+    });
+
+    it('published with the snapshot, the profile is fetched as soon as another host opens it', async () => {
+      const plain = await published('img', [0, 5, 100, 255]);
+      const ref = await hostA.publish('img', { prefetch: [100, 5, 77] }); // 77: a hole, dropped
+      expect(ref).not.toBe(plain); // the profile is part of the manifest
+      expect(await hostA.publish('img', { prefetch: [] })).toBe(plain); // no profile, same reference
+      await hostB.openSnapshot(ref, 'img-b'); // no read at all
+      const deadline = Date.now() + 5_000;
+      while (hostB.stats('img-b').fetch.chunksFetched < 2 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      expect(hostB.stats('img-b').fetch).toMatchObject({ chunksFetched: 2, bytesFetched: 2 * CHUNK });
+      await hostB.reader.landed();
+      const v = await hostB.acquire('img-b');
+      expect((await v.pread(CHUNK, 100 * CHUNK)).equals(chunkData(100))).toBe(true);
+      expect((await v.pread(CHUNK, 5 * CHUNK)).equals(chunkData(5))).toBe(true);
+      expect(hostB.stats('img-b').fetch).toMatchObject({ chunksFetched: 2, localHits: 2 });
+      expect((await v.pread(CHUNK, 0)).equals(chunkData(0))).toBe(true); // not in the profile: on demand
+      expect(hostB.stats('img-b').fetch.chunksFetched).toBe(3);
+      await hostB.release('img-b');
+    });
+
+    it('a manifest whose profile names chunks it does not hold is refused', () => {
+      const bytes = Buffer.from(
+        JSON.stringify({
+          schema: MANIFEST_SCHEMA,
+          size: 4 * CHUNK,
+          chunkSize: CHUNK,
+          chunks: [[1, digestOf(chunkData(1))]],
+          hints: {},
+          prefetch: [1, 2],
+        }),
+      );
+      expect(() => decodeManifest(digestOf(bytes), bytes)).toThrow(/prefetch names chunk 2/);
+    });
   });
 
   describe('the local chunk cache', () => {
