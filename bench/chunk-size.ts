@@ -28,7 +28,7 @@ import { VolumeManager } from '../volumes/manager.js';
 const { values: opts } = parseArgs({
   options: { rootfs: { type: 'string', default: '/var/cache/slacker-ts/rootfs-bookworm' } },
 });
-const SIZES = [64 * 1024, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024];
+const SIZES = [64 * 1024, 128 * 1024, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024];
 const MiB = 2 ** 20;
 
 async function main(): Promise<void> {

@@ -37,4 +37,4 @@ export function chunkLength(size: number, chunkSize: number, idx: ChunkIndex): n
 }
 
 /** Default chunk size, chosen by measurement on a real root file system (docs/BENCHMARKS.md). */
-export const DEFAULT_CHUNK_SIZE = 256 * 1024;
+export const DEFAULT_CHUNK_SIZE = 128 * 1024;

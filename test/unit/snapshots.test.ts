@@ -219,7 +219,10 @@ describe('snapshots in a dir:// store', () => {
           schema: MANIFEST_SCHEMA,
           size: 4 * CHUNK,
           chunkSize: CHUNK,
-          chunks: [[1, digestOf(chunkData(1))]],
+          chunks: [
+            [1, digestOf(chunkData(1))],
+            [3, digestOf(chunkData(3))],
+          ],
           hints: {},
           prefetch: [1, 2],
         }),
