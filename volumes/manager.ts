@@ -91,6 +91,8 @@ export class VolumeManager {
   private readonly counters = new Map<VolumeId, FetchCounters>();
   /** First reads of base chunks per volume, since this process opened it (startup profiles). */
   private readonly traces = new Map<VolumeId, ReadTrace>();
+  /** Startup profiles being fetched (close waits for their waves in flight). */
+  private readonly prefetching = new Set<Promise<void>>();
   private closed = false;
 
   readonly reader: ChunkReader;
@@ -201,11 +203,13 @@ export class VolumeManager {
       store.url,
       hints,
     );
-    if (m.prefetch?.length)
-      void this.prefetch(
+    if (m.prefetch?.length) {
+      const running = this.prefetch(
         id,
         m.prefetch.map((idx) => m.chunks.get(idx)!),
-      );
+      ).finally(() => this.prefetching.delete(running));
+      this.prefetching.add(running);
+    }
     return this.get(id);
   }
 
@@ -376,6 +380,7 @@ export class VolumeManager {
     this.closed = true;
     for (const o of this.open.values()) await o.volume.close();
     this.open.clear();
+    await Promise.all(this.prefetching); // no new wave starts once closed
     await this.reader.landed();
     for (const [id, c] of this.counters) if (this.metadata.getVolume(id)) this.metadata.saveFetchStats(id, c);
     this.cache.persist(true);
