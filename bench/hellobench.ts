@@ -172,7 +172,10 @@ async function main(): Promise<void> {
     opts.quick ? 'hellobench-quick' : 'hellobench',
     'HelloBench',
     command,
-    `Link ${opts.link} (tbf, its own network namespace), ${reps} repetition(s), fresh worker dockerd per deployment (new data root, page cache dropped). 2-core VM.`,
+    `Link ${opts.link} (tbf, its own network namespace), ${reps} repetition(s), fresh worker dockerd per deployment (new data root, page cache dropped). 2-core VM. ` +
+      (opts['no-profile']
+        ? 'Slacker images converted without a startup profile.'
+        : 'Slacker images converted with a startup profile (`slacker-ts convert --profile`: a container of the image run to ready on the builder; its time is part of the slacker push).'),
     rows,
     opts.json,
     opts.out,
