@@ -28,6 +28,14 @@ export interface FileOps {
   lsetxattr(path: string, name: string, value: Buffer): void;
   /** Create a device node or FIFO; `mode` includes the file type bits (S_IFCHR, S_IFBLK, S_IFIFO). */
   mknod(path: string, mode: number, major: number, minor: number): void;
+  /** 1 if every page of the range is in the page cache, 0 if not, -2 if cachestat(2) is missing. */
+  isCached(fd: number, offset: number, length: number): number;
+  /** SO_SNDBUF of a socket (capped by net.core.wmem_max); returns the size in effect. */
+  setSendBuffer(socketFd: number, bytes: number): number;
+  /** sendfile(2) to a non-blocking socket: bytes the kernel took, -1 if it has no room now. */
+  sendfileNoWait(socketFd: number, fd: number, position: number, length: number): number;
+  /** send(2) to a non-blocking socket (MSG_MORE if `more`): bytes taken, -1 if it has no room now. */
+  sendNoWait(socketFd: number, buffer: Buffer, more: boolean): number;
 }
 
 const require = createRequire(import.meta.url);

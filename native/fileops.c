@@ -18,17 +18,29 @@
  *       that spares a libuv threadpool round trip for cached data, without ever blocking
  *       the event loop on the disk.
  *
+ *   isCached(fd, offset, length)   1 if every page of the range is in the page cache (cachestat(2)),
+ *       0 if not, -2 if the kernel lacks cachestat
+ *   sendfileNoWait(socketFd, fd, position, length)
+ *   sendNoWait(socketFd, buffer, more)
+ *       zero-copy read replies: to a non-blocking socket, return the bytes the kernel took now,
+ *       -1 if it has no room (EAGAIN). sendfile passes page references, not copies.
+ *
  * All calls are synchronous: each is a single metadata syscall that does not wait for data I/O.
  * Errors throw an Error whose `code` is the errno name (as node:fs does), so callers map them
  * the same way as fs errors.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 #include <linux/falloc.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -48,6 +60,9 @@ static const char *errno_name(int e) {
     case EROFS: return "EROFS";
     case ENODEV: return "ENODEV";
     case ESPIPE: return "ESPIPE";
+    case EPIPE: return "EPIPE";
+    case ECONNRESET: return "ECONNRESET";
+    case ENOTCONN: return "ENOTCONN";
     case EINTR: return "EINTR";
     case EAGAIN: return "EAGAIN";
     default: return "EUNKNOWN";
@@ -63,8 +78,8 @@ static napi_value throw_errno(napi_env env, const char *syscall, int e) {
 
 /* Reads `count` integer arguments (fd, offsets, lengths) as int64. */
 static int get_args(napi_env env, napi_callback_info info, size_t count, int64_t *out) {
-  napi_value argv[3];
-  size_t argc = 3;
+  napi_value argv[4];
+  size_t argc = 4;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < count) {
     napi_throw_type_error(env, "EINVAL", "wrong number of arguments");
     return 0;
@@ -189,6 +204,82 @@ static napi_value do_nowait(napi_env env, napi_callback_info info, int write) {
 static napi_value pread_nowait(napi_env env, napi_callback_info info) { return do_nowait(env, info, 0); }
 static napi_value pwrite_nowait(napi_env env, napi_callback_info info) { return do_nowait(env, info, 1); }
 
+/* sendfile(outFd, inFd, position, length) to a non-blocking socket: bytes sent (the kernel takes
+ * page references, no copy through user space), -1 if the socket has no room now (EAGAIN). The
+ * caller makes sure the pages are cached (isCached): reading them from disk would block. */
+static napi_value sendfile_nowait(napi_env env, napi_callback_info info) {
+  int64_t a[4];
+  if (!get_args(env, info, 4, a)) return NULL;
+  off_t pos = (off_t)a[2];
+  ssize_t r;
+  do {
+    r = sendfile((int)a[0], (int)a[1], &pos, (size_t)a[3]);
+  } while (r < 0 && errno == EINTR);
+  if (r >= 0) return make_int64(env, (int64_t)r);
+  if (errno == EAGAIN) return make_int64(env, -1);
+  return throw_errno(env, "sendfile", errno);
+}
+
+/* sendNoWait(fd, buffer, more) to a non-blocking socket: bytes sent, -1 if it has no room now.
+ * `more` sets MSG_MORE: on TCP a reply header then waits for the data that follows it. */
+static napi_value send_nowait(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  size_t argc = 3;
+  int64_t fd;
+  bool more = false;
+  void *data;
+  size_t size;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
+      napi_get_value_int64(env, argv[0], &fd) != napi_ok || fd < 0 ||
+      napi_get_buffer_info(env, argv[1], &data, &size) != napi_ok ||
+      napi_get_value_bool(env, argv[2], &more) != napi_ok) {
+    napi_throw_type_error(env, "EINVAL", "expected (fd, Buffer, boolean)");
+    return NULL;
+  }
+  ssize_t r;
+  do {
+    r = send((int)fd, data, size, MSG_DONTWAIT | MSG_NOSIGNAL | (more ? MSG_MORE : 0));
+  } while (r < 0 && errno == EINTR);
+  if (r >= 0) return make_int64(env, (int64_t)r);
+  if (errno == EAGAIN) return make_int64(env, -1);
+  return throw_errno(env, "send", errno);
+}
+
+/* setSendBuffer(socketFd, bytes): SO_SNDBUF (the kernel caps it at net.core.wmem_max and
+ * doubles it for bookkeeping). Returns the size in effect. */
+static napi_value set_send_buffer(napi_env env, napi_callback_info info) {
+  int64_t a[2];
+  if (!get_args(env, info, 2, a)) return NULL;
+  int v = a[1] > 0x7fffffff ? 0x7fffffff : (int)a[1];
+  if (setsockopt((int)a[0], SOL_SOCKET, SO_SNDBUF, &v, sizeof v) < 0) return throw_errno(env, "setsockopt(SO_SNDBUF)", errno);
+  socklen_t len = sizeof v;
+  if (getsockopt((int)a[0], SOL_SOCKET, SO_SNDBUF, &v, &len) < 0) return throw_errno(env, "getsockopt(SO_SNDBUF)", errno);
+  return make_int64(env, v);
+}
+
+#ifndef SYS_cachestat
+#define SYS_cachestat 451 /* the same number on every architecture (Linux 6.5+) */
+#endif
+struct cachestat_range_arg { uint64_t off, len; };
+struct cachestat_out { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; };
+
+/* isCached(fd, offset, length): 1 if every page of the range is in the page cache, 0 if not,
+ * -2 if the kernel lacks cachestat(2). One syscall, no I/O. */
+static napi_value is_cached(napi_env env, napi_callback_info info) {
+  int64_t a[3];
+  if (!get_args(env, info, 3, a)) return NULL;
+  if (a[2] == 0) return make_int64(env, 1);
+  struct cachestat_range_arg range = {(uint64_t)a[1], (uint64_t)a[2]};
+  struct cachestat_out cs;
+  if (syscall(SYS_cachestat, (int)a[0], &range, &cs, 0) < 0) {
+    if (errno == ENOSYS || errno == EOPNOTSUPP) return make_int64(env, -2);
+    return throw_errno(env, "cachestat", errno);
+  }
+  uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+  uint64_t pages = (range.off + range.len + page - 1) / page - range.off / page;
+  return make_int64(env, cs.nr_cache >= pages ? 1 : 0);
+}
+
 /* Copies a JS string argument into `buf` (NUL-terminated); 0 and a thrown error if it does not fit. */
 static int get_string(napi_env env, napi_value v, char *buf, size_t cap) {
   size_t len;
@@ -250,6 +341,10 @@ static napi_value init(napi_env env, napi_value exports) {
     {"fadviseWillNeed", NULL, fadvise_willneed, NULL, NULL, NULL, napi_enumerable, NULL},
     {"lsetxattr", NULL, lsetxattr_path, NULL, NULL, NULL, napi_enumerable, NULL},
     {"mknod", NULL, mknod_path, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"sendfileNoWait", NULL, sendfile_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"sendNoWait", NULL, send_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"setSendBuffer", NULL, set_send_buffer, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"isCached", NULL, is_cached, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -43,6 +43,13 @@ export interface Extent {
   zero: boolean;
 }
 
+/**
+ * Where some bytes of a range lie: in a file the backend holds open, or a run of zeroes. Used
+ * for zero-copy read replies (direct-reply.ts).
+ */
+export type Slice =
+  { kind: 'file'; fd: number; position: ByteCount; length: ByteCount } | { kind: 'zero'; length: ByteCount };
+
 export interface Backend {
   /** Short kind name for logs ("file", "memory", "volume"). */
   readonly kind: string;
@@ -70,6 +77,13 @@ export interface Backend {
   cache?(offset: ByteCount, length: ByteCount): Promise<void>;
   /** Allocation status of a range: consecutive extents starting at `offset`, covering at least some of it. */
   extents?(offset: ByteCount, length: ByteCount): Promise<Extent[]>;
+  /**
+   * Optional: the slices a range's bytes lie in, in order, covering it exactly, or undefined if
+   * some of it is not in a local file (the server then calls pread). Synchronous because the
+   * server sends from the descriptors at once: they must stay open until control returns to
+   * the event loop. Bytes in the slices must be what pread would return now.
+   */
+  fileSlices?(offset: ByteCount, length: ByteCount): Slice[] | undefined;
   close?(): Promise<void>;
 }
 

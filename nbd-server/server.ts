@@ -19,22 +19,35 @@ export interface NbdServerOptions {
   /** Bytes of request payloads and replies held by all connections together. */
   memoryBudgetBytes?: number;
   limits?: Partial<ConnectionLimits>;
+  /** Send cached file data with sendfile(2) where backends allow it (default true). */
+  zeroCopy?: boolean;
 }
 
 export const DEFAULT_LIMITS: ConnectionLimits = {
   maxInflight: 128,
   budgetBytes: 64 * 1024 * 1024,
   handshakeTimeoutMs: 30_000,
+  sendBufferBytes: 4 * 1024 * 1024,
 };
+
+/** How read replies left: sent with sendfile (direct-reply.ts), or copied through a buffer. */
+export interface ReadReplyStats {
+  direct: number;
+  /** Bytes of direct replies the kernel could not take at once, queued behind as copies. */
+  directBytesQueued: number;
+  copied: number;
+}
 
 export class NbdServer {
   readonly exports = new ExportRegistry();
+  readonly readReplies: ReadReplyStats = { direct: 0, directBytesQueued: 0, copied: 0 };
   private readonly log: Logger;
   private readonly listeners: { server: Server; address: ListenAddress }[] = [];
   private readonly connections = new Set<Connection>();
   private readonly budget: ByteBudget;
   private readonly limits: ConnectionLimits;
   private readonly maxConnections: number;
+  private readonly zeroCopy: boolean;
   private nextId = 1;
   private closing = false;
 
@@ -42,6 +55,7 @@ export class NbdServer {
     this.log = options.log ?? silentLogger();
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.maxConnections = options.maxConnections ?? 4096;
+    this.zeroCopy = options.zeroCopy ?? true;
     this.budget = new ByteBudget(options.memoryBudgetBytes ?? 512 * 1024 * 1024);
   }
 
@@ -146,6 +160,8 @@ export class NbdServer {
         limits: this.limits,
         shuttingDown: () => this.closing,
         log: this.log,
+        zeroCopy: this.zeroCopy,
+        stats: this.readReplies,
       },
       this.nextId++,
     );

@@ -14,7 +14,7 @@ import { promises as fsp, write, writev, fdatasync } from 'node:fs';
 import { NotSupportedError, systemErrorCode } from '../../common/errors.js';
 import { readFully, type NoWaitState } from '../../common/file-io.js';
 import { fileOps } from '../../common/fileops.js';
-import type { Backend, ByteCount, Extent, WriteFlags, ZeroFlags } from '../backend.js';
+import type { Backend, ByteCount, Extent, Slice, WriteFlags, ZeroFlags } from '../backend.js';
 
 // The callback fs APIs wrapped by hand: measurably cheaper per call than FileHandle methods.
 function writeAsync(fd: number, buf: Buffer, at: number, n: number, pos: number): Promise<number> {
@@ -78,6 +78,10 @@ export class FileBackend implements Backend {
     // Short only if the file shrank under us: what lies past its end reads as zeroes.
     if (done < length) buf.fill(0, done);
     return buf;
+  }
+
+  fileSlices(offset: ByteCount, length: ByteCount): Slice[] {
+    return [{ kind: 'file', fd: this.fd, position: offset, length }];
   }
 
   async pwrite(data: Buffer, offset: ByteCount, flags: WriteFlags): Promise<void> {

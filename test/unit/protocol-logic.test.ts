@@ -18,6 +18,7 @@ import {
 import { DEFAULT_BLOCK_SIZES, type Capabilities } from '../../nbd-server/backend.js';
 import { ByteBudget } from '../../nbd-server/budget.js';
 import { readPieces } from '../../nbd-server/connection.js';
+import { readReplyParts, type Part } from '../../nbd-server/direct-reply.js';
 import { toNbdErrno } from '../../nbd-server/errno.js';
 import { nbdUri, parseListenAddress } from '../../nbd-server/listen-address.js';
 import { CMD, CMD_FLAG, NBD_ERR } from '../../nbd-server/protocol.js';
@@ -180,5 +181,53 @@ describe('addresses and arguments', () => {
     expect(parseExportArg('d=/a:b.img:ro')).toEqual({ name: 'd', path: '/a:b.img', readOnly: true });
     expect(() => parseExportArg('=/x')).toThrow(ConfigError);
     expect(() => parseExportArg('name')).toThrow(ConfigError);
+  });
+});
+
+describe('zero-copy read reply parts', () => {
+  const handle = Buffer.from('01234567');
+  const slices = [
+    { kind: 'file' as const, fd: 7, position: 100, length: 10 },
+    { kind: 'zero' as const, length: 4 },
+    { kind: 'zero' as const, length: 6 },
+    { kind: 'file' as const, fd: 8, position: 0, length: 5 },
+    { kind: 'file' as const, fd: 9, position: 50, length: 5 },
+  ];
+  /** Headers as [magic-or-type, offset], file ranges as their descriptor, zero fill as its length. */
+  const shape = (parts: Part[]): unknown[] =>
+    parts.map((p) => {
+      if (!Buffer.isBuffer(p)) return `fd${p.fd}`;
+      if (p.every((b) => b === 0)) return `zero${p.length}`;
+      if (p.readUInt32BE(0) === 0x67446698) return ['simple', p.readUInt32BE(4)];
+      return [p.readUInt16BE(6), Number(p.readBigUInt64BE(20)), p.readUInt16BE(4) & 1 ? 'done' : ''];
+    });
+
+  it('simple: one header, then data with zero runs filled in', () => {
+    expect(shape(readReplyParts(handle, 1000, slices, { structured: false, fragment: true }))).toEqual([
+      ['simple', 0],
+      'fd7',
+      'zero4',
+      'zero6',
+      'fd8',
+      'fd9',
+    ]);
+  });
+
+  it('structured: a data chunk per run of file slices, one hole chunk per zero run, done on the last', () => {
+    const parts = readReplyParts(handle, 1000, slices, { structured: true, fragment: true });
+    expect(shape(parts)).toEqual([[1, 1000, ''], 'fd7', [2, 1010, ''], [1, 1020, 'done'], 'fd8', 'fd9']);
+    expect((parts[2] as Buffer).readUInt32BE(28)).toBe(10); // the hole's length
+    expect((parts[3] as Buffer).readUInt32BE(16)).toBe(8 + 10); // offset + data
+  });
+
+  it('structured with DF: a single data chunk', () => {
+    expect(shape(readReplyParts(handle, 1000, slices, { structured: true, fragment: false }))).toEqual([
+      [1, 1000, 'done'],
+      'fd7',
+      'zero4',
+      'zero6',
+      'fd8',
+      'fd9',
+    ]);
   });
 });
