@@ -98,6 +98,18 @@ export class ChunkReader {
     data.copy(out, at, offset, offset + length);
   }
 
+  /**
+   * The descriptor of a chunk stored locally, for a zero-copy reply (open until the current
+   * task returns to the event loop), counted as a local hit; undefined when it must be fetched.
+   */
+  localDescriptor(digest: Digest, length: number, c: FetchCounters): number | undefined {
+    const fd = this.local.descriptor(digest, length);
+    if (fd === undefined) return undefined;
+    c.localHits++;
+    this.cache?.touch(digest);
+    return fd;
+  }
+
   /** Resolves once every chunk fetched so far is stored locally (or failed to be). */
   async landed(): Promise<void> {
     while (this.landing.size > 0) await Promise.all(this.landing);

@@ -12,7 +12,7 @@
  * Presence is remembered once known, so readahead of local chunks costs no syscall.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, openSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, open, rename, unlink } from 'node:fs/promises';
 import { readFully, type NoWaitState } from '../common/file-io.js';
 import { join } from 'node:path';
@@ -36,6 +36,8 @@ function openFileLimit(): number {
 
 interface OpenChunk {
   fd: number;
+  /** File length when opened: a chunk cut short by power loss is shorter than its chunk. */
+  size: number;
   users: number;
   /** Removed while in use: the last reader closes it. */
   doomed?: boolean;
@@ -119,6 +121,22 @@ export class LocalChunks {
     }
   }
 
+  /**
+   * The open descriptor of a stored chunk at least `length` bytes long, for a zero-copy reply,
+   * or undefined (not here, or short: read() then sets it aside). It stays open until the
+   * current task returns to the event loop.
+   */
+  descriptor(digest: Digest, length: number): number | undefined {
+    const f = this.acquire(digest);
+    if (!f) return undefined;
+    queueMicrotask(() => {
+      f.users--;
+      if (f.doomed && f.users === 0) closeSync(f.fd);
+      this.trim();
+    });
+    return f.size >= length ? f.fd : undefined;
+  }
+
   private async quarantine(digest: Digest): Promise<void> {
     this.forget(digest);
     await rename(this.pathOf(digest), `${this.pathOf(digest)}.short`).catch(() => undefined);
@@ -156,7 +174,7 @@ export class LocalChunks {
         return undefined;
       }
       this.present.add(digest);
-      f = { fd, users: 0 };
+      f = { fd, size: fstatSync(fd).size, users: 0 };
     }
     this.fds.set(digest, f);
     f.users++;

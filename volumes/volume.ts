@@ -12,7 +12,7 @@
 import { NotSupportedError, ReadOnlyError } from '../common/errors.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import { blockPieces, type BlockPiece } from '../common/ranges.js';
-import type { Backend, BlockSizes, ByteCount, Extent, WriteFlags, ZeroFlags } from '../nbd-server/backend.js';
+import type { Backend, BlockSizes, ByteCount, Extent, Slice, WriteFlags, ZeroFlags } from '../nbd-server/backend.js';
 import type { FileBackend } from '../nbd-server/backends/file.js';
 import type { ChunkReader, FetchCounters } from './chunk-reader.js';
 import type { Metadata, Override, VolumeRow } from './metadata.js';
@@ -77,10 +77,30 @@ export class Volume implements Backend {
 
   async pread(length: ByteCount, offset: ByteCount): Promise<Buffer> {
     const out = Buffer.allocUnsafe(length);
-    if (offset === this.lastReadEnd) this.readAhead(offset + length);
-    this.lastReadEnd = offset + length;
+    this.noteRead(offset, length);
     await Promise.all(this.pieces(offset, length).map((p) => this.readPiece(p, out, p.pos)));
     return out;
+  }
+
+  /** For zero-copy replies: the files holding a range, if every chunk of it is here. */
+  fileSlices(offset: ByteCount, length: ByteCount): Slice[] | undefined {
+    const slices: Slice[] = [];
+    const pieces = this.pieces(offset, length);
+    for (const p of pieces) {
+      const src = this.sourceOf(p.index);
+      if (src.kind === 'zero') {
+        slices.push({ kind: 'zero', length: p.length });
+      } else if (src.kind === 'local') {
+        slices.push(...this.parts.data!.fileSlices(p.index * this.chunkSize + p.at, p.length));
+      } else {
+        const fd = this.parts.chunks.localDescriptor(src.digest, this.chunkLength(p.index), this.parts.counters);
+        if (fd === undefined) return undefined;
+        slices.push({ kind: 'file', fd, position: p.at, length: p.length });
+      }
+    }
+    this.noteRead(offset, length);
+    for (const p of pieces) if (this.sourceOf(p.index).kind === 'chunk') this.parts.trace?.record(p.index);
+    return slices;
   }
 
   /** NBD_CMD_CACHE: bring the range's chunks into the local store. */
@@ -213,6 +233,12 @@ export class Volume implements Backend {
       this.parts.trace?.record(p.index);
       await this.parts.chunks.read(src.digest, p.at, p.length, out, at, this.parts.counters);
     }
+  }
+
+  /** Readahead for a sequential reader: a read starting where the previous one ended. */
+  private noteRead(offset: ByteCount, length: ByteCount): void {
+    if (offset === this.lastReadEnd) this.readAhead(offset + length);
+    this.lastReadEnd = offset + length;
   }
 
   /** Sequential reader: fetch the next chunks in the background before they are asked for. */
