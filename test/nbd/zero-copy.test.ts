@@ -19,8 +19,6 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 const SIZE = 32 * MiB;
 
-requireTools(['nbdcopy']);
-
 async function until(cond: () => boolean, timeoutMs = 5000): Promise<void> {
   for (const t0 = Date.now(); !cond();) {
     if (Date.now() - t0 > timeoutMs) throw new Error('condition not reached in time');
@@ -43,6 +41,7 @@ describe('zero-copy read replies from a file', () => {
   let copied: TestServer;
 
   beforeAll(async () => {
+    await requireTools('nbdcopy');
     dir = await tempDir('slacker-zc-');
     src = randomBytes(SIZE, 77);
     await writeFile(join(dir.path, 'src.img'), src); // just written: in the page cache
