@@ -10,6 +10,7 @@
  * opening a local file whose directory is cached takes microseconds, while a libuv threadpool
  * round trip (contended by readahead and fetches) was measured to stall sequential reads.
  * Presence is remembered once known, so readahead of local chunks costs no syscall.
+ * `descriptor` lends an open chunk file to a zero-copy reply for the rest of the current task.
  */
 import { randomBytes } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readFileSync, statSync } from 'node:fs';
@@ -115,9 +116,7 @@ export class LocalChunks {
       }
       return true;
     } finally {
-      f.users--;
-      if (f.doomed && f.users === 0) closeSync(f.fd);
-      this.trim();
+      this.release(f);
     }
   }
 
@@ -129,11 +128,7 @@ export class LocalChunks {
   descriptor(digest: Digest, length: number): number | undefined {
     const f = this.acquire(digest);
     if (!f) return undefined;
-    queueMicrotask(() => {
-      f.users--;
-      if (f.doomed && f.users === 0) closeSync(f.fd);
-      this.trim();
-    });
+    queueMicrotask(() => this.release(f));
     return f.size >= length ? f.fd : undefined;
   }
 
@@ -179,6 +174,13 @@ export class LocalChunks {
     this.fds.set(digest, f);
     f.users++;
     return f;
+  }
+
+  /** Ends one use of a descriptor taken with acquire. */
+  private release(f: OpenChunk): void {
+    f.users--;
+    if (f.doomed && f.users === 0) closeSync(f.fd);
+    this.trim();
   }
 
   /** Closes idle descriptors beyond the limit, least recently used first. */
