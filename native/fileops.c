@@ -186,6 +186,14 @@ static int get_io_args(napi_env env, napi_callback_info info, int *fd, struct io
   return 1;
 }
 
+/* What a non-blocking transfer returns to JS: the bytes moved, -1 if it would block (EAGAIN),
+ * else a thrown error named after `syscall`. */
+static napi_value nowait_result(napi_env env, ssize_t r, const char *syscall) {
+  if (r >= 0) return make_int64(env, (int64_t)r);
+  if (errno == EAGAIN) return make_int64(env, -1);
+  return throw_errno(env, syscall, errno);
+}
+
 static napi_value do_nowait(napi_env env, napi_callback_info info, int write) {
   int fd;
   struct iovec iov;
@@ -195,10 +203,8 @@ static napi_value do_nowait(napi_env env, napi_callback_info info, int write) {
   do {
     r = write ? pwritev2(fd, &iov, 1, pos, RWF_NOWAIT) : preadv2(fd, &iov, 1, pos, RWF_NOWAIT);
   } while (r < 0 && errno == EINTR);
-  if (r >= 0) return make_int64(env, (int64_t)r);
-  if (errno == EAGAIN) return make_int64(env, -1);
-  if (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL) return make_int64(env, -2);
-  return throw_errno(env, write ? "pwritev2" : "preadv2", errno);
+  if (r < 0 && (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL)) return make_int64(env, -2);
+  return nowait_result(env, r, write ? "pwritev2" : "preadv2");
 }
 
 static napi_value pread_nowait(napi_env env, napi_callback_info info) { return do_nowait(env, info, 0); }
@@ -215,9 +221,7 @@ static napi_value sendfile_nowait(napi_env env, napi_callback_info info) {
   do {
     r = sendfile((int)a[0], (int)a[1], &pos, (size_t)a[3]);
   } while (r < 0 && errno == EINTR);
-  if (r >= 0) return make_int64(env, (int64_t)r);
-  if (errno == EAGAIN) return make_int64(env, -1);
-  return throw_errno(env, "sendfile", errno);
+  return nowait_result(env, r, "sendfile");
 }
 
 /* sendNoWait(fd, buffer, more) to a non-blocking socket: bytes sent, -1 if it has no room now.
@@ -240,9 +244,7 @@ static napi_value send_nowait(napi_env env, napi_callback_info info) {
   do {
     r = send((int)fd, data, size, MSG_DONTWAIT | MSG_NOSIGNAL | (more ? MSG_MORE : 0));
   } while (r < 0 && errno == EINTR);
-  if (r >= 0) return make_int64(env, (int64_t)r);
-  if (errno == EAGAIN) return make_int64(env, -1);
-  return throw_errno(env, "send", errno);
+  return nowait_result(env, r, "send");
 }
 
 /* setSendBuffer(socketFd, bytes): SO_SNDBUF (the kernel caps it at net.core.wmem_max and
