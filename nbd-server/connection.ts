@@ -12,7 +12,7 @@
 import type { Socket } from 'node:net';
 import { ShutdownError, ProtocolError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
-import type { Extent } from './backend.js';
+import type { Extent, Slice } from './backend.js';
 import { ByteBudget } from './budget.js';
 import { errnoName, toNbdErrno } from './errno.js';
 import type { Export, ExportRegistry } from './exports.js';
@@ -29,7 +29,7 @@ import {
 } from './protocol.js';
 import * as replies from './replies.js';
 import { fileOps } from '../common/fileops.js';
-import { allCached, readReplyParts, sendDirect, socketFd } from './direct-reply.js';
+import { allCached, sendDirect, socketFd } from './direct-reply.js';
 import { PeerClosedError, SocketReader } from './socket-reader.js';
 import { validateRequest, type ExportState, type Request } from './validate.js';
 
@@ -70,7 +70,6 @@ const MIN_HOLE_REPLY = 4096;
  * (two lseeks on a file) costs more than sending the zeroes.
  */
 const MIN_SPARSE_READ = 64 * 1024;
-const ZERO_PIECE = Buffer.alloc(1024 * 1024);
 /**
  * Replies smaller than this wait for the end of the event-loop turn and leave together in one
  * writev; larger ones are written at once (holding them back only added latency: warm volume
@@ -103,6 +102,8 @@ export class Connection {
   /** Replies handed to socket.write whose bytes the kernel has not taken yet. */
   private unsent = 0;
   private sentWaiters: (() => void)[] = [];
+  /** The socket's descriptor, for zero-copy replies and its send buffer (set in transmission). */
+  private fd: number | undefined;
 
   constructor(
     private readonly socket: Socket,
@@ -149,6 +150,7 @@ export class Connection {
     }
     const e = negotiated.export;
     e.attached++;
+    this.fd = socketFd(this.socket);
     this.enlargeSendBuffer();
     this.phase = 'transmission';
     this.log.debug({ export: e.name, structured: negotiated.structuredReplies }, 'transmission');
@@ -295,47 +297,37 @@ export class Connection {
 
   private async read(e: Export, n: Negotiated, req: Request): Promise<Reply> {
     const b = e.backend;
-    if (b.fileSlices && this.deps.zeroCopy && (await this.readDirect(e, n, req))) return SENT;
-    this.deps.stats.copied++;
-    if (!n.structuredReplies) {
-      const data = await b.pread(req.length, req.offset);
-      return { frames: [replies.simpleReply(req.handle, 0), data] };
+    const mode = { structured: n.structuredReplies, fragment: (req.flags & CMD_FLAG.DF) === 0 };
+    if (b.fileSlices && this.deps.zeroCopy && this.fd !== undefined) {
+      // Direct bytes must not overtake replies still queued on the socket.
+      while (this.unsent > 0 && !this.socket.destroyed) await this.allSent();
+      if (!this.socket.destroyed && this.readDirect(this.fd, b.fileSlices(req.offset, req.length), req, mode)) {
+        return SENT;
+      }
     }
+    this.deps.stats.copied++;
     const pieces =
-      b.extents && (req.flags & CMD_FLAG.DF) === 0 && req.length >= MIN_SPARSE_READ
+      b.extents && mode.structured && mode.fragment && req.length >= MIN_SPARSE_READ
         ? readPieces(await b.extents(req.offset, req.length), req.offset, req.length)
         : [{ offset: req.offset, length: req.length, zero: false }];
-    const datas = await Promise.all(pieces.map((p) => (p.zero ? undefined : b.pread(p.length, p.offset))));
-    const frames: Buffer[] = [];
-    pieces.forEach((p, i) => {
-      const done = i === pieces.length - 1;
-      const data = datas[i];
-      if (data) frames.push(replies.offsetDataHeader(req.handle, p.offset, p.length, done), data);
-      else frames.push(replies.offsetHole(req.handle, p.offset, p.length, done));
-    });
-    return { frames };
+    const data = await Promise.all(
+      pieces.map((p) => (p.zero ? { kind: 'zero' as const, length: p.length } : b.pread(p.length, p.offset))),
+    );
+    return { frames: replies.readReply(req.handle, req.offset, data, mode) };
   }
 
   /**
    * Sends a read reply with sendfile when the backend has the range in cached files; false
-   * (nothing sent) otherwise. Waits first for earlier replies to reach the kernel: direct bytes
-   * must not overtake bytes still queued on the socket.
+   * (nothing sent) otherwise. Called with nothing queued on the socket, right after fileSlices:
+   * the descriptors it lent are open only until this task ends.
    */
-  private async readDirect(e: Export, n: Negotiated, req: Request): Promise<boolean> {
-    const fd = socketFd(this.socket);
-    if (fd === undefined) return false;
-    while (this.unsent > 0 && !this.socket.destroyed) await this.allSent();
-    if (this.socket.destroyed) return false;
-    const slices = e.backend.fileSlices!(req.offset, req.length);
+  private readDirect(fd: number, slices: Slice[] | undefined, req: Request, mode: replies.ReadMode): boolean {
     if (!slices) return false;
-    const parts = readReplyParts(req.handle, req.offset, slices, {
-      structured: n.structuredReplies,
-      fragment: (req.flags & CMD_FLAG.DF) === 0,
-    });
-    if (!allCached(parts)) return false;
+    const frames = replies.readReply(req.handle, req.offset, slices, mode);
+    if (!allCached(frames)) return false;
     let rest: Buffer[];
     try {
-      rest = sendDirect(fd, parts);
+      rest = sendDirect(fd, frames);
     } catch (err) {
       // The peer is gone: what it asked for can no longer be delivered.
       this.log.debug({ err }, 'direct reply failed');
@@ -352,10 +344,9 @@ export class Connection {
   }
 
   private enlargeSendBuffer(): void {
-    const fd = socketFd(this.socket);
-    if (fd === undefined || this.deps.limits.sendBufferBytes <= 0) return;
+    if (this.fd === undefined || this.deps.limits.sendBufferBytes <= 0) return;
     try {
-      fileOps.setSendBuffer(fd, this.deps.limits.sendBufferBytes);
+      fileOps.setSendBuffer(this.fd, this.deps.limits.sendBufferBytes);
     } catch (err) {
       this.log.debug({ err }, 'could not set the send buffer size'); // only a speed matter
     }
@@ -390,8 +381,8 @@ export class Connection {
   /** WRITE_ZEROES for backends without a zero operation. */
   private async writeZeroes(e: Export, offset: number, length: number, fua: boolean): Promise<void> {
     for (let done = 0; done < length;) {
-      const k = Math.min(ZERO_PIECE.length, length - done);
-      await e.backend.pwrite!(ZERO_PIECE.subarray(0, k), offset + done, { fua: false });
+      const k = Math.min(replies.ZEROES.length, length - done);
+      await e.backend.pwrite!(replies.ZEROES.subarray(0, k), offset + done, { fua: false });
       done += k;
     }
     if (fua) await e.backend.flush?.();

@@ -12,19 +12,7 @@
 import { readSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { fileOps } from '../common/fileops.js';
-import type { Slice } from './backend.js';
-import * as replies from './replies.js';
-
-/** A piece of a reply on the wire: bytes in memory, or a range of a file. */
-export type Part = Buffer | FileRange;
-
-interface FileRange {
-  fd: number;
-  position: number;
-  length: number;
-}
-
-const ZEROES = Buffer.alloc(1024 * 1024);
+import type { ReadFrame } from './replies.js';
 
 /** Cleared when the kernel has no cachestat(2): without it sendfile might wait for the disk. */
 let cachestat = true;
@@ -35,40 +23,8 @@ export function socketFd(socket: Socket): number | undefined {
   return typeof fd === 'number' && fd >= 0 ? fd : undefined;
 }
 
-/**
- * The parts of a successful read reply over `slices` (which start at `offset`): a simple reply
- * (header, data), or structured chunks: one OFFSET_DATA per run of file slices and an
- * OFFSET_HOLE per zero run, or a single OFFSET_DATA when the client forbade fragmenting (DF).
- */
-export function readReplyParts(
-  handle: Buffer,
-  offset: number,
-  slices: readonly Slice[],
-  mode: { structured: boolean; fragment: boolean },
-): Part[] {
-  const length = slices.reduce((n, s) => n + s.length, 0);
-  const data = (s: Slice): Part[] => (s.kind === 'file' ? [s] : zeroes(s.length));
-  if (!mode.structured) return [replies.simpleReply(handle, 0), ...slices.flatMap(data)];
-  if (!mode.fragment) return [replies.offsetDataHeader(handle, offset, length, true), ...slices.flatMap(data)];
-  const parts: Part[] = [];
-  let at = offset;
-  for (let i = 0; i < slices.length;) {
-    // A run of slices of one kind: zeroes become one hole chunk, files one data chunk.
-    const kind = slices[i]!.kind;
-    let j = i;
-    let run = 0;
-    for (; j < slices.length && slices[j]!.kind === kind; j++) run += slices[j]!.length;
-    const done = j === slices.length;
-    if (kind === 'zero') parts.push(replies.offsetHole(handle, at, run, done));
-    else parts.push(replies.offsetDataHeader(handle, at, run, done), ...slices.slice(i, j).flatMap(data));
-    at += run;
-    i = j;
-  }
-  return parts;
-}
-
 /** Whether every file part is in the page cache, so sending it will not wait for the disk. */
-export function allCached(parts: readonly Part[]): boolean {
+export function allCached(parts: readonly ReadFrame[]): boolean {
   if (!cachestat) return false;
   for (const p of parts) {
     if (Buffer.isBuffer(p)) continue;
@@ -84,7 +40,7 @@ export function allCached(parts: readonly Part[]): boolean {
  * Buffers (file ranges read with pread), for the caller to queue behind. Throws on a socket
  * error (the peer went away).
  */
-export function sendDirect(socketFd: number, parts: readonly Part[]): Buffer[] {
+export function sendDirect(socketFd: number, parts: readonly ReadFrame[]): Buffer[] {
   for (let i = 0; i < parts.length; i++) {
     const p = parts[i]!;
     const more = i < parts.length - 1;
@@ -104,7 +60,7 @@ export function sendDirect(socketFd: number, parts: readonly Part[]): Buffer[] {
 }
 
 /** The bytes of a part from `from` on, as a Buffer. */
-function rest(p: Part, from: number): Buffer {
+function rest(p: ReadFrame, from: number): Buffer {
   if (Buffer.isBuffer(p)) return p.subarray(from);
   const out = Buffer.alloc(p.length - from); // zeroes past the end of a file that shrank
   for (let done = 0; done < out.length;) {
@@ -113,11 +69,5 @@ function rest(p: Part, from: number): Buffer {
     if (n === 0) break;
     done += n;
   }
-  return out;
-}
-
-function zeroes(length: number): Buffer[] {
-  const out: Buffer[] = [];
-  for (let left = length; left > 0; left -= ZEROES.length) out.push(ZEROES.subarray(0, Math.min(left, ZEROES.length)));
   return out;
 }

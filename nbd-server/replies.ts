@@ -12,7 +12,7 @@ import {
   STRUCTURED_HEADER_SIZE,
   STRUCTURED_REPLY_MAGIC,
 } from './protocol.js';
-import type { BlockSizes } from './backend.js';
+import type { BlockSizes, Slice } from './backend.js';
 
 // ---- handshake ----
 
@@ -109,6 +109,72 @@ export function structuredHeader(
 export function offsetDataHeader(handle: Buffer, offset: number, dataLength: number, done: boolean): Buffer {
   const out = structuredHeader(handle, REPLY_TYPE.OFFSET_DATA, 8 + dataLength, done, 8);
   out.writeBigUInt64BE(BigInt(offset), STRUCTURED_HEADER_SIZE);
+  return out;
+}
+
+/** How a read is answered: structured replies negotiated; fragmenting allowed (no DF flag). */
+export interface ReadMode {
+  structured: boolean;
+  fragment: boolean;
+}
+
+/** A frame of a read reply: bytes, or a range of a file sent as it is (direct-reply.ts). */
+export type ReadFrame = Buffer | Extract<Slice, { kind: 'file' }>;
+
+/** 1 MiB of zeroes, never written to: zero runs are sent (or written) as slices of it. */
+export const ZEROES = Buffer.alloc(1024 * 1024);
+
+/**
+ * A successful read reply over `data` (which starts at `offset`; Buffers are bytes already
+ * read): a simple reply (header, data), or structured chunks: one OFFSET_DATA per run of data
+ * and an OFFSET_HOLE per zero run, or a single OFFSET_DATA when the client forbade fragmenting
+ * (DF). Buffers in, Buffers out: only file slices stay file ranges.
+ */
+export function readReply(
+  handle: Buffer,
+  offset: number,
+  data: readonly (Buffer | Extract<Slice, { kind: 'zero' }>)[],
+  mode: ReadMode,
+): Buffer[];
+export function readReply(
+  handle: Buffer,
+  offset: number,
+  data: readonly (Slice | Buffer)[],
+  mode: ReadMode,
+): ReadFrame[];
+export function readReply(
+  handle: Buffer,
+  offset: number,
+  data: readonly (Slice | Buffer)[],
+  mode: ReadMode,
+): ReadFrame[] {
+  const bytes = (d: Slice | Buffer): ReadFrame[] => (Buffer.isBuffer(d) || d.kind === 'file' ? [d] : zeroes(d.length));
+  if (!mode.structured) return [simpleReply(handle, 0), ...data.flatMap(bytes)];
+  if (!mode.fragment) {
+    const length = data.reduce((n, d) => n + d.length, 0);
+    return [offsetDataHeader(handle, offset, length, true), ...data.flatMap(bytes)];
+  }
+  const isZero = (d: Slice | Buffer): boolean => !Buffer.isBuffer(d) && d.kind === 'zero';
+  const frames: ReadFrame[] = [];
+  let at = offset;
+  for (let i = 0; i < data.length;) {
+    // A run of one kind: zeroes become one hole chunk, data one data chunk.
+    const zero = isZero(data[i]!);
+    let j = i;
+    let run = 0;
+    for (; j < data.length && isZero(data[j]!) === zero; j++) run += data[j]!.length;
+    const done = j === data.length;
+    if (zero) frames.push(offsetHole(handle, at, run, done));
+    else frames.push(offsetDataHeader(handle, at, run, done), ...data.slice(i, j).flatMap(bytes));
+    at += run;
+    i = j;
+  }
+  return frames;
+}
+
+function zeroes(length: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (let left = length; left > 0; left -= ZEROES.length) out.push(ZEROES.subarray(0, Math.min(left, ZEROES.length)));
   return out;
 }
 

@@ -18,10 +18,10 @@ import {
 import { DEFAULT_BLOCK_SIZES, type Capabilities } from '../../nbd-server/backend.js';
 import { ByteBudget } from '../../nbd-server/budget.js';
 import { readPieces } from '../../nbd-server/connection.js';
-import { readReplyParts, type Part } from '../../nbd-server/direct-reply.js';
 import { toNbdErrno } from '../../nbd-server/errno.js';
 import { nbdUri, parseListenAddress } from '../../nbd-server/listen-address.js';
 import { CMD, CMD_FLAG, NBD_ERR } from '../../nbd-server/protocol.js';
+import { readReply, type ReadFrame } from '../../nbd-server/replies.js';
 import { validateRequest, type ExportState } from '../../nbd-server/validate.js';
 import { parseExportArg } from '../../cli/nbd-serve.js';
 
@@ -184,7 +184,7 @@ describe('addresses and arguments', () => {
   });
 });
 
-describe('zero-copy read reply parts', () => {
+describe('read reply frames', () => {
   const handle = Buffer.from('01234567');
   const slices = [
     { kind: 'file' as const, fd: 7, position: 100, length: 10 },
@@ -194,7 +194,7 @@ describe('zero-copy read reply parts', () => {
     { kind: 'file' as const, fd: 9, position: 50, length: 5 },
   ];
   /** Headers as [magic-or-type, offset], file ranges as their descriptor, zero fill as its length. */
-  const shape = (parts: Part[]): unknown[] =>
+  const shape = (parts: ReadFrame[]): unknown[] =>
     parts.map((p) => {
       if (!Buffer.isBuffer(p)) return `fd${p.fd}`;
       if (p.every((b) => b === 0)) return `zero${p.length}`;
@@ -203,7 +203,7 @@ describe('zero-copy read reply parts', () => {
     });
 
   it('simple: one header, then data with zero runs filled in', () => {
-    expect(shape(readReplyParts(handle, 1000, slices, { structured: false, fragment: true }))).toEqual([
+    expect(shape(readReply(handle, 1000, slices, { structured: false, fragment: true }))).toEqual([
       ['simple', 0],
       'fd7',
       'zero4',
@@ -214,14 +214,14 @@ describe('zero-copy read reply parts', () => {
   });
 
   it('structured: a data chunk per run of file slices, one hole chunk per zero run, done on the last', () => {
-    const parts = readReplyParts(handle, 1000, slices, { structured: true, fragment: true });
+    const parts = readReply(handle, 1000, slices, { structured: true, fragment: true });
     expect(shape(parts)).toEqual([[1, 1000, ''], 'fd7', [2, 1010, ''], [1, 1020, 'done'], 'fd8', 'fd9']);
     expect((parts[2] as Buffer).readUInt32BE(28)).toBe(10); // the hole's length
     expect((parts[3] as Buffer).readUInt32BE(16)).toBe(8 + 10); // offset + data
   });
 
   it('structured with DF: a single data chunk', () => {
-    expect(shape(readReplyParts(handle, 1000, slices, { structured: true, fragment: false }))).toEqual([
+    expect(shape(readReply(handle, 1000, slices, { structured: true, fragment: false }))).toEqual([
       [1, 1000, 'done'],
       'fd7',
       'zero4',
