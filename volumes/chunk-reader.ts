@@ -90,8 +90,7 @@ export class ChunkReader {
   /** Copies `length` bytes at `offset` of chunk `digest` into `out` at `at`. */
   async read(digest: Digest, offset: number, length: number, out: Buffer, at: number, c: FetchCounters): Promise<void> {
     if (await this.local.read(digest, offset, length, out, at)) {
-      c.localHits++;
-      this.cache?.touch(digest);
+      this.localHit(digest, c);
       return;
     }
     const data = await this.fetch(digest, c);
@@ -104,10 +103,14 @@ export class ChunkReader {
    */
   localDescriptor(digest: Digest, length: number, c: FetchCounters): number | undefined {
     const fd = this.local.descriptor(digest, length);
-    if (fd === undefined) return undefined;
+    if (fd !== undefined) this.localHit(digest, c);
+    return fd;
+  }
+
+  /** A read served from the local store: counted, and the chunk is recently used. */
+  private localHit(digest: Digest, c: FetchCounters): void {
     c.localHits++;
     this.cache?.touch(digest);
-    return fd;
   }
 
   /** Resolves once every chunk fetched so far is stored locally (or failed to be). */

@@ -8,7 +8,7 @@
  */
 import type { ChunkIndex } from './types.js';
 
-/** Most chunks remembered: 16 GiB of 256 KiB chunks, far beyond any startup. */
+/** Most chunks remembered: 8 GiB of 128 KiB chunks, far beyond any startup. */
 export const MAX_TRACE = 65_536;
 
 export class ReadTrace {
@@ -22,9 +22,5 @@ export class ReadTrace {
   /** Chunks in first-read order. */
   chunks(): ChunkIndex[] {
     return [...this.seen];
-  }
-
-  get size(): number {
-    return this.seen.size;
   }
 }

@@ -85,21 +85,21 @@ export class Volume implements Backend {
   /** For zero-copy replies: the files holding a range, if every chunk of it is here. */
   fileSlices(offset: ByteCount, length: ByteCount): Slice[] | undefined {
     const slices: Slice[] = [];
-    const pieces = this.pieces(offset, length);
-    for (const p of pieces) {
+    for (const p of this.pieces(offset, length)) {
       const src = this.sourceOf(p.index);
       if (src.kind === 'zero') {
         slices.push({ kind: 'zero', length: p.length });
       } else if (src.kind === 'local') {
         slices.push(...this.parts.data!.fileSlices(p.index * this.chunkSize + p.at, p.length));
       } else {
+        // Noted even if a later piece sends the read to pread: it notes the same pieces in order.
+        this.parts.trace?.record(p.index);
         const fd = this.parts.chunks.localDescriptor(src.digest, this.chunkLength(p.index), this.parts.counters);
         if (fd === undefined) return undefined;
         slices.push({ kind: 'file', fd, position: p.at, length: p.length });
       }
     }
     this.noteRead(offset, length);
-    for (const p of pieces) if (this.sourceOf(p.index).kind === 'chunk') this.parts.trace?.record(p.index);
     return slices;
   }
 
