@@ -36,6 +36,11 @@ export interface FileOps {
   sendfileNoWait(socketFd: number, fd: number, position: number, length: number): number;
   /** send(2) to a non-blocking socket (MSG_MORE if `more`): bytes taken, -1 if it has no room now. */
   sendNoWait(socketFd: number, buffer: Buffer, more: boolean): number;
+  /**
+   * Writes `data` to a new file `tmpPath` (it must not exist), fdatasync's it if `durable`, and
+   * renames it to `path`, as one threadpool job; the temporary file is removed on failure.
+   */
+  writeFileAtomic(path: string, tmpPath: string, data: Buffer, durable: boolean): Promise<void>;
 }
 
 const require = createRequire(import.meta.url);

@@ -25,7 +25,13 @@
  *       zero-copy read replies: to a non-blocking socket, return the bytes the kernel took now,
  *       -1 if it has no room (EAGAIN). sendfile passes page references, not copies.
  *
- * All calls are synchronous: each is a single metadata syscall that does not wait for data I/O.
+ *   writeFileAtomic(path, tmpPath, buffer, durable) -> Promise
+ *       create tmpPath (O_EXCL), write the buffer, fdatasync if `durable`, close, rename to path;
+ *       on failure the temporary file is removed. One libuv threadpool job where node:fs takes
+ *       four (open, write, close, rename): storing each fetched chunk cost ~a quarter of the
+ *       cold read's main-thread time that way.
+ *
+ * All other calls are synchronous: each is a single metadata syscall that does not wait for data I/O.
  * Errors throw an Error whose `code` is the errno name (as node:fs does), so callers map them
  * the same way as fs errors.
  */
@@ -35,6 +41,7 @@
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <linux/falloc.h>
@@ -65,6 +72,11 @@ static const char *errno_name(int e) {
     case ENOTCONN: return "ENOTCONN";
     case EINTR: return "EINTR";
     case EAGAIN: return "EAGAIN";
+    case EEXIST: return "EEXIST";
+    case ENOENT: return "ENOENT";
+    case EACCES: return "EACCES";
+    case EDQUOT: return "EDQUOT";
+    case ENOTDIR: return "ENOTDIR";
     default: return "EUNKNOWN";
   }
 }
@@ -331,6 +343,107 @@ static napi_value mknod_path(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ---- writeFileAtomic: one threadpool job ---- */
+
+struct atomic_write {
+  char path[4096], tmp[4096];
+  const char *data;
+  size_t size;
+  bool durable;
+  int err;              /* errno of the failed step, 0 on success */
+  const char *syscall;  /* the failed step */
+  napi_ref buffer;      /* keeps the buffer alive while the job runs */
+  napi_deferred deferred;
+  napi_async_work work;
+};
+
+static void atomic_write_execute(napi_env env, void *arg) {
+  (void)env;
+  struct atomic_write *w = arg;
+  int fd = open(w->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    w->err = errno;
+    w->syscall = "open";
+    return;
+  }
+  size_t done = 0;
+  while (done < w->size) {
+    ssize_t n = write(fd, w->data + done, w->size - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      w->err = n < 0 ? errno : EIO;
+      w->syscall = "write";
+      break;
+    }
+    done += (size_t)n;
+  }
+  if (!w->err && w->durable && fdatasync(fd) < 0) {
+    w->err = errno;
+    w->syscall = "fdatasync";
+  }
+  if (close(fd) < 0 && !w->err) {
+    w->err = errno;
+    w->syscall = "close";
+  }
+  if (!w->err && rename(w->tmp, w->path) < 0) {
+    w->err = errno;
+    w->syscall = "rename";
+  }
+  if (w->err) unlink(w->tmp);
+}
+
+static void atomic_write_complete(napi_env env, napi_status status, void *arg) {
+  struct atomic_write *w = arg;
+  if (status != napi_ok && !w->err) {
+    w->err = ECANCELED;
+    w->syscall = "writeFileAtomic";
+  }
+  if (w->err) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "%s: %s", w->syscall, strerror(w->err));
+    napi_value code, message, error;
+    napi_create_string_utf8(env, errno_name(w->err), NAPI_AUTO_LENGTH, &code);
+    napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message);
+    napi_create_error(env, code, message, &error);
+    napi_reject_deferred(env, w->deferred, error);
+  } else {
+    napi_value undefined;
+    napi_get_undefined(env, &undefined);
+    napi_resolve_deferred(env, w->deferred, undefined);
+  }
+  napi_delete_reference(env, w->buffer);
+  napi_delete_async_work(env, w->work);
+  free(w);
+}
+
+static napi_value write_file_atomic(napi_env env, napi_callback_info info) {
+  napi_value argv[4], promise, name;
+  size_t argc = 4;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4) {
+    napi_throw_type_error(env, "EINVAL", "wrong number of arguments");
+    return NULL;
+  }
+  struct atomic_write *w = calloc(1, sizeof *w);
+  if (!w) return throw_errno(env, "writeFileAtomic", ENOMEM);
+  void *data;
+  if (!get_string(env, argv[0], w->path, sizeof w->path) || !get_string(env, argv[1], w->tmp, sizeof w->tmp) ||
+      napi_get_buffer_info(env, argv[2], &data, &w->size) != napi_ok ||
+      napi_get_value_bool(env, argv[3], &w->durable) != napi_ok) {
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (!pending) napi_throw_type_error(env, "EINVAL", "expected (path, tmpPath, Buffer, durable)");
+    free(w);
+    return NULL;
+  }
+  w->data = data;
+  napi_create_reference(env, argv[2], 1, &w->buffer);
+  napi_create_promise(env, &w->deferred, &promise);
+  napi_create_string_utf8(env, "slacker:writeFileAtomic", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, atomic_write_execute, atomic_write_complete, w, &w->work);
+  napi_queue_async_work(env, w->work);
+  return promise;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -347,6 +460,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"sendNoWait", NULL, send_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
     {"setSendBuffer", NULL, set_send_buffer, NULL, NULL, NULL, napi_enumerable, NULL},
     {"isCached", NULL, is_cached, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"writeFileAtomic", NULL, write_file_atomic, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

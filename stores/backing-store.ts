@@ -27,9 +27,14 @@ export interface BackingStore {
   /**
    * Fetches chunks (unverified), in the order asked, in as few requests as the store's layout
    * allows (adjacent chunks of a pack in one range). A store error fails them all; honours
-   * `signal`.
+   * `signal`. A store may receive bytes into buffers from `allocate` (pooled: the caller gives
+   * them back once it is done with the chunks).
    */
-  getChunks(wanted: { digest: Digest; hint: string }[], signal?: AbortSignal): Promise<Buffer[]>;
+  getChunks(
+    wanted: { digest: Digest; hint: string }[],
+    signal?: AbortSignal,
+    allocate?: (length: number) => Buffer,
+  ): Promise<Buffer[]>;
   /** Stores a snapshot manifest; returns its reference (the manifest's digest). */
   putManifest(manifest: Buffer): Promise<Digest>;
   /** Fetches a snapshot manifest by reference (unverified). */

@@ -26,6 +26,7 @@ import { join } from 'node:path';
 import { ConfigError, IoError } from '../common/errors.js';
 import { digestOf, isDigest, type Digest } from '../volumes/types.js';
 import type { BackingStore, StoredChunk } from './backing-store.js';
+import { HttpClient, type HttpRequest, type HttpResponse } from './http-client.js';
 
 export const SNAPSHOT_MEDIA_TYPE = 'application/vnd.slacker.snapshot.v1+json';
 export const PACK_MEDIA_TYPE = 'application/vnd.slacker.chunk-pack.v1';
@@ -42,6 +43,8 @@ export interface OciStoreOptions {
   dockerConfig?: string;
   /** Chunk compression when publishing (default brotli). Reading handles both. */
   compression?: 'brotli' | 'none';
+  /** Connections to the registry at once (default 16). */
+  maxConnections?: number;
 }
 
 // zlib's async API runs on the threadpool: (de)compression overlaps the event loop's work.
@@ -112,12 +115,19 @@ export class OciStore implements BackingStore {
   private credentialsLoaded = false;
   /** The Authorization header that worked last (Basic or Bearer). */
   private authorization: string | undefined;
+  private readonly http: HttpClient;
 
   constructor(
     readonly url: string,
     private readonly options: OciStoreOptions = {},
   ) {
     this.target = parseOciUrl(url);
+    this.http = new HttpClient({ maxSockets: options.maxConnections });
+  }
+
+  /** Closes the pooled connections to the registry. */
+  close(): void {
+    this.http.close();
   }
 
   readonly packs = true;
@@ -147,7 +157,11 @@ export class OciStore implements BackingStore {
   }
 
   /** Adjacent chunks of one pack are fetched with one Range request, up to MAX_SPAN bytes. */
-  async getChunks(wanted: { digest: Digest; hint: string }[], signal?: AbortSignal): Promise<Buffer[]> {
+  async getChunks(
+    wanted: { digest: Digest; hint: string }[],
+    signal?: AbortSignal,
+    allocate?: (length: number) => Buffer,
+  ): Promise<Buffer[]> {
     const located = wanted.map((w, i) => ({ i, w, at: parseHint(w.hint) }));
     const out = new Array<Buffer>(wanted.length);
     const spans: { pack: Digest; offset: number; end: number; members: typeof located }[] = [];
@@ -170,7 +184,7 @@ export class OciStore implements BackingStore {
     }
     await Promise.all([
       ...spans.map(async (s) => {
-        const bytes = await this.getBlob(s.pack, { offset: s.offset, length: s.end - s.offset }, signal);
+        const bytes = await this.getBlob(s.pack, { offset: s.offset, length: s.end - s.offset }, signal, allocate);
         await Promise.all(
           s.members.map(async (m) => {
             const stored = bytes.subarray(m.at!.offset - s.offset, m.at!.offset - s.offset + m.at!.length);
@@ -201,7 +215,7 @@ export class OciStore implements BackingStore {
       body: Buffer.from(JSON.stringify(oci)),
       headers: { 'content-type': OCI_MANIFEST },
     });
-    await this.expect(res, [201], 'push snapshot manifest');
+    this.expect(res, [201], 'push snapshot manifest');
     return ref;
   }
 
@@ -213,10 +227,10 @@ export class OciStore implements BackingStore {
 
   private async putBlob(digest: Digest, data: Buffer): Promise<void> {
     const head = await this.request('HEAD', `/blobs/${digest}`);
-    if (head.ok) return; // content-addressed: already there
+    if (head.status === 200) return; // content-addressed: already there
     const start = await this.request('POST', '/blobs/uploads/');
-    await this.expect(start, [202], 'start blob upload');
-    const location = start.headers.get('location');
+    this.expect(start, [202], 'start blob upload');
+    const location = start.header('location');
     if (!location)
       throw new IoError(`registry gave no upload location for ${digest}`, { context: { store: this.url } });
     const put = new URL(location, this.target.base);
@@ -225,33 +239,33 @@ export class OciStore implements BackingStore {
       body: data,
       headers: { 'content-type': 'application/octet-stream' },
     });
-    await this.expect(res, [201], `upload blob ${digest}`);
+    this.expect(res, [201], `upload blob ${digest}`);
   }
 
   private async blobSize(digest: Digest): Promise<number> {
     const res = await this.request('HEAD', `/blobs/${digest}`);
-    await this.expect(res, [200], `stat blob ${digest}`);
-    return Number(res.headers.get('content-length'));
+    this.expect(res, [200], `stat blob ${digest}`);
+    return Number(res.header('content-length'));
   }
 
   private async getBlob(
     digest: Digest,
     range?: { offset: number; length: number },
     signal?: AbortSignal,
+    allocate?: (length: number) => Buffer,
   ): Promise<Buffer> {
     if (!isDigest(digest)) throw new IoError(`bad blob digest ${digest}`);
     const headers: Record<string, string> = {};
     if (range) headers.range = `bytes=${range.offset}-${range.offset + range.length - 1}`;
-    const res = await this.request('GET', `/blobs/${digest}`, { headers, signal });
-    await this.expect(res, range ? [200, 206] : [200], `fetch blob ${digest}`);
-    const body = Buffer.from(await res.arrayBuffer());
-    if (range && res.status === 200) return body.subarray(range.offset, range.offset + range.length);
-    return body;
+    const res = await this.request('GET', `/blobs/${digest}`, { headers, signal, allocate });
+    this.expect(res, range ? [200, 206] : [200], `fetch blob ${digest}`);
+    if (range && res.status === 200) return res.body.subarray(range.offset, range.offset + range.length);
+    return res.body;
   }
 
-  private async expect(res: Response, ok: number[], what: string): Promise<void> {
+  private expect(res: HttpResponse, ok: number[], what: string): void {
     if (ok.includes(res.status)) return;
-    const text = await res.text().catch(() => '');
+    const text = res.body.toString('utf8');
     throw new IoError(`${what}: registry answered ${res.status} ${res.statusText} ${text.slice(0, 300)}`.trim(), {
       context: { store: this.url, status: res.status },
     });
@@ -261,20 +275,20 @@ export class OciStore implements BackingStore {
   private async request(
     method: string,
     path: string,
-    init: { body?: Buffer; headers?: Record<string, string>; signal?: AbortSignal } = {},
-  ): Promise<Response> {
+    init: Pick<HttpRequest, 'body' | 'headers' | 'signal' | 'allocate'> = {},
+  ): Promise<HttpResponse> {
     const url = path.startsWith('http') ? path : `${this.target.base}/v2/${this.target.repository}${path}`;
-    const send = (authorization?: string): Promise<Response> =>
-      fetch(url, {
+    const send = (authorization?: string): Promise<HttpResponse> =>
+      this.http.request(url, {
         method,
         body: init.body,
         signal: init.signal,
+        allocate: init.allocate,
         headers: { ...init.headers, ...(authorization ? { authorization } : {}) },
       });
     let res = await send(this.authorization);
     if (res.status !== 401) return res;
-    const challenge = res.headers.get('www-authenticate') ?? '';
-    await res.arrayBuffer().catch(() => undefined);
+    const challenge = res.header('www-authenticate') ?? '';
     this.authorization = await this.authorize(challenge, init.signal);
     res = await send(this.authorization);
     return res;
@@ -298,12 +312,17 @@ export class OciStore implements BackingStore {
       const tokenUrl = new URL(params.realm);
       if (params.service) tokenUrl.searchParams.set('service', params.service);
       tokenUrl.searchParams.set('scope', params.scope ?? `repository:${this.target.repository}:pull,push`);
-      const res = await fetch(tokenUrl, { headers: basic ? { authorization: basic } : {}, signal });
-      if (!res.ok)
+      const res = await this.http.request(tokenUrl, { headers: basic ? { authorization: basic } : {}, signal });
+      if (res.status !== 200)
         throw new IoError(`token request to ${tokenUrl.origin} failed: ${res.status}`, {
           context: { store: this.url },
         });
-      const body = (await res.json()) as { token?: string; access_token?: string };
+      let body: { token?: string; access_token?: string };
+      try {
+        body = JSON.parse(res.body.toString('utf8')) as typeof body;
+      } catch (err) {
+        throw new IoError(`token server ${tokenUrl.origin} answered something that is not JSON`, { cause: err });
+      }
       const token = body.token ?? body.access_token;
       if (!token) throw new IoError(`token server ${tokenUrl.origin} returned no token`);
       return `Bearer ${token}`;

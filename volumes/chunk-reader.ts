@@ -7,6 +7,7 @@
  * with IoError (EIO to the NBD client) rather than hang. Data that fails verification is not
  * retried: it is reported (log + IoError) and never returned.
  */
+import { BufferPool } from '../common/buffer-pool.js';
 import { IoError } from '../common/errors.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import type { BackingStore } from '../stores/backing-store.js';
@@ -69,14 +70,37 @@ interface Queued {
 
 /** Most chunks asked of the store in one batch. */
 const MAX_BATCH = 64;
+/**
+ * Batches asked of the store at once; later fetches queue and join the next batch. Bounds the
+ * receive memory in flight (fresh memory costs page faults) and makes batches larger, so a
+ * pack store coalesces more of them into one Range request.
+ */
+const MAX_BATCHES_IN_FLIGHT = 4;
+
+/**
+ * Receive buffers: a slab holds the largest range a pack store asks for at once (8 MiB: a
+ * batch of 64 chunks of 128 KiB); 16 free slabs cover the fetches a sequential reader keeps in
+ * flight.
+ */
+const SLAB_BYTES = 8 * 1024 * 1024;
+const FREE_SLABS = 16;
 
 export class ChunkReader {
   /** Everything this reader fetched, whichever volume asked (volumes come and go). */
   readonly total = new FetchCounters();
   private readonly inflight = new Map<Digest, Promise<Buffer>>();
   private readonly queue: Queued[] = [];
+  private flushScheduled = false;
+  private batchesInFlight = 0;
   /** Fetched chunks being written to the local store. */
   private readonly landing = new Set<Promise<void>>();
+  /**
+   * Buffers the store receives into, reused batch after batch (a fresh buffer's page faults
+   * cost more than the copy into it). Safe because a fetched chunk's bytes are used only by
+   * `keep` (awaited) and by readers copying them in the continuation of their await, which runs
+   * before the batch's buffers are given back (see fetchBatch).
+   */
+  private readonly buffers = new BufferPool(SLAB_BYTES, FREE_SLABS);
 
   constructor(
     readonly local: LocalChunks,
@@ -118,6 +142,12 @@ export class ChunkReader {
     while (this.landing.size > 0) await Promise.all(this.landing);
   }
 
+  /** Waits for fetched chunks to land, then frees the receive buffers. */
+  async close(): Promise<void> {
+    await this.landed();
+    this.buffers.close();
+  }
+
   /** Starts fetching a chunk that is not local yet (readahead, NBD CACHE); errors only logged. */
   prefetch(digest: Digest, c: FetchCounters): Promise<void> {
     if (this.local.has(digest)) return Promise.resolve();
@@ -141,7 +171,7 @@ export class ChunkReader {
       const settled = (): void => void this.inflight.delete(digest);
       p = new Promise<Buffer>((resolve, reject) => {
         this.queue.push({ digest, counters: c, resolve, reject, queuedAt: Date.now(), settled });
-        if (this.queue.length === 1) setImmediate(() => this.flushQueue());
+        this.scheduleFlush();
       });
       p.catch(settled);
       this.inflight.set(digest, p);
@@ -158,9 +188,20 @@ export class ChunkReader {
     }
   }
 
-  private flushQueue(): void {
-    const all = this.queue.splice(0);
-    for (let i = 0; i < all.length; i += MAX_BATCH) void this.fetchBatch(all.slice(i, i + MAX_BATCH));
+  /** Sends what is queued at the end of this event-loop turn (so that one turn's fetches batch). */
+  private scheduleFlush(): void {
+    if (this.flushScheduled || this.queue.length === 0) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      while (this.queue.length > 0 && this.batchesInFlight < MAX_BATCHES_IN_FLIGHT) {
+        this.batchesInFlight++;
+        void this.fetchBatch(this.queue.splice(0, MAX_BATCH)).finally(() => {
+          this.batchesInFlight--;
+          this.scheduleFlush();
+        });
+      }
+    });
   }
 
   private async fetchBatch(batch: Queued[]): Promise<void> {
@@ -175,8 +216,8 @@ export class ChunkReader {
       }
       return;
     }
-    const t0 = Date.now();
-    const deadline = t0 + this.policy.deadlineMs;
+    // The deadline counts from when a chunk was first wanted, time spent queued included.
+    const deadline = Math.min(...batch.map((q) => q.queuedAt)) + this.policy.deadlineMs;
     let backoff = this.policy.initialBackoffMs;
     let datas: Buffer[];
     for (let attempt = 1; ; attempt++) {
@@ -185,6 +226,7 @@ export class ChunkReader {
         datas = await store.getChunks(
           batch.map((q) => ({ digest: q.digest, hint: this.hintOf(q.digest) })),
           signal,
+          (length) => this.buffers.take(length),
         );
         break;
       } catch (err) {
@@ -247,5 +289,8 @@ export class ChunkReader {
         await landed;
       }),
     );
+    // Every chunk of the batch is stored (or refused) and no longer in `inflight`; readers that
+    // got one have copied it in their continuation, which ran before this next turn.
+    setImmediate(() => this.buffers.give(datas));
   }
 }

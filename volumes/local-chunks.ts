@@ -14,7 +14,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readFileSync, statSync } from 'node:fs';
-import { mkdir, open, rename, unlink } from 'node:fs/promises';
+import { mkdir, rename, unlink } from 'node:fs/promises';
+import { fileOps } from '../common/fileops.js';
 import { readFully, type NoWaitState } from '../common/file-io.js';
 import { join } from 'node:path';
 import { digestOf, type Digest } from './types.js';
@@ -88,15 +89,8 @@ export class LocalChunks {
       await mkdir(dir, { recursive: true });
       this.dirs.add(dir);
     }
-    const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
-    const f = await open(tmp, 'wx');
-    try {
-      await f.writeFile(data);
-      if (options.durable) await f.datasync();
-    } finally {
-      await f.close();
-    }
-    await rename(tmp, path);
+    // One threadpool job (create, write, sync, close, rename) instead of four fs round trips.
+    await fileOps.writeFileAtomic(path, `${path}.${randomBytes(6).toString('hex')}.tmp`, data, options.durable);
     this.present.add(digest);
   }
 

@@ -381,7 +381,7 @@ export class VolumeManager {
     for (const o of this.open.values()) await o.volume.close();
     this.open.clear();
     await Promise.all(this.prefetching); // no new wave starts once closed
-    await this.reader.landed();
+    await this.reader.close();
     for (const [id, c] of this.counters) if (this.metadata.getVolume(id)) this.metadata.saveFetchStats(id, c);
     this.cache.persist(true);
     this.chunks.close();

@@ -1,0 +1,80 @@
+/**
+ * Two small parts of the cold read path: the receive-buffer pool (reuse, and what it must not
+ * take back) and the native atomic file write (one threadpool job: all or nothing).
+ */
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { BufferPool } from '../../common/buffer-pool.js';
+import { fileOps } from '../../common/fileops.js';
+import { tempDir } from '../helpers/tmp.js';
+
+describe('BufferPool', () => {
+  it('lends slabs, reuses the ones given back, and keeps at most maxFree of them', () => {
+    const pool = new BufferPool(1024, 1);
+    const a = pool.take(100);
+    const b = pool.take(1024);
+    expect(a.length).toBe(100);
+    expect(a.buffer).not.toBe(b.buffer);
+    pool.give([a.subarray(10, 20), b]); // a view counts as its slab; only one is kept
+    const c = pool.take(500);
+    expect([a.buffer, b.buffer]).toContain(c.buffer);
+    const d = pool.take(500);
+    expect(d.buffer).not.toBe(c.buffer); // the second was not kept: a fresh slab
+    pool.close();
+  });
+
+  it('ignores buffers it did not lend, slabs given back twice, and lends no slab for larger takes', () => {
+    const pool = new BufferPool(1024, 4);
+    const big = pool.take(4096);
+    expect(big.length).toBe(4096);
+    const small = Buffer.from('not pooled'); // Node's own shared pool: must never be reused
+    const a = pool.take(10);
+    pool.give([big, small, a, a]);
+    const x = pool.take(10);
+    const y = pool.take(10);
+    expect(x.buffer).toBe(a.buffer);
+    for (const other of [big.buffer, small.buffer, a.buffer]) expect(y.buffer).not.toBe(other);
+    pool.close();
+  });
+});
+
+describe('fileOps.writeFileAtomic', () => {
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  beforeEach(async () => (dir = await tempDir('slacker-atomic-')));
+  afterEach(() => dir.cleanup());
+
+  it('writes the whole buffer under the final name, durable or not, and leaves no temporary file', async () => {
+    const data = Buffer.alloc(300_000, 3);
+    await fileOps.writeFileAtomic(join(dir.path, 'a'), join(dir.path, 'a.tmp'), data, true);
+    await fileOps.writeFileAtomic(join(dir.path, 'b'), join(dir.path, 'b.tmp'), data.subarray(5), false);
+    expect((await readFile(join(dir.path, 'a'))).equals(data)).toBe(true);
+    expect((await readFile(join(dir.path, 'b'))).length).toBe(data.length - 5);
+    expect((await readdir(dir.path)).sort()).toEqual(['a', 'b']);
+  });
+
+  it('fails with the errno name and leaves the final name untouched', async () => {
+    await writeFile(join(dir.path, 'c'), 'old');
+    await writeFile(join(dir.path, 'c.tmp'), 'someone else'); // O_EXCL: never written through
+    const exists = await fileOps
+      .writeFileAtomic(join(dir.path, 'c'), join(dir.path, 'c.tmp'), Buffer.from('new'), false)
+      .then(
+        () => ({}) as NodeJS.ErrnoException,
+        (e: unknown) => e as NodeJS.ErrnoException,
+      );
+    expect(exists.code).toBe('EEXIST');
+    expect(await readFile(join(dir.path, 'c'), 'utf8')).toBe('old');
+    expect(await readFile(join(dir.path, 'c.tmp'), 'utf8')).toBe('someone else');
+    const missing = await fileOps
+      .writeFileAtomic(join(dir.path, 'no/d'), join(dir.path, 'no/d.tmp'), Buffer.from('x'), false)
+      .then(
+        () => ({}) as NodeJS.ErrnoException,
+        (e: unknown) => e as NodeJS.ErrnoException,
+      );
+    expect(missing.code).toBe('ENOENT');
+    expect(missing.message).toMatch(/^open: /);
+    expect(() => fileOps.writeFileAtomic(join(dir.path, 'e'), join(dir.path, 'e.tmp'), 'text' as never, false)).toThrow(
+      /expected \(path, tmpPath, Buffer, durable\)/,
+    );
+  });
+});
