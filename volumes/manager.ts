@@ -59,7 +59,11 @@ export interface VolumeManagerOptions {
   /** The shared backing store publish and openSnapshot use, and lazy reads fetch from. */
   store?: BackingStore;
   fetchPolicy?: Partial<FetchPolicy>;
-  /** Chunks fetched ahead of a sequential reader (default 4). */
+  /**
+   * Chunks fetched ahead of a sequential reader (default 0, as the plugin's: readahead fetched
+   * more of HelloBench's images for no speed-up, and a cold nbdcopy ran slower with it, at
+   * more CPU; docs/BENCHMARKS.md).
+   */
   readahead?: number;
   /** Bytes of evictable chunks (fetched or published) kept locally (default 10 GiB). */
   cacheBytes?: number;
@@ -410,7 +414,7 @@ export class VolumeManager {
       data: row.frozen ? undefined : await FileBackend.open({ path: this.dataPath(row.id) }),
       chunks: this.reader,
       metadata: this.metadata,
-      readahead: this.options.readahead ?? 4,
+      readahead: this.options.readahead ?? 0,
       counters: this.countersOf(row.id),
       trace: this.traceOf(row.id),
     });
