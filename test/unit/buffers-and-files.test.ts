@@ -39,6 +39,14 @@ describe('BufferPool', () => {
   });
 });
 
+/** The error a promise rejects with; a promise that resolves fails the test. */
+async function failure(p: Promise<unknown>): Promise<NodeJS.ErrnoException> {
+  return p.then(
+    () => expect.unreachable('it did not fail'),
+    (e: unknown) => e as NodeJS.ErrnoException,
+  );
+}
+
 describe('fileOps.writeFileAtomic', () => {
   let dir: Awaited<ReturnType<typeof tempDir>>;
   beforeEach(async () => (dir = await tempDir('slacker-atomic-')));
@@ -56,21 +64,15 @@ describe('fileOps.writeFileAtomic', () => {
   it('fails with the errno name and leaves the final name untouched', async () => {
     await writeFile(join(dir.path, 'c'), 'old');
     await writeFile(join(dir.path, 'c.tmp'), 'someone else'); // O_EXCL: never written through
-    const exists = await fileOps
-      .writeFileAtomic(join(dir.path, 'c'), join(dir.path, 'c.tmp'), Buffer.from('new'), false)
-      .then(
-        () => ({}) as NodeJS.ErrnoException,
-        (e: unknown) => e as NodeJS.ErrnoException,
-      );
+    const exists = await failure(
+      fileOps.writeFileAtomic(join(dir.path, 'c'), join(dir.path, 'c.tmp'), Buffer.from('new'), false),
+    );
     expect(exists.code).toBe('EEXIST');
     expect(await readFile(join(dir.path, 'c'), 'utf8')).toBe('old');
     expect(await readFile(join(dir.path, 'c.tmp'), 'utf8')).toBe('someone else');
-    const missing = await fileOps
-      .writeFileAtomic(join(dir.path, 'no/d'), join(dir.path, 'no/d.tmp'), Buffer.from('x'), false)
-      .then(
-        () => ({}) as NodeJS.ErrnoException,
-        (e: unknown) => e as NodeJS.ErrnoException,
-      );
+    const missing = await failure(
+      fileOps.writeFileAtomic(join(dir.path, 'no/d'), join(dir.path, 'no/d.tmp'), Buffer.from('x'), false),
+    );
     expect(missing.code).toBe('ENOENT');
     expect(missing.message).toMatch(/^open: /);
     expect(() => fileOps.writeFileAtomic(join(dir.path, 'e'), join(dir.path, 'e.tmp'), 'text' as never, false)).toThrow(
