@@ -60,8 +60,9 @@ export async function volume(argv: string[]): Promise<number> {
   const storeUrl = values.store ?? process.env.SLACKER_STORE;
   const log = createLogger({ level: values['log-level'] });
   const cacheSize = values['cache-size'] ?? process.env.SLACKER_CACHE_SIZE;
+  const store = storeUrl ? openStore(storeUrl) : undefined;
   const mgr = await VolumeManager.open(root, {
-    store: storeUrl ? openStore(storeUrl) : undefined,
+    store,
     cacheBytes: cacheSize ? parseSize(cacheSize) : undefined,
     log,
   });
@@ -151,6 +152,7 @@ export async function volume(argv: string[]): Promise<number> {
     }
   } finally {
     await mgr.close();
+    store?.close?.();
   }
 }
 

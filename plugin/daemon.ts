@@ -11,6 +11,7 @@ import { ConfigError, NotInitializedError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { parseSize } from '../common/units.js';
 import { NbdServer } from '../nbd-server/server.js';
+import type { BackingStore } from '../stores/backing-store.js';
 import { openStore } from '../stores/open-store.js';
 import { VolumeManager } from '../volumes/manager.js';
 import { buildApi, type GraphDriverApi } from './api.js';
@@ -44,6 +45,7 @@ interface Running {
   driver: SlackerDriver;
   manager: VolumeManager;
   nbd: NbdServer;
+  store: BackingStore;
 }
 
 export class PluginDaemon implements GraphDriverApi {
@@ -110,7 +112,7 @@ export class PluginDaemon implements GraphDriverApi {
     await mounts.recover();
     const driver = new SlackerDriver({ manager, mounts, layerSize, attachMethod: attacher.method, log: this.o.log });
     this.o.log.info({ home, root, store: store.url, attach: attacher.method, layerSize }, 'driver initialised');
-    return { home, driver, manager, nbd };
+    return { home, driver, manager, nbd, store };
   }
 
   private async stop(): Promise<void> {
@@ -120,6 +122,7 @@ export class PluginDaemon implements GraphDriverApi {
     await r.driver.cleanup();
     await r.nbd.close();
     await r.manager.close();
+    r.store.close?.();
   }
 
   private get driver(): SlackerDriver {

@@ -39,4 +39,6 @@ export interface BackingStore {
   putManifest(manifest: Buffer): Promise<Digest>;
   /** Fetches a snapshot manifest by reference (unverified). */
   getManifest(ref: Digest): Promise<Buffer>;
+  /** Releases what the store holds open (pooled connections); its owner calls it last. */
+  close?(): void;
 }
