@@ -25,7 +25,7 @@ export interface HttpRequest {
   signal?: AbortSignal;
   /** A longer body fails the request (default MAX_BODY). */
   maxBodyBytes?: number;
-  /** Where a body of known length goes (a pooled buffer); default a new buffer. */
+  /** Where a successful (2xx) body of known length goes (a pooled buffer); default a new buffer. */
   allocate?: (length: number) => Buffer;
 }
 
@@ -172,7 +172,9 @@ export class HttpClient {
           return;
         }
         // One copy per byte: into a buffer of the declared length, else into pieces joined once.
-        const whole = length === undefined ? undefined : (init.allocate?.(length) ?? Buffer.allocUnsafe(length));
+        // Only a success is received into the caller's buffer: redirects and errors are not its data.
+        const ok = res.statusCode !== undefined && res.statusCode >= 200 && res.statusCode < 300;
+        const whole = length === undefined ? undefined : (ok && init.allocate?.(length)) || Buffer.allocUnsafe(length);
         const pieces: Buffer[] = [];
         let got = 0;
         res.on('data', (piece: Buffer) => {

@@ -97,21 +97,31 @@ describe('HttpClient', () => {
     });
     const base = await serve((req, res) => {
       seen.push({ where: req.url!, authorization: req.headers.authorization });
-      if (req.url === '/blob') res.writeHead(307, { location: '/moved' }).end();
-      else if (req.url === '/moved') res.writeHead(302, { location: `${other}/presigned?sig=1` }).end();
+      // Redirects and errors with bodies of declared length, as registries send them.
+      if (req.url === '/blob') res.writeHead(307, { location: '/moved', 'content-length': 9 }).end('see there');
+      else if (req.url === '/moved')
+        res.writeHead(302, { location: `${other}/presigned?sig=1`, 'content-length': 5 }).end('there');
       else if (req.url === '/loop') res.writeHead(307, { location: '/loop' }).end();
-      else res.writeHead(404).end();
+      else res.writeHead(404, { 'content-length': 9 }).end('not found');
     });
     const c = client();
-    const res = await c.request(`${base}/blob`, { headers: { authorization: 'Bearer secret', range: 'bytes=0-3' } });
+    const lent: number[] = [];
+    const allocate = (n: number): Buffer => (lent.push(n), Buffer.alloc(n));
+    const res = await c.request(`${base}/blob`, {
+      headers: { authorization: 'Bearer secret', range: 'bytes=0-3' },
+      allocate,
+    });
     expect(res.status).toBe(200);
     expect(res.body.toString()).toBe('from the other origin');
+    expect(lent).toEqual([res.body.length]); // the redirects' bodies were not received into it
     expect(res.url).toBe(`${other}/presigned?sig=1`);
     expect(seen).toEqual([
       { where: '/blob', authorization: 'Bearer secret' },
       { where: '/moved', authorization: 'Bearer secret' }, // same origin: kept
       { where: 'other', authorization: undefined }, // another origin: dropped
     ]);
+    expect((await c.request(`${base}/nothing`, { allocate })).status).toBe(404);
+    expect(lent).toHaveLength(1); // nor an error's
     const err = await c.request(`${base}/loop`).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(IoError);
     expect((err as Error).message).toMatch(/more than 5 redirects/);
