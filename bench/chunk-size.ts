@@ -24,6 +24,7 @@ import { requireTools } from '../harness/tools.js';
 import { NbdServer } from '../nbd-server/server.js';
 import { DirStore } from '../stores/dir-store.js';
 import { VolumeManager } from '../volumes/manager.js';
+import { onInterrupt } from '../harness/interrupt.js';
 
 const { values: opts } = parseArgs({
   options: { rootfs: { type: 'string', default: '/var/cache/slacker-ts/rootfs-bookworm' } },
@@ -42,6 +43,10 @@ async function main(): Promise<void> {
   const rootfsBytes = Number((await run('du', ['-sb', rootfs])).stdout.split('\t')[0]);
   const work = await mkdtemp(join(tmpdir(), 'slacker-chunks-'));
   const server = new NbdServer();
+  const stop = onInterrupt(async () => {
+    await server.close();
+    await rm(work, { recursive: true, force: true });
+  });
   await server.listen(`unix://${join(work, 'nbd.sock')}`);
   const mount = <T>(manager: VolumeManager, readOnly: boolean, fn: (mnt: string) => Promise<T>): Promise<T> =>
     withMountedVolume({ server, manager, id: 'img', workDir: work, readOnly, mkfs: !readOnly }, fn);
@@ -106,8 +111,7 @@ async function main(): Promise<void> {
       );
     }
   } finally {
-    await server.close();
-    await rm(work, { recursive: true, force: true });
+    await stop();
   }
 }
 

@@ -21,6 +21,7 @@ import { IMAGES, QUICK, type ImageSpec } from './hellobench/images.js';
 import { median, summarise, writeResults, type Row } from './hellobench/report.js';
 import { rootfsTarball } from './hellobench/rootfs.js';
 import { startTopology, type Driver } from './hellobench/topology.js';
+import { onInterrupt } from '../harness/interrupt.js';
 
 const { values: opts } = parseArgs({
   options: {
@@ -79,6 +80,7 @@ async function main(): Promise<void> {
     pluginArgs: opts.readahead ? ['--readahead', opts.readahead] : [],
     logsDir: opts.logs,
   });
+  const stopTopology = onInterrupt(() => topo.close());
   const rows: Row[] = [];
   try {
     const refs = new Map<string, Record<Driver, string> & { push: Record<Driver, number>; bytes: number }>();
@@ -115,6 +117,7 @@ async function main(): Promise<void> {
         for (const driver of ['overlay2', 'slacker'] as const) {
           const ref = refs.get(s.name)!;
           const worker = await topo.worker(driver);
+          const stopWorker = onInterrupt(() => worker.close());
           try {
             const rx0 = await topo.link.receivedBytes();
             const d = await deploy(worker, ref[driver], s.ready, { hostNetwork: s.hostNetwork });
@@ -150,13 +153,13 @@ async function main(): Promise<void> {
                 (driver === 'slacker' ? `, fetched ${(bytesFetched / 1e6).toFixed(1)} MB` : ''),
             );
           } finally {
-            await worker.close();
+            await stopWorker();
           }
         }
       }
     }
   } finally {
-    await topo.close();
+    await stopTopology();
   }
   const { items, medianSpeedup, medianFetched } = summarise(rows);
   for (const i of items) {

@@ -18,6 +18,7 @@ import { IMAGES } from './hellobench/images.js';
 import { median, RESULTS_DIR, svgChart, type Row } from './hellobench/report.js';
 import { rootfsTarball } from './hellobench/rootfs.js';
 import { startTopology, type Driver, type Host } from './hellobench/topology.js';
+import { onInterrupt } from '../harness/interrupt.js';
 
 const { values: opts } = parseArgs({
   options: {
@@ -86,6 +87,7 @@ async function main(): Promise<void> {
   const gcc = IMAGES.find((i) => i.name === 'gcc')!;
   const tarball = await rootfsTarball(gcc, progress);
   const topo = await startTopology(opts.link!, 'slacker-multimake-');
+  const stopTopology = onInterrupt(() => topo.close());
   const cycles: Cycle[] = [];
   try {
     // The compiler image on each builder: overlay2 as imported; slacker converted (one marker layer).
@@ -104,6 +106,7 @@ async function main(): Promise<void> {
     for (const driver of ['overlay2', 'slacker'] as const) {
       const builder: Host = topo.builders[driver];
       const worker = await topo.worker(driver);
+      const stopWorker = onInterrupt(() => worker.close());
       try {
         for (const v of variants(opts.quick)) {
           const image = `${topo.registryAddress}/mm/prog:${v.name}-${driver}`;
@@ -142,11 +145,11 @@ async function main(): Promise<void> {
           );
         }
       } finally {
-        await worker.close();
+        await stopWorker();
       }
     }
   } finally {
-    await topo.close();
+    await stopTopology();
   }
   const total = (d: Driver) => cycles.filter((c) => c.driver === d).reduce((n, c) => n + c.cycle, 0);
   const med = (d: Driver, k: keyof Cycle) => median(cycles.filter((c) => c.driver === d).map((c) => c[k] as number));

@@ -15,6 +15,7 @@ import { tmpdir, cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { run, startProcess, type Started } from '../common/exec.js';
+import { onInterrupt } from '../harness/interrupt.js';
 
 const { values: opts } = parseArgs({
   options: {
@@ -157,13 +158,10 @@ async function main(): Promise<void> {
   const stopAll = async () => {
     await Promise.all(servers.splice(0).map((s) => s.proc.stop()));
   };
-  process.once(
-    'SIGINT',
-    () =>
-      void stopAll()
-        .then(() => rm(dir, { recursive: true, force: true }))
-        .then(() => process.exit(130)),
-  );
+  const stop = onInterrupt(async () => {
+    await stopAll();
+    await rm(dir, { recursive: true, force: true });
+  });
   try {
     await run('mkdir', ['-p', join(dir, 'files')]);
     const src = join(dir, 'files/src.img');
@@ -226,8 +224,7 @@ async function main(): Promise<void> {
     if (opts.json)
       await writeFile(opts.json, JSON.stringify({ machine, sizeMiB: SIZE_MIB, reps: REPS, rows }, null, 2));
   } finally {
-    await stopAll();
-    await rm(dir, { recursive: true, force: true });
+    await stop();
   }
 }
 

@@ -19,6 +19,7 @@ import { requireTools } from '../harness/tools.js';
 import { pluginCall } from '../plugin/client.js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { onInterrupt } from '../harness/interrupt.js';
 
 const { values: opts } = parseArgs({
   options: {
@@ -87,6 +88,11 @@ async function main(): Promise<void> {
     logFile: join(dir, 'plugin.log'),
     extraArgs: ['--log-level', 'info'],
   });
+  const stop = onInterrupt(async () => {
+    await pluginCall(plugin.socket, 'GraphDriver.Cleanup', {}).catch(() => undefined);
+    await plugin.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
   try {
     await pluginCall(plugin.socket, 'GraphDriver.Init', { Home: join(dir, 'home') });
     await pluginCall(plugin.socket, 'GraphDriver.Create', { ID: 'bench-layer' });
@@ -110,9 +116,7 @@ async function main(): Promise<void> {
     console.log(`ratio req/s during/idle: ${(busy.requests.average / idle.requests.average).toFixed(2)}`);
     if (opts.json) await writeFile(opts.json, JSON.stringify({ rows }, null, 2));
   } finally {
-    await pluginCall(plugin.socket, 'GraphDriver.Cleanup', {}).catch(() => undefined);
-    await plugin.stop();
-    await rm(dir, { recursive: true, force: true });
+    await stop();
   }
 }
 

@@ -23,7 +23,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { run, startProcess } from '../common/exec.js';
 import { createLink, type Link } from '../harness/link.js';
-import { startRegistry } from '../harness/registry.js';
+import { onInterrupt } from '../harness/interrupt.js';
+import { startRegistry, type TestRegistry } from '../harness/registry.js';
 import { requireTools } from '../harness/tools.js';
 import { nbdUri } from '../nbd-server/listen-address.js';
 import { NbdServer } from '../nbd-server/server.js';
@@ -60,10 +61,17 @@ interface Row {
 async function main(): Promise<void> {
   await requireTools('docker-registry', 'nbdcopy', 'nbdkit', 'curl');
   const dir = await mkdtemp(join(tmpdir(), 'slacker-benchvol-'));
-  const link: Link | undefined = opts.link ? await createLink(opts.link) : undefined;
-  const registry = await startRegistry(link ? { netns: { name: link.netns, address: link.nsAddress } } : {});
+  let link: Link | undefined;
+  let registry: TestRegistry | undefined;
+  const stop = onInterrupt(async () => {
+    await registry?.close();
+    await link?.close();
+    await rm(dir, { recursive: true, force: true });
+  });
   const rows: Row[] = [];
   try {
+    link = opts.link ? await createLink(opts.link) : undefined;
+    const reg = (registry = await startRegistry(link ? { netns: { name: link.netns, address: link.nsAddress } } : {}));
     // 1. clone time vs size
     const a = await VolumeManager.open(join(dir, 'a'));
     const cloneTimes: number[] = [];
@@ -90,7 +98,7 @@ async function main(): Promise<void> {
     });
 
     // 2. cold read over NBD from the registry vs a plain download
-    const url = registry.url('bench/volume');
+    const url = reg.url('bench/volume');
     const host = await VolumeManager.open(join(dir, 'host'), { store: new OciStore(url) });
     await host.create('img', SIZE);
     const data = Buffer.alloc(SIZE);
@@ -106,11 +114,11 @@ async function main(): Promise<void> {
     await writeFile(raw, data);
 
     const packs = (await (
-      await fetch(`http://${registry.host}:${registry.port}/v2/bench/volume/manifests/${ref.replace(':', '-')}`, {
+      await fetch(`http://${reg.host}:${reg.port}/v2/bench/volume/manifests/${ref.replace(':', '-')}`, {
         headers: { accept: 'application/vnd.oci.image.manifest.v1+json' },
       })
     ).json()) as { layers: { digest: string }[] };
-    const blobUrl = (digest: string) => `http://${registry.host}:${registry.port}/v2/bench/volume/blobs/${digest}`;
+    const blobUrl = (digest: string) => `http://${reg.host}:${reg.port}/v2/bench/volume/blobs/${digest}`;
     /** curl, 4 transfers at a time, each pack into `to(i)`; checks that every byte arrived. */
     const download = async (to: (i: number) => string): Promise<void> => {
       const args = ['--silent', '--show-error', '--fail', '--parallel', '--parallel-max', '4'];
@@ -151,6 +159,7 @@ async function main(): Promise<void> {
       plainNull.push(SIZE / 2 ** 20 / (await timed(() => download(() => '/dev/null'))));
       const sock = join(dir, `k${r}.sock`);
       const k = startProcess('nbdkit', ['-f', '-U', sock, 'file', raw]);
+      const stopNbdkit = onInterrupt(() => k.stop());
       for (let i = 0; i < 100; i++) {
         if (
           await run('nbdinfo', ['--size', `nbd+unix:///?socket=${sock}`]).then(
@@ -167,7 +176,7 @@ async function main(): Promise<void> {
           2 ** 20 /
           (await timed(() => run('nbdcopy', ['--connections=4', `nbd+unix:///?socket=${sock}`, 'null:']))),
       );
-      await k.stop();
+      await stopNbdkit();
     }
     rows.push({
       name: `cold sequential read over NBD from oci:// (${SIZE / 2 ** 20} MiB, nbdcopy 4 conns) vs plain download of its packs to local files (curl, 4 at a time)`,
@@ -198,9 +207,7 @@ async function main(): Promise<void> {
     for (const r of rows) console.log(`| ${r.name} | ${r.value} | ${r.anchor} | ${r.ratio.toFixed(2)} | ${r.target} |`);
     if (opts.json) await writeFile(opts.json, JSON.stringify({ machine, sizeBytes: SIZE, reps: REPS, rows }, null, 2));
   } finally {
-    await registry.close();
-    await link?.close();
-    await rm(dir, { recursive: true, force: true });
+    await stop();
   }
 }
 

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { formatSize } from '../common/units.js';
 import { busyboxRootfs, importRootfs } from '../harness/images.js';
+import { onInterrupt } from '../harness/interrupt.js';
 import { convertImage, startSlackerHost, type SlackerHost } from '../harness/plugin.js';
 import { startRegistry, type TestRegistry } from '../harness/registry.js';
 import { requireTools } from '../harness/tools.js';
@@ -25,6 +26,10 @@ async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'slacker-demo-'));
   const started: (SlackerHost | TestRegistry)[] = [];
   const say = (s: string): void => void process.stdout.write(`${s}\n`);
+  const stop = onInterrupt(async () => {
+    for (const s of started.reverse()) await ('close' in s ? s.close() : s.stop()).catch(() => undefined);
+    await rm(dir, { recursive: true, force: true });
+  });
   try {
     const registry = await startRegistry();
     started.push(registry);
@@ -80,8 +85,7 @@ async function main(): Promise<void> {
     );
     await b.dockerd.docker(['rm', 'reader']);
   } finally {
-    for (const s of started.reverse()) await ('close' in s ? s.close() : s.stop()).catch(() => undefined);
-    await rm(dir, { recursive: true, force: true });
+    await stop();
   }
 }
 
