@@ -9,8 +9,9 @@
  * see a complete file or none.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, rename, stat } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fileOps } from '../common/fileops.js';
 import { digestOf, type Digest } from '../volumes/types.js';
 import type { BackingStore, StoredChunk } from './backing-store.js';
 
@@ -60,14 +61,6 @@ export class DirStore implements BackingStore {
     )
       return; // content-addressed: already there
     await mkdir(join(path, '..'), { recursive: true });
-    const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
-    const f = await open(tmp, 'wx');
-    try {
-      await f.writeFile(data);
-      await f.datasync();
-    } finally {
-      await f.close();
-    }
-    await rename(tmp, path);
+    await fileOps.writeFileAtomic(path, `${path}.${randomBytes(6).toString('hex')}.tmp`, data, true);
   }
 }
