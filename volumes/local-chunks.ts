@@ -154,6 +154,9 @@ export class LocalChunks {
     if (f) {
       this.fds.delete(digest); // most recently used goes last
     } else {
+      // A missing chunk (every first read of a cold volume) costs a stat, not a thrown ENOENT:
+      // the exception cost more than the syscall.
+      if (!this.has(digest)) return undefined;
       let fd: number;
       try {
         fd = openSync(this.pathOf(digest), 'r');
