@@ -1,11 +1,11 @@
 /**
- * The HTTP/1.1 client of the oci:// store: node:http(s) with keep-alive connection pools.
+ * The HTTP/1.1 client of the oci:// store: bounded keep-alive pools of Http1Connection per
+ * origin (http1-connection.ts: bodies received in place, straight from the kernel).
  *
- * Why not `fetch`: undici's fetch copies every body byte three or four times (web stream
- * chunks, their concatenation, a final ArrayBuffer copy). On the cold read path that was most of
- * the CPU: 2-2.9 s per 256 MiB against 0.8-0.9 s here, at a third of the throughput
- * (docs/BENCHMARKS.md). This client copies each body byte once, into a buffer sized by
- * Content-Length.
+ * Why not `fetch` or node:http: undici's fetch copies every body byte three or four times, and
+ * node:http hands every socket read to JS as a new buffer to copy from. On the cold read path
+ * that was most of the CPU: per 256 MiB of packs, 2-2.9 s through fetch, 0.8-0.9 s through
+ * node:http, 0.14-0.22 s here (docs/BENCHMARKS.md).
  *
  * It does: bounded keep-alive pools per origin; redirects of GET and HEAD (S3-backed registries
  * answer blob GETs with a 307 to a presigned URL; credentials never follow a redirect to another
@@ -14,9 +14,8 @@
  * had already closed. It does not do proxies (neither does Node 20's fetch), HTTP/2 or content
  * encodings (chunk packs are binary, and compressed per chunk where that pays).
  */
-import http from 'node:http';
-import https from 'node:https';
 import { IoError } from '../common/errors.js';
+import { Http1Connection, Http1Failure, type Http1Response } from './http1-connection.js';
 
 export interface HttpRequest {
   method?: string;
@@ -44,6 +43,8 @@ export interface HttpClientOptions {
   maxSockets?: number;
   /** Fail a request when its connection is silent this long (default 60 s). */
   idleTimeoutMs?: number;
+  /** Certificates (PEM) to trust for https instead of Node's default store (which NODE_EXTRA_CA_CERTS extends). */
+  ca?: string | Buffer;
 }
 
 const MAX_BODY = 256 * 1024 * 1024;
@@ -51,18 +52,28 @@ const MAX_REDIRECTS = 5;
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 /** Errors of a reused keep-alive connection that the server closed while it sat idle. */
 const STALE_CONNECTION = new Set(['ECONNRESET', 'EPIPE']);
+/** Idle connections kept per origin. */
+const MAX_IDLE = 16;
+
+/** One origin's connections: idle ones (most recently used last), and callers waiting for one. */
+interface Origin {
+  idle: Http1Connection[];
+  /** Connections open, idle or busy. */
+  count: number;
+  waiting: (() => void)[];
+}
 
 export class HttpClient {
-  private readonly http: http.Agent;
-  private readonly https: https.Agent;
+  private readonly origins = new Map<string, Origin>();
+  private readonly maxSockets: number;
   private readonly idleTimeoutMs: number;
+  private readonly ca: string | Buffer | undefined;
+  private closed = false;
 
   constructor(options: HttpClientOptions = {}) {
-    // Idle pooled sockets are unref'ed by the agent: they keep no process alive.
-    const pool = { keepAlive: true, maxSockets: options.maxSockets ?? 16, scheduling: 'lifo' as const };
-    this.http = new http.Agent(pool);
-    this.https = new https.Agent(pool);
+    this.maxSockets = options.maxSockets ?? 16;
     this.idleTimeoutMs = options.idleTimeoutMs ?? 60_000;
+    this.ca = options.ca;
   }
 
   /** Sends a request and reads the whole answer, following redirects of GET and HEAD. */
@@ -86,8 +97,8 @@ export class HttpClient {
 
   /** Closes every pooled connection. */
   close(): void {
-    this.http.destroy();
-    this.https.destroy();
+    this.closed = true;
+    for (const o of this.origins.values()) for (const c of o.idle.splice(0)) c.destroy();
   }
 
   private async send(
@@ -100,101 +111,122 @@ export class HttpClient {
       return await this.exchange(url, method, headers, init);
     } catch (err) {
       if (!(err instanceof StaleConnection)) throw err;
-      return this.exchange(url, method, headers, init); // on a fresh or another pooled connection
+      // Its idle siblings are likely stale too (the server restarted, or timed them all out):
+      // the retry goes on a new connection, so it cannot fail this way again.
+      for (const c of this.originOf(url).idle.splice(0)) c.destroy();
+      return this.exchange(url, method, headers, init);
     }
   }
 
-  private exchange(
+  private async exchange(
     url: URL,
     method: string,
     headers: Record<string, string>,
     init: HttpRequest,
   ): Promise<HttpResponse> {
-    const { signal, body } = init;
-    const maxBody = init.maxBodyBytes ?? MAX_BODY;
+    const { signal } = init;
     signal?.throwIfAborted();
-    return new Promise<HttpResponse>((resolve, reject) => {
-      let settled = false;
-      const finish = (err: unknown, res?: HttpResponse): void => {
-        if (settled) return;
-        settled = true;
-        signal?.removeEventListener('abort', onAbort);
-        if (err === undefined) resolve(res!);
-        else reject(err);
-      };
-      const fail = (message: string, cause?: unknown): IoError =>
-        new IoError(`${method} ${url.href}: ${message}`, { cause, context: { url: url.href, method } });
-
-      const lib = url.protocol === 'https:' ? https : http;
-      const req = lib.request(url, {
-        method,
-        headers: body ? { ...headers, 'content-length': String(body.length) } : headers,
-        agent: url.protocol === 'https:' ? this.https : this.http,
-      });
-      // Settles first, then drops the connection: nothing it emits afterwards can resolve.
-      const abandon = (err: unknown): void => {
-        finish(err);
-        req.destroy();
-      };
-      const onAbort = (): void => abandon(signal!.reason);
-      signal?.addEventListener('abort', onAbort, { once: true });
-      req.setTimeout(this.idleTimeoutMs, () =>
-        abandon(fail(`no answer for ${this.idleTimeoutMs} ms (is the registry reachable?)`)),
-      );
-
-      req.on('error', (err: NodeJS.ErrnoException) => {
-        const idempotent = method === 'GET' || method === 'HEAD';
-        if (idempotent && req.reusedSocket && STALE_CONNECTION.has(err.code ?? ''))
-          return finish(new StaleConnection());
-        finish(fail(err.message, err));
-      });
-
-      req.on('response', (res) => {
-        const reply = (data: Buffer): HttpResponse => ({
-          status: res.statusCode ?? 0,
-          statusText: res.statusMessage ?? '',
-          url: url.href,
-          body: data,
-          header: (name) => {
-            const v = res.headers[name];
-            return Array.isArray(v) ? v.join(', ') : v;
-          },
+    if (url.protocol !== 'http:' && url.protocol !== 'https:')
+      throw new IoError(`${url.href}: only http and https URLs are supported`, { context: { url: url.href } });
+    const fail = (message: string, cause?: unknown): IoError =>
+      new IoError(`${method} ${url.href}: ${message}`, { cause, context: { url: url.href, method } });
+    const origin = this.originOf(url);
+    const conn = await this.connection(url, origin, signal);
+    const reused = conn.exchanges > 0;
+    let answer: Http1Response;
+    try {
+      answer = await new Promise<Http1Response>((resolve, reject) => {
+        const onAbort = (): void => {
+          reject(signal!.reason);
+          conn.destroy();
+        };
+        signal?.addEventListener('abort', onAbort, { once: true });
+        conn.setIdleTimeout(this.idleTimeoutMs, () => {
+          reject(fail(`no answer for ${this.idleTimeoutMs} ms (is the registry reachable?)`));
+          conn.destroy();
         });
-        if (method === 'HEAD' || res.statusCode === 204 || res.statusCode === 304) {
-          res.resume();
-          res.on('end', () => finish(undefined, reply(Buffer.alloc(0))));
-          return;
-        }
-        const declared = res.headers['content-length'];
-        const length = declared === undefined ? undefined : Number(declared);
-        if (length !== undefined && !(length >= 0 && length <= maxBody)) {
-          abandon(fail(`answer of ${declared} bytes is over the ${maxBody}-byte limit`));
-          return;
-        }
-        // One copy per byte: into a buffer of the declared length, else into pieces joined once.
-        // Only a success is received into the caller's buffer: redirects and errors are not its data.
-        const ok = res.statusCode !== undefined && res.statusCode >= 200 && res.statusCode < 300;
-        const whole = length === undefined ? undefined : (ok && init.allocate?.(length)) || Buffer.allocUnsafe(length);
-        const pieces: Buffer[] = [];
-        let got = 0;
-        res.on('data', (piece: Buffer) => {
-          if (settled) return;
-          if (got + piece.length > (length ?? maxBody)) {
-            abandon(fail(`answer longer than ${length ?? maxBody} bytes`));
-            return;
-          }
-          if (whole) piece.copy(whole, got);
-          else pieces.push(piece);
-          got += piece.length;
-        });
-        res.on('end', () => {
-          if (whole && got !== whole.length) return finish(fail(`answer cut short at ${got} of ${length} bytes`));
-          finish(undefined, reply(whole ?? Buffer.concat(pieces, got)));
-        });
-        res.on('error', (err) => finish(fail(err.message, err)));
+        conn
+          .exchange(
+            {
+              method,
+              target: `${url.pathname}${url.search}`,
+              headers,
+              body: init.body,
+              maxBodyBytes: init.maxBodyBytes ?? MAX_BODY,
+              allocate: init.allocate,
+            },
+            url.host,
+          )
+          .then(resolve, reject)
+          .finally(() => signal?.removeEventListener('abort', onAbort));
       });
-      req.end(body);
-    });
+    } catch (err) {
+      conn.destroy();
+      this.release(origin, conn);
+      if (!(err instanceof Http1Failure)) throw err;
+      const idempotent = method === 'GET' || method === 'HEAD';
+      if (idempotent && reused && err.beforeAnswer && (err.errno === undefined || STALE_CONNECTION.has(err.errno)))
+        throw new StaleConnection();
+      throw fail(err.message, err.cause ?? err);
+    }
+    this.release(origin, conn);
+    return {
+      status: answer.status,
+      statusText: answer.statusText,
+      url: url.href,
+      body: answer.body,
+      header: (name) => answer.headers.get(name),
+    };
+  }
+
+  private originOf(url: URL): Origin {
+    const key = `${url.protocol}//${url.host}`;
+    let o = this.origins.get(key);
+    if (!o) this.origins.set(key, (o = { idle: [], count: 0, waiting: [] }));
+    return o;
+  }
+
+  /** An idle connection to the origin, a new one, or the next one freed (at most maxSockets). */
+  private async connection(url: URL, o: Origin, signal?: AbortSignal): Promise<Http1Connection> {
+    for (;;) {
+      const idle = o.idle.pop();
+      if (idle?.reusable) return idle;
+      if (idle) continue; // closed while idle: already uncounted
+      if (o.count < this.maxSockets) {
+        o.count++;
+        const c = new Http1Connection(url, { ca: this.ca });
+        c.onClose = () => {
+          o.count--;
+          const i = o.idle.indexOf(c);
+          if (i >= 0) o.idle.splice(i, 1);
+          o.waiting.shift()?.();
+        };
+        return c;
+      }
+      await new Promise<void>((resolve, reject) => {
+        const wake = (): void => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        };
+        const onAbort = (): void => {
+          const i = o.waiting.indexOf(wake);
+          if (i >= 0) o.waiting.splice(i, 1); // a wake-up must not go to a caller that left
+          reject(signal!.reason);
+        };
+        o.waiting.push(wake);
+        signal?.addEventListener('abort', onAbort, { once: true });
+      });
+    }
+  }
+
+  /** Back to the pool (or closed), waking one waiter either way. */
+  private release(o: Origin, c: Http1Connection): void {
+    if (c.reusable && !this.closed && o.idle.length < MAX_IDLE) {
+      o.idle.push(c);
+      o.waiting.shift()?.();
+    } else {
+      c.destroy(); // its onClose wakes a waiter
+    }
   }
 }
 

@@ -1,17 +1,25 @@
 /**
- * The oci:// store's HTTP client against real servers on loopback (node:http, and node:net
- * where a misbehaving peer has to be written by hand): bodies, redirects and credentials,
- * limits, cut-short answers, aborts, silence, and a keep-alive connection the server dropped.
+ * The oci:// store's HTTP client against real servers on loopback (node:http and node:https,
+ * and node:net where a peer has to be written by hand): bodies, redirects and credentials,
+ * limits, cut-short answers, aborts, silence, a keep-alive connection the server dropped, and
+ * the framings and oddities of HTTP/1.1 answers (interim answers, chunk extensions and
+ * trailers, answers ended by closing, servers speaking out of turn).
  */
+import { readFile } from 'node:fs/promises';
 import { createServer as createHttpServer, type RequestListener, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { IoError } from '../../common/errors.js';
+import { run } from '../../common/exec.js';
+import { InvalidArgumentError, IoError } from '../../common/errors.js';
 import { HttpClient } from '../../stores/http-client.js';
+import { tempDir } from '../helpers/tmp.js';
 
 const servers: (Server | NetServer)[] = [];
 const rawSockets = new Set<Socket>();
 const clients: HttpClient[] = [];
+const cleanups: (() => Promise<void>)[] = [];
 
 afterEach(async () => {
   for (const c of clients.splice(0)) c.close();
@@ -21,6 +29,7 @@ afterEach(async () => {
     if ('closeAllConnections' in s) s.closeAllConnections();
     await new Promise((r) => s.close(r));
   }
+  for (const cleanup of cleanups.splice(0)) await cleanup();
 });
 
 async function serve(handler: RequestListener): Promise<string> {
@@ -193,5 +202,106 @@ describe('HttpClient', () => {
     expect(connections).toBe(2);
     // A PUT is not sent twice: the reset is the caller's error.
     await expect(c.request(`${base}/3`, { method: 'PUT', body: Buffer.from('x') })).rejects.toBeInstanceOf(IoError);
+  });
+
+  it('receives over TLS, in place', async () => {
+    const { path: dir, cleanup } = await tempDir('slacker-https-');
+    cleanups.push(cleanup);
+    await run('openssl', [
+      'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=127.0.0.1',
+      '-addext', 'subjectAltName=IP:127.0.0.1',
+      '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'),
+    ]); // prettier-ignore
+    const cert = await readFile(join(dir, 'cert.pem'));
+    const payload = Buffer.alloc(1_000_000);
+    for (let i = 0; i < payload.length; i++) payload[i] = i % 251;
+    const server = createHttpsServer({ key: await readFile(join(dir, 'key.pem')), cert }, (req, res) =>
+      res.end(payload),
+    );
+    servers.push(server);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `https://127.0.0.1:${(server.address() as { port: number }).port}/blob`;
+    const slab = Buffer.alloc(2_000_000);
+    const res = await client({ ca: cert }).request(url, { allocate: (n) => slab.subarray(0, n) });
+    expect(res.body.buffer).toBe(slab.buffer);
+    expect(res.body.equals(payload)).toBe(true);
+    // Not trusted without the certificate: a clear error, not an answer.
+    await expect(client().request(url)).rejects.toThrow(/self-signed certificate/);
+  });
+
+  it('reads every framing: interim answers, chunk extensions and trailers, an answer ended by closing', async () => {
+    const answers: Record<string, string> = {
+      '/interim': 'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello',
+      '/chunked':
+        'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n' +
+        '3;name=value\r\nabc\r\n' +
+        'A\r\n0123456789\r\n' +
+        '0\r\nx-trailer: yes\r\n\r\n',
+      // Both framings: chunked wins and the connection is not reused (RFC 9112 6.3).
+      '/both': 'HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n',
+      '/close': 'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end',
+      '/empty': 'HTTP/1.1 204 No Content\r\nx-a: 1\r\nX-A: 2\r\n\r\n',
+    };
+    let connections = 0;
+    const base = await serveRaw((socket) => {
+      connections++;
+      socket.on('data', (d: Buffer) => {
+        const path = /^GET (\S+)/.exec(d.toString('latin1'))![1]!;
+        // Dribbled a few bytes at a time: heads and chunk lines arrive cut anywhere.
+        const bytes = Buffer.from(answers[path]!, 'latin1');
+        for (let i = 0; i < bytes.length; i += 7) socket.write(bytes.subarray(i, i + 7));
+        if (path === '/close') socket.end();
+      });
+    });
+    const c = client({ maxSockets: 1 });
+    expect((await c.request(`${base}/interim`)).body.toString()).toBe('hello');
+    expect((await c.request(`${base}/chunked`)).body.toString()).toBe('abc0123456789');
+    expect(connections).toBe(1); // kept alive across both
+    expect((await c.request(`${base}/both`)).body.toString()).toBe('ok');
+    expect((await c.request(`${base}/close`)).body.toString()).toBe('until the end');
+    const empty = await c.request(`${base}/empty`);
+    expect([empty.status, empty.body.length, empty.header('x-a')]).toEqual([204, 0, '1, 2']);
+    expect(connections).toBe(3); // a new one after /both and after /close
+  });
+
+  it('refuses malformed answers with a clear error, and drops a connection that speaks out of turn', async () => {
+    const answers: Record<string, string> = {
+      '/status': 'HTTP/2 200 OK\r\n\r\n',
+      '/header': 'HTTP/1.1 200 OK\r\nno colon here\r\n\r\n',
+      '/length': 'HTTP/1.1 200 OK\r\nContent-Length: 12abc\r\n\r\n',
+      '/chunk': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n',
+      '/huge': `HTTP/1.1 200 OK\r\nx-big: ${'a'.repeat(20_000)}\r\n\r\n`,
+      '/ok': 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
+    };
+    let connections = 0;
+    const base = await serveRaw((socket) => {
+      connections++;
+      socket.on('data', (d: Buffer) => {
+        const path = /^GET (\S+)/.exec(d.toString('latin1'))![1]!;
+        socket.write(answers[path]!);
+        // Then, unasked, the start of another answer: the client must not take it for the next one.
+        if (path === '/ok') setTimeout(() => socket.write('HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbad'), 20);
+      });
+    });
+    const c = client({ maxSockets: 1 });
+    const failure = (path: string) =>
+      c.request(`${base}${path}`).then(
+        () => new Error('answered'),
+        (e: Error) => e,
+      );
+    expect((await failure('/status')).message).toMatch(/not an HTTP\/1.x status line/);
+    expect((await failure('/header')).message).toMatch(/malformed header line/);
+    expect((await failure('/length')).message).toMatch(/malformed Content-Length/);
+    expect((await failure('/chunk')).message).toMatch(/malformed chunk size line/);
+    expect((await failure('/huge')).message).toMatch(/answer head longer than 16384 bytes/);
+    for (const path of ['/status', '/header', '/length', '/chunk', '/huge'])
+      expect(await failure(path)).toBeInstanceOf(IoError);
+    expect((await c.request(`${base}/ok`)).body.toString()).toBe('ok');
+    const before = connections;
+    await new Promise((r) => setTimeout(r, 100)); // the unasked bytes arrive
+    expect((await c.request(`${base}/ok`)).body.toString()).toBe('ok'); // not 'bad'
+    expect(connections).toBe(before + 1); // on a new connection: the old one's stream was out of step
+    // Header values that would split the request are refused before anything is sent.
+    await expect(c.request(`${base}/ok`, { headers: { 'x-a': 'b\r\nx-c: d' } })).rejects.toThrow(InvalidArgumentError);
   });
 });
