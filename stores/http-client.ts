@@ -43,6 +43,12 @@ export interface HttpClientOptions {
   maxSockets?: number;
   /** Fail a request when its connection is silent this long (default 60 s). */
   idleTimeoutMs?: number;
+  /**
+   * Reuse an idle connection only within this long (default 4 s), and within the server's
+   * announced Keep-Alive timeout less a second: a request sent just as the server closes the
+   * connection fails, and only GET and HEAD may be sent again.
+   */
+  keepAliveMs?: number;
   /** Certificates (PEM) to trust for https instead of Node's default store (which NODE_EXTRA_CA_CERTS extends). */
   ca?: string | Buffer;
 }
@@ -67,12 +73,14 @@ export class HttpClient {
   private readonly origins = new Map<string, Origin>();
   private readonly maxSockets: number;
   private readonly idleTimeoutMs: number;
+  private readonly keepAliveMs: number;
   private readonly ca: string | Buffer | undefined;
   private closed = false;
 
   constructor(options: HttpClientOptions = {}) {
     this.maxSockets = options.maxSockets ?? 16;
     this.idleTimeoutMs = options.idleTimeoutMs ?? 60_000;
+    this.keepAliveMs = options.keepAliveMs ?? 4_000;
     this.ca = options.ca;
   }
 
@@ -190,8 +198,11 @@ export class HttpClient {
   private async connection(url: URL, o: Origin, signal?: AbortSignal): Promise<Http1Connection> {
     for (;;) {
       const idle = o.idle.pop();
-      if (idle?.reusable) return idle;
-      if (idle) continue; // closed while idle: already uncounted
+      if (idle?.reusable && !this.idleTooLong(idle)) return idle;
+      if (idle) {
+        idle.destroy(); // idle too long, or closed while idle (then already uncounted)
+        continue;
+      }
       if (o.count < this.maxSockets) {
         o.count++;
         const c = new Http1Connection(url, { ca: this.ca });
@@ -217,6 +228,11 @@ export class HttpClient {
         signal?.addEventListener('abort', onAbort, { once: true });
       });
     }
+  }
+
+  private idleTooLong(c: Http1Connection): boolean {
+    const limit = Math.min(this.keepAliveMs, (c.serverKeepAliveMs ?? Infinity) - 1000);
+    return Date.now() - c.idleSince >= limit;
   }
 
   /** Back to the pool (or closed), waking one waiter either way. */

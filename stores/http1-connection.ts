@@ -80,6 +80,10 @@ export class Http1Connection {
   }
   /** Exchanges completed on this connection. */
   exchanges = 0;
+  /** When the last exchange completed (Date.now()). */
+  idleSince = 0;
+  /** How long the server keeps an idle connection, if its last answer said (Keep-Alive: timeout=N). */
+  serverKeepAliveMs: number | undefined;
 
   private readonly socket: net.Socket;
   private readonly scratch = Buffer.allocUnsafeSlow(SCRATCH_BYTES);
@@ -307,6 +311,9 @@ export class Http1Connection {
     if (!p.keepAlive) this.closeAfter = true;
     if (this.held > 0) this.closeAfter = true; // bytes beyond the answer: not a connection to reuse
     this.exchanges++;
+    this.idleSince = Date.now();
+    const announced = /\btimeout=(\d+)/i.exec(p.headers?.get('keep-alive') ?? '');
+    this.serverKeepAliveMs = announced ? Number(announced[1]) * 1000 : undefined;
     this.socket.unref();
     this.settle(undefined, {
       status: p.status!,

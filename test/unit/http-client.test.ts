@@ -304,4 +304,26 @@ describe('HttpClient', () => {
     // Header values that would split the request are refused before anything is sent.
     await expect(c.request(`${base}/ok`, { headers: { 'x-a': 'b\r\nx-c: d' } })).rejects.toThrow(InvalidArgumentError);
   });
+
+  it('reuses an idle connection only while the client and the server both keep it', async () => {
+    let connections = 0;
+    const base = await serveRaw((socket) => {
+      connections++;
+      socket.on('data', (d: Buffer) => {
+        const announce = d.toString('latin1').startsWith('GET /announce') ? 'Keep-Alive: timeout=1\r\n' : '';
+        socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\n${announce}\r\nok`);
+      });
+    });
+    const c = client({ maxSockets: 1, keepAliveMs: 300 });
+    await c.request(`${base}/a`);
+    await c.request(`${base}/a`);
+    expect(connections).toBe(1); // reused at once
+    await new Promise((r) => setTimeout(r, 400));
+    await c.request(`${base}/announce`);
+    expect(connections).toBe(2); // idle past keepAliveMs: a new connection
+    await c.request(`${base}/a`);
+    expect(connections).toBe(3); // the server keeps it 1 s: less the second of margin, never reused
+    await c.request(`${base}/a`);
+    expect(connections).toBe(3);
+  });
 });
