@@ -17,7 +17,7 @@
  * 3. Warm read of the same volume (its chunks now local) against `nbdkit file` serving a raw
  *    image of the same bytes.
  */
-import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -50,12 +50,36 @@ async function timed(fn: () => Promise<unknown>): Promise<number> {
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
+/** CPU seconds (user + system) a process has used so far, from /proc/PID/stat. */
+async function processCpu(pid: number | undefined, clockTicks: number): Promise<number> {
+  if (pid === undefined) return NaN;
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / clockTicks; // utime and stime
+}
+
+/** Runs a command to completion; returns the CPU seconds it used (bash's `times`). */
+async function runCounted(cmd: string, args: string[]): Promise<number> {
+  const { stdout } = await run('bash', ['-c', '"$@" || exit $?; times', 'bash', cmd, ...args], { timeoutMs: 600_000 });
+  const m = /(\d+)m([\d.]+)s (\d+)m([\d.]+)s\s*$/.exec(stdout.trim());
+  if (!m) throw new Error(`no CPU times from bash for ${cmd}: ${JSON.stringify(stdout.slice(-200))}`);
+  return Number(m[1]) * 60 + Number(m[2]) + Number(m[3]) * 60 + Number(m[4]);
+}
+
+/** CPU seconds used by this process (every thread: the NBD server and the fetches run here). */
+function selfCpu(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+}
+
 interface Row {
   name: string;
   value: string;
   anchor: string;
   ratio: number;
   target: string;
+  /** Every repetition's value and anchor, where they are numbers. */
+  samples?: { value: number[]; anchor: number[] };
 }
 
 async function main(): Promise<void> {
@@ -119,11 +143,17 @@ async function main(): Promise<void> {
       })
     ).json()) as { layers: { digest: string; size: number }[] };
     const blobUrl = (digest: string) => `http://${reg.host}:${reg.port}/v2/bench/volume/blobs/${digest}`;
-    /** curl, 4 transfers at a time, each pack into `to(i)`; checks that every byte arrived. */
-    const download = async (to: (i: number) => string): Promise<void> => {
+    /** curl, 4 transfers at a time, each pack into `to(i)`; returns curl's CPU seconds. */
+    const download = (to: (i: number) => string): Promise<number> => {
       const args = ['--silent', '--show-error', '--fail', '--parallel', '--parallel-max', '4'];
       packs.layers.forEach((l, i) => args.push('-o', to(i), blobUrl(l.digest)));
-      await run('curl', args, { timeoutMs: 600_000 });
+      return runCounted('curl', args);
+    };
+    const clockTicks = Number((await run('getconf', ['CLK_TCK'])).stdout.trim());
+    /** CPU seconds each side of a cold read or a download used (one entry per repetition). */
+    const cpu = {
+      cold: { self: [] as number[], registry: [] as number[], client: [] as number[] },
+      plain: { registry: [] as number[], client: [] as number[] },
     };
     const downloadsDir = join(dir, 'downloads');
 
@@ -138,9 +168,14 @@ async function main(): Promise<void> {
       const server = new NbdServer();
       server.addExport({ name: 'img', backend: await b.acquire('img') });
       const bound = await server.listen(`unix://${join(dir, `b${r}.sock`)}`);
-      const copy = () => run('nbdcopy', ['--connections=4', nbdUri(bound, 'img'), 'null:'], { timeoutMs: 600_000 });
+      const copy = () => runCounted('nbdcopy', ['--connections=4', nbdUri(bound, 'img'), 'null:']);
       await run('sync', []); // no writeback competing for the two cores (same for every side)
-      cold.push(SIZE / 2 ** 20 / (await timed(copy)));
+      const [self0, registry0] = [selfCpu(), await processCpu(reg.pid, clockTicks)];
+      let nbdcopyCpu = 0;
+      cold.push(SIZE / 2 ** 20 / (await timed(async () => (nbdcopyCpu = await copy()))));
+      cpu.cold.self.push(selfCpu() - self0);
+      cpu.cold.registry.push((await processCpu(reg.pid, clockTicks)) - registry0);
+      cpu.cold.client.push(nbdcopyCpu);
       if (b.stats('img').fetch.bytesFetched < SIZE)
         throw new Error('cold read did not fetch the volume: not a cold read');
       // Let the kernel write back what the cold read cached, so it does not compete with the warm read.
@@ -151,7 +186,13 @@ async function main(): Promise<void> {
       await b.close();
       await run('sync', []); // no writeback competing for the two cores (same for every side)
       await mkdir(downloadsDir, { recursive: true });
-      plain.push(SIZE / 2 ** 20 / (await timed(() => download((i) => join(downloadsDir, `pack-${i}`)))));
+      const registry1 = await processCpu(reg.pid, clockTicks);
+      let curlCpu = 0;
+      plain.push(
+        SIZE / 2 ** 20 / (await timed(async () => (curlCpu = await download((i) => join(downloadsDir, `pack-${i}`))))),
+      );
+      cpu.plain.registry.push((await processCpu(reg.pid, clockTicks)) - registry1);
+      cpu.plain.client.push(curlCpu);
       const got = await Promise.all(packs.layers.map((_, i) => stat(join(downloadsDir, `pack-${i}`))));
       if (got.some((st, i) => st.size !== packs.layers[i]!.size))
         throw new Error('the plain download is incomplete: a pack file differs in size from its manifest entry');
@@ -185,6 +226,7 @@ async function main(): Promise<void> {
       anchor: `${median(plain).toFixed(0)} MiB/s`,
       ratio: median(cold) / median(plain),
       target: '≥ 0.5',
+      samples: { value: cold, anchor: plain },
     });
     rows.push({
       name: 'the same cold read vs the same download to /dev/null (reference: nothing stored)',
@@ -192,6 +234,20 @@ async function main(): Promise<void> {
       anchor: `${median(plainNull).toFixed(0)} MiB/s`,
       ratio: median(cold) / median(plainNull),
       target: '(none)',
+      samples: { value: cold, anchor: plainNull },
+    });
+    // Where the time goes: on loopback every process shares the same cores, so CPU per byte decides.
+    const sum = (...sides: number[][]) => sides[0]!.map((_, r) => sides.reduce((k, side) => k + side[r]!, 0));
+    const coldCpu = sum(cpu.cold.self, cpu.cold.registry, cpu.cold.client);
+    const plainCpu = sum(cpu.plain.registry, cpu.plain.client);
+    const s = (xs: number[]) => median(xs).toFixed(2);
+    rows.push({
+      name: 'CPU seconds of the cold read (this process: NBD server and fetches + registry + nbdcopy) vs of the download to files (registry + curl)',
+      value: `${s(coldCpu)} s (${s(cpu.cold.self)} + ${s(cpu.cold.registry)} + ${s(cpu.cold.client)})`,
+      anchor: `${s(plainCpu)} s (${s(cpu.plain.registry)} + ${s(cpu.plain.client)})`,
+      ratio: median(coldCpu) / median(plainCpu),
+      target: '(none: the ratio is CPU, lower is cheaper)',
+      samples: { value: coldCpu, anchor: plainCpu },
     });
     rows.push({
       name: 'warm read of the same volume vs nbdkit file on a raw image',
@@ -199,6 +255,7 @@ async function main(): Promise<void> {
       anchor: `${median(nbdkit).toFixed(0)} MiB/s`,
       ratio: median(warm) / median(nbdkit),
       target: '≥ 0.5',
+      samples: { value: warm, anchor: nbdkit },
     });
 
     const machine = `${cpus().length} × ${cpus()[0]?.model.trim()}, ${(totalmem() / GiB).toFixed(0)} GiB, Node ${process.version}`;

@@ -35,6 +35,8 @@ export interface TestRegistry {
   storage: string;
   /** oci:// URL of a repository on it. */
   url(repository: string, credentials?: Credentials): string;
+  /** The registry process's PID while it runs (benchmarks read its CPU time). */
+  readonly pid: number | undefined;
   start(): Promise<void>;
   stop(): Promise<void>;
   close(): Promise<void>;
@@ -97,6 +99,9 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Test
     port,
     storage,
     host,
+    get pid() {
+      return proc?.child.pid;
+    },
     url: (repository, c) =>
       `oci+http://${c ? `${encodeURIComponent(c.username)}:${encodeURIComponent(c.password)}@` : ''}${host}:${port}/${repository}`,
     start,
