@@ -1,8 +1,9 @@
 /**
- * Smoke test of the HelloBench and MultiMake harnesses in quick mode (3 images / 4 variants):
- * the whole topology (rate-limited link, registry with the oci chunk store, builders, cold
- * workers) runs for real, the guard rails hold, and the results are written. Speed is not
- * asserted here: the numbers are in docs/results/, made by the full runs.
+ * Smoke test of the HelloBench and MultiMake harnesses in quick mode (3 images / 4 variants)
+ * and of bench:volumes on a small volume: the whole topology (rate-limited link, registry with
+ * the oci chunk store, builders, cold workers) runs for real, the guard rails hold, and the
+ * results are written. Speed is not asserted here: the numbers are in docs/, made by the full
+ * runs.
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -52,4 +53,20 @@ describe('benchmark harnesses, quick mode', () => {
     expect(cycles.filter((c) => c.driver === 'slacker')).toHaveLength(4);
     expect(await readFile(join(dir.path, 'multimake-quick.md'), 'utf8')).toContain('Total development cycle');
   }, 1_200_000);
+
+  it('bench:volumes measures every row against its anchor, with the CPU of each side', async () => {
+    const json = join(dir.path, 'vol.json');
+    await run(process.execPath, [join(DIST, 'volumes.js'), '--size-mib', '16', '--reps', '1', '--json', json], {
+      timeoutMs: 600_000,
+    });
+    const { rows } = JSON.parse(await readFile(json, 'utf8')) as {
+      rows: { name: string; ratio: number; samples?: { value: number[]; anchor: number[] } }[];
+    };
+    expect(rows.map((r) => r.name.split(' ')[0])).toEqual(['clone', 'cold', 'the', 'CPU', 'warm']);
+    for (const r of rows) expect(Number.isFinite(r.ratio) && r.ratio > 0).toBe(true);
+    const cpu = rows.find((r) => r.name.startsWith('CPU'))!;
+    // Both sides used some CPU, and the cold read (which also verifies, stores and serves) more.
+    expect(cpu.samples!.anchor[0]).toBeGreaterThan(0);
+    expect(cpu.samples!.value[0]).toBeGreaterThan(cpu.samples!.anchor[0]!);
+  }, 600_000);
 });
