@@ -279,6 +279,7 @@ export class Http1Connection {
         throw new Error(`answer of ${length} bytes is over the ${p.request.maxBodyBytes}-byte limit`);
       const ok = status >= 200 && status < 300;
       const body = (ok && p.request.allocate?.(length)) || Buffer.allocUnsafe(length);
+      if (body.length !== length) throw new Error(`a ${body.length}-byte buffer was lent for a ${length}-byte body`);
       this.phase = { kind: 'length', body, got: 0 };
       if (length === 0) this.complete(body);
     } else {
