@@ -169,8 +169,7 @@ export class HttpClient {
           .finally(() => signal?.removeEventListener('abort', onAbort));
       });
     } catch (err) {
-      conn.destroy();
-      this.release(origin, conn);
+      this.release(origin, conn); // closed by the failure, unless nothing was sent (a refused header)
       if (!(err instanceof Http1Failure)) throw err;
       const idempotent = method === 'GET' || method === 'HEAD';
       if (idempotent && reused && err.beforeAnswer && (err.errno === undefined || STALE_CONNECTION.has(err.errno)))

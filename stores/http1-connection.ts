@@ -76,7 +76,7 @@ interface Pending {
 export class Http1Connection {
   /** Usable for another exchange: open, idle, and the last answer allowed keep-alive. */
   get reusable(): boolean {
-    return this.open && this.phase.kind === 'idle' && !this.closeAfter;
+    return this.open && !this.socket.destroyed && this.phase.kind === 'idle' && !this.closeAfter;
   }
   /** Exchanges completed on this connection. */
   exchanges = 0;
@@ -198,8 +198,7 @@ export class Http1Connection {
     try {
       this.consume();
     } catch (err) {
-      this.settle(new Http1Failure((err as Error).message, false, undefined, { cause: err }));
-      this.socket.destroy();
+      this.settle(new Http1Failure((err as Error).message, false, undefined, { cause: err })); // closes it
     }
   }
 
