@@ -2,6 +2,7 @@
  * Typed access to the native fileops addon (native/fileops.c): the Linux file syscalls node:fs
  * lacks. Errors carry the errno name in `code`, like node:fs errors.
  */
+import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 
 export interface FileOps {
@@ -62,3 +63,11 @@ function load(): FileOps {
 }
 
 export const fileOps: FileOps = load();
+
+/**
+ * Writes `data` to `path` all or nothing (fileOps.writeFileAtomic), through a temporary file
+ * beside it named uniquely, so concurrent writers of the same path never share one.
+ */
+export function writeFileAtomically(path: string, data: Buffer, options: { durable: boolean }): Promise<void> {
+  return fileOps.writeFileAtomic(path, `${path}.${randomBytes(6).toString('hex')}.tmp`, data, options.durable);
+}

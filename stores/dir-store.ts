@@ -8,10 +8,9 @@
  * Every file is written under a temporary name, synced and renamed, so readers on other hosts
  * see a complete file or none.
  */
-import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileOps } from '../common/fileops.js';
+import { writeFileAtomically } from '../common/fileops.js';
 import { digestOf, type Digest } from '../volumes/types.js';
 import type { BackingStore, StoredChunk } from './backing-store.js';
 
@@ -61,6 +60,6 @@ export class DirStore implements BackingStore {
     )
       return; // content-addressed: already there
     await mkdir(join(path, '..'), { recursive: true });
-    await fileOps.writeFileAtomic(path, `${path}.${randomBytes(6).toString('hex')}.tmp`, data, true);
+    await writeFileAtomically(path, data, { durable: true });
   }
 }

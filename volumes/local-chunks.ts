@@ -12,10 +12,9 @@
  * Presence is remembered once known, so readahead of local chunks costs no syscall.
  * `descriptor` lends an open chunk file to a zero-copy reply for the rest of the current task.
  */
-import { randomBytes } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, rename, unlink } from 'node:fs/promises';
-import { fileOps } from '../common/fileops.js';
+import { writeFileAtomically } from '../common/fileops.js';
 import { readFully, type NoWaitState } from '../common/file-io.js';
 import { join } from 'node:path';
 import { digestOf, type Digest } from './types.js';
@@ -90,7 +89,7 @@ export class LocalChunks {
       this.dirs.add(dir);
     }
     // One threadpool job (create, write, sync, close, rename) instead of four fs round trips.
-    await fileOps.writeFileAtomic(path, `${path}.${randomBytes(6).toString('hex')}.tmp`, data, options.durable);
+    await writeFileAtomically(path, data, options);
     this.present.add(digest);
   }
 
