@@ -81,9 +81,17 @@ export interface Backend {
    * Optional: the slices a range's bytes lie in, in order, covering it exactly, or undefined if
    * some of it is not in a local file (the server then calls pread). Synchronous because the
    * server sends from the descriptors at once: they must stay open until control returns to
-   * the event loop. Bytes in the slices must be what pread would return now.
+   * the event loop. Bytes in the slices must be what pread would return now. `loaded`: called
+   * right after load() of the same range, which already accounted for the read.
    */
-  fileSlices?(offset: ByteCount, length: ByteCount): Slice[] | undefined;
+  fileSlices?(offset: ByteCount, length: ByteCount, loaded?: boolean): Slice[] | undefined;
+  /**
+   * Optional, with fileSlices: brings a range's bytes into local files (a backend that fetches
+   * lazily), so that fileSlices can then serve it; rejects as pread would. The server calls it
+   * when fileSlices finds part of a range missing, rather than have pread copy the bytes into
+   * a buffer and then into the socket.
+   */
+  load?(offset: ByteCount, length: ByteCount): Promise<void>;
   close?(): Promise<void>;
 }
 

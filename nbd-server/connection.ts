@@ -12,7 +12,7 @@
 import type { Socket } from 'node:net';
 import { ShutdownError, ProtocolError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
-import type { Extent, Slice } from './backend.js';
+import type { Backend, Extent } from './backend.js';
 import { ByteBudget } from './budget.js';
 import { errnoName, toNbdErrno } from './errno.js';
 import type { Export, ExportRegistry } from './exports.js';
@@ -299,11 +299,14 @@ export class Connection {
     const b = e.backend;
     const mode = { structured: n.structuredReplies, fragment: (req.flags & CMD_FLAG.DF) === 0 };
     if (b.fileSlices && this.deps.zeroCopy && this.fd !== undefined) {
-      // Direct bytes must not overtake replies still queued on the socket.
-      while (this.unsent > 0 && !this.socket.destroyed) await this.allSent();
-      if (!this.socket.destroyed && this.readDirect(this.fd, b.fileSlices(req.offset, req.length), req, mode)) {
-        return SENT;
+      let direct = await this.readDirectWhenIdle(this.fd, b, req, mode);
+      if (direct === 'not-local' && b.load) {
+        // A lazily fetching backend brings the range into its files, and the reply leaves from
+        // them like any other: no copy into a buffer, and then into the socket.
+        await b.load(req.offset, req.length);
+        direct = await this.readDirectWhenIdle(this.fd, b, req, mode, true);
       }
+      if (direct === 'sent') return SENT;
     }
     this.deps.stats.copied++;
     const pieces =
@@ -317,14 +320,24 @@ export class Connection {
   }
 
   /**
-   * Sends a read reply with sendfile when the backend has the range in cached files; false
-   * (nothing sent) otherwise. Called with nothing queued on the socket, right after fileSlices:
-   * the descriptors it lent are open only until this task ends.
+   * Once nothing is queued on the socket (direct bytes must not overtake queued replies), sends
+   * a read reply with sendfile if the backend has the range in files in the page cache. Says
+   * what happened; nothing is sent unless 'sent'.
    */
-  private readDirect(fd: number, slices: Slice[] | undefined, req: Request, mode: replies.ReadMode): boolean {
-    if (!slices) return false;
+  private async readDirectWhenIdle(
+    fd: number,
+    b: Backend,
+    req: Request,
+    mode: replies.ReadMode,
+    loaded = false,
+  ): Promise<'sent' | 'not-local' | 'not-cached'> {
+    while (this.unsent > 0 && !this.socket.destroyed) await this.allSent();
+    if (this.socket.destroyed) return 'not-cached';
+    // Synchronous from here: the descriptors fileSlices lends are open only until this task ends.
+    const slices = b.fileSlices!(req.offset, req.length, loaded);
+    if (!slices) return 'not-local';
     const frames = replies.readReply(req.handle, req.offset, slices, mode);
-    if (!allCached(frames)) return false;
+    if (!allCached(frames)) return 'not-cached';
     let rest: Buffer[];
     try {
       rest = sendDirect(fd, frames);
@@ -332,7 +345,7 @@ export class Connection {
       // The peer is gone: what it asked for can no longer be delivered.
       this.log.debug({ err }, 'direct reply failed');
       this.socket.destroy();
-      return true;
+      return 'sent';
     }
     this.deps.stats.direct++;
     // The kernel's buffer filled: the rest of this reply queues behind, as a reply of its own.
@@ -340,7 +353,7 @@ export class Connection {
       this.deps.stats.directBytesQueued += rest.reduce((k, b) => k + b.length, 0);
       this.send({ frames: rest }, 0);
     }
-    return true;
+    return 'sent';
   }
 
   private enlargeSendBuffer(): void {

@@ -92,8 +92,8 @@ export class ChunkReader {
   private readonly queue: Queued[] = [];
   private flushScheduled = false;
   private batchesInFlight = 0;
-  /** Fetched chunks being written to the local store. */
-  private readonly landing = new Set<Promise<void>>();
+  /** Fetched chunks being written to the local store, by digest. */
+  private readonly landing = new Map<Digest, Promise<void>>();
   /**
    * Buffers the store receives into, reused batch after batch (a fresh buffer's page faults
    * cost more than the copy into it). Safe because a fetched chunk's bytes are used only by
@@ -123,11 +123,12 @@ export class ChunkReader {
 
   /**
    * The descriptor of a chunk stored locally, for a zero-copy reply (open until the current
-   * task returns to the event loop), counted as a local hit; undefined when it must be fetched.
+   * task returns to the event loop), counted as a local hit in `c` if given (load() counted
+   * the read otherwise); undefined when it must be fetched.
    */
-  localDescriptor(digest: Digest, length: number, c: FetchCounters): number | undefined {
+  localDescriptor(digest: Digest, length: number, c: FetchCounters | undefined): number | undefined {
     const fd = this.local.descriptor(digest, length);
-    if (fd !== undefined) this.localHit(digest, c);
+    if (fd !== undefined && c) this.localHit(digest, c);
     return fd;
   }
 
@@ -137,9 +138,19 @@ export class ChunkReader {
     this.cache?.touch(digest);
   }
 
+  /**
+   * Makes a chunk local: fetched if missing, and resolved once it is stored (a keep that failed
+   * leaves it missing: the caller then reads it another way). Rejects as a read would.
+   */
+  async load(digest: Digest, c: FetchCounters): Promise<void> {
+    if (this.local.has(digest)) return this.localHit(digest, c);
+    await this.fetch(digest, c);
+    await this.landing.get(digest);
+  }
+
   /** Resolves once every chunk fetched so far is stored locally (or failed to be). */
   async landed(): Promise<void> {
-    while (this.landing.size > 0) await Promise.all(this.landing);
+    while (this.landing.size > 0) await Promise.all(this.landing.values());
   }
 
   /** Waits for fetched chunks to land, then frees the receive buffers. */
@@ -280,12 +291,12 @@ export class ChunkReader {
         }
         q.counters.recordFetch(data.length, Date.now() - q.queuedAt);
         this.total.recordFetch(data.length, Date.now() - q.queuedAt);
-        q.resolve(data); // readers need not wait for the local copy
         const landed = this.keep(q.digest, data).finally(() => {
-          this.landing.delete(landed);
+          this.landing.delete(q.digest);
           q.settled();
         });
-        this.landing.add(landed);
+        this.landing.set(q.digest, landed);
+        q.resolve(data); // readers that copy need not wait for the local copy
         await landed;
       }),
     );

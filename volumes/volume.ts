@@ -83,24 +83,42 @@ export class Volume implements Backend {
   }
 
   /** For zero-copy replies: the files holding a range, if every chunk of it is here. */
-  fileSlices(offset: ByteCount, length: ByteCount): Slice[] | undefined {
+  fileSlices(offset: ByteCount, length: ByteCount, loaded = false): Slice[] | undefined {
+    const pieces = this.pieces(offset, length);
+    // All or nothing, and nothing counted before that is known: a chunk still to fetch sends
+    // the read to load() or pread, which count it.
+    if (pieces.some((p) => this.missing(p.index))) return undefined;
     const slices: Slice[] = [];
-    for (const p of this.pieces(offset, length)) {
+    for (const p of pieces) {
       const src = this.sourceOf(p.index);
       if (src.kind === 'zero') {
         slices.push({ kind: 'zero', length: p.length });
       } else if (src.kind === 'local') {
         slices.push(...this.parts.data!.fileSlices(p.index * this.chunkSize + p.at, p.length));
       } else {
-        // Noted even if a later piece sends the read to pread: it notes the same pieces in order.
         this.parts.trace?.record(p.index);
-        const fd = this.parts.chunks.localDescriptor(src.digest, this.chunkLength(p.index), this.parts.counters);
-        if (fd === undefined) return undefined;
+        const counters = loaded ? undefined : this.parts.counters;
+        const fd = this.parts.chunks.localDescriptor(src.digest, this.chunkLength(p.index), counters);
+        if (fd === undefined) return undefined; // cut short: pread sets it aside and fetches it
         slices.push({ kind: 'file', fd, position: p.at, length: p.length });
       }
     }
-    this.noteRead(offset, length);
+    if (!loaded) this.noteRead(offset, length);
     return slices;
+  }
+
+  /**
+   * Brings the range's missing base chunks into the local store, for fileSlices to serve (a
+   * cold read then leaves by sendfile from the page cache, like a warm one). Notes the read.
+   */
+  async load(offset: ByteCount, length: ByteCount): Promise<void> {
+    this.noteRead(offset, length);
+    await Promise.all(
+      this.pieces(offset, length).map((p) => {
+        const src = this.sourceOf(p.index);
+        return src.kind === 'chunk' ? this.parts.chunks.load(src.digest, this.parts.counters) : undefined;
+      }),
+    );
   }
 
   /** NBD_CMD_CACHE: bring the range's chunks into the local store. */
@@ -188,6 +206,12 @@ export class Volume implements Backend {
     await this.flush();
     this.closed = true;
     await this.parts.data?.close();
+  }
+
+  /** Whether a chunk's bytes are in a base chunk not stored locally (yet). */
+  private missing(idx: ChunkIndex): boolean {
+    const src = this.sourceOf(idx);
+    return src.kind === 'chunk' && !this.parts.chunks.local.has(src.digest);
   }
 
   /** Where a chunk's bytes are now. */

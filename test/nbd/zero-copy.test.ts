@@ -1,15 +1,18 @@
 /**
  * Zero-copy read replies (nbd-server/direct-reply.ts): cached file data leaves with sendfile.
  * Those replies must carry the same bytes as the copy path, whole and correctly framed, also
- * when a client stops reading and the kernel's buffer fills in the middle of a reply; and a
- * volume's holes must still be reported as holes.
+ * when a client stops reading and the kernel's buffer fills in the middle of a reply; a
+ * volume's holes must still be reported as holes; and a cold read of a lazily fetched volume
+ * leaves from the chunks' files once they are fetched, counted once.
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileBackend } from '../../nbd-server/backends/file.js';
 import { CMD, REPLY_TYPE } from '../../nbd-server/protocol.js';
+import { openStore } from '../../stores/open-store.js';
 import { VolumeManager } from '../../volumes/manager.js';
+import { publishVolume } from '../helpers/volumes.js';
 import { openExport, type RawClient } from '../helpers/raw-client.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
@@ -148,5 +151,57 @@ describe('zero-copy read replies from a volume', () => {
     expect(chunks[3]!.payload.readUInt32BE(8)).toBe(CHUNK + CHUNK / 2);
     expect(srv.server.readReplies.direct).toBe(before + 1);
     c.destroy();
+  });
+});
+
+describe('zero-copy read replies from a lazily fetched volume', () => {
+  const CHUNK = 64 * KiB;
+  const CHUNKS = 64;
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  let host: VolumeManager;
+  let srv: TestServer;
+  const data = (i: number): Buffer => randomBytes(CHUNK, 700 + i);
+  const all = Buffer.concat(Array.from({ length: CHUNKS }, (_, i) => data(i)));
+
+  beforeAll(async () => {
+    await requireTools('nbdcopy');
+    dir = await tempDir('slacker-zc-cold-');
+    const store = `dir://${join(dir.path, 'store')}`;
+    const origin = await VolumeManager.open(join(dir.path, 'origin'), { store: openStore(store) });
+    const indexes = Array.from({ length: CHUNKS }, (_, i) => i);
+    const ref = await publishVolume(origin, 'img', indexes, { size: CHUNKS * CHUNK, chunkSize: CHUNK, data });
+    await origin.close();
+    host = await VolumeManager.open(join(dir.path, 'host'), { store: openStore(store) });
+    await host.openSnapshot(ref, 'img');
+    srv = await startServer([{ name: 'img', backend: await host.acquire('img') }]);
+  });
+  afterAll(async () => {
+    await srv?.close();
+    await host?.close();
+    await dir?.cleanup();
+  });
+
+  it('fetches a cold range, sends it with sendfile, and counts fetches and hits once each', async () => {
+    const c = await openExport(srv.tcp.port, 'img', { structured: true });
+    const { direct, copied } = srv.server.readReplies;
+    const offset = CHUNK / 2; // three chunks: the middle of chunk 0 to the middle of chunk 3
+    for (const handle of [1n, 2n]) {
+      c.sendRequest({ type: CMD.READ, handle, offset, length: 3 * CHUNK });
+      const r = await structuredData(c);
+      expect(r.data.equals(all.subarray(offset, offset + 3 * CHUNK))).toBe(true);
+    }
+    expect(srv.server.readReplies).toMatchObject({ direct: direct + 2, copied });
+    // The first read fetched four chunks; the second found them local.
+    expect(host.stats('img').fetch).toMatchObject({ chunksFetched: 4, localHits: 4 });
+    c.destroy();
+  });
+
+  it('gives nbdcopy the whole volume from sendfile, each chunk fetched once', async () => {
+    const out = join(dir.path, 'copy.img');
+    const { copied } = srv.server.readReplies;
+    await run('nbdcopy', ['--connections=4', srv.uri('img', 'unix'), out]);
+    expect((await readFile(out)).equals(all)).toBe(true);
+    expect(srv.server.readReplies.copied).toBe(copied);
+    expect(host.stats('img').fetch.chunksFetched).toBe(CHUNKS);
   });
 });
