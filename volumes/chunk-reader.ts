@@ -122,14 +122,18 @@ export class ChunkReader {
   }
 
   /**
-   * The descriptor of a chunk stored locally, for a zero-copy reply (open until the current
-   * task returns to the event loop), counted as a local hit in `c` if given (load() counted
+   * The file of a chunk stored locally and where in it the chunk starts, for a zero-copy reply
+   * (valid until the current task returns to the event loop), counted as a local hit in `c` if given (load() counted
    * the read otherwise); undefined when it must be fetched.
    */
-  localDescriptor(digest: Digest, length: number, c: FetchCounters | undefined): number | undefined {
-    const fd = this.local.descriptor(digest, length);
-    if (fd !== undefined && c) this.localHit(digest, c);
-    return fd;
+  localDescriptor(
+    digest: Digest,
+    length: number,
+    c: FetchCounters | undefined,
+  ): { fd: number; position: number } | undefined {
+    const file = this.local.descriptor(digest, length);
+    if (file && c) this.localHit(digest, c);
+    return file;
   }
 
   /** A read served from the local store: counted, and the chunk is recently used. */

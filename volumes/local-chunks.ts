@@ -2,7 +2,8 @@
  * The local content-addressed chunk store: frozen chunks as files named by their SHA-256,
  * `ROOT/ab/cdef...` (first two hex digits as a fan-out directory). Files are written to a
  * temporary name, fsync'ed and renamed, so a chunk file either is complete or does not exist.
- * Chunks fetched from a backing store live here too (chunk-cache.ts bounds those).
+ * Chunks fetched from a backing store are appended to segment files instead (cache-segments.ts),
+ * and reads look there first; chunk-cache.ts bounds both kinds of evictable chunk.
  *
  * Reads keep an LRU of open descriptors (a chunk file is opened once, not per read) and use the
  * RWF_NOWAIT fast path: a cached chunk costs one syscall. A descriptor is pinned while a read
@@ -10,13 +11,15 @@
  * opening a local file whose directory is cached takes microseconds, while a libuv threadpool
  * round trip (contended by readahead and fetches) was measured to stall sequential reads.
  * Presence is remembered once known, so readahead of local chunks costs no syscall.
- * `descriptor` lends an open chunk file to a zero-copy reply for the rest of the current task.
+ * `descriptor` lends a chunk's open file and position to a zero-copy reply for the rest of the
+ * current task.
  */
 import { closeSync, fstatSync, openSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, rename, unlink } from 'node:fs/promises';
 import { writeFileAtomically } from '../common/fileops.js';
 import { readFully, type NoWaitState } from '../common/file-io.js';
 import { join } from 'node:path';
+import type { CacheSegments } from './cache-segments.js';
 import { digestOf, type Digest } from './types.js';
 
 /**
@@ -53,7 +56,11 @@ export class LocalChunks {
   private readonly dirs = new Set<string>();
   private readonly nowait: NoWaitState = { read: true };
 
-  constructor(readonly root: string) {}
+  constructor(
+    readonly root: string,
+    /** Where chunks the backing store also has are kept; without it, in files of their own. */
+    readonly segments?: CacheSegments,
+  ) {}
 
   pathOf(digest: Digest): string {
     const hex = digest.slice('sha256:'.length);
@@ -62,7 +69,7 @@ export class LocalChunks {
 
   /** Whether the chunk is stored here: from memory once known, else one cheap stat (no throw). */
   has(digest: Digest): boolean {
-    if (this.present.has(digest)) return true;
+    if (this.present.has(digest) || this.segments?.has(digest)) return true;
     const found = statSync(this.pathOf(digest), { throwIfNoEntry: false }) !== undefined;
     if (found) this.present.add(digest);
     return found;
@@ -82,6 +89,7 @@ export class LocalChunks {
    */
   async putVerified(digest: Digest, data: Buffer, options: { durable: boolean }): Promise<void> {
     if (this.has(digest)) return;
+    if (!options.durable && this.segments) return this.segments.put(digest, data);
     const path = this.pathOf(digest);
     const dir = join(path, '..');
     if (!this.dirs.has(dir)) {
@@ -98,6 +106,11 @@ export class LocalChunks {
    * not stored here. What is read is not re-verified (it was verified when stored).
    */
   async read(digest: Digest, offset: number, length: number, into: Buffer, at: number): Promise<boolean> {
+    if (this.segments?.has(digest)) {
+      if (await this.segments.read(digest, offset, length, into, at)) return true;
+      this.segments.remove(digest); // its segment was cut short: fetch it again
+      return false;
+    }
     const f = this.acquire(digest);
     if (!f) return false;
     try {
@@ -114,15 +127,17 @@ export class LocalChunks {
   }
 
   /**
-   * The open descriptor of a stored chunk at least `length` bytes long, for a zero-copy reply,
-   * or undefined (not here, or short: read() then sets it aside). It stays open until the
-   * current task returns to the event loop.
+   * The open file of a stored chunk at least `length` bytes long and where in it the chunk
+   * starts, for a zero-copy reply, or undefined (not here, or short: read() then sets it
+   * aside). It stays valid until the current task returns to the event loop.
    */
-  descriptor(digest: Digest, length: number): number | undefined {
+  descriptor(digest: Digest, length: number): { fd: number; position: number } | undefined {
+    const slice = this.segments?.lend(digest);
+    if (slice) return slice.length >= length ? { fd: slice.fd, position: slice.offset } : undefined;
     const f = this.acquire(digest);
     if (!f) return undefined;
     queueMicrotask(() => this.release(f));
-    return f.size >= length ? f.fd : undefined;
+    return f.size >= length ? { fd: f.fd, position: 0 } : undefined;
   }
 
   private async quarantine(digest: Digest): Promise<void> {
@@ -140,8 +155,9 @@ export class LocalChunks {
     else f.doomed = true;
   }
 
-  /** Closes every cached descriptor (none may be in use). */
-  close(): void {
+  /** Records the segments' chunks and closes every descriptor (none may be in use). */
+  async close(): Promise<void> {
+    await this.segments?.close();
     for (const [digest, f] of this.fds) {
       closeSync(f.fd);
       this.fds.delete(digest);
@@ -192,6 +208,7 @@ export class LocalChunks {
 
   /** Deletes a chunk file; a reader that has it open finishes its read (Unix semantics). */
   async remove(digest: Digest): Promise<void> {
+    this.segments?.remove(digest);
     this.forget(digest);
     await unlink(this.pathOf(digest)).catch(() => undefined);
   }

@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { ConfigError, ConflictError, InvalidArgumentError, IoError, NotFoundError } from '../common/errors.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import type { BackingStore } from '../stores/backing-store.js';
+import { CacheSegments } from './cache-segments.js';
 import { ChunkCache } from './chunk-cache.js';
 import { ChunkReader, DEFAULT_FETCH_POLICY, FetchCounters, type FetchPolicy } from './chunk-reader.js';
 import { decodeManifest, encodeManifest } from './manifest.js';
@@ -124,7 +125,8 @@ export class VolumeManager {
     await mkdir(join(root, 'data'), { recursive: true });
     await mkdir(join(root, 'chunks'), { recursive: true });
     const metadata = new Metadata(join(root, 'metadata.db'));
-    return new VolumeManager(root, metadata, new LocalChunks(join(root, 'chunks')), options);
+    const segments = await CacheSegments.open(join(root, 'chunks', 'segments'), metadata, { log: options.log });
+    return new VolumeManager(root, metadata, new LocalChunks(join(root, 'chunks'), segments), options);
   }
 
   get store(): BackingStore | undefined {
@@ -388,7 +390,7 @@ export class VolumeManager {
     await this.reader.close();
     for (const [id, c] of this.counters) if (this.metadata.getVolume(id)) this.metadata.saveFetchStats(id, c);
     this.cache.persist(true);
-    this.chunks.close();
+    await this.chunks.close();
     this.metadata.close();
   }
 

@@ -17,6 +17,8 @@
  *   cached_chunks   local chunks that may be evicted because the backing store has them
  *                   (fetched from it, or published to it), with their size and last use.
  *                   Chunks that exist only here are never listed, so never evicted.
+ *   segment_chunks  where fetched chunks lie in the cache's segment files (segment number,
+ *                   offset, length): recorded only after the segment was fdatasync'ed.
  *   fetch_stats     per volume: what its reads fetched (chunks, bytes, errors, local hits,
  *                   latency histogram as JSON), saved when a volume is released or the
  *                   manager closes, so stats outlive the process that served the volume.
@@ -43,6 +45,14 @@ export interface VolumeRow {
 }
 
 export type Override = 'data' | 'zero';
+
+/** A fetched chunk's place in the cache's segment files (cache-segments.ts). */
+export interface SegmentChunk {
+  digest: Digest;
+  segment: number;
+  offset: number;
+  length: number;
+}
 
 const MIGRATIONS: string[] = [
   // 1: initial schema
@@ -89,6 +99,13 @@ const MIGRATIONS: string[] = [
      fetch_errors INTEGER NOT NULL,
      local_hits INTEGER NOT NULL,
      latency TEXT NOT NULL
+   ) WITHOUT ROWID;`,
+  // 5: fetched chunks kept in segment files rather than a file each
+  `CREATE TABLE segment_chunks (
+     digest TEXT PRIMARY KEY,
+     segment INTEGER NOT NULL,
+     offset INTEGER NOT NULL,
+     length INTEGER NOT NULL
    ) WITHOUT ROWID;`,
 ];
 
@@ -279,6 +296,25 @@ export class Metadata {
 
   forgetCached(digest: Digest): void {
     this.db.prepare('DELETE FROM cached_chunks WHERE digest = ?').run(digest);
+  }
+
+  /** Where recorded fetched chunks lie in the cache's segment files. */
+  segmentChunks(): SegmentChunk[] {
+    return this.db.prepare('SELECT digest, segment, offset, length FROM segment_chunks').all() as SegmentChunk[];
+  }
+
+  /** Records chunks whose segment files were synced. */
+  recordSegmentChunks(entries: readonly SegmentChunk[]): void {
+    const insert = this.db.prepare(
+      'INSERT OR REPLACE INTO segment_chunks (digest, segment, offset, length) VALUES (?, ?, ?, ?)',
+    );
+    this.db.transaction(() => {
+      for (const e of entries) insert.run(e.digest, e.segment, e.offset, e.length);
+    })();
+  }
+
+  forgetSegmentChunk(digest: Digest): void {
+    this.db.prepare('DELETE FROM segment_chunks WHERE digest = ?').run(digest);
   }
 
   fetchStats(

@@ -98,9 +98,9 @@ export class Volume implements Backend {
       } else {
         this.parts.trace?.record(p.index);
         const counters = loaded ? undefined : this.parts.counters;
-        const fd = this.parts.chunks.localDescriptor(src.digest, this.chunkLength(p.index), counters);
-        if (fd === undefined) return undefined; // cut short: pread sets it aside and fetches it
-        slices.push({ kind: 'file', fd, position: p.at, length: p.length });
+        const file = this.parts.chunks.localDescriptor(src.digest, this.chunkLength(p.index), counters);
+        if (!file) return undefined; // cut short: pread sets it aside and fetches it
+        slices.push({ kind: 'file', fd: file.fd, position: file.position + p.at, length: p.length });
       }
     }
     if (!loaded) this.noteRead(offset, length);

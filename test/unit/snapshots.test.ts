@@ -2,7 +2,7 @@
  * Publishing snapshots to a dir:// store and opening them on a "second host" (another state
  * root): lazy, verified, deduplicated, and robust to a tampered or vanished store.
  */
-import { readdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { IoError } from '../../common/errors.js';
@@ -24,6 +24,19 @@ const chunkData = (i: number): Buffer => randomBytes(CHUNK, 1000 + i);
 async function countFiles(dir: string): Promise<number> {
   const entries = await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => []);
   return entries.filter((e) => e.isFile()).length;
+}
+
+/**
+ * What a host stores: chunks in files of their own plus chunks in cache segments, and the disk
+ * blocks the segment files take (evicted chunks are punched out of them).
+ */
+async function stored(m: VolumeManager): Promise<{ chunks: number; segmentBytes: number }> {
+  const segments = m.chunks.segments!;
+  const entries = await readdir(join(m.root, 'chunks'), { recursive: true, withFileTypes: true });
+  const own = entries.filter((e) => e.isFile() && !e.name.endsWith('.seg')).length;
+  let segmentBytes = 0;
+  for (const name of await readdir(segments.dir)) segmentBytes += (await stat(join(segments.dir, name))).blocks * 512;
+  return { chunks: own + segments.counts.chunks, segmentBytes };
 }
 
 describe('snapshots in a dir:// store', () => {
@@ -252,7 +265,7 @@ describe('snapshots in a dir:// store', () => {
         await readChunk(0); // touch: 1 is now the least recently used
         await readChunk(3); // evicts 1
         expect(c.cacheStats()).toMatchObject({ chunks: 3, bytes: 3 * CHUNK, evictions: 1 });
-        expect(await countFiles(join(c.root, 'chunks'))).toBe(3);
+        expect(await stored(c)).toEqual({ chunks: 3, segmentBytes: 3 * CHUNK });
         const fetched = c.stats('img-c').fetch.chunksFetched;
         await readChunk(0); // still cached
         expect(c.stats('img-c').fetch.chunksFetched).toBe(fetched);
@@ -270,6 +283,13 @@ describe('snapshots in a dir:// store', () => {
         cacheBytes: 3 * CHUNK,
       });
       expect(again.cacheStats()).toMatchObject({ chunks: 3, bytes: 3 * CHUNK });
+      // ... and so do the chunks, the last three read: read back without a fetch.
+      expect((await stored(again)).chunks).toBe(3);
+      const v = await again.acquire('img-c');
+      const { chunksFetched, localHits } = again.stats('img-c').fetch; // saved by the last process
+      for (const i of [7, 8, 9]) expect((await v.pread(CHUNK, i * CHUNK)).equals(chunkData(i))).toBe(true);
+      expect(again.stats('img-c').fetch).toMatchObject({ chunksFetched, localHits: localHits + 3 });
+      await again.release('img-c');
       await again.close();
     });
 
@@ -300,7 +320,7 @@ describe('snapshots in a dir:// store', () => {
         // Once published, the store has them and they become evictable.
         await c.publish('mine');
         expect(c.cacheStats().chunks).toBe(1);
-        expect(await countFiles(join(c.root, 'chunks'))).toBe(1);
+        expect((await stored(c)).chunks).toBe(1);
       } finally {
         await c.close();
       }

@@ -1,0 +1,99 @@
+/**
+ * The fetched-chunk cache's segment files (volumes/cache-segments.ts) on a real file system:
+ * appends, records only what was synced, rolls over to new segments, punches evicted chunks
+ * out (only once no read uses them) and deletes emptied segments.
+ */
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { CacheSegments } from '../../volumes/cache-segments.js';
+import { Metadata } from '../../volumes/metadata.js';
+import { digestOf } from '../../volumes/types.js';
+import { randomBytes, tempDir } from '../helpers/tmp.js';
+
+const CHUNK = 64 * 1024;
+const chunk = (i: number): Buffer => randomBytes(CHUNK, 300 + i);
+
+describe('cache segments', () => {
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  let metadata: Metadata;
+  let segDir: string;
+  const open = (): Promise<CacheSegments> => CacheSegments.open(segDir, metadata, { segmentBytes: 4 * CHUNK });
+
+  /** Segment files and the disk blocks they take. */
+  async function onDisk(): Promise<{ files: number; bytes: number }> {
+    const names = await readdir(segDir);
+    let bytes = 0;
+    for (const n of names) bytes += (await stat(join(segDir, n))).blocks * 512;
+    return { files: names.length, bytes };
+  }
+
+  async function readBack(s: CacheSegments, i: number): Promise<Buffer> {
+    const out = Buffer.alloc(CHUNK);
+    expect(await s.read(digestOf(chunk(i)), 0, CHUNK, out, 0)).toBe(true);
+    return out;
+  }
+
+  beforeEach(async () => {
+    dir = await tempDir('slacker-segments-');
+    metadata = new Metadata(join(dir.path, 'metadata.db'));
+    segDir = join(dir.path, 'segments');
+  });
+  afterEach(async () => {
+    metadata.close();
+    await dir.cleanup();
+  });
+
+  it('appends chunks into segments of the configured size, readable at once, recorded once synced', async () => {
+    const s = await open();
+    for (let i = 0; i < 10; i++) await s.put(digestOf(chunk(i)), chunk(i));
+    expect(s.counts).toEqual({ chunks: 10, segments: 3 }); // 4 + 4 + 2
+    for (let i = 0; i < 10; i++) expect((await readBack(s, i)).equals(chunk(i))).toBe(true);
+    await s.sync();
+    expect(metadata.segmentChunks()).toHaveLength(10);
+    await s.close();
+
+    const again = await open();
+    expect(again.counts).toEqual({ chunks: 10, segments: 3 });
+    expect((await readBack(again, 9)).equals(chunk(9))).toBe(true);
+    await again.close();
+  });
+
+  it('forgets and frees what was never recorded (written before a crash)', async () => {
+    const s = await open();
+    for (let i = 0; i < 3; i++) await s.put(digestOf(chunk(i)), chunk(i));
+    await s.sync();
+    await s.put(digestOf(chunk(3)), chunk(3)); // never synced
+    // A crash: the process ends without close. (This instance is simply abandoned.)
+    const again = await open();
+    expect(again.counts.chunks).toBe(3);
+    expect(again.has(digestOf(chunk(3)))).toBe(false);
+    expect(await onDisk()).toEqual({ files: 1, bytes: 3 * CHUNK }); // chunk 3's bytes punched out
+    for (let i = 0; i < 3; i++) expect((await readBack(again, i)).equals(chunk(i))).toBe(true);
+    await again.close();
+    await s.close(); // only to release the abandoned instance's descriptors: the test is over
+  });
+
+  it('punches evicted chunks out, after the reads using them, and deletes emptied segments', async () => {
+    const s = await open();
+    for (let i = 0; i < 6; i++) await s.put(digestOf(chunk(i)), chunk(i));
+    expect(await onDisk()).toEqual({ files: 2, bytes: 6 * CHUNK });
+
+    const pinned = s.acquire(digestOf(chunk(1)))!;
+    s.remove(digestOf(chunk(1)));
+    expect(s.has(digestOf(chunk(1)))).toBe(false);
+    expect((await onDisk()).bytes).toBe(6 * CHUNK); // still being read
+    s.release(pinned);
+    expect((await onDisk()).bytes).toBe(5 * CHUNK);
+
+    for (const i of [0, 2, 3]) s.remove(digestOf(chunk(i)));
+    expect(await onDisk()).toEqual({ files: 1, bytes: 2 * CHUNK }); // the full first segment is gone
+    expect((await readBack(s, 5)).equals(chunk(5))).toBe(true);
+    await s.sync();
+    expect(metadata.segmentChunks().map((c) => c.digest)).toEqual(
+      expect.arrayContaining([digestOf(chunk(4)), digestOf(chunk(5))]),
+    );
+    expect(metadata.segmentChunks()).toHaveLength(2);
+    await s.close();
+  });
+});
