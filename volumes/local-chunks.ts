@@ -88,8 +88,13 @@ export class LocalChunks {
    * treats it as missing, so it is fetched again.
    */
   async putVerified(digest: Digest, data: Buffer, options: { durable: boolean }): Promise<void> {
+    if (!options.durable && this.segments) {
+      // No stat for a file of its own: a fetched chunk was missing a moment ago, and a copy in
+      // both places would only cost space until eviction removes both.
+      if (!this.present.has(digest)) await this.segments.put(digest, data);
+      return;
+    }
     if (this.has(digest)) return;
-    if (!options.durable && this.segments) return this.segments.put(digest, data);
     const path = this.pathOf(digest);
     const dir = join(path, '..');
     if (!this.dirs.has(dir)) {
