@@ -37,6 +37,8 @@ export interface FileOps {
   sendfileNoWait(socketFd: number, fd: number, position: number, length: number): number;
   /** send(2) to a non-blocking socket (MSG_MORE if `more`): bytes taken, -1 if it has no room now. */
   sendNoWait(socketFd: number, buffer: Buffer, more: boolean): number;
+  /** flock(LOCK_EX|LOCK_NB): true if this process now holds it, false if another process does. */
+  lockExclusive(fd: number): boolean;
   /**
    * Writes `data` to a new file `tmpPath` (it must not exist), fdatasync's it if `durable`, and
    * renames it to `path`, as one threadpool job; the temporary file is removed on failure.

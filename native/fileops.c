@@ -25,6 +25,9 @@
  *       zero-copy read replies: to a non-blocking socket, return the bytes the kernel took now,
  *       -1 if it has no room (EAGAIN). sendfile passes page references, not copies.
  *
+ *   lockExclusive(fd)   flock(LOCK_EX|LOCK_NB): true if this process now holds the lock, false if
+ *       another holds it. Released when the descriptor is closed or the process dies.
+ *
  *   writeFileAtomic(path, tmpPath, buffer, durable) -> Promise
  *       create tmpPath (O_EXCL), write the buffer, fdatasync if `durable`, close, rename to path;
  *       on failure the temporary file is removed. One libuv threadpool job where node:fs takes
@@ -45,6 +48,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <linux/falloc.h>
+#include <sys/file.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -155,6 +159,19 @@ static napi_value punch_hole(napi_env env, napi_callback_info info) {
 
 static napi_value zero_range(napi_env env, napi_callback_info info) {
   return do_fallocate(env, info, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, "fallocate(ZERO_RANGE)");
+}
+
+static napi_value lock_exclusive(napi_env env, napi_callback_info info) {
+  int64_t a[1];
+  if (!get_args(env, info, 1, a)) return NULL;
+  int r;
+  do {
+    r = flock((int)a[0], LOCK_EX | LOCK_NB);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0 && errno != EWOULDBLOCK) return throw_errno(env, "flock", errno);
+  napi_value result;
+  napi_get_boolean(env, r == 0, &result);
+  return result;
 }
 
 static napi_value fadvise_willneed(napi_env env, napi_callback_info info) {
@@ -460,6 +477,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"sendNoWait", NULL, send_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
     {"setSendBuffer", NULL, set_send_buffer, NULL, NULL, NULL, napi_enumerable, NULL},
     {"isCached", NULL, is_cached, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"lockExclusive", NULL, lock_exclusive, NULL, NULL, NULL, napi_enumerable, NULL},
     {"writeFileAtomic", NULL, write_file_atomic, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

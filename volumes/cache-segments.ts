@@ -14,6 +14,10 @@
  * Eviction punches the chunk's range out of its segment (its blocks are freed at once); a
  * segment that loses its last chunk is deleted. A chunk is pinned while a read uses it, and
  * punched only when the last reader is done.
+ *
+ * One process owns the segments (an flock on DIR/lock, released when it dies): another one
+ * opening the same state root (a CLI command beside a running server) would otherwise reclaim
+ * chunks the owner has not recorded yet, or punch out chunks the owner is serving.
  */
 import { closeSync, fdatasync, fstatSync, openSync, readdirSync, unlinkSync, write } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
@@ -97,6 +101,8 @@ export class CacheSegments {
     private readonly catalog: SegmentCatalog,
     private readonly log: Logger,
     private readonly segmentBytes: number,
+    /** The open lock file: held for as long as this instance owns the segments. */
+    private readonly lockFd: number,
   ) {
     this.nextSegment = 1;
     this.timer = setInterval(() => void this.sync(), SYNC_INTERVAL_MS).unref();
@@ -105,14 +111,21 @@ export class CacheSegments {
   /**
    * Opens the segments the catalog knows; deletes segment files it does not know and punches
    * out the ranges no recorded chunk occupies (chunks written before a crash, never recorded).
+   * Undefined when another live process owns them.
    */
   static async open(
     dir: string,
     catalog: SegmentCatalog,
     options: { log?: Logger; segmentBytes?: number } = {},
-  ): Promise<CacheSegments> {
+  ): Promise<CacheSegments | undefined> {
     await mkdir(dir, { recursive: true });
-    const s = new CacheSegments(dir, catalog, options.log ?? silentLogger(), options.segmentBytes ?? SEGMENT_BYTES);
+    const lockFd = openSync(join(dir, 'lock'), 'a');
+    if (!fileOps.lockExclusive(lockFd)) {
+      closeSync(lockFd);
+      return undefined;
+    }
+    const log = options.log ?? silentLogger();
+    const s = new CacheSegments(dir, catalog, log, options.segmentBytes ?? SEGMENT_BYTES, lockFd);
     const bySegment = new Map<number, SegmentChunk[]>();
     for (const c of catalog.segmentChunks()) {
       let list = bySegment.get(c.segment);
@@ -121,9 +134,10 @@ export class CacheSegments {
     }
     for (const name of readdirSync(dir)) {
       const m = /^(\d{8})\.seg$/.exec(name);
-      const n = m ? Number(m[1]) : NaN;
-      if (!m || !bySegment.has(n)) {
-        unlinkSync(join(dir, name));
+      if (!m) continue;
+      const n = Number(m[1]);
+      if (!bySegment.has(n)) {
+        unlinkSync(join(dir, name)); // written before a crash, nothing in it recorded
         continue;
       }
       const fd = openSync(join(dir, name), 'r+');
@@ -262,6 +276,7 @@ export class CacheSegments {
     clearInterval(this.timer);
     await this.sync();
     for (const seg of this.segments.values()) closeSync(seg.fd);
+    closeSync(this.lockFd); // releases the lock
     this.segments.clear();
     this.chunks.clear();
     this.active = undefined;

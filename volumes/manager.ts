@@ -126,6 +126,12 @@ export class VolumeManager {
     await mkdir(join(root, 'chunks'), { recursive: true });
     const metadata = new Metadata(join(root, 'metadata.db'));
     const segments = await CacheSegments.open(join(root, 'chunks', 'segments'), metadata, { log: options.log });
+    if (!segments) {
+      (options.log ?? silentLogger()).info(
+        { root },
+        'another process owns the fetched-chunk cache of this state root: chunks this one fetches are kept as files of their own',
+      );
+    }
     return new VolumeManager(root, metadata, new LocalChunks(join(root, 'chunks'), segments), options);
   }
 

@@ -1,9 +1,9 @@
 /**
  * The fetched-chunk cache's segment files (volumes/cache-segments.ts) on a real file system:
  * appends, records only what was synced, rolls over to new segments, punches evicted chunks
- * out (only once no read uses them) and deletes emptied segments.
+ * out (only once no read uses them), deletes emptied segments, and has one owner at a time.
  */
-import { readdir, stat } from 'node:fs/promises';
+import { appendFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CacheSegments } from '../../volumes/cache-segments.js';
@@ -18,11 +18,12 @@ describe('cache segments', () => {
   let dir: Awaited<ReturnType<typeof tempDir>>;
   let metadata: Metadata;
   let segDir: string;
-  const open = (): Promise<CacheSegments> => CacheSegments.open(segDir, metadata, { segmentBytes: 4 * CHUNK });
+  const open = async (): Promise<CacheSegments> =>
+    (await CacheSegments.open(segDir, metadata, { segmentBytes: 4 * CHUNK }))!;
 
   /** Segment files and the disk blocks they take. */
   async function onDisk(): Promise<{ files: number; bytes: number }> {
-    const names = await readdir(segDir);
+    const names = (await readdir(segDir)).filter((n) => n.endsWith('.seg'));
     let bytes = 0;
     for (const n of names) bytes += (await stat(join(segDir, n))).blocks * 512;
     return { files: names.length, bytes };
@@ -59,19 +60,19 @@ describe('cache segments', () => {
     await again.close();
   });
 
-  it('forgets and frees what was never recorded (written before a crash)', async () => {
+  it('forgets and frees what a crashed owner wrote but never recorded', async () => {
     const s = await open();
     for (let i = 0; i < 3; i++) await s.put(digestOf(chunk(i)), chunk(i));
-    await s.sync();
-    await s.put(digestOf(chunk(3)), chunk(3)); // never synced
-    // A crash: the process ends without close. (This instance is simply abandoned.)
+    await s.close(); // records chunks 0-2
+    // What an owner killed before its next sync leaves: bytes after the recorded chunks, and a
+    // segment with nothing recorded in it.
+    await appendFile(join(segDir, '00000001.seg'), chunk(3));
+    await writeFile(join(segDir, '00000002.seg'), chunk(4));
     const again = await open();
-    expect(again.counts.chunks).toBe(3);
-    expect(again.has(digestOf(chunk(3)))).toBe(false);
-    expect(await onDisk()).toEqual({ files: 1, bytes: 3 * CHUNK }); // chunk 3's bytes punched out
+    expect(again.counts).toEqual({ chunks: 3, segments: 1 });
+    expect(await onDisk()).toEqual({ files: 1, bytes: 3 * CHUNK }); // chunk 3 punched out, 2nd segment gone
     for (let i = 0; i < 3; i++) expect((await readBack(again, i)).equals(chunk(i))).toBe(true);
     await again.close();
-    await s.close(); // only to release the abandoned instance's descriptors: the test is over
   });
 
   it('punches evicted chunks out, after the reads using them, and deletes emptied segments', async () => {
@@ -95,5 +96,16 @@ describe('cache segments', () => {
     );
     expect(metadata.segmentChunks()).toHaveLength(2);
     await s.close();
+  });
+
+  it('has one owner at a time: another opener gets none until the owner closes', async () => {
+    const owner = await open();
+    await owner.put(digestOf(chunk(0)), chunk(0)); // not recorded yet: another opener must not reclaim it
+    expect(await CacheSegments.open(segDir, metadata)).toBeUndefined();
+    expect((await readBack(owner, 0)).equals(chunk(0))).toBe(true);
+    await owner.close();
+    const next = await open();
+    expect(next.has(digestOf(chunk(0)))).toBe(true); // recorded at close
+    await next.close();
   });
 });

@@ -33,7 +33,7 @@ async function countFiles(dir: string): Promise<number> {
 async function stored(m: VolumeManager): Promise<{ chunks: number; segmentBytes: number }> {
   const segments = m.chunks.segments!;
   const entries = await readdir(join(m.root, 'chunks'), { recursive: true, withFileTypes: true });
-  const own = entries.filter((e) => e.isFile() && !e.name.endsWith('.seg')).length;
+  const own = entries.filter((e) => e.isFile() && e.parentPath !== segments.dir).length;
   let segmentBytes = 0;
   for (const name of await readdir(segments.dir)) segmentBytes += (await stat(join(segments.dir, name))).blocks * 512;
   return { chunks: own + segments.counts.chunks, segmentBytes };
@@ -70,7 +70,7 @@ describe('snapshots in a dir:// store', () => {
     expect(await hostA.publish('img')).toBe(ref); // deterministic: same snapshot, same reference
     const row = await hostB.openSnapshot(ref, 'img-b');
     expect(row).toMatchObject({ frozen: true, size: 16 * MiB, snapshotRef: ref });
-    expect(await countFiles(join(hostB.root, 'chunks'))).toBe(0); // nothing moved yet
+    expect((await stored(hostB)).chunks).toBe(0); // nothing moved yet
 
     const v = await hostB.acquire('img-b');
     expect((await v.pread(CHUNK, 5 * CHUNK)).equals(chunkData(5))).toBe(true);
@@ -291,6 +291,32 @@ describe('snapshots in a dir:// store', () => {
       expect(again.stats('img-c').fetch).toMatchObject({ chunksFetched, localHits: localHits + 3 });
       await again.release('img-c');
       await again.close();
+    });
+
+    it('leaves the fetched-chunk segments to the one process that owns them', async () => {
+      const ref = await published('img', [0, 1, 2]);
+      const root = join(dir.path, 'shared');
+      const owner = await VolumeManager.open(root, { store: new DirStore(storePath), readahead: 0 });
+      try {
+        await owner.openSnapshot(ref, 'img-s');
+        const v = await owner.acquire('img-s');
+        for (let i = 0; i < 3; i++) await v.pread(CHUNK, i * CHUNK);
+        await owner.reader.landed(); // in the owner's segments, not recorded yet
+        // A second process on the same root (say, a CLI command beside a server).
+        const other = await VolumeManager.open(root, { store: new DirStore(storePath), readahead: 0 });
+        expect(other.chunks.segments).toBeUndefined();
+        const w = await other.acquire('img-s');
+        for (let i = 0; i < 3; i++) expect((await w.pread(CHUNK, i * CHUNK)).equals(chunkData(i))).toBe(true);
+        await other.release('img-s');
+        await other.close();
+        // The owner's chunks are untouched: still local, still right.
+        const fetched = owner.stats('img-s').fetch.chunksFetched;
+        for (let i = 0; i < 3; i++) expect((await v.pread(CHUNK, i * CHUNK)).equals(chunkData(i))).toBe(true);
+        expect(owner.stats('img-s').fetch.chunksFetched).toBe(fetched);
+        await owner.release('img-s');
+      } finally {
+        await owner.close();
+      }
     });
 
     it('never evicts chunks that exist only locally, until they are published', async () => {
