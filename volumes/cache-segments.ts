@@ -95,6 +95,7 @@ export class CacheSegments {
   private syncing: Promise<void> = Promise.resolve();
   private readonly timer: NodeJS.Timeout;
   private readonly nowait: NoWaitState = { read: true };
+  private punchWarned = false;
 
   private constructor(
     readonly dir: string,
@@ -150,12 +151,12 @@ export class CacheSegments {
           catalog.forgetSegmentChunk(c.digest); // cannot happen after a sync; never trust it
           continue;
         }
-        if (c.offset > covered) fileOps.punchHole(fd, covered, c.offset - covered);
+        if (c.offset > covered) s.free(fd, covered, c.offset - covered);
         covered = Math.max(covered, c.offset + c.length);
         s.chunks.set(c.digest, { ...c, fd, seg, users: 0, doomed: false });
         seg.live++;
       }
-      if (size > covered) fileOps.punchHole(fd, covered, size - covered);
+      if (size > covered) s.free(fd, covered, size - covered);
       s.nextSegment = Math.max(s.nextSegment, n + 1);
     }
     for (const [n, list] of bySegment) {
@@ -214,10 +215,14 @@ export class CacheSegments {
     if (--p.users === 0 && p.doomed) this.punch(p);
   }
 
-  /** Reads `length` bytes at `offset` within a chunk; false if it is not here. */
+  /** Reads `length` bytes at `offset` within a chunk; false if it is not here (or not that long). */
   async read(digest: Digest, offset: number, length: number, into: Buffer, at: number): Promise<boolean> {
     const slice = this.acquire(digest);
     if (!slice) return false;
+    if (offset + length > slice.length) {
+      this.release(slice); // never the next chunk's bytes
+      return false;
+    }
     try {
       return (await readFully(slice.fd, into, at, length, slice.offset + offset, this.nowait)) === length;
     } finally {
@@ -300,9 +305,26 @@ export class CacheSegments {
   private punch(p: Placed): void {
     const seg = p.seg;
     if (this.segments.get(seg.n) !== seg) return; // closed
-    fileOps.punchHole(seg.fd, p.offset, p.length);
+    this.free(seg.fd, p.offset, p.length);
     seg.live--;
     this.dropIfEmpty(seg);
+  }
+
+  /**
+   * Gives a range's blocks back to the file system. Where it cannot punch holes, the space is
+   * only reclaimed when the whole segment goes: worth a warning, not a failure.
+   */
+  private free(fd: number, offset: number, length: number): void {
+    try {
+      fileOps.punchHole(fd, offset, length);
+    } catch (err) {
+      if (!this.punchWarned)
+        this.log.warn(
+          { err, dir: this.dir },
+          'cannot punch holes in cache segments: evicted chunks free their space only with their segment',
+        );
+      this.punchWarned = true;
+    }
   }
 
   /** Deletes a segment that holds no chunk and takes no more. */
