@@ -19,7 +19,7 @@
  * opening the same state root (a CLI command beside a running server) would otherwise reclaim
  * chunks the owner has not recorded yet, or punch out chunks the owner is serving.
  */
-import { closeSync, fdatasync, fstatSync, openSync, readdirSync, unlinkSync, write } from 'node:fs';
+import { closeSync, fdatasync, fstatSync, openSync, readdirSync, rmSync, write } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -138,7 +138,7 @@ export class CacheSegments {
       if (!m) continue;
       const n = Number(m[1]);
       if (!bySegment.has(n)) {
-        unlinkSync(join(dir, name)); // written before a crash, nothing in it recorded
+        rmSync(join(dir, name), { force: true }); // written before a crash, nothing in it recorded
         continue;
       }
       const fd = openSync(join(dir, name), 'r+');
@@ -332,6 +332,6 @@ export class CacheSegments {
     if (seg.live > 0 || seg === this.active || this.segments.get(seg.n) !== seg) return;
     this.segments.delete(seg.n);
     closeSync(seg.fd);
-    unlinkSync(join(this.dir, segmentName(seg.n)));
+    rmSync(join(this.dir, segmentName(seg.n)), { force: true }); // already gone: just as well
   }
 }

@@ -123,8 +123,8 @@ export class ChunkReader {
 
   /**
    * The file of a chunk stored locally and where in it the chunk starts, for a zero-copy reply
-   * (valid until the current task returns to the event loop), counted as a local hit in `c` if given (load() counted
-   * the read otherwise); undefined when it must be fetched.
+   * (valid until the current task returns to the event loop), counted as a local hit in `c`
+   * if given (else load() counted the read); undefined when it must be fetched.
    */
   localDescriptor(
     digest: Digest,

@@ -211,7 +211,10 @@ export class LocalChunks {
     }
   }
 
-  /** Deletes a chunk file; a reader that has it open finishes its read (Unix semantics). */
+  /**
+   * Deletes a chunk, from the segments or as a file; a reader using it finishes its read (the
+   * segments punch it out afterwards; a deleted file stays readable through an open descriptor).
+   */
   async remove(digest: Digest): Promise<void> {
     this.segments?.remove(digest);
     this.forget(digest);
