@@ -170,6 +170,11 @@ export class CacheSegments {
     return this.chunks.has(digest);
   }
 
+  /** Every chunk held, with its length. */
+  *entries(): IterableIterator<{ digest: Digest; length: number }> {
+    for (const { digest, length } of this.chunks.values()) yield { digest, length };
+  }
+
   /** Chunks and segment files held. */
   get counts(): { chunks: number; segments: number } {
     return { chunks: this.chunks.size, segments: this.segments.size };

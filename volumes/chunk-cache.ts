@@ -44,6 +44,16 @@ export class ChunkCache {
     return this.lru.size;
   }
 
+  /**
+   * Makes a chunk found stored locally evictable, without evicting now: a fetched chunk whose
+   * entry here was not saved before a crash would otherwise stay forever.
+   */
+  adopt(digest: Digest, size: number): void {
+    if (this.lru.has(digest)) return;
+    this.used += size;
+    this.use(digest, size);
+  }
+
   /** A read hit: the chunk becomes the most recently used (no-op for local-only chunks). */
   touch(digest: Digest): void {
     const size = this.lru.get(digest);

@@ -111,6 +111,8 @@ export class VolumeManager {
   ) {
     const store = options.store;
     this.cache = new ChunkCache(metadata, chunks, options.cacheBytes ?? 10 * 2 ** 30);
+    // Fetched chunks are all evictable: also those a crash kept the cache from saving.
+    for (const { digest, length } of chunks.segments?.entries() ?? []) this.cache.adopt(digest, length);
     this.reader = new ChunkReader(
       chunks,
       store,

@@ -197,5 +197,8 @@ describe('kill -9 during writes', () => {
       await second.exited;
     }
     expect(second.child.exitCode).toBe(0);
+    // Every fetched chunk is evictable, also those the crash kept the cache's LRU from saving.
+    const cache = JSON.parse((await cli('cache', '--json', '--root', root)).stdout);
+    expect(cache.chunks).toBe(CHUNKS);
   });
 });
