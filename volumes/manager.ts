@@ -127,7 +127,13 @@ export class VolumeManager {
     await mkdir(join(root, 'data'), { recursive: true });
     await mkdir(join(root, 'chunks'), { recursive: true });
     const metadata = new Metadata(join(root, 'metadata.db'));
-    const segments = await CacheSegments.open(join(root, 'chunks', 'segments'), metadata, { log: options.log });
+    let segments: CacheSegments | undefined;
+    try {
+      segments = await CacheSegments.open(join(root, 'chunks', 'segments'), metadata, { log: options.log });
+    } catch (err) {
+      metadata.close();
+      throw err;
+    }
     if (!segments) {
       (options.log ?? silentLogger()).info(
         { root },

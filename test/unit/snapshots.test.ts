@@ -57,9 +57,12 @@ describe('snapshots in a dir:// store', () => {
     });
   });
   afterEach(async () => {
-    await hostA.close();
-    await hostB.close();
-    await dir.cleanup();
+    try {
+      await hostA?.close();
+      await hostB?.close();
+    } finally {
+      await dir.cleanup(); // even when a host failed to open
+    }
   });
 
   const published = (id: string, chunks: number[], size = 16 * MiB): Promise<Digest> =>
