@@ -5,7 +5,7 @@
  * volume's holes must still be reported as holes; and a cold read of a lazily fetched volume
  * leaves from the chunks' files once they are fetched, counted once.
  */
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileBackend } from '../../nbd-server/backends/file.js';
@@ -171,7 +171,10 @@ describe('zero-copy read replies from a lazily fetched volume', () => {
     const indexes = Array.from({ length: CHUNKS }, (_, i) => i);
     const ref = await publishVolume(origin, 'img', indexes, { size: CHUNKS * CHUNK, chunkSize: CHUNK, data });
     await origin.close();
-    host = await VolumeManager.open(join(dir.path, 'host'), { store: openStore(store) });
+    host = await VolumeManager.open(join(dir.path, 'host'), {
+      store: openStore(store),
+      fetchPolicy: { deadlineMs: 600, initialBackoffMs: 50, maxBackoffMs: 100 },
+    });
     await host.openSnapshot(ref, 'img');
     srv = await startServer([{ name: 'img', backend: await host.acquire('img') }]);
   });
@@ -193,6 +196,20 @@ describe('zero-copy read replies from a lazily fetched volume', () => {
     expect(srv.server.readReplies).toMatchObject({ direct: direct + 2, copied });
     // The first read fetched four chunks; the second found them local.
     expect(host.stats('img').fetch).toMatchObject({ chunksFetched: 4, localHits: 4 });
+    c.destroy();
+  });
+
+  it('answers EIO, within the fetch deadline, for a cold range the store cannot deliver; then recovers', async () => {
+    const storeDir = join(dir.path, 'store');
+    await rename(storeDir, `${storeDir}.away`);
+    const c = await openExport(srv.tcp.port, 'img', { structured: false });
+    const t0 = Date.now();
+    c.sendRequest({ type: CMD.READ, handle: 1n, offset: 60 * CHUNK, length: CHUNK });
+    expect((await c.simpleReply()).error).toBe(5); // EIO, no data
+    expect(Date.now() - t0).toBeLessThan(5000);
+    await rename(`${storeDir}.away`, storeDir);
+    c.sendRequest({ type: CMD.READ, handle: 2n, offset: 60 * CHUNK, length: CHUNK });
+    expect((await c.simpleReply(CHUNK)).data.equals(data(60))).toBe(true);
     c.destroy();
   });
 
