@@ -9,13 +9,14 @@
  * figures compare the servers, not the disk. Servers alternate within each repetition; the
  * median is reported with the ratio slacker-ts/nbdkit and each server's CPU time per run.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir, cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { run, startProcess, type Started } from '../common/exec.js';
 import { onInterrupt } from '../harness/interrupt.js';
+import { processCpuSeconds } from '../harness/process-cpu.js';
 
 const { values: opts } = parseArgs({
   options: {
@@ -48,12 +49,6 @@ interface Row {
   ratio: number;
   slackerCpuS: number;
   nbdkitCpuS: number;
-}
-
-/** CPU seconds (user + system) a process has used so far. */
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks
 }
 
 async function waitFor(what: string, ok: () => Promise<boolean>): Promise<void> {
@@ -185,9 +180,9 @@ async function main(): Promise<void> {
         for (let rep = 0; rep < REPS; rep++) {
           const order = rep % 2 === 0 ? [slacker, nbdkit] : [nbdkit, slacker];
           for (const s of order) {
-            const c0 = cpuSeconds(s.pid);
+            const c0 = processCpuSeconds(s.pid);
             results[s.name].push(await w.measure(s, connections, dir));
-            cpu[s.name].push(cpuSeconds(s.pid) - c0);
+            cpu[s.name].push(processCpuSeconds(s.pid) - c0);
           }
         }
         const row: Row = {

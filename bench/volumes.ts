@@ -17,13 +17,14 @@
  * 3. Warm read of the same volume (its chunks now local) against `nbdkit file` serving a raw
  *    image of the same bytes.
  */
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { run, startProcess } from '../common/exec.js';
 import { createLink, type Link } from '../harness/link.js';
 import { onInterrupt } from '../harness/interrupt.js';
+import { processCpuSeconds } from '../harness/process-cpu.js';
 import { startRegistry, type TestRegistry } from '../harness/registry.js';
 import { requireTools } from '../harness/tools.js';
 import { nbdUri } from '../nbd-server/listen-address.js';
@@ -48,14 +49,6 @@ async function timed(fn: () => Promise<unknown>): Promise<number> {
   const t0 = process.hrtime.bigint();
   await fn();
   return Number(process.hrtime.bigint() - t0) / 1e9;
-}
-
-/** CPU seconds (user + system) a process has used so far, from /proc/PID/stat. */
-async function processCpu(pid: number | undefined, clockTicks: number): Promise<number> {
-  if (pid === undefined) return NaN;
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / clockTicks; // utime and stime
 }
 
 /** Runs a command to completion; returns the CPU seconds it used (bash's `times`). */
@@ -149,7 +142,8 @@ async function main(): Promise<void> {
       packs.layers.forEach((l, i) => args.push('-o', to(i), blobUrl(l.digest)));
       return runCounted('curl', args);
     };
-    const clockTicks = Number((await run('getconf', ['CLK_TCK'])).stdout.trim());
+    /** The registry's CPU seconds so far (NaN if it is not running). */
+    const registryCpu = (): number => (reg.pid === undefined ? NaN : processCpuSeconds(reg.pid));
     /** CPU seconds each side of a cold read or a download used (one entry per repetition). */
     const cpu = {
       cold: { self: [] as number[], registry: [] as number[], client: [] as number[] },
@@ -170,11 +164,11 @@ async function main(): Promise<void> {
       const bound = await server.listen(`unix://${join(dir, `b${r}.sock`)}`);
       const copy = () => runCounted('nbdcopy', ['--connections=4', nbdUri(bound, 'img'), 'null:']);
       await run('sync', []); // no writeback competing for the two cores (same for every side)
-      const [self0, registry0] = [selfCpu(), await processCpu(reg.pid, clockTicks)];
+      const [self0, registry0] = [selfCpu(), registryCpu()];
       let nbdcopyCpu = 0;
       cold.push(SIZE / 2 ** 20 / (await timed(async () => (nbdcopyCpu = await copy()))));
       cpu.cold.self.push(selfCpu() - self0);
-      cpu.cold.registry.push((await processCpu(reg.pid, clockTicks)) - registry0);
+      cpu.cold.registry.push(registryCpu() - registry0);
       cpu.cold.client.push(nbdcopyCpu);
       if (b.stats('img').fetch.bytesFetched < SIZE)
         throw new Error('cold read did not fetch the volume: not a cold read');
@@ -186,12 +180,12 @@ async function main(): Promise<void> {
       await b.close();
       await run('sync', []); // no writeback competing for the two cores (same for every side)
       await mkdir(downloadsDir, { recursive: true });
-      const registry1 = await processCpu(reg.pid, clockTicks);
+      const registry1 = registryCpu();
       let curlCpu = 0;
       plain.push(
         SIZE / 2 ** 20 / (await timed(async () => (curlCpu = await download((i) => join(downloadsDir, `pack-${i}`))))),
       );
-      cpu.plain.registry.push((await processCpu(reg.pid, clockTicks)) - registry1);
+      cpu.plain.registry.push(registryCpu() - registry1);
       cpu.plain.client.push(curlCpu);
       const got = await Promise.all(packs.layers.map((_, i) => stat(join(downloadsDir, `pack-${i}`))));
       if (got.some((st, i) => st.size !== packs.layers[i]!.size))
