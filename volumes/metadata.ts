@@ -294,8 +294,13 @@ export class Metadata {
     })();
   }
 
-  forgetCached(digest: Digest): void {
-    this.db.prepare('DELETE FROM cached_chunks WHERE digest = ?').run(digest);
+  /** Forgets evicted chunks, in one transaction. */
+  forgetCached(digests: readonly Digest[]): void {
+    if (digests.length === 0) return;
+    const del = this.db.prepare('DELETE FROM cached_chunks WHERE digest = ?');
+    this.db.transaction(() => {
+      for (const d of digests) del.run(d);
+    })();
   }
 
   /** Where recorded fetched chunks lie in the cache's segment files. */
@@ -313,8 +318,13 @@ export class Metadata {
     })();
   }
 
-  forgetSegmentChunk(digest: Digest): void {
-    this.db.prepare('DELETE FROM segment_chunks WHERE digest = ?').run(digest);
+  /** Forgets where chunks lay in the segments, in one transaction (one sync, however many). */
+  forgetSegmentChunks(digests: readonly Digest[]): void {
+    if (digests.length === 0) return;
+    const del = this.db.prepare('DELETE FROM segment_chunks WHERE digest = ?');
+    this.db.transaction(() => {
+      for (const d of digests) del.run(d);
+    })();
   }
 
   fetchStats(

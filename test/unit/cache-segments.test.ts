@@ -1,7 +1,8 @@
 /**
  * The fetched-chunk cache's segment files (volumes/cache-segments.ts) on a real file system:
  * appends, records only what was synced, rolls over to new segments, punches evicted chunks
- * out (only once no read uses them), deletes emptied segments, and has one owner at a time.
+ * out (only once the metadata forgot them and no read uses them), deletes emptied segments,
+ * and has one owner at a time.
  */
 import { appendFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -75,22 +76,41 @@ describe('cache segments', () => {
     await again.close();
   });
 
-  it('punches evicted chunks out, after the reads using them, and deletes emptied segments', async () => {
+  it('punches an evicted chunk the metadata never recorded at once, after the read using it', async () => {
+    const s = await open();
+    for (let i = 0; i < 3; i++) await s.put(digestOf(chunk(i)), chunk(i)); // one segment, not synced
+    const pinned = s.acquire(digestOf(chunk(1)))!;
+    s.remove(digestOf(chunk(1)));
+    expect(s.has(digestOf(chunk(1)))).toBe(false);
+    expect((await onDisk()).bytes).toBe(3 * CHUNK); // still being read
+    s.release(pinned);
+    expect((await onDisk()).bytes).toBe(2 * CHUNK);
+    await s.close();
+  });
+
+  it('forgets a recorded chunk in the metadata before punching it out, and deletes emptied segments', async () => {
     const s = await open();
     for (let i = 0; i < 6; i++) await s.put(digestOf(chunk(i)), chunk(i));
+    await s.sync();
+    expect(metadata.segmentChunks()).toHaveLength(6);
     expect(await onDisk()).toEqual({ files: 2, bytes: 6 * CHUNK });
 
     const pinned = s.acquire(digestOf(chunk(1)))!;
     s.remove(digestOf(chunk(1)));
     expect(s.has(digestOf(chunk(1)))).toBe(false);
+    // Until the metadata forgets it (next sync), its bytes stay: a crash must not find a hole.
+    expect(metadata.segmentChunks()).toHaveLength(6);
+    expect((await onDisk()).bytes).toBe(6 * CHUNK);
+    await s.sync();
+    expect(metadata.segmentChunks().map((c) => c.digest)).not.toContain(digestOf(chunk(1)));
     expect((await onDisk()).bytes).toBe(6 * CHUNK); // still being read
     s.release(pinned);
     expect((await onDisk()).bytes).toBe(5 * CHUNK);
 
     for (const i of [0, 2, 3]) s.remove(digestOf(chunk(i)));
+    await s.sync();
     expect(await onDisk()).toEqual({ files: 1, bytes: 2 * CHUNK }); // the full first segment is gone
     expect((await readBack(s, 5)).equals(chunk(5))).toBe(true);
-    await s.sync();
     expect(metadata.segmentChunks().map((c) => c.digest)).toEqual(
       expect.arrayContaining([digestOf(chunk(4)), digestOf(chunk(5))]),
     );
