@@ -85,12 +85,13 @@ export class Volume implements Backend {
   /** For zero-copy replies: the files holding a range, if every chunk of it is here. */
   fileSlices(offset: ByteCount, length: ByteCount, loaded = false): Slice[] | undefined {
     const pieces = this.pieces(offset, length);
+    const sources = pieces.map((p) => this.sourceOf(p.index));
     // All or nothing, and nothing counted before that is known: a chunk still to fetch sends
     // the read to load() or pread, which count it.
-    if (pieces.some((p) => this.missing(p.index))) return undefined;
+    if (sources.some((src) => src.kind === 'chunk' && !this.parts.chunks.local.has(src.digest))) return undefined;
     const slices: Slice[] = [];
-    for (const p of pieces) {
-      const src = this.sourceOf(p.index);
+    for (const [i, p] of pieces.entries()) {
+      const src = sources[i]!;
       if (src.kind === 'zero') {
         slices.push({ kind: 'zero', length: p.length });
       } else if (src.kind === 'local') {
@@ -206,12 +207,6 @@ export class Volume implements Backend {
     await this.flush();
     this.closed = true;
     await this.parts.data?.close();
-  }
-
-  /** Whether a chunk's bytes are in a base chunk not stored locally (yet). */
-  private missing(idx: ChunkIndex): boolean {
-    const src = this.sourceOf(idx);
-    return src.kind === 'chunk' && !this.parts.chunks.local.has(src.digest);
   }
 
   /** Where a chunk's bytes are now. */
