@@ -32,7 +32,8 @@
  *       create tmpPath (O_EXCL), write the buffer, fdatasync if `durable`, close, rename to path;
  *       on failure the temporary file is removed. One libuv threadpool job where node:fs takes
  *       four (open, write, close, rename): storing each fetched chunk cost ~a quarter of the
- *       cold read's main-thread time that way.
+ *       cold read's main-thread time that way. (Fetched chunks now go to cache segments; this
+ *       stores the chunks made here and the dir store's files.)
  *
  * All other calls are synchronous: each is a single metadata syscall that does not wait for data I/O.
  * Errors throw an Error whose `code` is the errno name (as node:fs does), so callers map them
