@@ -6,9 +6,9 @@
  *   - pack blobs: each publish batch of new chunks concatenated into one blob; a chunk's
  *     location hint is `sha256:<pack>:<offset>:<length>[:br]`, read back with an HTTP Range
  *     request (a registry that ignores Range still works: the chunk is cut from the whole blob).
- *     `:br` marks a chunk stored brotli-compressed (quality 1), done when it saves at least 10%:
- *     layer data shrinks to ~0.43 (docs/BENCHMARKS.md), which roughly doubles what a 1 Gbit/s
- *     link delivers. Digests are always of the uncompressed chunk.
+ *     `:br` marks a chunk stored brotli-compressed, where that pays (./chunk-codec.ts): layer
+ *     data shrinks to ~0.43 (docs/BENCHMARKS.md), which roughly doubles what a 1 Gbit/s link
+ *     delivers. Digests are always of the uncompressed chunk.
  *   - the snapshot manifest as a blob (its digest is the snapshot reference), referenced as the
  *     `config` of an OCI image manifest whose `layers` are the packs it uses, tagged
  *     `sha256-<hex>`: registry garbage collection then keeps everything a snapshot needs.
@@ -19,13 +19,12 @@
  * config.json (`auths`; credential helpers are not supported).
  */
 import { readFile } from 'node:fs/promises';
-import { promisify } from 'node:util';
-import { brotliCompress, brotliDecompress, constants as zlib } from 'node:zlib';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError, IoError } from '../common/errors.js';
 import { digestOf, isDigest, type Digest } from '../volumes/types.js';
 import type { BackingStore, StoredChunk } from './backing-store.js';
+import { decodeChunk, encodeChunk } from './chunk-codec.js';
 import { HttpClient, type HttpRequest, type HttpResponse } from './http-client.js';
 
 export const SNAPSHOT_MEDIA_TYPE = 'application/vnd.slacker.snapshot.v1+json';
@@ -45,24 +44,6 @@ export interface OciStoreOptions {
   compression?: 'brotli' | 'none';
   /** Connections to the registry at once (default 16). */
   maxConnections?: number;
-}
-
-// zlib's async API runs on the threadpool: (de)compression overlaps the event loop's work.
-const compress = promisify(brotliCompress);
-const decompress = promisify(brotliDecompress);
-/**
- * Output buffer for decompressing a chunk: a default 128 KiB chunk in one piece. (1 MiB, as
- * before, made every decode touch fresh memory; zlib's 16 KiB default costs a callback and a
- * copy per piece.) Larger chunks decode in several pieces.
- */
-const DECODE_BUFFER = 256 * 1024;
-/** Keep a compressed chunk only if it is at most this fraction of the original. */
-const WORTH_COMPRESSING = 0.9;
-
-/** log2 of the smallest brotli window that holds `length` bytes. */
-function windowBits(length: number): number {
-  const bits = Math.ceil(Math.log2(Math.max(length, 1)));
-  return Math.min(zlib.BROTLI_MAX_WINDOW_BITS, Math.max(zlib.BROTLI_MIN_WINDOW_BITS, bits));
 }
 
 interface ParsedUrl {
@@ -108,15 +89,9 @@ function parseHint(hint: string): PackLocation | undefined {
     : undefined;
 }
 
-/**
- * The chunk's bytes from what the pack holds. Undecodable data is passed on as it is: the
- * caller's digest check then refuses it at once, as tampered data, instead of retrying.
- */
-async function decode(stored: Buffer, at: PackLocation): Promise<Buffer> {
-  if (!at.brotli) return stored;
-  // One output buffer for the whole chunk: zlib's default 16 KiB pieces cost a main-thread
-  // callback and a copy each (measured: most of the CPU a prefetch spent outside the kernel).
-  return decompress(stored, { chunkSize: DECODE_BUFFER }).catch(() => stored);
+/** The chunk's bytes from what the pack holds at `at`. */
+function decode(stored: Buffer, at: PackLocation): Promise<Buffer> {
+  return at.brotli ? decodeChunk(stored) : Promise.resolve(stored);
 }
 
 export class OciStore implements BackingStore {
@@ -147,19 +122,9 @@ export class OciStore implements BackingStore {
     if (chunks.length === 0) return out;
     const stored = await Promise.all(
       chunks.map(async (c) => {
-        if (this.options.compression !== 'none') {
-          const z = await compress(c.data, {
-            params: {
-              [zlib.BROTLI_PARAM_QUALITY]: 1,
-              // A window no larger than the chunk: the decoder then allocates a ring buffer of
-              // the chunk's size, not brotli's default 4 MiB, for every chunk it decodes.
-              [zlib.BROTLI_PARAM_LGWIN]: windowBits(c.data.length),
-              [zlib.BROTLI_PARAM_SIZE_HINT]: c.data.length,
-            },
-          });
-          if (z.length <= c.data.length * WORTH_COMPRESSING) return { bytes: z, suffix: ':br' };
-        }
-        return { bytes: c.data, suffix: '' };
+        if (this.options.compression === 'none') return { bytes: c.data, suffix: '' };
+        const { bytes, compressed } = await encodeChunk(c.data);
+        return { bytes, suffix: compressed ? ':br' : '' };
       }),
     );
     const pack = Buffer.concat(stored.map((s) => s.bytes));
