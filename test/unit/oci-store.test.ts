@@ -180,6 +180,16 @@ describe('oci:// store chunk compression', () => {
     got.forEach((g, i) => expect(g.equals([...chunks, random][i]!.data)).toBe(true));
   });
 
+  it('stores a chunk raw when compressing saves too little to pay for decoding it', async () => {
+    const store = new OciStore(registry.url('z/marginal'));
+    // A quarter zeros, the rest random: brotli gets it to about 0.76 of its size.
+    const data = Buffer.concat([Buffer.alloc(32 * 1024), randomBytes(96 * 1024, 11)]);
+    const hints = await store.putChunks([{ data, digest: digestOf(data) }]);
+    expect(hints.get(digestOf(data))).not.toMatch(/:br$/);
+    const [got] = await store.getChunks([{ digest: digestOf(data), hint: hints.get(digestOf(data))! }]);
+    expect(got!.equals(data)).toBe(true);
+  });
+
   it('stores chunks raw when compression is off', async () => {
     const store = new OciStore(registry.url('z/raw'), { compression: 'none' });
     const data = text(5);
