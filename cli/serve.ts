@@ -10,7 +10,7 @@ import { createLogger } from '../common/logger.js';
 import { untilSignal } from '../common/signals.js';
 import { parseSize } from '../common/units.js';
 import { DEFAULT_LAYER_SIZE, PluginDaemon } from '../plugin/daemon.js';
-import { positiveInt } from './args.js';
+import { compression, positiveInt } from './args.js';
 
 export const SERVE_HELP = `usage: slacker-ts serve [options]
 
@@ -24,6 +24,8 @@ options:
   --root DIR           state root: volumes, chunks, mounts (default: the Home dockerd gives at Init)
   --store URL          backing store: dir:///PATH or oci://HOST[:PORT]/REPO
                        (default dir://ROOT/store, a local directory store)
+  --compression C      how chunks pushed to an oci:// store are kept: brotli (default: where
+                       it pays on a ~1 Gbit/s link) or none (for readers on faster links)
   --size SIZE          virtual size of new base layers (default 10G; dockerd's
                        --storage-opt slacker.size=SIZE overrides it)
   --attach METHOD      auto | nbd-client | nbdfuse (default auto: the kernel NBD driver when
@@ -34,11 +36,13 @@ options:
   --fetch-deadline MS  give up on a chunk the store cannot deliver after MS milliseconds of
                        retries; the read then fails with EIO (default 15000)
   --config FILE        JSON file with any of the options above as keys (name, socketDir, root,
-                       store, size, attach, cacheSize, fetchDeadline, readahead, logLevel);
+                       store, compression, size, attach, cacheSize, fetchDeadline, readahead,
+                       logLevel);
                        flags win over it
   --log-level LEVEL    trace|debug|info|warn|error (default info, or $SLACKER_LOG_LEVEL)
 
-Environment: SLACKER_STORE, SLACKER_ROOT, SLACKER_NAME stand in for the flags of the same name.
+Environment: SLACKER_STORE, SLACKER_COMPRESSION, SLACKER_ROOT, SLACKER_NAME stand in for the flags
+of the same name.
 `;
 
 interface ConfigFile {
@@ -46,6 +50,7 @@ interface ConfigFile {
   socketDir?: string;
   root?: string;
   store?: string;
+  compression?: string;
   size?: string;
   attach?: string;
   cacheSize?: string;
@@ -59,6 +64,7 @@ const KEYS = [
   'socketDir',
   'root',
   'store',
+  'compression',
   'size',
   'attach',
   'cacheSize',
@@ -92,6 +98,7 @@ export async function serve(argv: string[]): Promise<number> {
       'socket-dir': { type: 'string' },
       root: { type: 'string' },
       store: { type: 'string' },
+      compression: { type: 'string' },
       size: { type: 'string' },
       attach: { type: 'string' },
       'cache-size': { type: 'string' },
@@ -120,6 +127,7 @@ export async function serve(argv: string[]): Promise<number> {
     socketDir: values['socket-dir'] ?? file.socketDir ?? '/run/docker/plugins',
     root: values.root ?? file.root ?? env.SLACKER_ROOT,
     store: values.store ?? file.store ?? (env.SLACKER_STORE || undefined),
+    compression: compression(values.compression ?? file.compression ?? (env.SLACKER_COMPRESSION || undefined)),
     layerSize: size ? parseSize(size) : DEFAULT_LAYER_SIZE,
     attach: attach as AttachMethod | 'auto',
     cacheBytes: cacheSize ? parseSize(cacheSize) : undefined,

@@ -9,6 +9,7 @@ import { formatSize, parseSize } from '../common/units.js';
 import { nbdUri } from '../nbd-server/listen-address.js';
 import { NbdServer } from '../nbd-server/server.js';
 import { openStore } from '../stores/open-store.js';
+import { compression } from './args.js';
 import { VolumeManager } from '../volumes/manager.js';
 import { LATENCY_BUCKETS_MS } from '../volumes/chunk-reader.js';
 
@@ -28,7 +29,8 @@ commands:
 
 options:
   --root DIR     state root (default $SLACKER_ROOT or /var/lib/slacker-ts)
-  --store URL    backing store: dir:///PATH (default $SLACKER_STORE)
+  --store URL    backing store: dir:///PATH or oci://HOST[:PORT]/REPO (default $SLACKER_STORE)
+  --compression C for publish to oci://: brotli (default, where it pays) or none
   --cache-size S bytes of fetched/published chunks kept locally (default 10G or $SLACKER_CACHE_SIZE);
                  chunks that exist only locally are never evicted
   --listen URI   for serve: tcp://HOST:PORT or unix:///PATH (default tcp://127.0.0.1:10809)
@@ -47,6 +49,7 @@ export async function volume(argv: string[]): Promise<number> {
     options: {
       root: { type: 'string' },
       store: { type: 'string' },
+      compression: { type: 'string' },
       'chunk-size': { type: 'string' },
       'cache-size': { type: 'string' },
       listen: { type: 'string', multiple: true },
@@ -60,7 +63,7 @@ export async function volume(argv: string[]): Promise<number> {
   const storeUrl = values.store ?? process.env.SLACKER_STORE;
   const log = createLogger({ level: values['log-level'] });
   const cacheSize = values['cache-size'] ?? process.env.SLACKER_CACHE_SIZE;
-  const store = storeUrl ? openStore(storeUrl) : undefined;
+  const store = storeUrl ? openStore(storeUrl, { compression: compression(values.compression) }) : undefined;
   const mgr = await VolumeManager.open(root, {
     store,
     cacheBytes: cacheSize ? parseSize(cacheSize) : undefined,

@@ -12,6 +12,7 @@ import type { Logger } from '../common/logger.js';
 import { parseSize } from '../common/units.js';
 import { NbdServer } from '../nbd-server/server.js';
 import type { BackingStore } from '../stores/backing-store.js';
+import type { Compression } from '../stores/chunk-codec.js';
 import { openStore } from '../stores/open-store.js';
 import { VolumeManager } from '../volumes/manager.js';
 import { buildApi, type GraphDriverApi } from './api.js';
@@ -27,13 +28,15 @@ export interface DaemonOptions {
   root?: string;
   /** Backing store URL; default dir://ROOT/store. */
   store?: string;
+  /** How layers published to an oci:// store keep their chunks (default brotli where it pays). */
+  compression?: Compression;
   /** Virtual size of new base layers (bytes). */
   layerSize: number;
   attach: AttachMethod | 'auto';
   cacheBytes?: number;
   /** How long a chunk fetch may retry before the read fails (ms). */
   fetchDeadlineMs?: number;
-  /** Chunks prefetched ahead of sequential readers (default 4). */
+  /** Chunks prefetched ahead of sequential readers (default 0). */
   readahead?: number;
   log: Logger;
 }
@@ -96,7 +99,7 @@ export class PluginDaemon implements GraphDriverApi {
   private async start(home: string, layerSize: number): Promise<Running> {
     const root = this.o.root ?? home;
     await mkdir(root, { recursive: true });
-    const store = openStore(this.o.store ?? `dir://${join(root, 'store')}`);
+    const store = openStore(this.o.store ?? `dir://${join(root, 'store')}`, { compression: this.o.compression });
     const manager = await VolumeManager.open(join(root, 'volumes'), {
       store,
       cacheBytes: this.o.cacheBytes,

@@ -17,6 +17,10 @@ import { brotliCompress, brotliDecompress, constants as zlib } from 'node:zlib';
 const compress = promisify(brotliCompress);
 const decompress = promisify(brotliDecompress);
 
+/** How published chunks are stored: brotli where it pays (the default), or always as they are. */
+export type Compression = 'brotli' | 'none';
+export const COMPRESSIONS: readonly Compression[] = ['brotli', 'none'];
+
 /** Keep a compressed chunk only if it is at most this fraction of the original. */
 export const WORTH_COMPRESSING = 0.6;
 

@@ -24,7 +24,7 @@ import { join } from 'node:path';
 import { ConfigError, IoError } from '../common/errors.js';
 import { digestOf, isDigest, type Digest } from '../volumes/types.js';
 import type { BackingStore, StoredChunk } from './backing-store.js';
-import { decodeChunk, encodeChunk } from './chunk-codec.js';
+import { decodeChunk, encodeChunk, type Compression } from './chunk-codec.js';
 import { HttpClient, type HttpRequest, type HttpResponse } from './http-client.js';
 
 export const SNAPSHOT_MEDIA_TYPE = 'application/vnd.slacker.snapshot.v1+json';
@@ -41,7 +41,7 @@ export interface OciStoreOptions {
   /** Docker config file for credentials (default $DOCKER_CONFIG/config.json or ~/.docker/config.json). */
   dockerConfig?: string;
   /** Chunk compression when publishing (default brotli). Reading handles both. */
-  compression?: 'brotli' | 'none';
+  compression?: Compression;
   /** Connections to the registry at once (default 16). */
   maxConnections?: number;
 }

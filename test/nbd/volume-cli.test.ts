@@ -68,6 +68,10 @@ describe('slacker-ts volume', () => {
       code: 1,
       out: expect.stringMatching(/cannot fetch snapshot/),
     });
+    expect(await cli('c', 'ls', '--compression', 'zstd')).toMatchObject({
+      code: 1,
+      out: expect.stringMatching(/--compression wants brotli or none, got zstd/),
+    });
     expect(await cli('c', 'clone')).toMatchObject({
       code: 1,
       out: expect.stringMatching(/usage: slacker-ts volume clone/),
