@@ -37,8 +37,7 @@ options:
                        retries; the read then fails with EIO (default 15000)
   --config FILE        JSON file with any of the options above as keys (name, socketDir, root,
                        store, compression, size, attach, cacheSize, fetchDeadline, readahead,
-                       logLevel);
-                       flags win over it
+                       logLevel); flags win over it
   --log-level LEVEL    trace|debug|info|warn|error (default info, or $SLACKER_LOG_LEVEL)
 
 Environment: SLACKER_STORE, SLACKER_COMPRESSION, SLACKER_ROOT, SLACKER_NAME stand in for the flags
