@@ -7,8 +7,8 @@
  *     location hint is `sha256:<pack>:<offset>:<length>[:br]`, read back with an HTTP Range
  *     request (a registry that ignores Range still works: the chunk is cut from the whole blob).
  *     `:br` marks a chunk stored brotli-compressed, where that pays (./chunk-codec.ts): layer
- *     data shrinks to ~0.43 (docs/BENCHMARKS.md), which roughly doubles what a 1 Gbit/s link
- *     delivers. Digests are always of the uncompressed chunk.
+ *     data shrinks to about half (docs/BENCHMARKS.md), which roughly doubles what a 1 Gbit/s
+ *     link delivers. Digests are always of the uncompressed chunk.
  *   - the snapshot manifest as a blob (its digest is the snapshot reference), referenced as the
  *     `config` of an OCI image manifest whose `layers` are the packs it uses, tagged
  *     `sha256-<hex>`: registry garbage collection then keeps everything a snapshot needs.
