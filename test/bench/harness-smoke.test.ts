@@ -1,16 +1,16 @@
 /**
  * Smoke test of the HelloBench and MultiMake harnesses in quick mode (3 images / 4 variants)
- * and of bench:volumes on a small volume: the whole topology (rate-limited link, registry with
+ * of bench:volumes on a small volume, and of bench:compression on files made here: the whole topology (rate-limited link, registry with
  * the oci chunk store, builders, cold workers) runs for real, the guard rails hold, and the
  * results are written. Speed is not asserted here: the numbers are in docs/, made by the full
  * runs.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../../common/exec.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
-import { tempDir } from '../helpers/tmp.js';
+import { randomBytes, tempDir } from '../helpers/tmp.js';
 
 const DIST = join(import.meta.dirname, '../../dist/bench');
 
@@ -69,4 +69,18 @@ describe('benchmark harnesses, quick mode', () => {
     expect(cpu.samples!.anchor[0]).toBeGreaterThan(0);
     expect(cpu.samples!.value[0]).toBeGreaterThan(cpu.samples!.anchor[0]!);
   }, 600_000);
+
+  it('bench:compression prices each threshold against storing raw, and marks the one in use', async () => {
+    const text = join(dir.path, 'text');
+    const random = join(dir.path, 'random');
+    await writeFile(text, Buffer.from('the quick brown fox jumps over the lazy dog\n'.repeat(30_000)));
+    await writeFile(random, randomBytes(1024 * 1024, 5));
+    const { stdout } = await run(process.execPath, [join(DIST, 'compression.js'), '--sample-mib', '1', text, random]);
+    // 1 MiB of each: 8 chunks of text (compress to almost nothing), 8 random (do not compress).
+    expect(stdout).toMatch(/^16 chunks of 128 KiB/);
+    expect(stdout).toMatch(/^\| 0\.0-0\.1 \| 50\.0% \|/m);
+    expect(stdout).toMatch(/^\| 0\.9-1\.0 \| 50\.0% \|/m);
+    expect(stdout).toMatch(/^\| raw \(anchor\) \| 0% \| 1024 MiB \|/m);
+    expect(stdout).toMatch(/^\| 0\.6 \(current\) \| 50% \|/m);
+  }, 60_000);
 });
