@@ -155,6 +155,15 @@ export class Metadata {
     return statement;
   }
 
+  /** Runs a one-parameter statement for each value, in one transaction (one sync for all). */
+  private runForEach(text: string, values: readonly string[]): void {
+    if (values.length === 0) return;
+    const statement = this.sql(text);
+    this.db.transaction(() => {
+      for (const v of values) statement.run(v);
+    })();
+  }
+
   private migrate(): void {
     this.db.exec('CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)');
     const row = this.sql("SELECT value FROM meta WHERE key = 'schema_version'").get() as { value: number } | undefined;
@@ -308,11 +317,7 @@ export class Metadata {
 
   /** Forgets evicted chunks, in one transaction. */
   forgetCached(digests: readonly Digest[]): void {
-    if (digests.length === 0) return;
-    const del = this.sql('DELETE FROM cached_chunks WHERE digest = ?');
-    this.db.transaction(() => {
-      for (const d of digests) del.run(d);
-    })();
+    this.runForEach('DELETE FROM cached_chunks WHERE digest = ?', digests);
   }
 
   /** Where recorded fetched chunks lie in the cache's segment files. */
@@ -332,11 +337,7 @@ export class Metadata {
 
   /** Forgets where chunks lay in the segments, in one transaction (one sync, however many). */
   forgetSegmentChunks(digests: readonly Digest[]): void {
-    if (digests.length === 0) return;
-    const del = this.sql('DELETE FROM segment_chunks WHERE digest = ?');
-    this.db.transaction(() => {
-      for (const d of digests) del.run(d);
-    })();
+    this.runForEach('DELETE FROM segment_chunks WHERE digest = ?', digests);
   }
 
   fetchStats(
