@@ -21,12 +21,11 @@
  * opening the same state root (a CLI command beside a running server) would otherwise reclaim
  * chunks the owner has not recorded yet, or punch out chunks the owner is serving.
  */
-import { closeSync, fdatasync, fstatSync, openSync, readdirSync, rmSync, write } from 'node:fs';
+import { closeSync, fstatSync, openSync, readdirSync, rmSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { fileOps } from '../common/fileops.js';
-import { readFully, type NoWaitState } from '../common/file-io.js';
+import { fdatasyncAsync, readFully, writeFully, type NoWaitState } from '../common/file-io.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import type { SegmentChunk } from './metadata.js';
 import type { Digest } from './types.js';
@@ -35,8 +34,6 @@ import type { Digest } from './types.js';
 export const SEGMENT_BYTES = 64 * 1024 * 1024;
 /** How long a fetched chunk's place may stay unrecorded (fetched again after a crash). */
 const SYNC_INTERVAL_MS = 5_000;
-
-const fdatasyncAsync = promisify(fdatasync);
 
 /** Where the segments' places are recorded (the volume metadata). */
 export interface SegmentCatalog {
@@ -76,18 +73,6 @@ export interface SegmentSlice {
 
 function segmentName(n: number): string {
   return `${String(n).padStart(8, '0')}.seg`;
-}
-
-function writeAt(fd: number, data: Buffer, position: number): Promise<void> {
-  return new Promise((resolve, reject) =>
-    write(fd, data, 0, data.length, position, (err, n) =>
-      err
-        ? reject(err)
-        : n < data.length
-          ? reject(new Error(`short write to a cache segment (${n} bytes)`))
-          : resolve(),
-    ),
-  );
 }
 
 export class CacheSegments {
@@ -207,7 +192,7 @@ export class CacheSegments {
       doomed: false,
     };
     try {
-      await writeAt(seg.fd, data, offset);
+      await writeFully(seg.fd, data, 0, data.length, offset);
     } catch (err) {
       this.punch(placed);
       throw err;

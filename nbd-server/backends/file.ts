@@ -10,21 +10,15 @@
  * (measured: random 4 KiB reads went from ~39k to the figures in docs/BENCHMARKS.md). Whatever
  * would block on the disk falls back to the threadpool, so the event loop never waits on it.
  */
-import { promises as fsp, write, writev, fdatasync } from 'node:fs';
+import { promises as fsp, writev } from 'node:fs';
 import { NotSupportedError, systemErrorCode } from '../../common/errors.js';
-import { readFully, type NoWaitState } from '../../common/file-io.js';
+import { fdatasyncAsync, readFully, writeFully, type NoWaitState } from '../../common/file-io.js';
 import { fileOps } from '../../common/fileops.js';
 import type { Backend, ByteCount, Extent, Slice, WriteFlags, ZeroFlags } from '../backend.js';
 
-// The callback fs APIs wrapped by hand: measurably cheaper per call than FileHandle methods.
-function writeAsync(fd: number, buf: Buffer, at: number, n: number, pos: number): Promise<number> {
-  return new Promise((resolve, reject) => write(fd, buf, at, n, pos, (err, k) => (err ? reject(err) : resolve(k))));
-}
+// Like the wrappers in common/file-io.ts: cheaper per call than FileHandle methods.
 function writevAsync(fd: number, bufs: readonly Buffer[], pos: number): Promise<number> {
   return new Promise((resolve, reject) => writev(fd, bufs, pos, (err, k) => (err ? reject(err) : resolve(k))));
-}
-function fdatasyncAsync(fd: number): Promise<void> {
-  return new Promise((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
 }
 
 const ZERO_WRITE_PIECE = 1024 * 1024;
@@ -91,9 +85,7 @@ export class FileBackend implements Backend {
       if (n === -2) this.nowaitWrites = false;
       else if (n > 0) done = n;
     }
-    while (done < data.length) {
-      done += await writeAsync(this.fd, data, done, data.length - done, offset + done);
-    }
+    await writeFully(this.fd, data, done, data.length - done, offset + done);
     if (flags.fua) await this.flush();
   }
 
