@@ -114,22 +114,22 @@ export class Volume implements Backend {
    */
   async load(offset: ByteCount, length: ByteCount): Promise<void> {
     this.noteRead(offset, length);
-    await Promise.all(
-      this.pieces(offset, length).map((p) => {
-        const src = this.sourceOf(p.index);
-        return src.kind === 'chunk' ? this.parts.chunks.load(src.digest, this.parts.counters) : undefined;
-      }),
-    );
+    await Promise.all(this.baseChunks(offset, length).map((d) => this.parts.chunks.load(d, this.parts.counters)));
   }
 
   /** NBD_CMD_CACHE: bring the range's chunks into the local store. */
   async cache(offset: ByteCount, length: ByteCount): Promise<void> {
-    await Promise.all(
-      this.pieces(offset, length).map((p) => {
-        const src = this.sourceOf(p.index);
-        return src.kind === 'chunk' ? this.parts.chunks.prefetch(src.digest, this.parts.counters) : undefined;
-      }),
-    );
+    await Promise.all(this.baseChunks(offset, length).map((d) => this.parts.chunks.prefetch(d, this.parts.counters)));
+  }
+
+  /** The digests of the range's chunks that come from the frozen base (not written here, not holes). */
+  private baseChunks(offset: ByteCount, length: ByteCount): Digest[] {
+    const digests: Digest[] = [];
+    for (const p of this.pieces(offset, length)) {
+      const src = this.sourceOf(p.index);
+      if (src.kind === 'chunk') digests.push(src.digest);
+    }
+    return digests;
   }
 
   async pwrite(data: Buffer, offset: ByteCount, flags: WriteFlags): Promise<void> {
