@@ -7,14 +7,22 @@
  * read's CPU. Slabs handed back with `give` are reused instead; when none is free a new one is
  * made, so the pool never waits. Slabs idle for IDLE_MS are dropped, so a quiet process does not
  * keep its peak.
+ *
+ * New slabs lie on transparent huge pages where the kernel allows it (madvise, through the
+ * native addon): a slab's first fill then takes one fault per 2 MiB instead of one per 4 KiB.
+ * On this VM a fault costs ~2.6 us, and the faults of fresh slabs were ~15% of the event loop's
+ * time in a cold read (perf); every cold start after an idle spell begins with fresh slabs.
  */
+import { fileOps } from './fileops.js';
 
 const IDLE_MS = 30_000;
+/** A transparent huge page: slabs are aligned to it, so each of their 2 MiB faults once. */
+const HUGE_PAGE = 2 * 1024 * 1024;
 
 export class BufferPool {
   private readonly free: Buffer[] = [];
-  /** Slabs lent out and not given back yet (identified by their memory). */
-  private readonly lent = new WeakSet<ArrayBufferLike>();
+  /** Slabs lent out and not given back yet, by their memory: the whole slab each came from. */
+  private readonly lent = new WeakMap<ArrayBufferLike, Buffer>();
   private lastTake = 0;
   private readonly timer: NodeJS.Timeout;
 
@@ -33,8 +41,8 @@ export class BufferPool {
   take(length: number): Buffer {
     this.lastTake = Date.now();
     if (length > this.slabBytes) return Buffer.allocUnsafe(length);
-    const slab = this.free.pop() ?? Buffer.allocUnsafeSlow(this.slabBytes);
-    this.lent.add(slab.buffer);
+    const slab = this.free.pop() ?? this.newSlab();
+    this.lent.set(slab.buffer, slab);
     return slab.subarray(0, length);
   }
 
@@ -44,8 +52,10 @@ export class BufferPool {
    */
   give(buffers: Iterable<Buffer>): void {
     for (const b of buffers) {
-      if (!this.lent.delete(b.buffer)) continue;
-      if (this.free.length < this.maxFree) this.free.push(Buffer.from(b.buffer, 0, this.slabBytes));
+      const slab = this.lent.get(b.buffer);
+      if (!slab) continue;
+      this.lent.delete(b.buffer);
+      if (this.free.length < this.maxFree) this.free.push(slab);
     }
   }
 
@@ -53,5 +63,17 @@ export class BufferPool {
   close(): void {
     clearInterval(this.timer);
     this.free.length = 0;
+  }
+
+  /**
+   * A slab of its own memory, starting on a huge page boundary when it is at least one huge page
+   * (the memory before the boundary is never touched, so it costs address space, not RAM).
+   */
+  private newSlab(): Buffer {
+    if (this.slabBytes < HUGE_PAGE) return Buffer.allocUnsafeSlow(this.slabBytes);
+    const raw = Buffer.allocUnsafeSlow(this.slabBytes + HUGE_PAGE);
+    const at = fileOps.adviseHugePages(raw);
+    const start = at >= 0 && at + this.slabBytes <= raw.length ? at : 0;
+    return raw.subarray(start, start + this.slabBytes);
   }
 }

@@ -40,6 +40,11 @@ export interface FileOps {
   /** flock(LOCK_EX|LOCK_NB): true if this process now holds it, false if another process does. */
   lockExclusive(fd: number): boolean;
   /**
+   * Asks for transparent huge pages (madvise MADV_HUGEPAGE) on the whole 2 MiB pages inside
+   * `buffer`: returns the offset of the first in it (its length if none fits), -2 if refused.
+   */
+  adviseHugePages(buffer: Buffer): number;
+  /**
    * Writes `data` to a new file `tmpPath` (it must not exist), fdatasync's it if `durable`, and
    * renames it to `path`, as one threadpool job; the temporary file is removed on failure.
    */

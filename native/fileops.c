@@ -28,6 +28,13 @@
  *   lockExclusive(fd)   flock(LOCK_EX|LOCK_NB): true if this process now holds the lock, false if
  *       another holds it. Released when the descriptor is closed or the process dies.
  *
+ *   adviseHugePages(buffer) -> offset
+ *       madvise(MADV_HUGEPAGE) on the 2 MiB-aligned whole huge pages inside the buffer; returns
+ *       the offset of the first of them in the buffer (the buffer's length if none fits), or -2
+ *       if the kernel refuses (no transparent huge pages). Why: on this kind of VM a page fault
+ *       costs ~2.6 us, so filling fresh memory 4 KiB at a time ran at ~0.4 GB/s; one fault per
+ *       2 MiB is ~40x cheaper (measured: 32 fresh 8 MiB buffers, 676 ms against 15 ms).
+ *
  *   writeFileAtomic(path, tmpPath, buffer, durable) -> Promise
  *       create tmpPath (O_EXCL), write the buffer, fdatasync if `durable`, close, rename to path;
  *       on failure the temporary file is removed. One libuv threadpool job where node:fs takes
@@ -50,6 +57,7 @@
 #include <unistd.h>
 #include <linux/falloc.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -312,6 +320,28 @@ static napi_value is_cached(napi_env env, napi_callback_info info) {
   return make_int64(env, cs.nr_cache >= pages ? 1 : 0);
 }
 
+#define HUGE_PAGE ((uintptr_t)2 << 20)
+
+static napi_value advise_huge_pages(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  size_t argc = 1;
+  void *data;
+  size_t length;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_get_buffer_info(env, argv[0], &data, &length) != napi_ok) {
+    napi_throw_type_error(env, "EINVAL", "expected a Buffer");
+    return NULL;
+  }
+  uintptr_t start = (uintptr_t)data, end = start + length;
+  uintptr_t first = (start + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1), last = end & ~(HUGE_PAGE - 1);
+  if (last <= first) return make_int64(env, (int64_t)length);
+  if (madvise((void *)first, last - first, MADV_HUGEPAGE) < 0) {
+    if (errno == EINVAL) return make_int64(env, -2); /* THP not built, or disabled */
+    return throw_errno(env, "madvise(MADV_HUGEPAGE)", errno);
+  }
+  return make_int64(env, (int64_t)(first - start));
+}
+
 /* Copies a JS string argument into `buf` (NUL-terminated); 0 and a thrown error if it does not fit. */
 static int get_string(napi_env env, napi_value v, char *buf, size_t cap) {
   size_t len;
@@ -479,6 +509,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"setSendBuffer", NULL, set_send_buffer, NULL, NULL, NULL, napi_enumerable, NULL},
     {"isCached", NULL, is_cached, NULL, NULL, NULL, napi_enumerable, NULL},
     {"lockExclusive", NULL, lock_exclusive, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"adviseHugePages", NULL, advise_huge_pages, NULL, NULL, NULL, napi_enumerable, NULL},
     {"writeFileAtomic", NULL, write_file_atomic, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
