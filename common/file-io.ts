@@ -4,7 +4,7 @@
  * through the threadpool. The callback fs APIs are wrapped by hand: measurably cheaper per call
  * than FileHandle methods.
  */
-import { fdatasync, read, write } from 'node:fs';
+import { fdatasync, read, write, writev } from 'node:fs';
 import { fileOps } from './fileops.js';
 
 /** Whether RWF_NOWAIT is worth trying on a file; cleared when the kernel says it is unsupported. */
@@ -47,6 +47,24 @@ function writeAsync(fd: number, buf: Buffer, at: number, n: number, pos: number)
 export async function writeFully(fd: number, buf: Buffer, at: number, length: number, position: number): Promise<void> {
   let done = 0;
   while (done < length) done += await writeAsync(fd, buf, at + done, length - done, position + done);
+}
+
+/**
+ * Writes `buffers` back to back from `position` with one writev through the threadpool (one job
+ * for many chunks); what a short write leaves goes on with writeFully.
+ */
+export async function writevFully(fd: number, buffers: readonly Buffer[], position: number): Promise<void> {
+  const done = await new Promise<number>((resolve, reject) =>
+    writev(fd, buffers as Buffer[], position, (err, k) => (err ? reject(err) : resolve(k))),
+  );
+  let skip = done;
+  let at = position;
+  for (const b of buffers) {
+    const from = Math.min(skip, b.length);
+    skip -= from;
+    if (from < b.length) await writeFully(fd, b, from, b.length - from, at + from);
+    at += b.length;
+  }
 }
 
 export function fdatasyncAsync(fd: number): Promise<void> {

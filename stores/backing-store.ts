@@ -35,6 +35,11 @@ export interface BackingStore {
     signal?: AbortSignal,
     allocate?: (length: number) => Buffer,
   ): Promise<Buffer[]>;
+  /**
+   * Which request a chunk's fetch would ride on: chunks with the same key can come in one
+   * request (one pack's), so a reader batches them together. Absent: any grouping is as good.
+   */
+  requestKey?(hint: string): string;
   /** Stores a snapshot manifest; returns its reference (the manifest's digest). */
   putManifest(manifest: Buffer): Promise<Digest>;
   /** Fetches a snapshot manifest by reference (unverified). */

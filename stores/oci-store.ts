@@ -139,6 +139,11 @@ export class OciStore implements BackingStore {
     return out;
   }
 
+  /** Chunks of one pack: adjacent ones come in one Range request (chunks without a hint: alone). */
+  requestKey(hint: string): string {
+    return parseHint(hint)?.pack ?? hint;
+  }
+
   /** Adjacent chunks of one pack are fetched with one Range request, up to MAX_SPAN bytes. */
   async getChunks(
     wanted: { digest: Digest; hint: string }[],

@@ -25,7 +25,7 @@ import { closeSync, fstatSync, openSync, readdirSync, rmSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileOps } from '../common/fileops.js';
-import { fdatasyncAsync, readFully, writeFully, type NoWaitState } from '../common/file-io.js';
+import { fdatasyncAsync, readFully, writevFully, type NoWaitState } from '../common/file-io.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import type { SegmentChunk } from './metadata.js';
 import type { Digest } from './types.js';
@@ -174,32 +174,62 @@ export class CacheSegments {
   }
 
   /** Appends a chunk (already verified); readable once this resolves. */
-  async put(digest: Digest, data: Buffer): Promise<void> {
-    if (this.chunks.has(digest)) return;
-    const seg = this.segmentFor(data.length);
-    const offset = seg.end;
-    seg.end += data.length; // reserved now: appends run concurrently
-    seg.live++; // the segment is not deleted while this write runs
-    const placed: Placed = {
-      digest,
-      segment: seg.n,
-      offset,
-      length: data.length,
-      fd: seg.fd,
-      seg,
-      users: 0,
-      recorded: false,
-      doomed: false,
-    };
-    try {
-      await writeFully(seg.fd, data, 0, data.length, offset);
-    } catch (err) {
-      this.punch(placed);
-      throw err;
+  put(digest: Digest, data: Buffer): Promise<void> {
+    return this.putAll([{ digest, data }]);
+  }
+
+  /**
+   * Appends chunks (already verified), each run that lands in one segment with one writev:
+   * a write per chunk cost a threadpool job each, and concurrent writes to one file contend for
+   * its inode lock (~15% of the threadpool's time in a cold read, spinning). Readable once this
+   * resolves; on a failed write its run is given up (and the error thrown), the others kept.
+   */
+  async putAll(chunks: readonly { digest: Digest; data: Buffer }[]): Promise<void> {
+    const runs: { seg: Segment; start: number; placed: Placed[]; buffers: Buffer[] }[] = [];
+    const taking = new Set<Digest>();
+    for (const { digest, data } of chunks) {
+      if (this.chunks.has(digest) || taking.has(digest)) continue;
+      taking.add(digest);
+      const seg = this.segmentFor(data.length);
+      const offset = seg.end;
+      seg.end += data.length; // reserved now: appends run concurrently
+      seg.live++; // the segment is not deleted while this write runs
+      let run = runs[runs.length - 1];
+      if (run?.seg !== seg) runs.push((run = { seg, start: offset, placed: [], buffers: [] }));
+      run.placed.push({
+        digest,
+        segment: seg.n,
+        offset,
+        length: data.length,
+        fd: seg.fd,
+        seg,
+        users: 0,
+        recorded: false,
+        doomed: false,
+      });
+      run.buffers.push(data);
     }
-    if (this.chunks.has(digest)) return this.punch(placed); // stored meanwhile by another put
-    this.chunks.set(digest, placed);
-    seg.unrecorded.push(placed);
+    const failures: unknown[] = [];
+    await Promise.all(
+      runs.map(async (run) => {
+        try {
+          await writevFully(run.seg.fd, run.buffers, run.start);
+        } catch (err) {
+          for (const p of run.placed) this.punch(p);
+          failures.push(err);
+          return;
+        }
+        for (const p of run.placed) {
+          if (this.chunks.has(p.digest)) {
+            this.punch(p); // stored meanwhile by another put
+            continue;
+          }
+          this.chunks.set(p.digest, p);
+          run.seg.unrecorded.push(p);
+        }
+      }),
+    );
+    if (failures.length > 0) throw failures[0];
   }
 
   /** Pins a chunk's bytes for a read; pair with release(). */

@@ -19,6 +19,7 @@ import { mkdir, rename, unlink } from 'node:fs/promises';
 import { writeFileAtomically } from '../common/fileops.js';
 import { readFully, type NoWaitState } from '../common/file-io.js';
 import { join } from 'node:path';
+import type { StoredChunk } from '../stores/backing-store.js';
 import type { CacheSegments } from './cache-segments.js';
 import { digestOf, type Digest } from './types.js';
 
@@ -78,22 +79,24 @@ export class LocalChunks {
   /** Stores `data` under its digest, durably (it may exist nowhere else), and returns the digest. */
   async put(data: Buffer): Promise<Digest> {
     const digest = digestOf(data);
-    await this.putVerified(digest, data, { durable: true });
+    await this.putFile(digest, data, { durable: true });
     return digest;
   }
 
   /**
-   * Stores data already verified to match `digest`. `durable: false` for chunks the backing
-   * store also has: no fsync; if power loss leaves the file short, a read finds it short and
-   * treats it as missing, so it is fetched again.
+   * Stores chunks fetched from the backing store, already verified: appended to the cache
+   * segments (one write per run), or without them as files of their own, not synced either way
+   * (the store has them; a file cut short by power loss reads as missing and is fetched again).
    */
-  async putVerified(digest: Digest, data: Buffer, options: { durable: boolean }): Promise<void> {
-    if (!options.durable && this.segments) {
-      // No stat for a file of its own: a fetched chunk was missing a moment ago, and a copy in
-      // both places would only cost space until eviction removes both.
-      if (!this.present.has(digest)) await this.segments.put(digest, data);
-      return;
-    }
+  async putFetched(chunks: readonly StoredChunk[]): Promise<void> {
+    // No stat for a file of its own: a fetched chunk was missing a moment ago, and a copy in
+    // both places would only cost space until eviction removes both.
+    if (this.segments) return this.segments.putAll(chunks.filter((c) => !this.present.has(c.digest)));
+    await Promise.all(chunks.map((c) => this.putFile(c.digest, c.data, { durable: false })));
+  }
+
+  /** Stores data verified to match `digest` as a file of its own (synced if `durable`). */
+  private async putFile(digest: Digest, data: Buffer, options: { durable: boolean }): Promise<void> {
     if (this.has(digest)) return;
     const path = this.pathOf(digest);
     const dir = join(path, '..');

@@ -1,6 +1,6 @@
 /**
  * The fetched-chunk cache's segment files (volumes/cache-segments.ts) on a real file system:
- * appends, records only what was synced, rolls over to new segments, punches evicted chunks
+ * appends (one by one and in batches), records only what was synced, rolls over to new segments, punches evicted chunks
  * out (only once the metadata forgot them and no read uses them), deletes emptied segments,
  * and has one owner at a time.
  */
@@ -44,6 +44,24 @@ describe('cache segments', () => {
   afterEach(async () => {
     metadata.close();
     await dir.cleanup();
+  });
+
+  it('stores a batch back to back, once per digest, across a segment rollover', async () => {
+    const s = await open();
+    await s.put(digestOf(chunk(0)), chunk(0));
+    const batch = [1, 2, 2, 3, 4, 5, 0].map((i) => ({ digest: digestOf(chunk(i)), data: chunk(i) }));
+    await s.putAll(batch); // 0 is already here and 2 is asked twice: 1..5 are new, 3 + 2 of them per segment
+    expect(s.counts).toEqual({ chunks: 6, segments: 2 });
+    for (let i = 0; i <= 5; i++) expect((await readBack(s, i)).equals(chunk(i))).toBe(true);
+    expect(await onDisk()).toEqual({ files: 2, bytes: 6 * CHUNK }); // nothing stored twice
+    await s.sync();
+    expect(
+      metadata
+        .segmentChunks()
+        .map((c) => c.offset)
+        .sort((a, b) => a - b),
+    ).toEqual([0, 0, CHUNK, CHUNK, 2 * CHUNK, 3 * CHUNK]);
+    await s.close();
   });
 
   it('appends chunks into segments of the configured size, readable at once, recorded once synced', async () => {

@@ -1,0 +1,62 @@
+/**
+ * How the chunk reader cuts the fetches wanted at once into batches for the store: by the
+ * store's request key (one pack's chunks together), oldest first, so readers of several regions
+ * at once do not turn every batch into a Range request per pack. The store here is a small
+ * in-memory one that records what it was asked; the local store is real files.
+ */
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { BackingStore } from '../../stores/backing-store.js';
+import { ChunkReader, FetchCounters } from '../../volumes/chunk-reader.js';
+import { LocalChunks } from '../../volumes/local-chunks.js';
+import { digestOf, type Digest } from '../../volumes/types.js';
+import { randomBytes, tempDir } from '../helpers/tmp.js';
+
+/** Chunks under hints `PACK:n`; records every batch asked for as its hints. */
+function recordingStore(chunks: Map<Digest, Buffer>, keyed: boolean): BackingStore & { batches: string[][] } {
+  const batches: string[][] = [];
+  return {
+    url: 'memory://test',
+    packs: true,
+    batches,
+    putChunks: () => Promise.reject(new Error('read-only')),
+    getChunks: (wanted) => {
+      batches.push(wanted.map((w) => w.hint));
+      return Promise.resolve(wanted.map((w) => chunks.get(w.digest)!));
+    },
+    ...(keyed ? { requestKey: (hint: string) => hint.split(':')[0]! } : {}),
+    putManifest: () => Promise.reject(new Error('read-only')),
+    getManifest: () => Promise.reject(new Error('no manifests')),
+  };
+}
+
+describe('chunk reader batches', () => {
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  beforeEach(async () => (dir = await tempDir('slacker-batches-')));
+  afterEach(() => dir.cleanup());
+
+  /** Eight chunks, alternately in packs A and B, wanted in one turn; returns the batches. */
+  async function fetchInterleaved(keyed: boolean): Promise<string[][]> {
+    const data = Array.from({ length: 8 }, (_, i) => randomBytes(4096, 900 + i));
+    const digests = data.map(digestOf);
+    const hints = new Map(digests.map((d, i) => [d, `${i % 2 ? 'B' : 'A'}:${i}`]));
+    const store = recordingStore(new Map(digests.map((d, i) => [d, data[i]!])), keyed);
+    const reader = new ChunkReader(new LocalChunks(dir.path), store, (d) => hints.get(d)!);
+    const c = new FetchCounters();
+    await Promise.all(digests.map((d) => reader.load(d, c)));
+    expect(c.chunksFetched).toBe(8);
+    for (const d of digests) expect(reader.local.has(d)).toBe(true);
+    await reader.close();
+    return store.batches;
+  }
+
+  it('groups the chunks of one request key, oldest first', async () => {
+    expect(await fetchInterleaved(true)).toEqual([
+      ['A:0', 'A:2', 'A:4', 'A:6'],
+      ['B:1', 'B:3', 'B:5', 'B:7'],
+    ]);
+  });
+
+  it('keeps arrival order for a store without request keys', async () => {
+    expect(await fetchInterleaved(false)).toEqual([['A:0', 'B:1', 'A:2', 'B:3', 'A:4', 'B:5', 'A:6', 'B:7']]);
+  });
+});
