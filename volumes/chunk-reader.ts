@@ -167,6 +167,11 @@ export class ChunkReader {
     this.buffers.close();
   }
 
+  /** Which store request a chunk's fetch would ride on (BackingStore.requestKey), if the store says. */
+  requestKeyOf(digest: Digest): string | undefined {
+    return this.store?.requestKey?.(this.hintOf(digest));
+  }
+
   /** Starts fetching a chunk that is not local yet (readahead, NBD CACHE); errors only logged. */
   prefetch(digest: Digest, c: FetchCounters): Promise<void> {
     if (this.local.has(digest)) return Promise.resolve();

@@ -17,7 +17,18 @@ import type { FileBackend } from '../nbd-server/backends/file.js';
 import type { ChunkReader, FetchCounters } from './chunk-reader.js';
 import type { Metadata, Override, VolumeRow } from './metadata.js';
 import type { ReadTrace } from './read-trace.js';
+import { SequentialStreams, type Stream } from './sequential-streams.js';
 import { chunkLength, type ChunkIndex, type Digest } from './types.js';
+
+/**
+ * A sequential stream that has read this much in a row, and finds chunks missing, has the rest
+ * of the store request it is in (the oci store's pack, BackingStore.requestKey) fetched at
+ * once, at most FOLLOW_CHUNKS chunks: one Range request per pack instead of one per batch of
+ * the chunks it happens to ask for meanwhile (~4-5 ms of registry CPU each). Short runs (a
+ * small file, a container's scattered startup reads) never reach it, so they fetch no more.
+ */
+const FOLLOW_AFTER = 1024 * 1024;
+const FOLLOW_CHUNKS = 64;
 
 /** Chunks hashed and stored at once by materialize (freeze, snapshot). */
 const MATERIALIZE_CONCURRENCY = 8;
@@ -56,6 +67,7 @@ export class Volume implements Backend {
   private lastReadEnd = -1;
   /** Chunks below this index were already considered for readahead. */
   private readaheadFrom = 0;
+  private readonly streams = new SequentialStreams();
 
   constructor(private readonly parts: VolumeParts) {
     this.row = parts.row;
@@ -113,8 +125,25 @@ export class Volume implements Backend {
    * cold read then leaves by sendfile from the page cache, like a warm one). Notes the read.
    */
   async load(offset: ByteCount, length: ByteCount): Promise<void> {
-    this.noteRead(offset, length);
-    await Promise.all(this.baseChunks(offset, length).map((d) => this.parts.chunks.load(d, this.parts.counters)));
+    const stream = this.noteRead(offset, length);
+    const wanted = this.baseChunks(offset, length);
+    if (stream.run >= FOLLOW_AFTER) this.follow(stream, offset + length);
+    await Promise.all(wanted.map((d) => this.parts.chunks.load(d, this.parts.counters)));
+  }
+
+  /** Starts fetching, for a long sequential stream, the rest of the store request it reads in. */
+  private follow(stream: Stream, end: ByteCount): void {
+    const last = Math.floor((end - 1) / this.chunkSize);
+    const src = this.sourceOf(last);
+    const key = src.kind === 'chunk' ? this.parts.chunks.requestKeyOf(src.digest) : undefined;
+    if (key === undefined) return;
+    let idx = Math.max(last + 1, stream.followedTo);
+    for (let n = 0; n < FOLLOW_CHUNKS && idx * this.chunkSize < this.size; idx++, n++) {
+      const next = this.sourceOf(idx);
+      if (next.kind !== 'chunk' || this.parts.chunks.requestKeyOf(next.digest) !== key) break;
+      void this.parts.chunks.prefetch(next.digest, this.parts.counters);
+    }
+    stream.followedTo = idx;
   }
 
   /** NBD_CMD_CACHE: bring the range's chunks into the local store. */
@@ -254,10 +283,14 @@ export class Volume implements Backend {
     }
   }
 
-  /** Readahead for a sequential reader: a read starting where the previous one ended. */
-  private noteRead(offset: ByteCount, length: ByteCount): void {
+  /**
+   * Readahead for a sequential reader (a read starting where the previous one ended), and the
+   * stream the read belongs to.
+   */
+  private noteRead(offset: ByteCount, length: ByteCount): Stream {
     if (offset === this.lastReadEnd) this.readAhead(offset + length);
     this.lastReadEnd = offset + length;
+    return this.streams.note(offset, length);
   }
 
   /** Sequential reader: fetch the next chunks in the background before they are asked for. */

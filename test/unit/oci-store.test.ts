@@ -1,7 +1,7 @@
 /**
  * The oci:// backing store against a real registry (Debian's docker-registry on loopback):
- * publish on one host, open on another, lazy verified reads through HTTP Range requests,
- * tampering, an outage, and Basic auth from the URL or Docker's config.json.
+ * publish on one host, open on another, lazy verified reads through HTTP Range requests (a long
+ * sequential reader's pack fetched ahead), tampering, an outage, and Basic auth from the URL or Docker's config.json.
  */
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -84,6 +84,20 @@ describe('oci:// store on a real registry', () => {
     expect((await a.pread(CHUNK, 9 * CHUNK)).equals(chunkData(9))).toBe(true);
     expect((await a.pread(CHUNK, 3 * CHUNK)).equals(chunkData(3))).toBe(true);
     await hostB.release('app-b');
+  });
+
+  it('fetches the rest of its pack for a long sequential reader, and nothing more for a short one', async () => {
+    const ref = await published('img', [...Array(48).keys()]); // one pack of 48 chunks (3 MiB)
+    await hostB.openSnapshot(ref, 'img-b');
+    const v = await hostB.acquire('img-b');
+    const fetched = (): number => hostB.stats('img-b').fetch.chunksFetched;
+    const READ = 256 * 1024;
+    for (let i = 0; i < 3; i++) await v.load!(i * READ, READ);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(fetched()).toBe(12); // 768 KiB in a row: only what it read
+    await v.load!(3 * READ, READ); // 1 MiB in a row: the rest of the pack is fetched ahead
+    await expect.poll(fetched).toBe(48);
+    await hostB.release('img-b');
   });
 
   it('packs a startup profile on its own, in profile order, so it is fetched in one range', async () => {
