@@ -209,9 +209,15 @@ export class ChunkReader {
   private async keep(chunks: StoredChunk[]): Promise<void> {
     try {
       await this.local.putFetched(chunks); // the store has them: not synced
-      await Promise.all(chunks.map((c) => this.cache?.admit(c.digest, c.data.length)));
     } catch (err) {
       this.log.warn({ err, chunks: chunks.length }, 'fetched chunks not kept locally: they will be fetched again');
+    }
+    // What was stored is evictable, also when part of the batch failed to be.
+    const kept = chunks.filter((c) => this.local.has(c.digest));
+    try {
+      await Promise.all(kept.map((c) => this.cache?.admit(c.digest, c.data.length)));
+    } catch (err) {
+      this.log.warn({ err, chunks: kept.length }, 'fetched chunks kept but not admitted to the cache bound');
     }
   }
 
