@@ -151,7 +151,7 @@ export class ChunkReader {
    * leaves it missing: the caller then reads it another way). Rejects as a read would.
    */
   async load(digest: Digest, c: FetchCounters): Promise<void> {
-    if (this.local.has(digest)) return this.localHit(digest, c);
+    if (this.isLocal(digest)) return this.localHit(digest, c);
     await this.fetch(digest, c);
     await this.landing.get(digest);
   }
@@ -172,9 +172,17 @@ export class ChunkReader {
     return this.store?.requestKey?.(this.hintOf(digest));
   }
 
+  /**
+   * Whether a chunk is stored here. One being fetched is not, and saying so costs no stat (a
+   * cold read asks this of every chunk two or three times while it is on its way).
+   */
+  isLocal(digest: Digest): boolean {
+    return !this.inflight.has(digest) && this.local.has(digest);
+  }
+
   /** Starts fetching a chunk that is not local yet (readahead, NBD CACHE); errors only logged. */
   prefetch(digest: Digest, c: FetchCounters): Promise<void> {
-    if (this.local.has(digest)) return Promise.resolve();
+    if (this.isLocal(digest)) return Promise.resolve();
     return this.fetch(digest, c).then(
       () => undefined,
       (err: unknown) => this.log.debug({ err, digest }, 'prefetch failed'),

@@ -100,7 +100,7 @@ export class Volume implements Backend {
     const sources = pieces.map((p) => this.sourceOf(p.index));
     // All or nothing, and nothing counted before that is known: a chunk still to fetch sends
     // the read to load() or pread, which count it.
-    if (sources.some((src) => src.kind === 'chunk' && !this.parts.chunks.local.has(src.digest))) return undefined;
+    if (sources.some((src) => src.kind === 'chunk' && !this.parts.chunks.isLocal(src.digest))) return undefined;
     const slices: Slice[] = [];
     for (const [i, p] of pieces.entries()) {
       const src = sources[i]!;
@@ -134,6 +134,7 @@ export class Volume implements Backend {
   /** Starts fetching, for a long sequential stream, the rest of the store request it reads in. */
   private follow(stream: Stream, end: ByteCount): void {
     const last = Math.floor((end - 1) / this.chunkSize);
+    if (last + 1 < stream.followedTo) return; // still inside what was fetched ahead for it
     const src = this.sourceOf(last);
     const key = src.kind === 'chunk' ? this.parts.chunks.requestKeyOf(src.digest) : undefined;
     if (key === undefined) return;
