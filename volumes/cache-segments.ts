@@ -27,6 +27,7 @@ import { join } from 'node:path';
 import { fileOps } from '../common/fileops.js';
 import { fdatasyncAsync, readFully, writevFully, type NoWaitState } from '../common/file-io.js';
 import { silentLogger, type Logger } from '../common/logger.js';
+import type { StoredChunk } from '../stores/backing-store.js';
 import type { SegmentChunk } from './metadata.js';
 import type { Digest } from './types.js';
 
@@ -184,7 +185,7 @@ export class CacheSegments {
    * its inode lock (~15% of the threadpool's time in a cold read, spinning). Readable once this
    * resolves; on a failed write its run is given up (and the error thrown), the others kept.
    */
-  async putAll(chunks: readonly { digest: Digest; data: Buffer }[]): Promise<void> {
+  async putAll(chunks: readonly StoredChunk[]): Promise<void> {
     const runs: { seg: Segment; start: number; placed: Placed[]; buffers: Buffer[] }[] = [];
     const taking = new Set<Digest>();
     for (const { digest, data } of chunks) {

@@ -58,12 +58,15 @@ export class FetchCounters {
 /** Where the chunk reader finds a digest's location hint in the store. */
 export type HintLookup = (digest: Digest) => string;
 
-interface Queued {
-  digest: Digest;
-  /** Where the store has it (looked up once, when it is first wanted). */
+/** Where the store has a chunk (ChunkReader.locate). */
+export interface Location {
   hint: string;
   /** The store's request key for it (BackingStore.requestKey), or '' without one. */
   requestKey: string;
+}
+
+interface Queued extends Location {
+  digest: Digest;
   counters: FetchCounters;
   resolve: (data: Buffer) => void;
   reject: (err: Error) => void;
@@ -167,9 +170,14 @@ export class ChunkReader {
     this.buffers.close();
   }
 
-  /** Which store request a chunk's fetch would ride on (BackingStore.requestKey), if the store says. */
-  requestKeyOf(digest: Digest): string | undefined {
-    return this.store?.requestKey?.(this.hintOf(digest));
+  /**
+   * Where the store has a chunk, and which store request its fetch would ride on
+   * (BackingStore.requestKey; '' when the store does not say). One metadata lookup: pass the
+   * result on to prefetch rather than looking it up again.
+   */
+  locate(digest: Digest): Location {
+    const hint = this.hintOf(digest);
+    return { hint, requestKey: this.store?.requestKey?.(hint) ?? '' };
   }
 
   /**
@@ -180,10 +188,13 @@ export class ChunkReader {
     return !this.inflight.has(digest) && this.local.has(digest);
   }
 
-  /** Starts fetching a chunk that is not local yet (readahead, NBD CACHE); errors only logged. */
-  prefetch(digest: Digest, c: FetchCounters): Promise<void> {
+  /**
+   * Starts fetching a chunk that is not local yet (readahead, NBD CACHE, a followed stream);
+   * errors only logged. `at`: its location, if the caller already looked it up.
+   */
+  prefetch(digest: Digest, c: FetchCounters, at?: Location): Promise<void> {
     if (this.isLocal(digest)) return Promise.resolve();
-    return this.fetch(digest, c).then(
+    return this.fetch(digest, c, at).then(
       () => undefined,
       (err: unknown) => this.log.debug({ err, digest }, 'prefetch failed'),
     );
@@ -195,15 +206,14 @@ export class ChunkReader {
    * Range request for adjacent chunks of a pack): per-request overhead, not bandwidth, is what
    * limits small fetches.
    */
-  private fetch(digest: Digest, c: FetchCounters): Promise<Buffer> {
+  private fetch(digest: Digest, c: FetchCounters, at?: Location): Promise<Buffer> {
     let p = this.inflight.get(digest);
     if (!p) {
       // The entry outlives the promise's resolution until the chunk is stored locally: readers
       // meanwhile get these bytes instead of fetching them again.
       const settled = (): void => void this.inflight.delete(digest);
       p = new Promise<Buffer>((resolve, reject) => {
-        const hint = this.hintOf(digest);
-        const requestKey = this.store?.requestKey?.(hint) ?? '';
+        const { hint, requestKey } = at ?? this.locate(digest);
         this.queue.push({ digest, hint, requestKey, counters: c, resolve, reject, queuedAt: Date.now(), settled });
         this.scheduleFlush();
       });

@@ -136,13 +136,15 @@ export class Volume implements Backend {
     const last = Math.floor((end - 1) / this.chunkSize);
     if (last + 1 < stream.followedTo) return; // still inside what was fetched ahead for it
     const src = this.sourceOf(last);
-    const key = src.kind === 'chunk' ? this.parts.chunks.requestKeyOf(src.digest) : undefined;
-    if (key === undefined) return;
+    const key = src.kind === 'chunk' ? this.parts.chunks.locate(src.digest).requestKey : '';
+    if (key === '') return; // a store without request keys: nothing to follow
     let idx = Math.max(last + 1, stream.followedTo);
     for (let n = 0; n < FOLLOW_CHUNKS && idx * this.chunkSize < this.size; idx++, n++) {
       const next = this.sourceOf(idx);
-      if (next.kind !== 'chunk' || this.parts.chunks.requestKeyOf(next.digest) !== key) break;
-      void this.parts.chunks.prefetch(next.digest, this.parts.counters);
+      if (next.kind !== 'chunk') break;
+      const at = this.parts.chunks.locate(next.digest);
+      if (at.requestKey !== key) break;
+      void this.parts.chunks.prefetch(next.digest, this.parts.counters, at);
     }
     stream.followedTo = idx;
   }
