@@ -1,8 +1,8 @@
 /**
  * The fetched-chunk cache's segment files (volumes/cache-segments.ts) on a real file system:
- * appends (one by one and in batches), records only what was synced, rolls over to new segments, punches evicted chunks
- * out (only once the metadata forgot them and no read uses them), deletes emptied segments,
- * and has one owner at a time.
+ * appends (one by one and in batches), records only what was synced, rolls over to new
+ * segments, punches evicted chunks out (only once the metadata forgot them and no read uses
+ * them), deletes emptied segments, and has one owner at a time.
  */
 import { appendFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';

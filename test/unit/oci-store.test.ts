@@ -1,7 +1,8 @@
 /**
  * The oci:// backing store against a real registry (Debian's docker-registry on loopback):
  * publish on one host, open on another, lazy verified reads through HTTP Range requests (a long
- * sequential reader's pack fetched ahead), tampering, an outage, and Basic auth from the URL or Docker's config.json.
+ * sequential reader's pack fetched ahead), tampering, an outage, and Basic auth from the URL or
+ * Docker's config.json.
  */
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
