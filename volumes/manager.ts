@@ -159,9 +159,13 @@ export class VolumeManager {
     if (!row.frozen)
       throw new ConflictError(`volume ${row.id} must be frozen to publish`, { context: { volume: row.id } });
     const map = this.snapshotOf(row.id);
-    // A digest's length is its chunk's length: the last chunk of a volume may be short.
+    // A digest's length is its chunk's length: the last chunk of a volume may be short. In the
+    // volume's order, so that a pack holds a run of the volume: a sequential reader then wants
+    // whole packs. (The map is in the order freeze hashed the chunks, several at a time: packs
+    // cut from it shared their edges, and a cold read fetched each edge chunk on its own.)
     const lengthOf = new Map<Digest, number>();
-    for (const [idx, digest] of map) lengthOf.set(digest, chunkLength(row.size, row.chunkSize, idx));
+    for (const [idx, digest] of [...map].sort((a, b) => a[0] - b[0]))
+      lengthOf.set(digest, chunkLength(row.size, row.chunkSize, idx));
     const missing = [...lengthOf.keys()].filter((d) => this.metadata.locationOf(store.url, d) === undefined);
     for await (const stored of this.upload(store, missing, lengthOf)) this.metadata.recordLocations(store.url, stored);
     // What was only here is in the store now: the cache may evict it.

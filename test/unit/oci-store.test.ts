@@ -101,6 +101,22 @@ describe('oci:// store on a real registry', () => {
     await hostB.release('img-b');
   });
 
+  it('packs chunks in volume order, whatever order they were written in', async () => {
+    // Written last to first, 3 packs' worth: freeze hashes them in that order.
+    const chunks = [...Array(150).keys()].reverse();
+    const ref = await published('img', chunks);
+    const m = decodeManifest(ref, await hostA.store!.getManifest(ref));
+    const at = (idx: number) => m.hints.get(m.chunks.get(idx)!)!.split(':');
+    const packs: string[] = [];
+    for (let idx = 0; idx < 150; idx++) {
+      const [, pack, offset] = at(idx);
+      if (packs[packs.length - 1] !== pack) packs.push(pack!);
+      // Each chunk follows the one before it in its pack: a sequential reader wants whole packs.
+      if (idx > 0 && at(idx - 1)[1] === pack) expect(Number(offset)).toBeGreaterThan(Number(at(idx - 1)[2]));
+    }
+    expect(packs).toHaveLength(3); // each pack a run of the volume, entered once
+  });
+
   it('packs a startup profile on its own, in profile order, so it is fetched in one range', async () => {
     await published('img', [0, 3, 7, 200]);
     const ref = await hostA.publish('img', { prefetch: [200, 0, 7] });
