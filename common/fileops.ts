@@ -3,7 +3,7 @@
  * lacks. Errors carry the errno name in `code`, like node:fs errors.
  */
 import { randomBytes } from 'node:crypto';
-import { createRequire } from 'node:module';
+import { loadAddon } from './native-addon.js';
 
 export interface FileOps {
   /** Next offset >= `offset` that holds data, or -1 if only holes follow. */
@@ -51,25 +51,7 @@ export interface FileOps {
   writeFileAtomic(path: string, tmpPath: string, data: Buffer, durable: boolean): Promise<void>;
 }
 
-const require = createRequire(import.meta.url);
-
-function load(): FileOps {
-  // Compiled code runs from dist/common, sources from common/: try both build locations.
-  const candidates = ['../build/Release/fileops.node', '../../build/Release/fileops.node'];
-  let lastError: unknown;
-  for (const candidate of candidates) {
-    try {
-      return require(candidate) as FileOps;
-    } catch (err) {
-      lastError = err;
-    }
-  }
-  throw new Error('native addon build/Release/fileops.node is missing: run `npm ci` (it builds with node-gyp)', {
-    cause: lastError,
-  });
-}
-
-export const fileOps: FileOps = load();
+export const fileOps: FileOps = loadAddon<FileOps>('fileops');
 
 /**
  * Writes `data` to `path` all or nothing (fileOps.writeFileAtomic), through a temporary file

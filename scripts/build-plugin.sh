@@ -45,7 +45,7 @@ cp "$(command -v node)" "$OUT/rootfs/usr/bin/node"
 APP=$OUT/rootfs/opt/slacker-ts
 mkdir -p "$APP/build/Release" "$APP/node_modules"
 cp -a dist package.json "$APP/"
-cp build/Release/fileops.node "$APP/build/Release/"
+cp build/Release/*.node "$APP/build/Release/"
 # Production dependencies only, as installed here (native ones built for this node).
 npm ls --omit=dev --all --parseable 2>/dev/null | tail -n +2 | while read -r dir; do
   rel=${dir#"$PWD/"}
