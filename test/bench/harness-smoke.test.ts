@@ -56,14 +56,17 @@ describe('benchmark harnesses, quick mode', () => {
 
   it('bench:volumes measures every row against its anchor, with the CPU of each side', async () => {
     const json = join(dir.path, 'vol.json');
-    await run(process.execPath, [join(DIST, 'volumes.js'), '--size-mib', '16', '--reps', '1', '--json', json], {
-      timeoutMs: 600_000,
-    });
+    const args = ['--size-mib', '16', '--reps', '1', '--warmup', '1', '--json', json];
+    await run(process.execPath, [join(DIST, 'volumes.js'), ...args], { timeoutMs: 600_000 });
     const { rows } = JSON.parse(await readFile(json, 'utf8')) as {
       rows: { name: string; ratio: number; samples?: { value: number[]; anchor: number[] } }[];
     };
-    expect(rows.map((r) => r.name.split(' ')[0])).toEqual(['clone', 'cold', 'the', 'CPU', 'warm']);
+    expect(rows.map((r) => r.name.split(' ')[0])).toEqual(['clone', 'cold', 'the', 'the', 'CPU', 'warm']);
+    expect(rows[2]!.name).toMatch(/first cold read in this process/);
     for (const r of rows) expect(Number.isFinite(r.ratio) && r.ratio > 0).toBe(true);
+    // The warm-up repetition is not among the samples: one counted repetition, one sample.
+    for (const r of rows.filter((x) => x.samples))
+      expect([r.samples!.value.length, r.samples!.anchor.length]).toEqual([1, 1]);
     const cpu = rows.find((r) => r.name.startsWith('CPU'))!;
     // Both sides used some CPU, and the cold read (which also verifies, stores and serves) more.
     expect(cpu.samples!.anchor[0]).toBeGreaterThan(0);
