@@ -56,8 +56,8 @@ export class FetchCounters {
   }
 }
 
-/** Where the chunk reader finds a digest's location hint in the store. */
-export type HintLookup = (digest: Digest) => string;
+/** Where the chunk reader finds the location hints of digests in the store ('' for none). */
+export type HintLookup = (digests: readonly Digest[]) => string[];
 
 /** Where the store has a chunk (ChunkReader.locate). */
 export interface Location {
@@ -177,8 +177,12 @@ export class ChunkReader {
    * result on to prefetch rather than looking it up again.
    */
   locate(digest: Digest): Location {
-    const hint = this.hintOf(digest);
-    return { hint, requestKey: this.store?.requestKey?.(hint) ?? '' };
+    return this.locateAll([digest])[0]!;
+  }
+
+  /** locate for several chunks, with one metadata lookup for all of them. */
+  locateAll(digests: readonly Digest[]): Location[] {
+    return this.hintOf(digests).map((hint) => ({ hint, requestKey: this.store?.requestKey?.(hint) ?? '' }));
   }
 
   /**

@@ -116,7 +116,7 @@ export class VolumeManager {
     this.reader = new ChunkReader(
       chunks,
       store,
-      (digest) => (store && metadata.locationOf(store.url, digest)) ?? '',
+      (digests) => (store ? metadata.locationsOf(store.url, digests) : digests).map((hint) => hint ?? ''),
       { ...DEFAULT_FETCH_POLICY, ...options.fetchPolicy },
       options.log ?? silentLogger(),
       this.cache,

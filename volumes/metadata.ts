@@ -297,6 +297,15 @@ export class Metadata {
     return r?.hint;
   }
 
+  /**
+   * locationOf for several chunks, in one read transaction: each statement outside one takes
+   * and drops the database's shared lock (a sequential reader looks up a pack's worth at once).
+   */
+  locationsOf(store: string, digests: readonly Digest[]): (string | undefined)[] {
+    if (digests.length <= 1) return digests.map((d) => this.locationOf(store, d));
+    return this.db.transaction(() => digests.map((d) => this.locationOf(store, d)))();
+  }
+
   /** Evictable chunks, least recently used first. */
   cachedChunks(): { digest: Digest; size: number }[] {
     return this.sql('SELECT digest, size FROM cached_chunks ORDER BY last_used, digest').all() as {

@@ -136,17 +136,22 @@ export class Volume implements Backend {
     const last = Math.floor((end - 1) / this.chunkSize);
     if (last + 1 < stream.followedTo) return; // still inside what was fetched ahead for it
     const src = this.sourceOf(last);
-    const key = src.kind === 'chunk' ? this.parts.chunks.locate(src.digest).requestKey : '';
-    if (key === '') return; // a store without request keys: nothing to follow
-    let idx = Math.max(last + 1, stream.followedTo);
-    for (let n = 0; n < FOLLOW_CHUNKS && idx * this.chunkSize < this.size; idx++, n++) {
+    if (src.kind !== 'chunk') return;
+    // The chunks it would read next, up to the first hole or written chunk, looked up at once.
+    const from = Math.max(last + 1, stream.followedTo);
+    const ahead: Digest[] = [];
+    for (let idx = from; ahead.length < FOLLOW_CHUNKS && idx * this.chunkSize < this.size; idx++) {
       const next = this.sourceOf(idx);
       if (next.kind !== 'chunk') break;
-      const at = this.parts.chunks.locate(next.digest);
-      if (at.requestKey !== key) break;
-      void this.parts.chunks.prefetch(next.digest, this.parts.counters, at);
+      ahead.push(next.digest);
     }
-    stream.followedTo = idx;
+    const [here, ...next] = this.parts.chunks.locateAll([src.digest, ...ahead]);
+    const key = here!.requestKey;
+    if (key === '') return; // a store without request keys: nothing to follow
+    let n = 0;
+    for (; n < next.length && next[n]!.requestKey === key; n++)
+      void this.parts.chunks.prefetch(ahead[n]!, this.parts.counters, next[n]);
+    stream.followedTo = from + n;
   }
 
   /** NBD_CMD_CACHE: bring the range's chunks into the local store. */

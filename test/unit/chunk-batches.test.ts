@@ -40,7 +40,7 @@ describe('chunk reader batches', () => {
     const digests = data.map(digestOf);
     const hints = new Map(digests.map((d, i) => [d, `${i % 2 ? 'B' : 'A'}:${i}`]));
     const store = recordingStore(new Map(digests.map((d, i) => [d, data[i]!])), keyed);
-    const reader = new ChunkReader(new LocalChunks(dir.path), store, (d) => hints.get(d)!);
+    const reader = new ChunkReader(new LocalChunks(dir.path), store, (ds) => ds.map((d) => hints.get(d)!));
     const c = new FetchCounters();
     await Promise.all(digests.map((d) => reader.load(d, c)));
     expect(c.chunksFetched).toBe(8);
