@@ -18,6 +18,7 @@
 #include <string.h>
 #include <node_api.h>
 #include <openssl/evp.h>
+#include "napi-job.h"
 
 #define DIGEST_BYTES 32
 
@@ -75,7 +76,7 @@ static void batch_complete(napi_env env, napi_status status, void *arg) {
 }
 
 static napi_value sha256_batch(napi_env env, napi_callback_info info) {
-  napi_value argv[1], promise, name;
+  napi_value argv[1];
   size_t argc = 1;
   bool is_array = false;
   uint32_t count = 0;
@@ -106,12 +107,8 @@ static napi_value sha256_batch(napi_env env, napi_callback_info info) {
     }
     b->data[i] = data;
   }
-  napi_create_reference(env, argv[0], 1, &b->buffers);
-  napi_create_promise(env, &b->deferred, &promise);
-  napi_create_string_utf8(env, "slacker:sha256Batch", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, batch_execute, batch_complete, b, &b->work);
-  napi_queue_async_work(env, b->work);
-  return promise;
+  return start_job(env, argv[0], "slacker:sha256Batch", batch_execute, batch_complete, b, &b->buffers, &b->deferred,
+                   &b->work);
 }
 
 static napi_value init(napi_env env, napi_value exports) {

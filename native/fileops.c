@@ -66,6 +66,7 @@
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <node_api.h>
+#include "napi-job.h"
 
 static const char *errno_name(int e) {
   switch (e) {
@@ -465,7 +466,7 @@ static void atomic_write_complete(napi_env env, napi_status status, void *arg) {
 }
 
 static napi_value write_file_atomic(napi_env env, napi_callback_info info) {
-  napi_value argv[4], promise, name;
+  napi_value argv[4];
   size_t argc = 4;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4) {
     napi_throw_type_error(env, "EINVAL", "wrong number of arguments");
@@ -484,12 +485,8 @@ static napi_value write_file_atomic(napi_env env, napi_callback_info info) {
     return NULL;
   }
   w->data = data;
-  napi_create_reference(env, argv[2], 1, &w->buffer);
-  napi_create_promise(env, &w->deferred, &promise);
-  napi_create_string_utf8(env, "slacker:writeFileAtomic", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, atomic_write_execute, atomic_write_complete, w, &w->work);
-  napi_queue_async_work(env, w->work);
-  return promise;
+  return start_job(env, argv[2], "slacker:writeFileAtomic", atomic_write_execute, atomic_write_complete, w, &w->buffer,
+                   &w->deferred, &w->work);
 }
 
 static napi_value init(napi_env env, napi_value exports) {
