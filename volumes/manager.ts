@@ -116,7 +116,7 @@ export class VolumeManager {
     this.reader = new ChunkReader(
       chunks,
       store,
-      (digests) => (store ? metadata.locationsOf(store.url, digests) : digests).map((hint) => hint ?? ''),
+      (digests) => (store ? metadata.locationsOf(store.url, digests).map((hint) => hint ?? '') : digests.map(() => '')),
       { ...DEFAULT_FETCH_POLICY, ...options.fetchPolicy },
       options.log ?? silentLogger(),
       this.cache,

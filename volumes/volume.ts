@@ -136,7 +136,8 @@ export class Volume implements Backend {
     const last = Math.floor((end - 1) / this.chunkSize);
     if (last + 1 < stream.followedTo) return; // still inside what was fetched ahead for it
     const src = this.sourceOf(last);
-    if (src.kind !== 'chunk') return;
+    const key = src.kind === 'chunk' ? this.parts.chunks.locate(src.digest).requestKey : '';
+    if (key === '') return; // a store without request keys: nothing to follow
     // The chunks it would read next, up to the first hole or written chunk, looked up at once.
     const from = Math.max(last + 1, stream.followedTo);
     const ahead: Digest[] = [];
@@ -145,12 +146,10 @@ export class Volume implements Backend {
       if (next.kind !== 'chunk') break;
       ahead.push(next.digest);
     }
-    const [here, ...next] = this.parts.chunks.locateAll([src.digest, ...ahead]);
-    const key = here!.requestKey;
-    if (key === '') return; // a store without request keys: nothing to follow
+    const located = this.parts.chunks.locateAll(ahead);
     let n = 0;
-    for (; n < next.length && next[n]!.requestKey === key; n++)
-      void this.parts.chunks.prefetch(ahead[n]!, this.parts.counters, next[n]);
+    for (; n < located.length && located[n]!.requestKey === key; n++)
+      void this.parts.chunks.prefetch(ahead[n]!, this.parts.counters, located[n]);
     stream.followedTo = from + n;
   }
 
