@@ -53,24 +53,14 @@ static void batch_execute(napi_env env, void *arg) {
 
 static void batch_complete(napi_env env, napi_status status, void *arg) {
   struct batch *b = arg;
+  napi_value out;
+  void *copy;
   if (status != napi_ok || b->failed) {
-    napi_value code, message, error;
-    napi_create_string_utf8(env, "EIO", NAPI_AUTO_LENGTH, &code);
-    napi_create_string_utf8(env, "sha256Batch: hashing failed", NAPI_AUTO_LENGTH, &message);
-    napi_create_error(env, code, message, &error);
-    napi_reject_deferred(env, b->deferred, error);
+    reject_job(env, b->deferred, "EIO", "sha256Batch: hashing failed");
+  } else if (napi_create_buffer_copy(env, b->count * DIGEST_BYTES, b->digests, &copy, &out) != napi_ok) {
+    reject_job(env, b->deferred, "ENOMEM", "sha256Batch: no memory for the result");
   } else {
-    napi_value out;
-    void *copy;
-    if (napi_create_buffer_copy(env, b->count * DIGEST_BYTES, b->digests, &copy, &out) == napi_ok) {
-      napi_resolve_deferred(env, b->deferred, out);
-    } else {
-      napi_value code, message, error;
-      napi_create_string_utf8(env, "ENOMEM", NAPI_AUTO_LENGTH, &code);
-      napi_create_string_utf8(env, "sha256Batch: no memory for the result", NAPI_AUTO_LENGTH, &message);
-      napi_create_error(env, code, message, &error);
-      napi_reject_deferred(env, b->deferred, error);
-    }
+    napi_resolve_deferred(env, b->deferred, out);
   }
   batch_free(env, b);
 }

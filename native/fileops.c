@@ -450,11 +450,7 @@ static void atomic_write_complete(napi_env env, napi_status status, void *arg) {
   if (w->err) {
     char msg[128];
     snprintf(msg, sizeof msg, "%s: %s", w->syscall, strerror(w->err));
-    napi_value code, message, error;
-    napi_create_string_utf8(env, errno_name(w->err), NAPI_AUTO_LENGTH, &code);
-    napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message);
-    napi_create_error(env, code, message, &error);
-    napi_reject_deferred(env, w->deferred, error);
+    reject_job(env, w->deferred, errno_name(w->err), msg);
   } else {
     napi_value undefined;
     napi_get_undefined(env, &undefined);

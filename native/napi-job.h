@@ -1,7 +1,8 @@
 /*
  * The one N-API pattern both addons share: run `execute` on the libuv threadpool and `complete`
  * back on the event loop, with `keep` (the JS value whose memory the job uses) referenced until
- * then, and hand JS a promise. `complete` settles `*deferred` and deletes `*ref` and `*work`.
+ * then, and hand JS a promise. `complete` settles `*deferred` (reject_job for failures) and
+ * deletes `*ref` and `*work`.
  */
 #ifndef SLACKER_NAPI_JOB_H
 #define SLACKER_NAPI_JOB_H
@@ -17,6 +18,15 @@ static inline napi_value start_job(napi_env env, napi_value keep, const char *na
   napi_create_async_work(env, NULL, resource_name, execute, complete, data, work);
   napi_queue_async_work(env, *work);
   return promise;
+}
+
+/* Rejects a job's promise with an Error whose `code` is `code` (an errno name, as node:fs errors carry). */
+static inline void reject_job(napi_env env, napi_deferred deferred, const char *code, const char *message) {
+  napi_value code_value, message_value, error;
+  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_value);
+  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &message_value);
+  napi_create_error(env, code_value, message_value, &error);
+  napi_reject_deferred(env, deferred, error);
 }
 
 #endif
