@@ -2,13 +2,36 @@
   "targets": [
     {
       "target_name": "fileops",
-      "sources": ["native/fileops.c"],
-      "cflags": ["-O2", "-Wall", "-Wextra"]
+      "sources": [
+        "native/fileops.c"
+      ],
+      "cflags": [
+        "-O2",
+        "-Wall",
+        "-Wextra"
+      ]
     },
     {
       "target_name": "digests",
-      "sources": ["native/digests.c"],
-      "cflags": ["-O2", "-Wall", "-Wextra"]
+      "sources": [
+        "native/digests.c"
+      ],
+      "cflags": [
+        "-O2",
+        "-Wall",
+        "-Wextra"
+      ]
+    },
+    {
+      "target_name": "treewriter",
+      "sources": [
+        "native/tree-writer.c"
+      ],
+      "cflags": [
+        "-O2",
+        "-Wall",
+        "-Wextra"
+      ]
     }
   ]
 }

@@ -1,5 +1,5 @@
 /** ext4 on an attached block device: make, mount, unmount. */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rmdir } from 'node:fs/promises';
 import { run } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
 
@@ -18,7 +18,11 @@ export async function mountExt4(device: string, dir: string, options: { readOnly
   await run('mount', ['-t', 'ext4', '-o', options.readOnly ? 'ro,noatime' : 'noatime', device, dir]);
 }
 
-/** Unmounts, retrying while the file system is briefly busy (a process still closing files). */
+/**
+ * Unmounts, retrying while the file system is briefly busy (a process still closing files), and
+ * removes the now empty mount point: one is made per layer ever mounted, and they would pile up.
+ */
 export async function unmount(dir: string): Promise<void> {
   await retryUntil(`umount ${dir}`, () => run('umount', [dir]), { attempts: 30, delayMs: 200 });
+  await rmdir(dir).catch(() => undefined); // not empty or already gone: not ours to force
 }

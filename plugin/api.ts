@@ -27,7 +27,7 @@ export interface GraphDriverApi {
   /** Not Docker's: Diff with the startup profile of layer `profileFrom` (plugin/convert.ts). */
   profiledDiff(id: string, profileFrom: string): Promise<{ tar: Buffer; prefetch: number }>;
   changes(id: string, parent: string | undefined): Promise<Change[]>;
-  applyDiff(id: string, parent: string | undefined, body: Readable): Promise<number>;
+  applyDiff(id: string, parent: string | undefined, body: AsyncIterable<Buffer>): Promise<number>;
   diffSize(id: string, parent: string | undefined): Promise<number>;
 }
 
@@ -76,6 +76,15 @@ async function readJson(req: FastifyRequest): Promise<unknown> {
     return JSON.parse(text);
   } catch {
     throw new InvalidArgumentError('request body is not JSON');
+  }
+}
+
+/** Reads what is left of a request body; an aborted one simply ends it. */
+async function drain(chunks: AsyncIterator<unknown>): Promise<void> {
+  try {
+    while (!(await chunks.next()).done);
+  } catch {
+    // the client went away: nothing left to read
   }
 }
 
@@ -156,14 +165,24 @@ export function buildApi(
     },
   );
 
-  // ApplyDiff: ?id=&parent= in the URL, the tar as the body, streamed.
+  // ApplyDiff: ?id=&parent= in the URL, the tar as the body, streamed. The whole body is read
+  // before the answer, even when the apply fails early: dockerd 20.10's tar-split, which tees
+  // the upload, can panic when the plugin answers with the body half unread.
   app.post(
     '/GraphDriver.ApplyDiff',
     { schema: { querystring: { type: 'object', required: ['id'], properties: { id, parent: optional } } } },
     async (req) => {
       const q = req.query as { id: string; parent?: string };
-      const size = await driver.applyDiff(q.id, q.parent || undefined, req.body as Readable);
-      return { Size: size, Err: '' };
+      const body = req.body as Readable;
+      // An aborted upload surfaces through the iterator; no 'error' event may go unheard.
+      body.on('error', () => undefined);
+      const chunks = body.iterator({ destroyOnReturn: false });
+      try {
+        const size = await driver.applyDiff(q.id, q.parent || undefined, chunks);
+        return { Size: size, Err: '' };
+      } finally {
+        await drain(chunks);
+      }
     },
   );
   return app;

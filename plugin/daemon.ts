@@ -5,7 +5,6 @@
  */
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import { chooseAttacher, type AttachMethod } from '../attach/attacher.js';
 import { ConfigError, NotInitializedError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
@@ -172,7 +171,7 @@ export class PluginDaemon implements GraphDriverApi {
   async changes(id: string, parent: string | undefined): Promise<Change[]> {
     return (await this.driver.changes(id, parent)).changes;
   }
-  applyDiff(id: string, parent: string | undefined, body: Readable): Promise<number> {
+  applyDiff(id: string, parent: string | undefined, body: AsyncIterable<Buffer>): Promise<number> {
     return this.driver.applyDiff(id, parent, body);
   }
   async diffSize(id: string, parent: string | undefined): Promise<number> {

@@ -14,10 +14,8 @@
 import { randomBytes } from 'node:crypto';
 import { rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PassThrough, Readable } from 'node:stream';
-import { createGunzip } from 'node:zlib';
 import { run } from '../common/exec.js';
-import { ConflictError } from '../common/errors.js';
+import { ConflictError, NoSpaceError } from '../common/errors.js';
 import { formatSize } from '../common/units.js';
 import type { Logger } from '../common/logger.js';
 import type { VolumeManager } from '../volumes/manager.js';
@@ -84,16 +82,16 @@ export class SlackerDriver {
   /**
    * Applies a layer tar (optionally gzip'ed) to layer `id`, made by Create(id, parent) before.
    * Returns the bytes of file data applied (for a marker: those of the chunks that differ from
-   * the parent's).
+   * the parent's). Reads `body` no further than the tar's end and never destroys it.
    */
-  async applyDiff(id: string, parent: string | undefined, body: Readable): Promise<number> {
+  async applyDiff(id: string, parent: string | undefined, body: AsyncIterable<Buffer>): Promise<number> {
     return this.o.mounts.lock.run(id, async () => {
       if (!this.exists(id)) await this.reset(id, parent);
       const row = this.manager.get(id);
       if (row.frozen) throw new ConflictError(`layer ${id} is committed already: ApplyDiff needs a new layer`);
       let mounted = false;
       try {
-        const result = await applyLayerTar(await maybeGunzip(body), async () => {
+        const result = await applyLayerTar(body, async () => {
           await this.formatted(id);
           mounted = true;
           return this.o.mounts.getLocked(id);
@@ -109,8 +107,15 @@ export class SlackerDriver {
         }
         await this.manager.freeze(id);
         this.o.log.info({ layer: id, bytes: result.size, entries: result.entries }, 'layer tar applied');
+        if (result.skippedXattrs > 0) {
+          this.o.log.warn(
+            { layer: id, skipped: result.skippedXattrs },
+            'extended attributes the layer file system does not support were skipped',
+          );
+        }
         return result.size;
-      } catch (err) {
+      } catch (e) {
+        const err = e instanceof NoSpaceError ? this.layerFull(id, e) : e;
         // Nothing half-applied: the layer goes back to the fresh clone Create made.
         if (mounted) await this.o.mounts.putLocked(id, true).catch(() => undefined);
         await this.reset(id, parent).catch((e: unknown) => this.o.log.error({ err: e, layer: id }, 'reset failed'));
@@ -263,6 +268,17 @@ export class SlackerDriver {
     return this.manager.diffChunks(parent, id) * s.chunkSize;
   }
 
+  /** ENOSPC while applying: say how large the layer is and how to make layers larger. */
+  private layerFull(id: string, err: NoSpaceError): NoSpaceError {
+    const size = formatSize(this.manager.get(id).size);
+    return new NoSpaceError(
+      `layer ${id} is full: its file system holds ${size} (every layer has its base layer's size) and the layer tar ` +
+        `needs more (${err.message}). Start the driver with a larger size: \`slacker-ts serve --size SIZE\` or ` +
+        `dockerd --storage-opt slacker.size=SIZE; then load or pull the image again`,
+      { cause: err, context: { layer: id, size } },
+    );
+  }
+
   private async reset(id: string, parent: string | undefined): Promise<void> {
     const size = this.exists(id) ? this.manager.get(id).size : this.o.layerSize;
     if (this.exists(id)) await this.manager.remove(id);
@@ -279,18 +295,4 @@ export class SlackerDriver {
     await this.manager.remove(id);
     await this.manager.clone(await this.template(row.size), id);
   }
-}
-
-async function maybeGunzip(body: Readable): Promise<Readable> {
-  // Peek at the first bytes: dockerd sends plain tars, but a gzip'ed one is accepted too.
-  const it = body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
-  const first = await it.next();
-  const rest = Readable.from(
-    (async function* () {
-      if (!first.done) yield first.value;
-      for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
-    })(),
-  );
-  if (!first.done && first.value[0] === 0x1f && first.value[1] === 0x8b) return rest.pipe(createGunzip());
-  return rest.pipe(new PassThrough());
 }

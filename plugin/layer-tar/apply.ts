@@ -2,171 +2,229 @@
  * Applying an ordinary layer tar to a mounted layer with OCI image-layer semantics: whiteouts
  * (`.wh.<name>` deletes a lower file, `.wh..wh..opq` hides a directory's lower contents),
  * hardlinks, symlinks, devices and FIFOs, ownership, modes, times and extended attributes.
- * Streams entry by entry: file data goes from the request body to disk without being held.
- * Unsafe entries (paths above the root, symlink escapes) stop the apply with UnsafeEntryError;
- * the caller discards the half-written layer (it is a fresh clone, so nothing is lost).
+ *
+ * Three parts, each with one job: tar-reader.ts reads entries byte for byte; this file decides
+ * what each entry means (and refuses what overlay2 refuses: whiteouts of `.` or `..`, symlinks
+ * that climb above the root, unknown types); tree-writer.ts does the file system work inside the
+ * layer root, where the kernel keeps every path (openat2 RESOLVE_IN_ROOT). File data streams
+ * from the request body to disk; small files go in one job with their attributes.
+ * A refused or failed entry stops the apply with an error that names it; the caller discards the
+ * half-written layer (a fresh clone, so nothing is lost) and drains the rest of the body.
  */
-import { createWriteStream } from 'node:fs';
-import { chmod, lchown, link, lutimes, mkdir, readdir, rm, symlink, lstat, utimes } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
-import type { Readable } from 'node:stream';
-import { extract, type Header } from 'tar-stream';
-import { constants } from 'node:fs';
-import { fileOps } from '../../common/fileops.js';
-import { entryPath, resolveAll, resolveParent, UnsafeEntryError } from './paths.js';
-import { markerRef, paxRecords } from './marker.js';
+import { Readable, pipeline } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+import { InvalidArgumentError, IoError, NoSpaceError, SlackerError, systemErrorCode } from '../../common/errors.js';
 import type { Digest } from '../../volumes/types.js';
-
-/** An entry's data stream (a streamx Readable). */
-type EntryData = AsyncIterable<unknown> & { resume(): unknown };
+import { markerRef } from './marker.js';
+import { checkSymlinkTarget, displayName, entryPath, pathBytes, UnsafeEntryError } from './paths.js';
+import { readTar, type TarEntry, type TarHeader } from './tar-reader.js';
+import { OpKind, TreeWriter, type TreeOp } from './tree-writer.js';
 
 const WHITEOUT = '.wh.';
 const OPAQUE = '.wh..wh..opq';
+/** AUFS metadata at the top of old layers (`.wh..wh.plnk`, ...): moby skips it, and so do we. */
+const AUFS_META = '.wh..wh.';
+/** Files up to this size go to disk in the job that creates them; larger ones stream. */
+const SMALL_FILE = 1 << 20;
+/** Bytes gathered before a streamed file's next write job. */
+const WRITE_BATCH = 1 << 20;
 
-export type ApplyResult = { kind: 'marker'; ref: Digest } | { kind: 'files'; size: number; entries: number };
+export type ApplyResult =
+  | { kind: 'marker'; ref: Digest }
+  | {
+      kind: 'files';
+      /** Bytes of file data the tar carried (what Docker's ApplyDiff reports). */
+      size: number;
+      entries: number;
+      /** Extended attributes the file system does not take (ENOTSUP/EPERM), skipped as moby does. */
+      skippedXattrs: number;
+    };
 
 /**
- * Reads a layer tar. A marker layer (first entry) is returned as its reference without touching
- * any file system; otherwise `root()` is called once, at the first entry, for the directory to
- * apply to, and every entry is applied there.
+ * Reads a layer tar (plain or gzip'ed). A marker layer is returned as its reference without
+ * touching any file system; otherwise `root()` is called once, at the first entry, for the
+ * directory to apply to, and every entry is applied there. Does not consume `body` past the
+ * tar's end, nor destroy it on failure: the caller drains it (dockerd must see its upload read).
  */
-export async function applyLayerTar(body: Readable, root: () => Promise<string>): Promise<ApplyResult> {
-  const ex = extract();
-  let applier: Applier | undefined;
-  let marker: Digest | undefined;
-  let first = true;
-  const done = pipeline(body, ex);
-  try {
-    for await (const entry of ex) {
-      const h = entry.header;
-      if (first) {
-        first = false;
-        marker = markerRef(h);
-      }
-      if (marker) {
-        entry.resume(); // the rest of a marker tar (nothing, normally) is ignored
-        continue;
-      }
-      applier ??= new Applier(await root());
-      await applier.apply(h, entry);
+export async function applyLayerTar(body: AsyncIterable<Buffer>, root: () => Promise<string>): Promise<ApplyResult> {
+  const entries = readTar(await plainTar(body));
+  const first = await entries.next();
+  if (first.done) return { kind: 'files', size: 0, entries: 0, skippedXattrs: 0 };
+  const ref = markerRef(first.value.header);
+  if (ref) {
+    // A marker is exactly a marker: anything more would be silently dropped.
+    const next = await entries.next();
+    if (!next.done) {
+      throw new InvalidArgumentError(
+        `a marker layer holds only its marker entry, but this one goes on with ${displayName(next.value.header.name)}`,
+        { context: { ref } },
+      );
     }
-    await done;
-  } catch (err) {
-    // Stop reading the body; the pipeline's own error (if any) is the same failure.
-    ex.destroy();
-    await done.catch(() => undefined);
-    throw err;
+    return { kind: 'marker', ref };
   }
-  if (marker) return { kind: 'marker', ref: marker };
-  if (applier) await applier.finish();
-  return { kind: 'files', size: applier?.size ?? 0, entries: applier?.entries ?? 0 };
+  const tree = new TreeWriter(await root());
+  try {
+    const applier = new Applier(tree);
+    await applier.apply(first.value);
+    for await (const entry of entries) await applier.apply(entry);
+    await tree.finish().catch((err: unknown) => {
+      throw entryError(err, '(directory times)');
+    });
+    return { kind: 'files', size: applier.size, entries: applier.entries, skippedXattrs: applier.skippedXattrs };
+  } finally {
+    tree.close();
+  }
+}
+
+/** The body as a plain tar: dockerd sends plain tars, a gzip'ed one is accepted too. */
+async function plainTar(body: AsyncIterable<Buffer>): Promise<AsyncIterable<Buffer>> {
+  const it = body[Symbol.asyncIterator]();
+  const first = await it.next();
+  // Not `for await (... of body)`: leaving that loop early would destroy the request body.
+  const rest = (async function* () {
+    if (!first.done) yield first.value;
+    for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
+  })();
+  if (first.done || first.value[0] !== 0x1f || first.value[1] !== 0x8b) return rest;
+  // pipeline passes a failure of either side on to the gunzip stream, whose reader then throws it.
+  return pipeline(Readable.from(rest), createGunzip(), () => undefined);
 }
 
 class Applier {
   size = 0;
   entries = 0;
-  /** Paths this layer created: an opaque whiteout keeps these and hides the rest. */
-  private readonly created = new Set<string>();
-  /** Directory times are set last: writing their children would change them again. */
-  private readonly dirTimes: { path: string; mtime: Date }[] = [];
+  skippedXattrs = 0;
+  /** Children each directory got from this layer's own entries: an opaque whiteout keeps these. */
+  private readonly created = new Map<string, Set<string>>();
 
-  constructor(private readonly root: string) {}
+  constructor(private readonly tree: TreeWriter) {}
 
-  async apply(h: Header, data: EntryData): Promise<void> {
+  async apply(entry: TarEntry): Promise<void> {
+    const h = entry.header;
     this.entries++;
     const rel = entryPath(h.name);
-    const base = rel.slice(rel.lastIndexOf('/') + 1);
-    if (base === OPAQUE) {
-      data.resume();
-      return this.opaque(rel.slice(0, -OPAQUE.length - 1), h.name);
-    }
-    if (base.startsWith(WHITEOUT)) {
-      data.resume();
-      const victim = await resolveParent(this.root, join(dirname(rel), base.slice(WHITEOUT.length)), h.name);
-      await rm(victim, { recursive: true, force: true });
-      return;
-    }
-    const path = await resolveParent(this.root, rel, h.name);
+    const slash = rel.lastIndexOf('/');
+    const dir = slash < 0 ? '' : rel.slice(0, slash);
+    const base = rel.slice(slash + 1);
     if (rel === '') {
-      data.resume();
-      await this.attributes(this.root, h);
-      return;
+      if (h.type !== 'directory') throw new UnsafeEntryError('the layer root can only be a directory', h.name);
+      return this.run(this.op(OpKind.Root, rel, h), h);
     }
-    await mkdir(dirname(path), { recursive: true });
-    await this.clear(path, h.type === 'directory');
-    this.created.add(rel);
+    if (base.startsWith(WHITEOUT)) return this.whiteout(dir, base, h);
+    let children = this.created.get(dir);
+    if (!children) this.created.set(dir, (children = new Set()));
+    children.add(base);
+
     switch (h.type) {
       case 'directory':
-        data.resume();
-        await mkdir(path, { recursive: true });
-        break;
+        return this.run(this.op(OpKind.Dir, rel, h), h);
       case 'file':
-      case 'contiguous-file':
-        await pipeline(data, createWriteStream(path, { mode: 0o600 }));
-        this.size += h.size ?? 0;
-        break;
+        return this.file(entry, this.op(OpKind.File, rel, h));
       case 'symlink':
-        data.resume();
-        await symlink(h.linkname ?? '', path);
-        break;
+        checkSymlinkTarget(dir, h.linkname, h.name);
+        return this.run({ ...this.op(OpKind.Symlink, rel, h), link: pathBytes(h.linkname) }, h);
       case 'link': {
-        data.resume();
-        // link(2) does not follow a final symlink: the new name shares the target entry itself.
-        const target = await resolveParent(this.root, entryPath(h.linkname ?? ''), h.name);
-        await link(target, path);
-        return; // a hardlink shares its target's inode, attributes included
+        // A hardlink shares its target's inode, attributes included: only the name is new.
+        const target = entryPath(h.linkname);
+        if (target === '') throw new UnsafeEntryError('hardlink to the layer root', h.name);
+        return this.run({ kind: OpKind.Link, path: pathBytes(rel), link: pathBytes(target) }, h);
       }
       case 'character-device':
       case 'block-device':
       case 'fifo': {
-        data.resume();
         const kind =
-          h.type === 'fifo' ? constants.S_IFIFO : h.type === 'block-device' ? constants.S_IFBLK : constants.S_IFCHR;
-        fileOps.mknod(path, kind | (h.mode ?? 0o644), h.devmajor ?? 0, h.devminor ?? 0);
-        break;
+          h.type === 'fifo' ? OpKind.Fifo : h.type === 'block-device' ? OpKind.BlockDevice : OpKind.CharDevice;
+        return this.run({ ...this.op(kind, rel, h), major: h.devmajor, minor: h.devminor }, h);
       }
       default:
-        data.resume();
-        throw new UnsafeEntryError(`unsupported entry type ${String(h.type)}`, h.name);
-    }
-    await this.attributes(path, h);
-  }
-
-  /** Directory times, once every entry is in. */
-  async finish(): Promise<void> {
-    for (const { path, mtime } of this.dirTimes.reverse()) await utimes(path, mtime, mtime);
-  }
-
-  /** An existing path in the way of a new entry goes, unless both are directories (merged). */
-  private async clear(path: string, isDir: boolean): Promise<void> {
-    const st = await lstat(path).catch(() => undefined);
-    if (!st || (isDir && st.isDirectory())) return;
-    await rm(path, { recursive: true, force: true });
-  }
-
-  private async opaque(dirRel: string, name: string): Promise<void> {
-    const dir = await resolveAll(this.root, dirRel, name);
-    await mkdir(dir, { recursive: true });
-    for (const child of await readdir(dir)) {
-      const rel = dirRel ? `${dirRel}/${child}` : child;
-      if (!this.created.has(rel)) await rm(join(dir, child), { recursive: true, force: true });
+        throw new UnsafeEntryError(`unsupported entry type ${JSON.stringify(h.typeflag)}`, h.name);
     }
   }
 
-  private async attributes(path: string, h: Header): Promise<void> {
-    await lchown(path, h.uid ?? 0, h.gid ?? 0);
-    for (const [key, value] of Object.entries(paxRecords(h))) {
-      if (key.startsWith('SCHILY.xattr.'))
-        fileOps.lsetxattr(path, key.slice('SCHILY.xattr.'.length), Buffer.from(value));
+  private async file(entry: TarEntry, op: TreeOp): Promise<void> {
+    const h = entry.header;
+    if (h.size <= SMALL_FILE) {
+      await this.run({ ...op, data: await entry.readAll() }, h);
+    } else {
+      await this.run({ ...op, stream: true }, h);
+      let batch: Buffer[] = [];
+      let bytes = 0;
+      for await (const piece of entry.data()) {
+        batch.push(piece);
+        bytes += piece.length;
+        if (bytes < WRITE_BATCH) continue;
+        await this.tree.write(batch).catch((err: unknown) => Promise.reject(entryError(err, h.name)));
+        batch = [];
+        bytes = 0;
+      }
+      if (batch.length > 0)
+        await this.tree.write(batch).catch((err: unknown) => Promise.reject(entryError(err, h.name)));
+      this.skippedXattrs += await this.tree
+        .finishFile(op)
+        .catch((err: unknown) => Promise.reject(entryError(err, h.name)));
     }
-    const mtime = h.mtime ?? new Date(0);
-    if (h.type === 'symlink') {
-      await lutimes(path, mtime, mtime);
-      return;
-    }
-    await chmod(path, h.mode ?? 0o644); // after chown, which clears set-id bits
-    if (h.type === 'directory') this.dirTimes.push({ path, mtime });
-    else await utimes(path, mtime, mtime);
+    this.size += h.size;
   }
+
+  private async whiteout(dir: string, base: string, h: TarHeader): Promise<void> {
+    if (base === OPAQUE) {
+      const keep = [...(this.created.get(dir) ?? [])].sort(); // code-unit order = byte order for binary strings
+      return this.run(
+        { kind: OpKind.Opaque, path: pathBytes(dir), keep: pathBytes(keep.map((n) => `${n}\0`).join('')) },
+        h,
+      );
+    }
+    if (dir === '' && base.startsWith(AUFS_META)) return;
+    const victim = base.slice(WHITEOUT.length);
+    if (victim === '' || victim === '.' || victim === '..') {
+      throw new UnsafeEntryError(
+        `a whiteout must name a file, not ${JSON.stringify(victim)} (overlay2 refuses it too)`,
+        h.name,
+      );
+    }
+    return this.run({ kind: OpKind.Whiteout, path: pathBytes(dir ? `${dir}/${victim}` : victim) }, h);
+  }
+
+  /** The op of an entry with its owner, mode, time and extended attributes. */
+  private op(kind: OpKind, rel: string, h: TarHeader): TreeOp {
+    return {
+      kind,
+      path: pathBytes(rel),
+      mode: h.mode,
+      uid: h.uid,
+      gid: h.gid,
+      sec: h.mtime.sec,
+      nsec: h.mtime.nsec,
+      xattrs: xattrs(h),
+    };
+  }
+
+  private async run(op: TreeOp, h: TarHeader): Promise<void> {
+    try {
+      this.skippedXattrs += await this.tree.apply(op);
+    } catch (err) {
+      throw entryError(err, h.name);
+    }
+  }
+}
+
+/** Extended attributes from PAX records `SCHILY.xattr.NAME=VALUE` (Docker, Go, GNU tar, bsdtar), values as bytes. */
+function xattrs(h: TarHeader): Buffer[] | undefined {
+  let out: Buffer[] | undefined;
+  for (const [key, value] of h.pax) {
+    if (key.startsWith('SCHILY.xattr.')) (out ??= []).push(pathBytes(key.slice('SCHILY.xattr.'.length)), value);
+  }
+  return out;
+}
+
+/** A tree writer failure as one of our errors, naming the entry. */
+function entryError(err: unknown, name: string): SlackerError {
+  if (err instanceof SlackerError) return err;
+  const code = systemErrorCode(err);
+  const message = `layer tar entry ${name.startsWith('(') ? name : displayName(name)}: ${(err as Error).message}`;
+  const options = { cause: err, context: { entry: name, errno: code } };
+  if (code === 'ENOSPC' || code === 'EDQUOT') return new NoSpaceError(message, options);
+  if (code === 'EIO' || code === 'EROFS' || code === 'ENOMEM' || code === 'EMFILE')
+    return new IoError(message, options);
+  return new InvalidArgumentError(message, options);
 }

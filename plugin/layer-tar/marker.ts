@@ -4,20 +4,26 @@
  * PAX record `SLACKER.snapshot=<ref>`; no file data, so dockerd's tar-split can rebuild it
  * byte for byte from headers alone, and other storage drivers see an empty layer.
  */
-import { pack as tarPack, type Header } from 'tar-stream';
+import { pack as tarPack } from 'tar-stream';
+import { InvalidArgumentError } from '../../common/errors.js';
 import { isDigest, type Digest } from '../../volumes/types.js';
+import { entryPath } from './paths.js';
+import type { TarHeader } from './tar-reader.js';
 
 export const MARKER_RECORD = 'SLACKER.snapshot';
 
-/** The snapshot reference a first tar entry carries, if it is a marker. */
-export function markerRef(header: Header): Digest | undefined {
-  const ref = paxRecords(header)[MARKER_RECORD];
-  return header.type === 'directory' && ref !== undefined && isDigest(ref) ? ref : undefined;
-}
-
-/** A header's PAX records (tar-stream decodes them as UTF-8 strings). */
-export function paxRecords(header: Header): Record<string, string> {
-  return (header.pax ?? {}) as Record<string, string>;
+/**
+ * The snapshot reference a first tar entry carries, if it is a marker: the root directory with
+ * the record. A record that is not a snapshot reference is an error, not an ordinary layer.
+ */
+export function markerRef(header: TarHeader): Digest | undefined {
+  const record = header.pax.get(MARKER_RECORD);
+  if (record === undefined || header.type !== 'directory' || entryPath(header.name) !== '') return undefined;
+  const ref = record.toString('latin1');
+  if (!isDigest(ref)) {
+    throw new InvalidArgumentError(`marker layer with a malformed snapshot reference ${JSON.stringify(ref)}`);
+  }
+  return ref;
 }
 
 /** The complete marker tar of a snapshot (a few KiB; deterministic for a given reference). */

@@ -1,27 +1,34 @@
 /**
- * Paths of layer tar entries inside a root directory, resolved as inside the container (an
- * absolute symlink target means the layer root), refusing what would leave the root: `..` above
- * it in an entry name (path traversal) or in a symlink's target (symlink escape). Nothing here
- * writes.
+ * Names of layer tar entries as clean paths relative to the layer root. Only the names are
+ * checked here: resolving them (symlinks in parents, which must stay inside the root) is the
+ * kernel's job, through openat2(RESOLVE_IN_ROOT) in the tree writer (tree-writer.ts).
+ * Names are binary strings (one char per byte, see tar-reader.ts).
  */
-import { lstat, readlink } from 'node:fs/promises';
-import { join, posix } from 'node:path';
+import { posix } from 'node:path';
 import { InvalidArgumentError } from '../../common/errors.js';
-
-/** Symlinks followed while resolving one path before giving up (as the kernel's ELOOP). */
-const MAX_SYMLINKS = 40;
 
 export class UnsafeEntryError extends InvalidArgumentError {
   constructor(message: string, entry: string) {
-    super(`unsafe layer tar entry ${JSON.stringify(entry)}: ${message}`, { context: { entry } });
+    super(`unsafe layer tar entry ${displayName(entry)}: ${message}`, { context: { entry: displayName(entry) } });
   }
+}
+
+/** A binary-string name for messages: its bytes as UTF-8 (invalid bytes shown as U+FFFD), quoted. */
+export function displayName(name: string): string {
+  return JSON.stringify(Buffer.from(name, 'latin1').toString('utf8'));
+}
+
+/** A binary-string path as the bytes the kernel gets. */
+export function pathBytes(path: string): Buffer {
+  return Buffer.from(path, 'latin1');
 }
 
 /**
  * An entry name as a clean relative path ('' is the root itself): leading `/` and `./` are
- * dropped; any `..` that would climb above the root is refused.
+ * dropped; any `..` that would climb above the root, and NUL bytes, are refused.
  */
 export function entryPath(name: string): string {
+  if (name.includes('\0')) throw new UnsafeEntryError('NUL byte in the name', name);
   let depth = 0;
   for (const c of name.split('/')) {
     depth += c === '..' ? -1 : c && c !== '.' ? 1 : 0;
@@ -31,45 +38,17 @@ export function entryPath(name: string): string {
 }
 
 /**
- * The real path under `root` of relative path `rel`, following symlinks in every component but
- * the last (which is what the entry creates or replaces). Missing components are returned as
- * they are (the caller creates them). Throws UnsafeEntryError if a symlink leads outside.
+ * Refuses a symlink whose relative target, read from the directory it is in, climbs above the
+ * layer root, as moby does (overlay2 refuses the same tars): such a link could only ever point
+ * outside. Absolute targets mean the layer root and are kept as they are.
  */
-export async function resolveParent(root: string, rel: string, entry = rel): Promise<string> {
-  const parts = rel.split('/').filter(Boolean);
-  const last = parts.pop();
-  const dir = await resolveComponents(root, parts, entry);
-  return last === undefined ? root : join(dir, last);
-}
-
-/** Like resolveParent, but follows the last component too (the directory an opaque whiteout names). */
-export async function resolveAll(root: string, rel: string, entry = rel): Promise<string> {
-  return resolveComponents(root, rel.split('/').filter(Boolean), entry);
-}
-
-async function resolveComponents(root: string, parts: string[], entry: string): Promise<string> {
-  const done: string[] = [];
-  const todo = [...parts];
-  let hops = 0;
-  while (todo.length > 0) {
-    const c = todo.shift()!;
-    if (c === '.' || c === '') continue;
-    if (c === '..') {
-      if (done.length === 0) throw new UnsafeEntryError('symlink escape (resolves above the layer root)', entry);
-      done.pop();
-      continue;
-    }
-    const path = join(root, ...done, c);
-    const st = await lstat(path).catch(() => undefined);
-    if (!st?.isSymbolicLink()) {
-      done.push(c);
-      continue;
-    }
-    if (++hops > MAX_SYMLINKS) throw new UnsafeEntryError('too many levels of symbolic links', entry);
-    const target = await readlink(path);
-    // An absolute target means the layer root, as it will inside the container.
-    if (target.startsWith('/')) done.length = 0;
-    todo.unshift(...target.split('/'));
+export function checkSymlinkTarget(dir: string, target: string, entry: string): void {
+  if (target.includes('\0')) throw new UnsafeEntryError('NUL byte in the symlink target', entry);
+  if (target.startsWith('/')) return;
+  let depth = dir === '' ? 0 : dir.split('/').length;
+  for (const c of target.split('/')) {
+    depth += c === '..' ? -1 : c && c !== '.' ? 1 : 0;
+    if (depth < 0)
+      throw new UnsafeEntryError(`symlink escape (target ${displayName(target)} leads above the layer root)`, entry);
   }
-  return join(root, ...done);
 }

@@ -52,7 +52,7 @@ describe('applyLayerTar', () => {
         { name: 'etc/old/b', data: 'upper' },
       ]),
     );
-    expect(r).toEqual({ kind: 'files', size: 5, entries: 4 });
+    expect(r).toEqual({ kind: 'files', size: 5, entries: 4, skippedXattrs: 0 });
     expect((await readdir(join(root, 'etc'))).sort()).toEqual(['keep', 'old']);
     expect(await readdir(join(root, 'etc/old'))).toEqual(['b']);
   });
