@@ -7,9 +7,9 @@ import { ConfigError } from '../common/errors.js';
 import { createLogger } from '../common/logger.js';
 import { untilSignal } from '../common/signals.js';
 import { positiveInt } from './args.js';
-import type { Backend } from '../nbd-server/backend.js';
-import { FileBackend } from '../nbd-server/backends/file.js';
-import { readOnly } from '../nbd-server/filters/read-only.js';
+import type { Backend } from '../block/backend.js';
+import { FileBackend } from '../block/backends/file.js';
+import { readOnly } from '../block/filters/read-only.js';
 import { nbdUri } from '../nbd-server/listen-address.js';
 import { NbdServer } from '../nbd-server/server.js';
 

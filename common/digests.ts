@@ -1,8 +1,30 @@
 /**
- * SHA-256 of many buffers off the event loop: one libuv threadpool job per call
+ * Content addresses: the `Digest` type (`sha256:<64 hex>`), checking one, and computing them:
+ * of one buffer on the spot, or of many buffers off the event loop in one libuv threadpool job
  * (native/digests.c), for verifying a fetched batch of chunks without hashing on the loop.
  */
+import { createHash } from 'node:crypto';
 import { loadAddon } from './native-addon.js';
+
+/** Content address of a chunk, blob or layer: `sha256:<64 hex>`. */
+export type Digest = string & { readonly __brand: 'Digest' };
+
+const DIGEST = /^sha256:[0-9a-f]{64}$/;
+const PREFIX = 'sha256:';
+
+export function isDigest(s: string): s is Digest {
+  return DIGEST.test(s);
+}
+
+/** The digest of one buffer, hashed now on this thread (small or rare buffers). */
+export function digestOf(data: Buffer): Digest {
+  return `${PREFIX}${createHash('sha256').update(data).digest('hex')}` as Digest;
+}
+
+/** The 64 hex digits of a digest (file names, registry blob names). */
+export function hexOf(digest: Digest): string {
+  return digest.slice(PREFIX.length);
+}
 
 interface DigestsAddon {
   sha256Batch(buffers: Buffer[]): Promise<Buffer>;
@@ -12,10 +34,10 @@ const addon = loadAddon<DigestsAddon>('digests');
 const DIGEST_BYTES = 32;
 
 /**
- * The lowercase hex SHA-256 of each buffer, in order. The buffers must not change until the
- * promise settles (they are hashed in place, on another thread).
+ * The digest of each buffer, in order, hashed on the threadpool. The buffers must not change
+ * until the promise settles (they are hashed in place, on another thread).
  */
-export async function sha256Hex(buffers: Buffer[]): Promise<string[]> {
-  const digests = await addon.sha256Batch(buffers);
-  return buffers.map((_, i) => digests.toString('hex', i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES));
+export async function digestsOf(buffers: Buffer[]): Promise<Digest[]> {
+  const raw = await addon.sha256Batch(buffers);
+  return buffers.map((_, i) => `${PREFIX}${raw.toString('hex', i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)}` as Digest);
 }

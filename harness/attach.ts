@@ -3,7 +3,7 @@
  * (attach/: nbdfuse + loop here) with ext4 mounted on it. `detach` undoes every step.
  */
 import { join } from 'node:path';
-import { chooseAttacher } from '../attach/attacher.js';
+import { chooseAttacher } from '../attach/choose-attacher.js';
 import { mkfsExt4, mountExt4, unmount } from '../attach/ext4.js';
 
 export interface Attached {

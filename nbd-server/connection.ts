@@ -12,7 +12,7 @@
 import type { Socket } from 'node:net';
 import { ShutdownError, ProtocolError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
-import type { Backend, Extent } from './backend.js';
+import type { Backend, Extent } from '../block/backend.js';
 import { ByteBudget } from './budget.js';
 import { errnoName, toNbdErrno } from './errno.js';
 import type { Export, ExportRegistry } from './exports.js';

@@ -3,7 +3,7 @@
  * derived from the backend once (capabilities, transmission flags, block sizes).
  */
 import { InvalidArgumentError } from '../common/errors.js';
-import { blockSizesOf, capabilitiesOf, type Backend, type BlockSizes, type Capabilities } from './backend.js';
+import { blockSizesOf, capabilitiesOf, type Backend, type BlockSizes, type Capabilities } from '../block/backend.js';
 import { TFLAG } from './protocol.js';
 
 export interface ExportSpec {

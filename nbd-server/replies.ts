@@ -12,7 +12,7 @@ import {
   STRUCTURED_HEADER_SIZE,
   STRUCTURED_REPLY_MAGIC,
 } from './protocol.js';
-import type { BlockSizes, Slice } from './backend.js';
+import type { BlockSizes, Slice } from '../block/backend.js';
 
 // ---- handshake ----
 

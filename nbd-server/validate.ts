@@ -2,7 +2,7 @@
  * The one place every transmission request is checked before any backend sees it (as nbdkit's
  * validate_request). Returns 0 when the request may run, else the NBD errno to answer with.
  */
-import type { BlockSizes, Capabilities } from './backend.js';
+import type { BlockSizes, Capabilities } from '../block/backend.js';
 import { CMD, CMD_FLAG, NBD_ERR } from './protocol.js';
 
 export interface Request {

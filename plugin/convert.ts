@@ -15,7 +15,8 @@ import { join } from 'node:path';
 import { ConfigError, PluginCallError } from '../common/errors.js';
 import type { RunResult } from '../common/exec.js';
 import { pluginRequest } from './client.js';
-import { imageArchive, sha256Hex } from './layer-tar/image-archive.js';
+import { digestOf } from '../common/digests.js';
+import { imageArchive } from './layer-tar/image-archive.js';
 
 /** The keys of an image config's `config` section (docker image inspect shows more). */
 const IMAGE_CONFIG_KEYS = [
@@ -99,7 +100,7 @@ export async function convert(o: ConvertOptions): Promise<ConvertResult> {
   const ref = /SLACKER\.snapshot=(sha256:[0-9a-f]{64})/.exec(marker.toString('latin1'))?.[1] ?? '';
   return {
     snapshotRef: ref,
-    diffId: `sha256:${sha256Hex(marker)}`,
+    diffId: digestOf(marker),
     layerBytes: marker.length,
     prefetchChunks: Number(diff.headers['x-slacker-prefetch-chunks'] ?? 0),
   };

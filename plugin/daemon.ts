@@ -5,7 +5,8 @@
  */
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { chooseAttacher, type AttachMethod } from '../attach/attacher.js';
+import type { AttachMethod } from '../attach/attacher.js';
+import { chooseAttacher } from '../attach/choose-attacher.js';
 import { ConfigError, NotInitializedError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { parseSize } from '../common/units.js';

@@ -23,7 +23,8 @@ import { changes, type Change } from './changes.js';
 import { applyLayerTar } from './layer-tar/apply.js';
 import { markerTar } from './layer-tar/marker.js';
 import type { LayerMounts } from './layer-mounts.js';
-import type { ChunkIndex, Digest } from '../volumes/types.js';
+import type { ChunkIndex } from '../volumes/types.js';
+import type { Digest } from '../common/digests.js';
 
 export interface DriverOptions {
   manager: VolumeManager;

@@ -7,7 +7,7 @@
  * returns, per chunk, an opaque location hint that is recorded in the snapshot manifest and
  * handed back to `getChunk`. Callers verify every chunk against its digest; stores need not.
  */
-import type { Digest } from '../volumes/types.js';
+import type { Digest } from '../common/digests.js';
 
 export interface StoredChunk {
   digest: Digest;

@@ -11,7 +11,7 @@
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomically } from '../common/fileops.js';
-import { digestOf, type Digest } from '../volumes/types.js';
+import { digestOf, type Digest } from '../common/digests.js';
 import type { BackingStore, StoredChunk } from './backing-store.js';
 
 export class DirStore implements BackingStore {

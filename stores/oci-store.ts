@@ -22,7 +22,7 @@ import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError, IoError } from '../common/errors.js';
-import { digestOf, isDigest, type Digest } from '../volumes/types.js';
+import { digestOf, isDigest, type Digest } from '../common/digests.js';
 import type { BackingStore, StoredChunk } from './backing-store.js';
 import { decodeChunk, encodeChunk, type Compression } from './chunk-codec.js';
 import { HttpClient, type HttpRequest, type HttpResponse } from './http-client.js';

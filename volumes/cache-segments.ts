@@ -29,7 +29,7 @@ import { fdatasyncAsync, readFully, writevFully, type NoWaitState } from '../com
 import { silentLogger, type Logger } from '../common/logger.js';
 import type { StoredChunk } from '../stores/backing-store.js';
 import type { SegmentChunk } from './metadata.js';
-import type { Digest } from './types.js';
+import type { Digest } from '../common/digests.js';
 
 /** Segment size: large enough that files are few, small enough that an emptied one goes soon. */
 export const SEGMENT_BYTES = 64 * 1024 * 1024;

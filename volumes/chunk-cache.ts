@@ -13,7 +13,7 @@
  */
 import type { LocalChunks } from './local-chunks.js';
 import type { Metadata } from './metadata.js';
-import type { Digest } from './types.js';
+import type { Digest } from '../common/digests.js';
 
 /** How often the use order is saved (also at close). */
 const PERSIST_INTERVAL_MS = 30_000;

@@ -8,13 +8,12 @@
  * retried: it is reported (log + IoError) and never returned.
  */
 import { BufferPool } from '../common/buffer-pool.js';
-import { sha256Hex } from '../common/digests.js';
 import { IoError } from '../common/errors.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import type { BackingStore, StoredChunk } from '../stores/backing-store.js';
 import type { ChunkCache } from './chunk-cache.js';
 import type { LocalChunks } from './local-chunks.js';
-import type { Digest } from './types.js';
+import { digestsOf, type Digest } from '../common/digests.js';
 
 export interface FetchPolicy {
   /** Give up on a chunk after this long (all attempts together). */
@@ -339,9 +338,9 @@ export class ChunkReader {
     const chunks: StoredChunk[] = [];
     // Hashed off the event loop, the batch in one threadpool job: hashing on the loop was the
     // largest cost of a cold read there (~0.17 s of CPU per 256 MiB, more in wall time).
-    let hashes: string[];
+    let hashes: Digest[];
     try {
-      hashes = await sha256Hex(datas);
+      hashes = await digestsOf(datas);
     } catch (err) {
       const failure = new IoError(`could not verify ${batch.length} chunks fetched from ${store.url}`, { cause: err });
       for (const q of batch) q.reject(failure);
@@ -350,7 +349,7 @@ export class ChunkReader {
     }
     batch.forEach((q, i) => {
       const data = datas[i]!;
-      const got = `sha256:${hashes[i]!}` as Digest;
+      const got = hashes[i]!;
       if (got !== q.digest) {
         q.counters.fetchErrors++;
         this.total.fetchErrors++;

@@ -21,7 +21,7 @@ import { readFully, type NoWaitState } from '../common/file-io.js';
 import { join } from 'node:path';
 import type { StoredChunk } from '../stores/backing-store.js';
 import type { CacheSegments } from './cache-segments.js';
-import { digestOf, type Digest } from './types.js';
+import { digestOf, hexOf, type Digest } from '../common/digests.js';
 
 /**
  * Chunk files kept open at once: a quarter of the process's descriptor limit, between 64 and
@@ -64,7 +64,7 @@ export class LocalChunks {
   ) {}
 
   pathOf(digest: Digest): string {
-    const hex = digest.slice('sha256:'.length);
+    const hex = hexOf(digest);
     return join(this.root, hex.slice(0, 2), hex.slice(2));
   }
 

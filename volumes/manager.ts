@@ -22,21 +22,13 @@ import { CacheSegments } from './cache-segments.js';
 import { ChunkCache } from './chunk-cache.js';
 import { ChunkReader, DEFAULT_FETCH_POLICY, FetchCounters, type FetchPolicy } from './chunk-reader.js';
 import { decodeManifest, encodeManifest } from './manifest.js';
-import type { Backend } from '../nbd-server/backend.js';
-import { FileBackend } from '../nbd-server/backends/file.js';
-import { readOnly } from '../nbd-server/filters/read-only.js';
+import type { Backend } from '../block/backend.js';
+import { FileBackend } from '../block/backends/file.js';
+import { readOnly } from '../block/filters/read-only.js';
 import { LocalChunks } from './local-chunks.js';
 import { Metadata, type VolumeRow } from './metadata.js';
-import {
-  DEFAULT_CHUNK_SIZE,
-  chunkLength,
-  isAllZero,
-  isDigest,
-  isVolumeId,
-  type ChunkIndex,
-  type Digest,
-  type VolumeId,
-} from './types.js';
+import { isDigest, type Digest } from '../common/digests.js';
+import { DEFAULT_CHUNK_SIZE, chunkLength, isAllZero, isVolumeId, type ChunkIndex, type VolumeId } from './types.js';
 import { ReadTrace } from './read-trace.js';
 import { Volume } from './volume.js';
 

@@ -13,7 +13,8 @@
  * like a chunk. Decoding checks every field: a manifest is input from the network.
  */
 import { IoError } from '../common/errors.js';
-import { digestOf, isDigest, type ChunkIndex, type Digest } from './types.js';
+import { digestOf, isDigest, type Digest } from '../common/digests.js';
+import type { ChunkIndex } from './types.js';
 
 export const MANIFEST_SCHEMA = 'slacker.snapshot.v1';
 

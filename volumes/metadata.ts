@@ -31,7 +31,8 @@
  * transaction. Migrations run in a transaction keyed on schema_version.
  */
 import Database from 'better-sqlite3';
-import type { ChunkIndex, Digest, VolumeId } from './types.js';
+import type { Digest } from '../common/digests.js';
+import type { ChunkIndex, VolumeId } from './types.js';
 
 export interface VolumeRow {
   id: VolumeId;

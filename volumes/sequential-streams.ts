@@ -5,7 +5,7 @@
  * MAX_STREAMS, the least recently continued forgotten first. Pure bookkeeping: the volume decides
  * what to fetch for a stream.
  */
-import type { ByteCount } from '../nbd-server/backend.js';
+import type { ByteCount } from '../block/backend.js';
 
 const MAX_STREAMS = 8;
 

@@ -1,26 +1,13 @@
-/** Domain types of layer volumes. */
-import { createHash } from 'node:crypto';
-
+/** Domain types of layer volumes (content addresses are common/digests.ts). */
 /** A volume's id: Docker layer ids and snapshot names are hex or name-like strings. */
 export type VolumeId = string & { readonly __brand: 'VolumeId' };
 /** Index of a chunk within a volume: byte offset / chunk size. */
 export type ChunkIndex = number;
-/** Content address of a chunk: `sha256:<64 hex>`. */
-export type Digest = string & { readonly __brand: 'Digest' };
 
 const VOLUME_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
-const DIGEST = /^sha256:[0-9a-f]{64}$/;
 
 export function isVolumeId(s: string): s is VolumeId {
   return VOLUME_ID.test(s);
-}
-
-export function isDigest(s: string): s is Digest {
-  return DIGEST.test(s);
-}
-
-export function digestOf(data: Buffer): Digest {
-  return `sha256:${createHash('sha256').update(data).digest('hex')}` as Digest;
 }
 
 export function isAllZero(buf: Buffer): boolean {

@@ -11,14 +11,15 @@
  */
 import { NotSupportedError, ReadOnlyError } from '../common/errors.js';
 import { KeyedLock } from '../common/keyed-lock.js';
-import { blockPieces, type BlockPiece } from '../common/ranges.js';
-import type { Backend, BlockSizes, ByteCount, Extent, Slice, WriteFlags, ZeroFlags } from '../nbd-server/backend.js';
-import type { FileBackend } from '../nbd-server/backends/file.js';
+import { blockPieces, type BlockPiece } from '../block/ranges.js';
+import type { Backend, BlockSizes, ByteCount, Extent, Slice, WriteFlags, ZeroFlags } from '../block/backend.js';
+import type { FileBackend } from '../block/backends/file.js';
 import type { ChunkReader, FetchCounters } from './chunk-reader.js';
 import type { Metadata, Override, VolumeRow } from './metadata.js';
 import type { ReadTrace } from './read-trace.js';
 import { SequentialStreams, type Stream } from './sequential-streams.js';
-import { chunkLength, type ChunkIndex, type Digest } from './types.js';
+import type { Digest } from '../common/digests.js';
+import { chunkLength, type ChunkIndex } from './types.js';
 
 /**
  * A sequential stream that has read this much in a row, and finds chunks missing, has the rest

@@ -14,7 +14,7 @@
 import { Readable, pipeline } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { InvalidArgumentError, IoError, NoSpaceError, SlackerError, systemErrorCode } from '../../common/errors.js';
-import type { Digest } from '../../volumes/types.js';
+import type { Digest } from '../../common/digests.js';
 import { markerRef } from './marker.js';
 import { checkSymlinkTarget, displayName, entryPath, pathBytes, UnsafeEntryError } from './paths.js';
 import { readTar, type TarEntry, type TarHeader } from './tar-reader.js';

@@ -3,7 +3,7 @@
  * layer.tar per layer) built from layer tars held in memory: how `convert` hands dockerd an
  * image made of one marker layer, and how tests make layers dockerd would never make.
  */
-import { createHash } from 'node:crypto';
+import { digestOf, hexOf } from '../../common/digests.js';
 import { pack } from 'tar-stream';
 
 export interface TarEntry {
@@ -35,8 +35,6 @@ export async function tarOf(entries: TarEntry[]): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
-export const sha256Hex = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
 export interface ImageConfigBase {
   architecture?: string;
   os?: string;
@@ -52,18 +50,18 @@ export async function imageArchive(layers: Buffer[], tag: string, base: ImageCon
       architecture: base.architecture ?? 'amd64',
       os: base.os ?? 'linux',
       config: base.config ?? {},
-      rootfs: { type: 'layers', diff_ids: layers.map((l) => `sha256:${sha256Hex(l)}`) },
+      rootfs: { type: 'layers', diff_ids: layers.map((l) => digestOf(l)) },
       history: base.history ?? layers.map(() => ({ created: new Date(0).toISOString(), created_by: 'slacker-ts' })),
     }),
   );
-  const configName = `${sha256Hex(config)}.json`;
-  const layerNames = layers.map((l) => `${sha256Hex(l)}/layer.tar`);
+  const configName = `${hexOf(digestOf(config))}.json`;
+  const layerNames = layers.map((l) => `${hexOf(digestOf(l))}/layer.tar`);
   const manifest = Buffer.from(JSON.stringify([{ Config: configName, RepoTags: [tag], Layers: layerNames }]));
   return tarOf([
     { name: 'manifest.json', data: manifest },
     { name: configName, data: config },
     ...layers.flatMap((l, i) => [
-      { name: `${sha256Hex(l)}/`, type: 'directory' as const },
+      { name: `${hexOf(digestOf(l))}/`, type: 'directory' as const },
       { name: layerNames[i]!, data: l },
     ]),
   ]);

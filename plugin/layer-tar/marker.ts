@@ -6,7 +6,7 @@
  */
 import { pack as tarPack } from 'tar-stream';
 import { InvalidArgumentError } from '../../common/errors.js';
-import { isDigest, type Digest } from '../../volumes/types.js';
+import { isDigest, type Digest } from '../../common/digests.js';
 import { entryPath } from './paths.js';
 import type { TarHeader } from './tar-reader.js';
 

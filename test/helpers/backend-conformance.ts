@@ -3,8 +3,8 @@
  * Each backend's test file is a thin call into this.
  */
 import { describe, expect, it, beforeEach, afterEach } from 'vitest';
-import type { Backend } from '../../nbd-server/backend.js';
-import { capabilitiesOf } from '../../nbd-server/backend.js';
+import type { Backend } from '../../block/backend.js';
+import { capabilitiesOf } from '../../block/backend.js';
 import { NotSupportedError } from '../../common/errors.js';
 import { randomBytes } from './tmp.js';
 

@@ -1,6 +1,6 @@
 /** Volume fixtures shared by the snapshot and store tests. */
 import type { VolumeManager } from '../../volumes/manager.js';
-import type { Digest } from '../../volumes/types.js';
+import type { Digest } from '../../common/digests.js';
 
 /**
  * Creates volume `id` on `host`, writes `data(i)` into each listed chunk, freezes and publishes

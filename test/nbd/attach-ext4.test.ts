@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, readdir, writeFile, truncate } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FileBackend } from '../../nbd-server/backends/file.js';
+import { FileBackend } from '../../block/backends/file.js';
 import { attachExt4 } from '../../harness/attach.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
 import { noConnections, startServer, type TestServer } from '../helpers/server.js';

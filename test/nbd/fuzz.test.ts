@@ -4,7 +4,7 @@
  * correct data, and release everything the abusive connections held.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MemoryBackend } from '../../nbd-server/backends/memory.js';
+import { MemoryBackend } from '../../block/backends/memory.js';
 import { CMD, IHAVEOPT, OPT, REQUEST_MAGIC } from '../../nbd-server/protocol.js';
 import { goPayload, metaContextPayload, openExport, RawClient } from '../helpers/raw-client.js';
 import { startServer, type TestServer } from '../helpers/server.js';

@@ -4,7 +4,7 @@
  * stall a well-behaved client on another connection.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MemoryBackend } from '../../nbd-server/backends/memory.js';
+import { MemoryBackend } from '../../block/backends/memory.js';
 import { CMD, NBD_ERR, REQUEST_MAGIC } from '../../nbd-server/protocol.js';
 import { DEFAULT_LIMITS } from '../../nbd-server/server.js';
 import { openExport, RawClient } from '../helpers/raw-client.js';

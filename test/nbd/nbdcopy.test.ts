@@ -4,7 +4,7 @@ import { createReadStream } from 'node:fs';
 import { writeFile, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FileBackend } from '../../nbd-server/backends/file.js';
+import { FileBackend } from '../../block/backends/file.js';
 import { requireTools, run } from '../helpers/tools.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { tempDir } from '../helpers/tmp.js';

@@ -2,9 +2,9 @@
 import { writeFile, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FileBackend } from '../../nbd-server/backends/file.js';
-import { MemoryBackend } from '../../nbd-server/backends/memory.js';
-import { readOnly } from '../../nbd-server/filters/read-only.js';
+import { FileBackend } from '../../block/backends/file.js';
+import { MemoryBackend } from '../../block/backends/memory.js';
+import { readOnly } from '../../block/filters/read-only.js';
 import { CMD, NBD_ERR } from '../../nbd-server/protocol.js';
 import { openExport } from '../helpers/raw-client.js';
 import { exitCode, requireTools, run } from '../helpers/tools.js';

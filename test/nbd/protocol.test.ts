@@ -3,9 +3,9 @@
  * ordering, and shutdown. After every abuse the server must still serve other connections.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { Backend } from '../../nbd-server/backend.js';
-import { MemoryBackend } from '../../nbd-server/backends/memory.js';
-import { readOnly } from '../../nbd-server/filters/read-only.js';
+import type { Backend } from '../../block/backend.js';
+import { MemoryBackend } from '../../block/backends/memory.js';
+import { readOnly } from '../../block/filters/read-only.js';
 import {
   CMD,
   CMD_FLAG,

@@ -2,8 +2,8 @@
 import { readFile, writeFile, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FileBackend } from '../../nbd-server/backends/file.js';
-import { MemoryBackend } from '../../nbd-server/backends/memory.js';
+import { FileBackend } from '../../block/backends/file.js';
+import { MemoryBackend } from '../../block/backends/memory.js';
 import { requireTools, run } from '../helpers/tools.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { tempDir } from '../helpers/tmp.js';

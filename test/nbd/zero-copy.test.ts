@@ -8,7 +8,7 @@
 import { readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FileBackend } from '../../nbd-server/backends/file.js';
+import { FileBackend } from '../../block/backends/file.js';
 import { CMD, REPLY_TYPE } from '../../nbd-server/protocol.js';
 import { openStore } from '../../stores/open-store.js';
 import { VolumeManager } from '../../volumes/manager.js';

@@ -1,10 +1,10 @@
 import { writeFile, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { FileBackend } from '../../nbd-server/backends/file.js';
-import { MemoryBackend } from '../../nbd-server/backends/memory.js';
-import { readOnly } from '../../nbd-server/filters/read-only.js';
-import { capabilitiesOf } from '../../nbd-server/backend.js';
+import { FileBackend } from '../../block/backends/file.js';
+import { MemoryBackend } from '../../block/backends/memory.js';
+import { readOnly } from '../../block/filters/read-only.js';
+import { capabilitiesOf } from '../../block/backend.js';
 import { backendConformance, CONFORMANCE_SIZE } from '../helpers/backend-conformance.js';
 import { tempDir } from '../helpers/tmp.js';
 

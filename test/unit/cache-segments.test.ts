@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CacheSegments } from '../../volumes/cache-segments.js';
 import { Metadata } from '../../volumes/metadata.js';
-import { digestOf } from '../../volumes/types.js';
+import { digestOf } from '../../common/digests.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
 
 const CHUNK = 64 * 1024;

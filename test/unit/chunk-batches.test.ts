@@ -8,7 +8,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { BackingStore } from '../../stores/backing-store.js';
 import { ChunkReader, FetchCounters } from '../../volumes/chunk-reader.js';
 import { LocalChunks } from '../../volumes/local-chunks.js';
-import { digestOf, type Digest } from '../../volumes/types.js';
+import { digestOf, type Digest } from '../../common/digests.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
 
 /** Chunks under hints `PACK:n`; records every batch asked for as its hints. */

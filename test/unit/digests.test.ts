@@ -4,11 +4,11 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { sha256Hex } from '../../common/digests.js';
+import { digestOf, digestsOf, hexOf, isDigest } from '../../common/digests.js';
 
-const reference = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+const reference = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
-describe('sha256Hex', () => {
+describe('digestsOf (the batch on the threadpool)', () => {
   it('hashes each buffer of a batch as node:crypto does, in order', async () => {
     const slab = randomBytes(3 * 128 * 1024 + 17);
     const buffers = [
@@ -18,23 +18,39 @@ describe('sha256Hex', () => {
       Buffer.alloc(0),
       Buffer.from('abc'),
     ];
-    const got = await sha256Hex(buffers);
+    const got = await digestsOf(buffers);
     expect(got).toEqual(buffers.map(reference));
-    expect(got[4]).toBe('ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad'); // FIPS 180-2 "abc"
-    expect(await sha256Hex([])).toEqual([]);
+    expect(got[4]).toBe('sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad'); // FIPS 180-2 "abc"
+    expect(await digestsOf([])).toEqual([]);
   });
 
   it('tells a changed byte apart', async () => {
     const a = randomBytes(64 * 1024);
     const b = Buffer.from(a);
     b[0] = b[0]! ^ 1;
-    const [ha, hb] = await sha256Hex([a, b]);
+    const [ha, hb] = await digestsOf([a, b]);
     expect(ha).toBe(reference(a));
     expect(hb).not.toBe(ha);
   });
 
   it('refuses anything but an array of Buffers', async () => {
-    await expect(sha256Hex('x' as unknown as Buffer[])).rejects.toThrow(/expected \(Buffer\[\]\)/);
-    await expect(sha256Hex([Buffer.alloc(1), 'x' as unknown as Buffer])).rejects.toThrow(/expected \(Buffer\[\]\)/);
+    await expect(digestsOf('x' as unknown as Buffer[])).rejects.toThrow(/expected \(Buffer\[\]\)/);
+    await expect(digestsOf([Buffer.alloc(1), 'x' as unknown as Buffer])).rejects.toThrow(/expected \(Buffer\[\]\)/);
   });
+});
+
+describe('digestOf, isDigest, hexOf', () => {
+  it('agree with the batch and with each other', async () => {
+    const b = randomBytes(1000);
+    const d = digestOf(b);
+    expect(d).toBe(reference(b));
+    expect((await digestsOf([b]))[0]).toBe(d);
+    expect(isDigest(d)).toBe(true);
+    expect(hexOf(d)).toBe(d.slice('sha256:'.length));
+  });
+
+  it.each(['sha256:' + 'A'.repeat(64), 'sha256:' + 'a'.repeat(63), 'sha512:' + 'a'.repeat(64), ''])(
+    'isDigest refuses %j',
+    (s) => expect(isDigest(s)).toBe(false),
+  );
 });

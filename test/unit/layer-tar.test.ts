@@ -14,7 +14,7 @@ import { markerTar } from '../../plugin/layer-tar/marker.js';
 import { pack } from 'tar-stream';
 import { requireRoot } from '../helpers/tools.js';
 import { tempDir } from '../helpers/tmp.js';
-import type { Digest } from '../../volumes/types.js';
+import type { Digest } from '../../common/digests.js';
 
 let dir: Awaited<ReturnType<typeof tempDir>>;
 let root: string;

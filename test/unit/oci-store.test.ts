@@ -12,7 +12,7 @@ import { OciStore, parseOciUrl } from '../../stores/oci-store.js';
 import { openStore } from '../../stores/open-store.js';
 import { decodeManifest } from '../../volumes/manifest.js';
 import { VolumeManager } from '../../volumes/manager.js';
-import { digestOf, type Digest } from '../../volumes/types.js';
+import { digestOf, type Digest } from '../../common/digests.js';
 import { startRegistry, type TestRegistry } from '../../harness/registry.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
 import { publishVolume } from '../helpers/volumes.js';

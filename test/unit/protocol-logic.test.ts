@@ -15,7 +15,7 @@ import {
   SlackerError,
   UnknownExportError,
 } from '../../common/errors.js';
-import { DEFAULT_BLOCK_SIZES, type Capabilities } from '../../nbd-server/backend.js';
+import { DEFAULT_BLOCK_SIZES, type Capabilities } from '../../block/backend.js';
 import { ByteBudget } from '../../nbd-server/budget.js';
 import { readPieces } from '../../nbd-server/connection.js';
 import { toNbdErrno } from '../../nbd-server/errno.js';

@@ -10,7 +10,7 @@ import { DirStore } from '../../stores/dir-store.js';
 import { openStore } from '../../stores/open-store.js';
 import { VolumeManager } from '../../volumes/manager.js';
 import { decodeManifest, MANIFEST_SCHEMA } from '../../volumes/manifest.js';
-import { digestOf, type Digest } from '../../volumes/types.js';
+import { digestOf, type Digest } from '../../common/digests.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
 import { publishVolume } from '../helpers/volumes.js';
 

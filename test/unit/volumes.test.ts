@@ -3,7 +3,7 @@ import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ConflictError, InvalidArgumentError, NotFoundError, ReadOnlyError } from '../../common/errors.js';
-import { capabilitiesOf } from '../../nbd-server/backend.js';
+import { capabilitiesOf } from '../../block/backend.js';
 import { FetchCounters } from '../../volumes/chunk-reader.js';
 import { VolumeManager } from '../../volumes/manager.js';
 import { SCHEMA_VERSION } from '../../volumes/metadata.js';

@@ -4,7 +4,7 @@
  * zeroed whole pages are dropped again and report as holes.
  */
 import { InvalidArgumentError } from '../../common/errors.js';
-import { blockPieces } from '../../common/ranges.js';
+import { blockPieces } from '../ranges.js';
 import type { Backend, BlockSizes, ByteCount, Extent, ZeroFlags } from '../backend.js';
 import { DEFAULT_BLOCK_SIZES } from '../backend.js';
 
