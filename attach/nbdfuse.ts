@@ -5,6 +5,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { ConflictError, NotFoundError } from '../common/errors.js';
 import { run, startProcess } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
 import type { Attacher, BlockDevice, NbdTarget } from './attacher.js';
@@ -37,7 +38,7 @@ export class NbdfuseAttacher implements Attacher {
       await retryUntil(
         'nbdfuse to expose the export',
         async () => {
-          if (!existsSync(join(fuseDir, 'disk'))) throw new Error('not yet');
+          if (!existsSync(join(fuseDir, 'disk'))) throw new NotFoundError('the FUSE file is not there yet');
         },
         POLL,
       );
@@ -58,7 +59,7 @@ async function waitLoopGone(loop: string): Promise<void> {
   await retryUntil(
     `${loop} to detach`,
     async () => {
-      if ((await loopDevices()).some((l) => l.device === loop)) throw new Error('still attached');
+      if ((await loopDevices()).some((l) => l.device === loop)) throw new ConflictError(`${loop} is still attached`);
     },
     POLL,
   );

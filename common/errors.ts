@@ -93,6 +93,30 @@ export class PluginCallError extends SlackerError {
   override readonly code = 'SLACKER_ERR_PLUGIN_CALL';
 }
 
+/** An external program (mount, losetup, nbdfuse...) exited non-zero, was killed, or could not start. */
+export class CommandError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_COMMAND';
+  constructor(
+    message: string,
+    readonly exitCode: number | null,
+    readonly stdout: string,
+    readonly stderr: string,
+    options: SlackerErrorOptions = {},
+  ) {
+    super(message, options);
+  }
+}
+
+/** A connection to a remote service (a registry) failed, or the service broke its protocol. */
+export class TransportError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_TRANSPORT';
+}
+
+/** Something awaited (a condition another process brings about, a deadline) did not come in time. */
+export class TimeoutError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_TIMEOUT';
+}
+
 /** Node's own system errors carry an errno name in `code` (ENOSPC, EIO...). */
 export function systemErrorCode(err: unknown): string | undefined {
   if (err instanceof Error && 'code' in err && typeof err.code === 'string') return err.code;

@@ -4,23 +4,13 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
+import { CommandError } from './errors.js';
+
+export { CommandError };
 
 export interface RunResult {
   stdout: string;
   stderr: string;
-}
-
-/** A command that exited non-zero, was killed, or could not start. */
-export class CommandError extends Error {
-  constructor(
-    message: string,
-    readonly exitCode: number | null,
-    readonly stdout: string,
-    readonly stderr: string,
-  ) {
-    super(message);
-    this.name = 'CommandError';
-  }
 }
 
 export function run(

@@ -2,6 +2,7 @@
  * Loads one of the native addons built by node-gyp at `npm ci` (binding.gyp, native/*.c).
  */
 import { createRequire } from 'node:module';
+import { ConfigError } from './errors.js';
 
 const require = createRequire(import.meta.url);
 
@@ -16,7 +17,10 @@ export function loadAddon<T>(name: string): T {
       lastError = err;
     }
   }
-  throw new Error(`native addon build/Release/${name}.node is missing: run \`npm ci\` (it builds with node-gyp)`, {
-    cause: lastError,
-  });
+  throw new ConfigError(
+    `native addon build/Release/${name}.node is missing: run \`npm ci\` (it builds with node-gyp)`,
+    {
+      cause: lastError,
+    },
+  );
 }

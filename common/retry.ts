@@ -1,3 +1,5 @@
+import { TimeoutError } from './errors.js';
+
 /** Polling for a condition another process brings about (a FUSE file appearing, a device freed). */
 export async function retryUntil<T>(
   what: string,
@@ -14,5 +16,5 @@ export async function retryUntil<T>(
       await new Promise((r) => setTimeout(r, options.delayMs ?? 100));
     }
   }
-  throw new Error(`${what} did not succeed`, { cause: last });
+  throw new TimeoutError(`${what} did not succeed`, { cause: last });
 }

@@ -45,7 +45,8 @@ export interface HandshakeIo {
   log: Logger;
 }
 
-class InvalidOption extends Error {}
+/** An option's payload is malformed: answered NBD_REP_ERR_INVALID, and the handshake goes on. */
+class InvalidOption extends ProtocolError {}
 
 /** Bounds-checked reading of an option's payload. */
 class Cursor {

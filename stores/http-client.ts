@@ -14,7 +14,7 @@
  * had already closed. It does not do proxies (neither does Node 20's fetch), HTTP/2 or content
  * encodings (chunk packs are binary, and compressed per chunk where that pays).
  */
-import { IoError } from '../common/errors.js';
+import { IoError, TransportError } from '../common/errors.js';
 import { Http1Connection, Http1Failure, type Http1Response } from './http1-connection.js';
 
 export interface HttpRequest {
@@ -246,7 +246,12 @@ export class HttpClient {
 }
 
 /** A reused connection failed before any answer: the (idempotent) request may be sent again. */
-class StaleConnection extends Error {}
+/** A kept-alive connection the server had closed: the request goes again on a new one (never surfaces). */
+class StaleConnection extends TransportError {
+  constructor() {
+    super('stale kept-alive connection');
+  }
+}
 
 function withoutAuthorization(headers: Record<string, string>): Record<string, string> {
   return Object.fromEntries(Object.entries(headers).filter(([k]) => k.toLowerCase() !== 'authorization'));

@@ -13,7 +13,7 @@
  */
 import net from 'node:net';
 import tls from 'node:tls';
-import { InvalidArgumentError } from '../common/errors.js';
+import { InvalidArgumentError, ProtocolError, TransportError, type SlackerErrorOptions } from '../common/errors.js';
 
 export interface Http1Request {
   method: string;
@@ -37,12 +37,12 @@ export interface Http1Response {
 }
 
 /** Why an exchange failed; `beforeAnswer` when not one byte of an answer had arrived. */
-export class Http1Failure extends Error {
+export class Http1Failure extends TransportError {
   constructor(
     message: string,
     readonly beforeAnswer: boolean,
     readonly errno?: string,
-    options?: ErrorOptions,
+    options?: SlackerErrorOptions,
   ) {
     super(message, options);
   }
@@ -210,7 +210,7 @@ export class Http1Connection {
       if (this.phase.kind === 'head') {
         const end = data.indexOf('\r\n\r\n');
         if ((end < 0 ? this.held : end + 4) > HEAD_LIMIT)
-          throw new Error(`answer head longer than ${HEAD_LIMIT} bytes`);
+          throw new ProtocolError(`answer head longer than ${HEAD_LIMIT} bytes`);
         if (end < 0) return;
         const head = data.toString('latin1', 0, end);
         this.shift(end + 4); // before startBody: an answer without a body completes in it
@@ -231,12 +231,12 @@ export class Http1Connection {
       } else if (this.phase.kind === 'close') {
         const phase = this.phase;
         if (phase.got + this.held > p.request.maxBodyBytes)
-          throw new Error(`answer longer than ${p.request.maxBodyBytes} bytes`);
+          throw new ProtocolError(`answer longer than ${p.request.maxBodyBytes} bytes`);
         phase.pieces.push(Buffer.from(data));
         phase.got += this.held;
         this.held = 0;
       } else {
-        throw new Error('bytes after the end of an answer');
+        throw new ProtocolError('bytes after the end of an answer');
       }
     }
   }
@@ -246,18 +246,18 @@ export class Http1Connection {
     const p = this.pending!;
     const [statusLine, ...fields] = head.split('\r\n');
     const m = /^HTTP\/1\.([01]) (\d{3})(?: (.*))?$/.exec(statusLine ?? '');
-    if (!m) throw new Error(`not an HTTP/1.x status line: ${JSON.stringify(statusLine?.slice(0, 80))}`);
+    if (!m) throw new ProtocolError(`not an HTTP/1.x status line: ${JSON.stringify(statusLine?.slice(0, 80))}`);
     const status = Number(m[2]);
     const headers = new Map<string, string>();
     for (const line of fields) {
       const colon = line.indexOf(':');
       const name = line.slice(0, colon).toLowerCase();
       if (colon <= 0 || !TOKEN.test(name))
-        throw new Error(`malformed header line: ${JSON.stringify(line.slice(0, 80))}`);
+        throw new ProtocolError(`malformed header line: ${JSON.stringify(line.slice(0, 80))}`);
       const value = line.slice(colon + 1).trim();
       const before = headers.get(name);
       if (name === 'content-length' && before !== undefined && before !== value)
-        throw new Error('conflicting Content-Length headers');
+        throw new ProtocolError('conflicting Content-Length headers');
       headers.set(name, before === undefined || name === 'content-length' ? value : `${before}, ${value}`);
     }
     if (status >= 100 && status < 200) return; // interim (100 Continue): the real answer follows
@@ -272,13 +272,14 @@ export class Http1Connection {
       if (declared !== undefined) p.keepAlive = false; // both framings: chunked wins, then close (RFC 9112 6.3)
       this.phase = { kind: 'chunked', decoder: new ChunkedDecoder(p.request.maxBodyBytes) };
     } else if (declared !== undefined) {
-      if (!/^\d+$/.test(declared)) throw new Error(`malformed Content-Length ${JSON.stringify(declared)}`);
+      if (!/^\d+$/.test(declared)) throw new ProtocolError(`malformed Content-Length ${JSON.stringify(declared)}`);
       const length = Number(declared);
       if (length > p.request.maxBodyBytes)
-        throw new Error(`answer of ${length} bytes is over the ${p.request.maxBodyBytes}-byte limit`);
+        throw new ProtocolError(`answer of ${length} bytes is over the ${p.request.maxBodyBytes}-byte limit`);
       const ok = status >= 200 && status < 300;
       const body = (ok && p.request.allocate?.(length)) || Buffer.allocUnsafe(length);
-      if (body.length !== length) throw new Error(`a ${body.length}-byte buffer was lent for a ${length}-byte body`);
+      if (body.length !== length)
+        throw new ProtocolError(`a ${body.length}-byte buffer was lent for a ${length}-byte body`);
       this.phase = { kind: 'length', body, got: 0 };
       if (length === 0) this.complete(body);
     } else {
@@ -372,22 +373,22 @@ class ChunkedDecoder {
       }
       const eol = data.indexOf('\r\n', at);
       if (eol < 0) {
-        if (data.length - at > 4096) throw new Error('chunk size line too long');
+        if (data.length - at > 4096) throw new ProtocolError('chunk size line too long');
         return at;
       }
       const line = data.toString('latin1', at, eol);
       at = eol + 2;
       if (this.crlf) {
-        if (line !== '') throw new Error('chunk data not followed by CRLF');
+        if (line !== '') throw new ProtocolError('chunk data not followed by CRLF');
         this.crlf = false;
         this.left = -1;
       } else if (this.trailers) {
         if (line === '') this.done = true;
       } else {
         const m = /^([0-9A-Fa-f]{1,12})(?:[ \t]*;.*)?$/.exec(line);
-        if (!m) throw new Error(`malformed chunk size line ${JSON.stringify(line.slice(0, 40))}`);
+        if (!m) throw new ProtocolError(`malformed chunk size line ${JSON.stringify(line.slice(0, 40))}`);
         const size = parseInt(m[1]!, 16);
-        if (this.total + size > this.maxBody) throw new Error(`answer longer than ${this.maxBody} bytes`);
+        if (this.total + size > this.maxBody) throw new ProtocolError(`answer longer than ${this.maxBody} bytes`);
         if (size === 0) this.trailers = true;
         else this.left = size;
       }

@@ -30,6 +30,7 @@
  * so after a crash the map never points at bytes that did not reach the disk. Freeze is one
  * transaction. Migrations run in a transaction keyed on schema_version.
  */
+import { ConfigError } from '../common/errors.js';
 import Database from 'better-sqlite3';
 import type { Digest } from '../common/digests.js';
 import type { ChunkIndex, VolumeId } from './types.js';
@@ -170,7 +171,7 @@ export class Metadata {
     const row = this.sql("SELECT value FROM meta WHERE key = 'schema_version'").get() as { value: number } | undefined;
     const current = row?.value ?? 0;
     if (current > SCHEMA_VERSION) {
-      throw new Error(`metadata schema ${current} is newer than this slacker-ts (${SCHEMA_VERSION})`);
+      throw new ConfigError(`metadata schema ${current} is newer than this slacker-ts (${SCHEMA_VERSION})`);
     }
     this.db.transaction(() => {
       for (let v = current; v < SCHEMA_VERSION; v++) this.db.exec(MIGRATIONS[v]!);

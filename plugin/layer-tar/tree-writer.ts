@@ -3,6 +3,7 @@
  * applying a layer tar, every path resolved by the kernel inside the layer root
  * (openat2 RESOLVE_IN_ROOT), bytes passed through unchanged, one threadpool job per entry.
  */
+import { ShutdownError } from '../../common/errors.js';
 import { loadAddon } from '../../common/native-addon.js';
 
 /** What an op does (the numbers native/tree-writer.c knows). */
@@ -88,7 +89,7 @@ export class TreeWriter {
   }
 
   private open(): Handle {
-    if (!this.handle) throw new Error('tree writer is closed');
+    if (!this.handle) throw new ShutdownError('the tree writer is closed');
     return this.handle;
   }
 }
