@@ -78,20 +78,25 @@ export interface Backend {
   /** Allocation status of a range: consecutive extents starting at `offset`, covering at least some of it. */
   extents?(offset: ByteCount, length: ByteCount): Promise<Extent[]>;
   /**
+   * The zero-copy read contract, in two steps: `localize` (optional) brings a range local and
+   * accounts for the read, then `fileSlices` describes where it lies. The server calls them in
+   * that order for every zero-copy read, and pread only when fileSlices cannot answer.
+   *
    * Optional: the slices a range's bytes lie in, in order, covering it exactly, or undefined if
-   * some of it is not in a local file (the server then calls pread). Synchronous because the
-   * server sends from the descriptors at once: they must stay open until control returns to
-   * the event loop. Bytes in the slices must be what pread would return now. `loaded`: called
-   * right after load() of the same range, which already accounted for the read.
+   * some of it is not in a local file (the server then calls pread). A pure description: it
+   * counts nothing and changes nothing. Synchronous because the server sends from the
+   * descriptors at once: they must stay open until control returns to the event loop. Bytes in
+   * the slices must be what pread would return now.
    */
-  fileSlices?(offset: ByteCount, length: ByteCount, loaded?: boolean): Slice[] | undefined;
+  fileSlices?(offset: ByteCount, length: ByteCount): Slice[] | undefined;
   /**
-   * Optional, with fileSlices: brings a range's bytes into local files (a backend that fetches
-   * lazily), so that fileSlices can then serve it; rejects as pread would. The server calls it
-   * when fileSlices finds part of a range missing, rather than have pread copy the bytes into
-   * a buffer and then into the socket.
+   * Optional, with fileSlices: a read of the range is about to be served from fileSlices. A
+   * backend that fetches lazily brings the range's bytes into local files first, and any
+   * backend accounts for the read here (statistics, readahead). Returns undefined when the
+   * range already is local (the warm path costs no promise), else a promise that settles once
+   * it is; rejects as pread would.
    */
-  load?(offset: ByteCount, length: ByteCount): Promise<void>;
+  localize?(offset: ByteCount, length: ByteCount): Promise<void> | undefined;
   close?(): Promise<void>;
 }
 

@@ -299,14 +299,11 @@ export class Connection {
     const b = e.backend;
     const mode = { structured: n.structuredReplies, fragment: (req.flags & CMD_FLAG.DF) === 0 };
     if (b.fileSlices && this.deps.zeroCopy && this.fd !== undefined) {
-      let direct = await this.readDirectWhenIdle(this.fd, b, req, mode);
-      if (direct === 'not-local' && b.load) {
-        // A lazily fetching backend brings the range into its files, and the reply leaves from
-        // them like any other: no copy into a buffer, and then into the socket.
-        await b.load(req.offset, req.length);
-        direct = await this.readDirectWhenIdle(this.fd, b, req, mode, true);
-      }
-      if (direct === 'sent') return SENT;
+      // A lazily fetching backend brings the range into its files first, and the reply leaves
+      // from them like any other: no copy into a buffer, and then into the socket.
+      const localizing = b.localize?.(req.offset, req.length);
+      if (localizing) await localizing;
+      if ((await this.readDirectWhenIdle(this.fd, b, req, mode)) === 'sent') return SENT;
     }
     this.deps.stats.copied++;
     const pieces =
@@ -329,12 +326,11 @@ export class Connection {
     b: Backend,
     req: Request,
     mode: replies.ReadMode,
-    loaded = false,
   ): Promise<'sent' | 'not-local' | 'not-cached'> {
     while (this.unsent > 0 && !this.socket.destroyed) await this.allSent();
     if (this.socket.destroyed) return 'not-cached';
     // Synchronous from here: the descriptors fileSlices lends are open only until this task ends.
-    const slices = b.fileSlices!(req.offset, req.length, loaded);
+    const slices = b.fileSlices!(req.offset, req.length);
     if (!slices) return 'not-local';
     const frames = replies.readReply(req.handle, req.offset, slices, mode);
     if (!allCached(frames)) return 'not-cached';

@@ -130,21 +130,15 @@ export class ChunkReader {
 
   /**
    * The file of a chunk stored locally and where in it the chunk starts, for a zero-copy reply
-   * (valid until the current task returns to the event loop), counted as a local hit in `c`
-   * if given (else load() counted the read); undefined when it must be fetched.
+   * (valid until the current task returns to the event loop); undefined when it must be
+   * fetched. Counts nothing: the read was accounted for before (localHit, load).
    */
-  localDescriptor(
-    digest: Digest,
-    length: number,
-    c: FetchCounters | undefined,
-  ): { fd: number; position: number } | undefined {
-    const file = this.local.descriptor(digest, length);
-    if (file && c) this.localHit(digest, c);
-    return file;
+  localDescriptor(digest: Digest, length: number): { fd: number; position: number } | undefined {
+    return this.local.descriptor(digest, length);
   }
 
   /** A read served from the local store: counted, and the chunk is recently used. */
-  private localHit(digest: Digest, c: FetchCounters): void {
+  localHit(digest: Digest, c: FetchCounters): void {
     c.localHits++;
     this.cache?.touch(digest);
   }

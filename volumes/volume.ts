@@ -95,41 +95,43 @@ export class Volume implements Backend {
     return out;
   }
 
-  /** For zero-copy replies: the files holding a range, if every chunk of it is here. */
-  fileSlices(offset: ByteCount, length: ByteCount, loaded = false): Slice[] | undefined {
-    const pieces = this.pieces(offset, length);
-    const sources = pieces.map((p) => this.sourceOf(p.index));
-    // All or nothing, and nothing counted before that is known: a chunk still to fetch sends
-    // the read to load() or pread, which count it.
-    if (sources.some((src) => src.kind === 'chunk' && !this.parts.chunks.isLocal(src.digest))) return undefined;
+  /**
+   * A zero-copy read is coming (Backend.localize): the read is noted (readahead, streams, the
+   * startup trace), base chunks already here count as local hits, and missing ones are
+   * fetched. Undefined when every chunk is here: a warm read costs no promise.
+   */
+  localize(offset: ByteCount, length: ByteCount): Promise<void> | undefined {
+    const stream = this.noteRead(offset, length);
+    let missing: Digest[] | undefined;
+    for (const p of this.pieces(offset, length)) {
+      const src = this.sourceOf(p.index);
+      if (src.kind !== 'chunk') continue;
+      this.parts.trace?.record(p.index);
+      if (this.parts.chunks.isLocal(src.digest)) this.parts.chunks.localHit(src.digest, this.parts.counters);
+      else (missing ??= []).push(src.digest);
+    }
+    if (!missing) return undefined;
+    if (stream.run >= FOLLOW_AFTER) this.follow(stream, offset + length);
+    return Promise.all(missing.map((d) => this.parts.chunks.load(d, this.parts.counters))).then(() => undefined);
+  }
+
+  /** For zero-copy replies: the files holding a range, if every chunk of it is here (counts nothing). */
+  fileSlices(offset: ByteCount, length: ByteCount): Slice[] | undefined {
     const slices: Slice[] = [];
-    for (const [i, p] of pieces.entries()) {
-      const src = sources[i]!;
+    for (const p of this.pieces(offset, length)) {
+      const src = this.sourceOf(p.index);
       if (src.kind === 'zero') {
         slices.push({ kind: 'zero', length: p.length });
       } else if (src.kind === 'local') {
         slices.push(...this.parts.data!.fileSlices(p.index * this.chunkSize + p.at, p.length));
       } else {
-        this.parts.trace?.record(p.index);
-        const counters = loaded ? undefined : this.parts.counters;
-        const file = this.parts.chunks.localDescriptor(src.digest, this.chunkLength(p.index), counters);
+        if (!this.parts.chunks.isLocal(src.digest)) return undefined;
+        const file = this.parts.chunks.localDescriptor(src.digest, this.chunkLength(p.index));
         if (!file) return undefined; // cut short: pread sets it aside and fetches it
         slices.push({ kind: 'file', fd: file.fd, position: file.position + p.at, length: p.length });
       }
     }
-    if (!loaded) this.noteRead(offset, length);
     return slices;
-  }
-
-  /**
-   * Brings the range's missing base chunks into the local store, for fileSlices to serve (a
-   * cold read then leaves by sendfile from the page cache, like a warm one). Notes the read.
-   */
-  async load(offset: ByteCount, length: ByteCount): Promise<void> {
-    const stream = this.noteRead(offset, length);
-    const wanted = this.baseChunks(offset, length);
-    if (stream.run >= FOLLOW_AFTER) this.follow(stream, offset + length);
-    await Promise.all(wanted.map((d) => this.parts.chunks.load(d, this.parts.counters)));
   }
 
   /** Starts fetching, for a long sequential stream, the rest of the store request it reads in. */

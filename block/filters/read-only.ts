@@ -17,7 +17,7 @@ export function readOnly(next: Backend): Backend {
   if (next.cache) filtered.cache = next.cache.bind(next);
   if (next.extents) filtered.extents = next.extents.bind(next);
   if (next.fileSlices) filtered.fileSlices = next.fileSlices.bind(next);
-  if (next.load) filtered.load = next.load.bind(next);
+  if (next.localize) filtered.localize = next.localize.bind(next);
   if (next.close) filtered.close = next.close.bind(next);
   return filtered;
 }

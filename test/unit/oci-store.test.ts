@@ -93,10 +93,10 @@ describe('oci:// store on a real registry', () => {
     const v = await hostB.acquire('img-b');
     const fetched = (): number => hostB.stats('img-b').fetch.chunksFetched;
     const READ = 256 * 1024;
-    for (let i = 0; i < 3; i++) await v.load!(i * READ, READ);
+    for (let i = 0; i < 3; i++) await v.localize!(i * READ, READ);
     await new Promise((r) => setTimeout(r, 100));
     expect(fetched()).toBe(12); // 768 KiB in a row: only what it read
-    await v.load!(3 * READ, READ); // 1 MiB in a row: the rest of the pack is fetched ahead
+    await v.localize!(3 * READ, READ); // 1 MiB in a row: the rest of the pack is fetched ahead
     await expect.poll(fetched).toBe(48);
     await hostB.release('img-b');
   });
