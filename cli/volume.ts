@@ -11,7 +11,7 @@ import { NbdServer } from '../nbd-server/server.js';
 import { openStore } from '../stores/open-store.js';
 import { compression } from './args.js';
 import { VolumeManager } from '../volumes/manager.js';
-import { LATENCY_BUCKETS_MS } from '../volumes/chunk-reader.js';
+import { LATENCY_BUCKETS_MS } from '../volumes/chunks/fetch-counters.js';
 
 export const VOLUME_HELP = `usage: slacker-ts volume <command> [args] [--root DIR] [--store URL]
 

@@ -184,7 +184,7 @@ export class SlackerDriver {
   status(): [string, string][] {
     const volumes = this.manager.list();
     const cache = this.manager.cacheStats();
-    const total = this.manager.reader.total;
+    const total = this.manager.chunks.total;
     return [
       ['Backing store', this.manager.store?.url ?? 'none'],
       ['State root', this.manager.root],

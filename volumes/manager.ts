@@ -18,14 +18,13 @@ import { join } from 'node:path';
 import { ConfigError, ConflictError, InvalidArgumentError, IoError, NotFoundError } from '../common/errors.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import type { BackingStore } from '../stores/backing-store.js';
-import { CacheSegments } from './cache-segments.js';
-import { ChunkCache } from './chunk-cache.js';
-import { ChunkReader, DEFAULT_FETCH_POLICY, FetchCounters, type FetchPolicy } from './chunk-reader.js';
+import { ChunkStore } from './chunks/chunk-store.js';
+import { FetchCounters } from './chunks/fetch-counters.js';
+import type { FetchPolicy } from './chunks/fetcher.js';
 import { decodeManifest, encodeManifest } from './manifest.js';
 import type { Backend } from '../block/backend.js';
 import { FileBackend } from '../block/backends/file.js';
 import { readOnly } from '../block/filters/read-only.js';
-import { LocalChunks } from './local-chunks.js';
 import { Metadata, type VolumeRow } from './metadata.js';
 import { isDigest, type Digest } from '../common/digests.js';
 import { DEFAULT_CHUNK_SIZE, chunkLength, isAllZero, isVolumeId, type ChunkIndex, type VolumeId } from './types.js';
@@ -92,47 +91,38 @@ export class VolumeManager {
   private readonly prefetching = new Set<Promise<void>>();
   private closed = false;
 
-  readonly reader: ChunkReader;
-  readonly cache: ChunkCache;
-
   private constructor(
     readonly root: string,
     private readonly metadata: Metadata,
-    readonly chunks: LocalChunks,
+    /** Frozen chunks: local, fetched, evicted (volumes/chunks/). */
+    readonly chunks: ChunkStore,
     private readonly options: VolumeManagerOptions,
-  ) {
-    const store = options.store;
-    this.cache = new ChunkCache(metadata, chunks, options.cacheBytes ?? 10 * 2 ** 30);
-    // Fetched chunks are all evictable: also those a crash kept the cache from saving.
-    for (const { digest, length } of chunks.segments?.entries() ?? []) this.cache.adopt(digest, length);
-    this.reader = new ChunkReader(
-      chunks,
-      store,
-      (digests) => (store ? metadata.locationsOf(store.url, digests).map((hint) => hint ?? '') : digests.map(() => '')),
-      { ...DEFAULT_FETCH_POLICY, ...options.fetchPolicy },
-      options.log ?? silentLogger(),
-      this.cache,
-    );
-  }
+  ) {}
 
   static async open(root: string, options: VolumeManagerOptions = {}): Promise<VolumeManager> {
     await mkdir(join(root, 'data'), { recursive: true });
     await mkdir(join(root, 'chunks'), { recursive: true });
     const metadata = new Metadata(join(root, 'metadata.db'));
-    let segments: CacheSegments | undefined;
+    const store = options.store;
+    let chunks: ChunkStore;
     try {
-      segments = await CacheSegments.open(join(root, 'chunks', 'segments'), metadata, { log: options.log });
+      chunks = await ChunkStore.open(join(root, 'chunks'), {
+        catalog: metadata,
+        store,
+        // Where the store has each chunk, as earlier publishes and opened manifests recorded it.
+        locations: {
+          hintsOf: (digests) =>
+            store ? metadata.locationsOf(store.url, digests).map((hint) => hint ?? '') : digests.map(() => ''),
+        },
+        fetchPolicy: options.fetchPolicy,
+        cacheBytes: options.cacheBytes,
+        log: options.log,
+      });
     } catch (err) {
       metadata.close();
       throw err;
     }
-    if (!segments) {
-      (options.log ?? silentLogger()).info(
-        { root },
-        'another process owns the fetched-chunk cache of this state root: chunks this one fetches are kept as files of their own',
-      );
-    }
-    return new VolumeManager(root, metadata, new LocalChunks(join(root, 'chunks'), segments), options);
+    return new VolumeManager(root, metadata, chunks, options);
   }
 
   get store(): BackingStore | undefined {
@@ -161,7 +151,7 @@ export class VolumeManager {
     const missing = [...lengthOf.keys()].filter((d) => this.metadata.locationOf(store.url, d) === undefined);
     for await (const stored of this.upload(store, missing, lengthOf)) this.metadata.recordLocations(store.url, stored);
     // What was only here is in the store now: the cache may evict it.
-    for (const digest of missing) await this.cache.admit(digest, lengthOf.get(digest)!);
+    for (const digest of missing) await this.chunks.admitPublished(digest, lengthOf.get(digest)!);
     const hints = new Map([...lengthOf.keys()].map((d) => [d, this.metadata.locationOf(store.url, d) ?? '']));
     const prefetch = options.prefetch?.filter((idx) => map.has(idx));
     if (prefetch?.length && store.packs) {
@@ -188,7 +178,7 @@ export class VolumeManager {
       const batch = await Promise.all(
         digests.slice(i, i + PUBLISH_BATCH).map(async (digest) => {
           const data = Buffer.allocUnsafe(lengthOf.get(digest)!);
-          await this.reader.read(digest, 0, data.length, data, 0, counters);
+          await this.chunks.read(digest, 0, data.length, data, 0, counters);
           return { digest, data };
         }),
       );
@@ -382,12 +372,7 @@ export class VolumeManager {
 
   /** The local chunk cache: evictable bytes held, the limit, evictions so far. */
   cacheStats(): { bytes: number; chunks: number; limitBytes: number; evictions: number } {
-    return {
-      bytes: this.cache.bytes,
-      chunks: this.cache.count,
-      limitBytes: this.cache.limitBytes,
-      evictions: this.cache.evictions,
-    };
+    return this.chunks.stats();
   }
 
   /** Closes open volumes, saves statistics and the cache order, closes the metadata. Idempotent. */
@@ -397,10 +382,8 @@ export class VolumeManager {
     for (const o of this.open.values()) await o.volume.close();
     this.open.clear();
     await Promise.all(this.prefetching); // no new wave starts once closed
-    await this.reader.close();
-    for (const [id, c] of this.counters) if (this.metadata.getVolume(id)) this.metadata.saveFetchStats(id, c);
-    this.cache.persist(true);
     await this.chunks.close();
+    for (const [id, c] of this.counters) if (this.metadata.getVolume(id)) this.metadata.saveFetchStats(id, c);
     this.metadata.close();
   }
 
@@ -424,7 +407,7 @@ export class VolumeManager {
       snapshot,
       overrides: row.frozen ? new Map() : this.metadata.overrides(row.id),
       data: row.frozen ? undefined : await FileBackend.open({ path: this.dataPath(row.id) }),
-      chunks: this.reader,
+      chunks: this.chunks,
       metadata: this.metadata,
       readahead: this.options.readahead ?? 0,
       counters: this.countersOf(row.id),
@@ -450,7 +433,7 @@ export class VolumeManager {
     const waves = async (): Promise<void> => {
       while (next < digests.length && !this.closed) {
         const wave = digests.slice(next, (next += PREFETCH_WAVE));
-        await Promise.all(wave.map((d) => this.reader.prefetch(d, counters)));
+        await Promise.all(wave.map((d) => this.chunks.prefetch(d, counters)));
       }
     };
     await Promise.all(Array.from({ length: PREFETCH_WAVES_IN_FLIGHT }, waves));

@@ -30,6 +30,7 @@
  * so after a crash the map never points at bytes that did not reach the disk. Freeze is one
  * transaction. Migrations run in a transaction keyed on schema_version.
  */
+import type { SegmentChunk } from './chunks/cache-segments.js';
 import { ConfigError } from '../common/errors.js';
 import Database from 'better-sqlite3';
 import type { Digest } from '../common/digests.js';
@@ -49,12 +50,7 @@ export interface VolumeRow {
 export type Override = 'data' | 'zero';
 
 /** A fetched chunk's place in the cache's segment files (cache-segments.ts). */
-export interface SegmentChunk {
-  digest: Digest;
-  segment: number;
-  offset: number;
-  length: number;
-}
+export type { SegmentChunk };
 
 const MIGRATIONS: string[] = [
   // 1: initial schema

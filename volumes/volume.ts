@@ -14,7 +14,8 @@ import { KeyedLock } from '../common/keyed-lock.js';
 import { blockPieces, type BlockPiece } from '../block/ranges.js';
 import type { Backend, BlockSizes, ByteCount, Extent, Slice, WriteFlags, ZeroFlags } from '../block/backend.js';
 import type { FileBackend } from '../block/backends/file.js';
-import type { ChunkReader, FetchCounters } from './chunk-reader.js';
+import type { ChunkStore } from './chunks/chunk-store.js';
+import type { FetchCounters } from './chunks/fetch-counters.js';
 import type { Metadata, Override, VolumeRow } from './metadata.js';
 import type { ReadTrace } from './read-trace.js';
 import { SequentialStreams, type Stream } from './sequential-streams.js';
@@ -23,10 +24,10 @@ import { chunkLength, type ChunkIndex } from './types.js';
 
 /**
  * A sequential stream that has read this much in a row, and finds chunks missing, has the rest
- * of the store request it is in (the oci store's pack, BackingStore.requestKey) fetched at
- * once, at most FOLLOW_CHUNKS chunks: one Range request per pack instead of one per batch of
- * the chunks it happens to ask for meanwhile (~4-5 ms of registry CPU each). Short runs (a
- * small file, a container's scattered startup reads) never reach it, so they fetch no more.
+ * of the store request it is in fetched at once (ChunkStore.follow), at most FOLLOW_CHUNKS
+ * chunks: one store request per pack instead of one per batch of the chunks it happens to ask
+ * for meanwhile (what each request costs the registry: docs/BENCHMARKS.md). Short runs (a small
+ * file, a container's scattered startup reads) never reach it, so they fetch no more.
  */
 const FOLLOW_AFTER = 1024 * 1024;
 const FOLLOW_CHUNKS = 64;
@@ -42,7 +43,7 @@ export interface VolumeParts {
   overrides: Map<ChunkIndex, Override>;
   /** Writable only: the sparse data file. */
   data: FileBackend | undefined;
-  chunks: ChunkReader;
+  chunks: ChunkStore;
   metadata: Metadata;
   /** Chunks to prefetch ahead of a sequential reader (0: none). */
   readahead?: number;
@@ -107,12 +108,12 @@ export class Volume implements Backend {
       const src = this.sourceOf(p.index);
       if (src.kind !== 'chunk') continue;
       this.parts.trace?.record(p.index);
-      if (this.parts.chunks.isLocal(src.digest)) this.parts.chunks.localHit(src.digest, this.parts.counters);
+      if (this.parts.chunks.isLocal(src.digest)) this.parts.chunks.countHit(src.digest, this.parts.counters);
       else (missing ??= []).push(src.digest);
     }
     if (!missing) return undefined;
     if (stream.run >= FOLLOW_AFTER) this.follow(stream, offset + length);
-    return Promise.all(missing.map((d) => this.parts.chunks.load(d, this.parts.counters))).then(() => undefined);
+    return Promise.all(missing.map((d) => this.parts.chunks.ensureLocal(d, this.parts.counters))).then(() => undefined);
   }
 
   /** For zero-copy replies: the files holding a range, if every chunk of it is here (counts nothing). */
@@ -126,7 +127,7 @@ export class Volume implements Backend {
         slices.push(...this.parts.data!.fileSlices(p.index * this.chunkSize + p.at, p.length));
       } else {
         if (!this.parts.chunks.isLocal(src.digest)) return undefined;
-        const file = this.parts.chunks.localDescriptor(src.digest, this.chunkLength(p.index));
+        const file = this.parts.chunks.lend(src.digest, this.chunkLength(p.index));
         if (!file) return undefined; // cut short: pread sets it aside and fetches it
         slices.push({ kind: 'file', fd: file.fd, position: file.position + p.at, length: p.length });
       }
@@ -139,21 +140,20 @@ export class Volume implements Backend {
     const last = Math.floor((end - 1) / this.chunkSize);
     if (last + 1 < stream.followedTo) return; // still inside what was fetched ahead for it
     const src = this.sourceOf(last);
-    const key = src.kind === 'chunk' ? this.parts.chunks.locate(src.digest).requestKey : '';
-    if (key === '') return; // a store without request keys: nothing to follow
-    // The chunks it would read next, up to the first hole or written chunk, looked up at once.
+    if (src.kind !== 'chunk') return;
     const from = Math.max(last + 1, stream.followedTo);
-    const ahead: Digest[] = [];
-    for (let idx = from; ahead.length < FOLLOW_CHUNKS && idx * this.chunkSize < this.size; idx++) {
-      const next = this.sourceOf(idx);
-      if (next.kind !== 'chunk') break;
-      ahead.push(next.digest);
-    }
-    const located = this.parts.chunks.locateAll(ahead);
-    let n = 0;
-    for (; n < located.length && located[n]!.requestKey === key; n++)
-      void this.parts.chunks.prefetch(ahead[n]!, this.parts.counters, located[n]);
-    stream.followedTo = from + n;
+    // The chunks it would read next, up to the first hole or written chunk.
+    const next = (): Digest[] => {
+      const ahead: Digest[] = [];
+      for (let idx = from; ahead.length < FOLLOW_CHUNKS && idx * this.chunkSize < this.size; idx++) {
+        const n = this.sourceOf(idx);
+        if (n.kind !== 'chunk') break;
+        ahead.push(n.digest);
+      }
+      return ahead;
+    };
+    const n = this.parts.chunks.follow(src.digest, next, this.parts.counters);
+    if (n !== undefined) stream.followedTo = from + n;
   }
 
   /** NBD_CMD_CACHE: bring the range's chunks into the local store. */

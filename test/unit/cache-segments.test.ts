@@ -7,7 +7,7 @@
 import { appendFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { CacheSegments } from '../../volumes/cache-segments.js';
+import { CacheSegments } from '../../volumes/chunks/cache-segments.js';
 import { Metadata } from '../../volumes/metadata.js';
 import { digestOf } from '../../common/digests.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';

@@ -1,13 +1,14 @@
 /**
- * How the chunk reader cuts the fetches wanted at once into batches for the store: by the
+ * How the chunk fetcher cuts the fetches wanted at once into batches for the store: by the
  * store's request key (one pack's chunks together), oldest first, so readers of several regions
  * at once do not turn every batch into a Range request per pack. The store here is a small
  * in-memory one that records what it was asked; the local store is real files.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { BackingStore } from '../../stores/backing-store.js';
-import { ChunkReader, FetchCounters } from '../../volumes/chunk-reader.js';
-import { LocalChunks } from '../../volumes/local-chunks.js';
+import { FetchCounters } from '../../volumes/chunks/fetch-counters.js';
+import { ChunkFetcher } from '../../volumes/chunks/fetcher.js';
+import { LocalStore } from '../../volumes/chunks/local-store.js';
 import { digestOf, type Digest } from '../../common/digests.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
 
@@ -29,7 +30,7 @@ function recordingStore(chunks: Map<Digest, Buffer>, keyed: boolean): BackingSto
   };
 }
 
-describe('chunk reader batches', () => {
+describe('chunk fetcher batches', () => {
   let dir: Awaited<ReturnType<typeof tempDir>>;
   beforeEach(async () => (dir = await tempDir('slacker-batches-')));
   afterEach(() => dir.cleanup());
@@ -40,12 +41,14 @@ describe('chunk reader batches', () => {
     const digests = data.map(digestOf);
     const hints = new Map(digests.map((d, i) => [d, `${i % 2 ? 'B' : 'A'}:${i}`]));
     const store = recordingStore(new Map(digests.map((d, i) => [d, data[i]!])), keyed);
-    const reader = new ChunkReader(new LocalChunks(dir.path), store, (ds) => ds.map((d) => hints.get(d)!));
+    const local = new LocalStore(dir.path);
+    const fetcher = new ChunkFetcher(local, store, { hintsOf: (ds) => ds.map((d) => hints.get(d)!) });
     const c = new FetchCounters();
-    await Promise.all(digests.map((d) => reader.load(d, c)));
+    await Promise.all(digests.map((d) => fetcher.fetch(d, c)));
+    await fetcher.landed();
     expect(c.chunksFetched).toBe(8);
-    for (const d of digests) expect(reader.local.has(d)).toBe(true);
-    await reader.close();
+    for (const d of digests) expect(local.has(d)).toBe(true);
+    await fetcher.close();
     return store.batches;
   }
 

@@ -81,7 +81,7 @@ describe('snapshots in a dir:// store', () => {
     expect((await v.pread(CHUNK, 7 * CHUNK)).every((b) => b === 0)).toBe(true); // a hole: no fetch
     let s = hostB.stats('img-b');
     expect(s.fetch).toMatchObject({ chunksFetched: 2, bytesFetched: 2 * CHUNK, fetchErrors: 0 });
-    await hostB.reader.landed();
+    await hostB.chunks.landed();
     await v.pread(CHUNK, 5 * CHUNK); // now local
     s = hostB.stats('img-b');
     expect(s.fetch.chunksFetched).toBe(2);
@@ -219,7 +219,7 @@ describe('snapshots in a dir:// store', () => {
         await new Promise((r) => setTimeout(r, 10));
       }
       expect(hostB.stats('img-b').fetch).toMatchObject({ chunksFetched: 2, bytesFetched: 2 * CHUNK });
-      await hostB.reader.landed();
+      await hostB.chunks.landed();
       const v = await hostB.acquire('img-b');
       expect((await v.pread(CHUNK, 100 * CHUNK)).equals(chunkData(100))).toBe(true);
       expect((await v.pread(CHUNK, 5 * CHUNK)).equals(chunkData(5))).toBe(true);
@@ -260,7 +260,7 @@ describe('snapshots in a dir:// store', () => {
         const v = await c.acquire('img-c');
         const readChunk = async (i: number) => {
           expect((await v.pread(CHUNK, i * CHUNK)).equals(chunkData(i))).toBe(true);
-          await c.reader.landed(); // fetched chunks are stored after the read is answered
+          await c.chunks.landed(); // fetched chunks are stored after the read is answered
         };
         await readChunk(0);
         await readChunk(1);
@@ -304,7 +304,7 @@ describe('snapshots in a dir:// store', () => {
         await owner.openSnapshot(ref, 'img-s');
         const v = await owner.acquire('img-s');
         for (let i = 0; i < 3; i++) await v.pread(CHUNK, i * CHUNK);
-        await owner.reader.landed(); // in the owner's segments, not recorded yet
+        await owner.chunks.landed(); // in the owner's segments, not recorded yet
         // A second process on the same root (say, a CLI command beside a server).
         const other = await VolumeManager.open(root, { store: new DirStore(storePath), readahead: 0 });
         expect(other.chunks.segments).toBeUndefined();

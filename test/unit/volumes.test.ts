@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ConflictError, InvalidArgumentError, NotFoundError, ReadOnlyError } from '../../common/errors.js';
 import { capabilitiesOf } from '../../block/backend.js';
-import { FetchCounters } from '../../volumes/chunk-reader.js';
+import { FetchCounters } from '../../volumes/chunks/fetch-counters.js';
 import { VolumeManager } from '../../volumes/manager.js';
 import { SCHEMA_VERSION } from '../../volumes/metadata.js';
 import { backendConformance, CONFORMANCE_SIZE } from '../helpers/backend-conformance.js';
@@ -201,7 +201,7 @@ describe('volumes', () => {
       snapshot: new Map(),
       overrides: new Map(),
       data: undefined,
-      chunks: mgr.reader,
+      chunks: mgr.chunks,
       metadata: meta,
       counters: new FetchCounters(),
     });

@@ -1,5 +1,5 @@
 /**
- * The bounded part of the local chunk store: chunks the backing store also has (fetched from it,
+ * The eviction bound of the chunk store (it holds no chunks itself): chunks the backing store also has (fetched from it,
  * or published to it) may be evicted, least recently used first, to keep them under a size
  * limit; they are fetched again if needed. Chunks that exist only here (frozen but unpublished)
  * are never admitted, so never evicted.
@@ -11,14 +11,19 @@
  * hint: after a crash the last saved one is used, and rows of chunks evicted since go at the
  * next eviction of theirs (removing an absent chunk does nothing).
  */
-import type { LocalChunks } from './local-chunks.js';
-import type { Metadata } from './metadata.js';
-import type { Digest } from '../common/digests.js';
+import type { Digest } from '../../common/digests.js';
+
+/** Where the use order is saved (the volume metadata). */
+export interface EvictionCatalog {
+  cachedChunks(): { digest: Digest; size: number }[];
+  touchCached(entries: { digest: Digest; size: number; lastUsed: number }[]): void;
+  forgetCached(digests: readonly Digest[]): void;
+}
 
 /** How often the use order is saved (also at close). */
 const PERSIST_INTERVAL_MS = 30_000;
 
-export class ChunkCache {
+export class EvictionBound {
   /** Evictable chunks in least- to most-recently-used order, with their sizes. */
   private readonly lru = new Map<Digest, number>();
   private readonly dirty = new Set<Digest>();
@@ -29,8 +34,9 @@ export class ChunkCache {
   private readonly timer: NodeJS.Timeout;
 
   constructor(
-    private readonly metadata: Metadata,
-    private readonly local: LocalChunks,
+    private readonly metadata: EvictionCatalog,
+    /** Deletes an evicted chunk's bytes. */
+    private readonly local: { remove(digest: Digest): Promise<void> },
     readonly limitBytes: number,
   ) {
     for (const { digest, size } of metadata.cachedChunks()) {

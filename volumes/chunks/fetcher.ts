@@ -1,19 +1,20 @@
 /**
- * Reads frozen chunks for volumes: from the local content-addressed store when present, else
- * fetched from the backing store, once per digest however many readers want it at the same
- * time, verified against the digest before any byte is used, and kept locally.
+ * Fetching chunks from the backing store, for the chunk store (chunk-store.ts): once per digest
+ * however many readers want it at the same time, in batches the store can serve with one
+ * request, verified against the digest before any byte is used, and kept in the local store.
  *
  * Store errors are retried with exponential backoff until a deadline, then the read fails
  * with IoError (EIO to the NBD client) rather than hang. Data that fails verification is not
  * retried: it is reported (log + IoError) and never returned.
  */
-import { BufferPool } from '../common/buffer-pool.js';
-import { IoError } from '../common/errors.js';
-import { silentLogger, type Logger } from '../common/logger.js';
-import type { BackingStore, StoredChunk } from '../stores/backing-store.js';
-import type { ChunkCache } from './chunk-cache.js';
-import type { LocalChunks } from './local-chunks.js';
-import { digestsOf, type Digest } from '../common/digests.js';
+import { BufferPool } from '../../common/buffer-pool.js';
+import { IoError } from '../../common/errors.js';
+import { silentLogger, type Logger } from '../../common/logger.js';
+import type { BackingStore, StoredChunk } from '../../stores/backing-store.js';
+import type { EvictionBound } from './eviction.js';
+import { FetchCounters } from './fetch-counters.js';
+import type { LocalStore } from './local-store.js';
+import { digestsOf, type Digest } from '../../common/digests.js';
 
 export interface FetchPolicy {
   /** Give up on a chunk after this long (all attempts together). */
@@ -24,41 +25,12 @@ export interface FetchPolicy {
 
 export const DEFAULT_FETCH_POLICY: FetchPolicy = { deadlineMs: 15_000, initialBackoffMs: 100, maxBackoffMs: 2_000 };
 
-/** Upper bounds (ms) of the fetch latency histogram buckets; the last bucket is open. */
-export const LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
-
-/** What one volume's reads cost: shown by `volume stats`, the plugin's GetMetadata and Status. */
-export class FetchCounters {
-  chunksFetched = 0;
-  bytesFetched = 0;
-  fetchErrors = 0;
-  /** Reads of frozen chunks served from the local store. */
-  localHits = 0;
-  readonly latency = new Array<number>(LATENCY_BUCKETS_MS.length + 1).fill(0);
-
-  /** Upper bound (ms) of the bucket holding the q-quantile of fetch latencies (Infinity: the open bucket). */
-  latencyQuantile(q: number): number {
-    const total = this.latency.reduce((a, b) => a + b, 0);
-    let seen = 0;
-    for (let i = 0; i < this.latency.length; i++) {
-      seen += this.latency[i]!;
-      if (total > 0 && seen >= q * total) return LATENCY_BUCKETS_MS[i] ?? Infinity;
-    }
-    return 0;
-  }
-
-  recordFetch(bytes: number, ms: number): void {
-    this.chunksFetched++;
-    this.bytesFetched += bytes;
-    const i = LATENCY_BUCKETS_MS.findIndex((b) => ms <= b);
-    this.latency[i < 0 ? LATENCY_BUCKETS_MS.length : i]!++;
-  }
+/** Where the store has chunks: the location hint recorded for each digest ('' for none). */
+export interface ChunkLocations {
+  hintsOf(digests: readonly Digest[]): string[];
 }
 
-/** Where the chunk reader finds the location hints of digests in the store ('' for none). */
-export type HintLookup = (digests: readonly Digest[]) => string[];
-
-/** Where the store has a chunk (ChunkReader.locate). */
+/** Where the store has a chunk (ChunkFetcher.locate). */
 export interface Location {
   hint: string;
   /** The store's request key for it (BackingStore.requestKey), or '' without one. */
@@ -92,8 +64,8 @@ const MAX_BATCHES_IN_FLIGHT = 4;
 const SLAB_BYTES = 8 * 1024 * 1024;
 const FREE_SLABS = 16;
 
-export class ChunkReader {
-  /** Everything this reader fetched, whichever volume asked (volumes come and go). */
+export class ChunkFetcher {
+  /** Everything fetched, whichever volume asked (volumes come and go). */
   readonly total = new FetchCounters();
   private readonly inflight = new Map<Digest, Promise<Buffer>>();
   private readonly queue: Queued[] = [];
@@ -110,46 +82,21 @@ export class ChunkReader {
   private readonly buffers = new BufferPool(SLAB_BYTES, FREE_SLABS);
 
   constructor(
-    readonly local: LocalChunks,
+    private readonly local: LocalStore,
     private readonly store: BackingStore | undefined,
-    private readonly hintOf: HintLookup,
+    private readonly locations: ChunkLocations,
     private readonly policy: FetchPolicy = DEFAULT_FETCH_POLICY,
     private readonly log: Logger = silentLogger(),
-    private readonly cache?: ChunkCache,
+    private readonly bound?: EvictionBound,
   ) {}
 
-  /** Copies `length` bytes at `offset` of chunk `digest` into `out` at `at`. */
-  async read(digest: Digest, offset: number, length: number, out: Buffer, at: number, c: FetchCounters): Promise<void> {
-    if (await this.local.read(digest, offset, length, out, at)) {
-      this.localHit(digest, c);
-      return;
-    }
-    const data = await this.fetch(digest, c);
-    data.copy(out, at, offset, offset + length);
+  /** Whether a fetch of the chunk is under way (it is not local yet, whatever a stat says). */
+  isFetching(digest: Digest): boolean {
+    return this.inflight.has(digest);
   }
 
-  /**
-   * The file of a chunk stored locally and where in it the chunk starts, for a zero-copy reply
-   * (valid until the current task returns to the event loop); undefined when it must be
-   * fetched. Counts nothing: the read was accounted for before (localHit, load).
-   */
-  localDescriptor(digest: Digest, length: number): { fd: number; position: number } | undefined {
-    return this.local.descriptor(digest, length);
-  }
-
-  /** A read served from the local store: counted, and the chunk is recently used. */
-  localHit(digest: Digest, c: FetchCounters): void {
-    c.localHits++;
-    this.cache?.touch(digest);
-  }
-
-  /**
-   * Makes a chunk local: fetched if missing, and resolved once it is stored (a keep that failed
-   * leaves it missing: the caller then reads it another way). Rejects as a read would.
-   */
-  async load(digest: Digest, c: FetchCounters): Promise<void> {
-    if (this.isLocal(digest)) return this.localHit(digest, c);
-    await this.fetch(digest, c);
+  /** Resolves once a fetched chunk is stored locally (or failed to be); at once if none is landing. */
+  async stored(digest: Digest): Promise<void> {
     await this.landing.get(digest);
   }
 
@@ -175,23 +122,11 @@ export class ChunkReader {
 
   /** locate for several chunks, with one metadata lookup for all of them. */
   locateAll(digests: readonly Digest[]): Location[] {
-    return this.hintOf(digests).map((hint) => ({ hint, requestKey: this.store?.requestKey?.(hint) ?? '' }));
+    return this.locations.hintsOf(digests).map((hint) => ({ hint, requestKey: this.store?.requestKey?.(hint) ?? '' }));
   }
 
-  /**
-   * Whether a chunk is stored here. One being fetched is not, and saying so costs no stat (a
-   * cold read asks this of every chunk two or three times while it is on its way).
-   */
-  isLocal(digest: Digest): boolean {
-    return !this.inflight.has(digest) && this.local.has(digest);
-  }
-
-  /**
-   * Starts fetching a chunk that is not local yet (readahead, NBD CACHE, a followed stream);
-   * errors only logged. `at`: its location, if the caller already looked it up.
-   */
+  /** Starts fetching a chunk (the caller knows it is not local); errors only logged. `at`: its location, if known. */
   prefetch(digest: Digest, c: FetchCounters, at?: Location): Promise<void> {
-    if (this.isLocal(digest)) return Promise.resolve();
     return this.fetch(digest, c, at).then(
       () => undefined,
       (err: unknown) => this.log.debug({ err, digest }, 'prefetch failed'),
@@ -204,7 +139,7 @@ export class ChunkReader {
    * Range request for adjacent chunks of a pack): per-request overhead, not bandwidth, is what
    * limits small fetches.
    */
-  private fetch(digest: Digest, c: FetchCounters, at?: Location): Promise<Buffer> {
+  fetch(digest: Digest, c: FetchCounters, at?: Location): Promise<Buffer> {
     let p = this.inflight.get(digest);
     if (!p) {
       // The entry outlives the promise's resolution until the chunk is stored locally: readers
@@ -231,7 +166,7 @@ export class ChunkReader {
     // What was stored is evictable, also when part of the batch failed to be.
     const kept = chunks.filter((c) => this.local.has(c.digest));
     try {
-      await Promise.all(kept.map((c) => this.cache?.admit(c.digest, c.data.length)));
+      await Promise.all(kept.map((c) => this.bound?.admit(c.digest, c.data.length)));
     } catch (err) {
       this.log.warn({ err, chunks: kept.length }, 'fetched chunks kept but not admitted to the cache bound');
     }

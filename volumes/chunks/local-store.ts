@@ -1,9 +1,9 @@
 /**
- * The local content-addressed chunk store: frozen chunks as files named by their SHA-256,
- * `ROOT/ab/cdef...` (first two hex digits as a fan-out directory). Files are written to a
- * temporary name, fsync'ed and renamed, so a chunk file either is complete or does not exist.
- * Chunks fetched from a backing store are appended to segment files instead (cache-segments.ts),
- * and reads look there first; chunk-cache.ts bounds both kinds of evictable chunk.
+ * Where chunks lie on this host, for the chunk store (chunk-store.ts): chunks made here (freeze)
+ * as files named by their SHA-256, `ROOT/ab/cdef...` (first two hex digits as a fan-out
+ * directory), written to a temporary name, fsync'ed and renamed, so a chunk file either is
+ * complete or does not exist; chunks fetched from a backing store appended to segment files
+ * (cache-segments.ts), where reads look first. eviction.ts bounds both kinds of evictable chunk.
  *
  * Reads keep an LRU of open descriptors (a chunk file is opened once, not per read) and use the
  * RWF_NOWAIT fast path: a cached chunk costs one syscall. A descriptor is pinned while a read
@@ -16,12 +16,12 @@
  */
 import { closeSync, fstatSync, openSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, rename, unlink } from 'node:fs/promises';
-import { writeFileAtomically } from '../common/fileops.js';
-import { readFully, type NoWaitState } from '../common/file-io.js';
+import { writeFileAtomically } from '../../common/fileops.js';
+import { readFully, type NoWaitState } from '../../common/file-io.js';
 import { join } from 'node:path';
-import type { StoredChunk } from '../stores/backing-store.js';
+import type { StoredChunk } from '../../stores/backing-store.js';
 import type { CacheSegments } from './cache-segments.js';
-import { digestOf, hexOf, type Digest } from '../common/digests.js';
+import { digestOf, hexOf, type Digest } from '../../common/digests.js';
 
 /**
  * Chunk files kept open at once: a quarter of the process's descriptor limit, between 64 and
@@ -48,7 +48,7 @@ interface OpenChunk {
   doomed?: boolean;
 }
 
-export class LocalChunks {
+export class LocalStore {
   /** Open chunk files in least- to most-recently-used order. */
   private readonly fds = new Map<Digest, OpenChunk>();
   /** Chunks known to be stored here (a cache of stat results, kept by put and remove). */

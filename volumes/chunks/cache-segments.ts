@@ -24,17 +24,24 @@
 import { closeSync, fstatSync, openSync, readdirSync, rmSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileOps } from '../common/fileops.js';
-import { fdatasyncAsync, readFully, writevFully, type NoWaitState } from '../common/file-io.js';
-import { silentLogger, type Logger } from '../common/logger.js';
-import type { StoredChunk } from '../stores/backing-store.js';
-import type { SegmentChunk } from './metadata.js';
-import type { Digest } from '../common/digests.js';
+import { fileOps } from '../../common/fileops.js';
+import { fdatasyncAsync, readFully, writevFully, type NoWaitState } from '../../common/file-io.js';
+import { silentLogger, type Logger } from '../../common/logger.js';
+import type { StoredChunk } from '../../stores/backing-store.js';
+import type { Digest } from '../../common/digests.js';
 
 /** Segment size: large enough that files are few, small enough that an emptied one goes soon. */
 export const SEGMENT_BYTES = 64 * 1024 * 1024;
 /** How long a fetched chunk's place may stay unrecorded (fetched again after a crash). */
 const SYNC_INTERVAL_MS = 5_000;
+
+/** Where a fetched chunk lies in the segments. */
+export interface SegmentChunk {
+  digest: Digest;
+  segment: number;
+  offset: number;
+  length: number;
+}
 
 /** Where the segments' places are recorded (the volume metadata). */
 export interface SegmentCatalog {
