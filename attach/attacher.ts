@@ -18,13 +18,14 @@ export interface NbdTarget {
 export interface BlockDevice {
   /** The device node to mount (/dev/nbdN or /dev/loopN). */
   readonly path: string;
-  readonly method: AttachMethod;
+  /** How it was attached (an AttachMethod, or a test fake's name). */
+  readonly method: string;
   /** Undoes the attach; idempotent. */
   detach(): Promise<void>;
 }
 
 export interface Attacher {
-  readonly method: AttachMethod;
+  readonly method: string;
   /** `workDir` is this attachment's own scratch directory (nbdfuse puts its file there). */
   attach(target: NbdTarget, workDir: string, options: { readOnly: boolean }): Promise<BlockDevice>;
 }

@@ -2,6 +2,7 @@
 import { mkdir, rmdir } from 'node:fs/promises';
 import { run } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
+import type { LayerFilesystem } from './filesystem.js';
 
 /** A fresh ext4; every inode table and the journal are written now, not lazily in the background. */
 export async function mkfsExt4(device: string): Promise<void> {
@@ -26,3 +27,13 @@ export async function unmount(dir: string): Promise<void> {
   await retryUntil(`umount ${dir}`, () => run('umount', [dir]), { attempts: 30, delayMs: 200 });
   await rmdir(dir).catch(() => undefined); // not empty or already gone: not ours to force
 }
+
+/** ext4 as a layer file system; a frozen one (fsfreeze) has its journal flushed and takes no writes. */
+export const ext4: LayerFilesystem = {
+  name: 'ext4',
+  mkfs: mkfsExt4,
+  mount: mountExt4,
+  unmount,
+  freeze: async (dir) => void (await run('fsfreeze', ['--freeze', dir])),
+  unfreeze: async (dir) => void (await run('fsfreeze', ['--unfreeze', dir])),
+};

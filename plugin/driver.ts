@@ -14,7 +14,6 @@
 import { randomBytes } from 'node:crypto';
 import { rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { run } from '../common/exec.js';
 import { ConflictError, NoSpaceError } from '../common/errors.js';
 import { formatSize } from '../common/units.js';
 import type { Logger } from '../common/logger.js';
@@ -209,23 +208,11 @@ export class SlackerDriver {
     const row = this.manager.get(id);
     if (row.frozen) return (!prefetch && row.snapshotRef) || (await this.manager.publish(id, { prefetch }));
     const copy = `${id}.diff-${randomBytes(4).toString('hex')}`;
-    await this.quiesced(id, () => this.manager.snapshot(id, copy));
+    await this.o.mounts.quiescedLocked(id, () => this.manager.snapshot(id, copy));
     try {
       return await this.manager.publish(copy, { prefetch });
     } finally {
       await this.manager.remove(copy); // its chunks stay local and in the store
-    }
-  }
-
-  /** Runs `fn` with the layer's file system frozen (fsfreeze) if it is mounted: a consistent image. */
-  private async quiesced<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    if (!this.o.mounts.isMounted(id)) return fn();
-    const dir = this.o.mounts.mountPoint(id);
-    await run('fsfreeze', ['--freeze', dir]);
-    try {
-      return await fn();
-    } finally {
-      await run('fsfreeze', ['--unfreeze', dir]);
     }
   }
 

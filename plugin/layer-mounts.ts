@@ -6,7 +6,8 @@
  */
 import { join } from 'node:path';
 import type { Attacher, BlockDevice } from '../attach/attacher.js';
-import { mkfsExt4, mountExt4, unmount } from '../attach/ext4.js';
+import { ext4 } from '../attach/ext4.js';
+import type { LayerFilesystem } from '../attach/filesystem.js';
 import { loopsUnder, mountsUnder } from '../attach/host-state.js';
 import { IoError } from '../common/errors.js';
 import { run } from '../common/exec.js';
@@ -29,6 +30,8 @@ export interface LayerMountsOptions {
   attacher: Attacher;
   /** Mount points go under DIR/mnt, attachment scratch space under DIR/attach. */
   dir: string;
+  /** The file system in every layer (default ext4). */
+  filesystem?: LayerFilesystem;
   log: Logger;
 }
 
@@ -48,6 +51,26 @@ export class LayerMounts {
 
   mountPoint(id: string): string {
     return join(this.o.dir, 'mnt', id);
+  }
+
+  private get fs(): LayerFilesystem {
+    return this.o.filesystem ?? ext4;
+  }
+
+  /**
+   * Runs `fn` with the layer's file system frozen if it is mounted, so that its volume holds a
+   * consistent image meanwhile (for a snapshot of a running container's layer). For callers
+   * holding the layer's lock.
+   */
+  async quiescedLocked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const m = this.mounted.get(id);
+    if (!m) return fn();
+    await this.fs.freeze(m.dir);
+    try {
+      return await fn();
+    } finally {
+      await this.fs.unfreeze(m.dir);
+    }
   }
 
   /** Mounts the layer (or counts one more user) and returns its mount point. */
@@ -82,8 +105,8 @@ export class LayerMounts {
       );
       undo.push(() => device.detach());
       const dir = this.mountPoint(id);
-      if (options.mkfs) await mkfsExt4(device.path);
-      await mountExt4(device.path, dir, { readOnly });
+      if (options.mkfs) await this.fs.mkfs(device.path);
+      await this.fs.mount(device.path, dir, { readOnly });
       this.mounted.set(id, { refs: 1, dir, device });
       this.o.log.debug({ layer: id, device: device.path, dir, readOnly }, 'layer mounted');
       return dir;
@@ -109,7 +132,7 @@ export class LayerMounts {
     if (!m) return;
     if (!all && --m.refs > 0) return;
     this.mounted.delete(id);
-    await unmount(m.dir);
+    await this.fs.unmount(m.dir);
     await m.device.detach();
     this.o.nbd.removeExport(id, { force: true });
     await this.o.manager.release(id);

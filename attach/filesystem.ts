@@ -1,0 +1,16 @@
+/**
+ * The file system a layer's block device holds, as the layer mounts use it: made once on a
+ * blank device, mounted and unmounted, frozen for a consistent snapshot while mounted. ext4
+ * (ext4.ts) is the one slacker serves; tests also run the layer core over a fake one.
+ */
+export interface LayerFilesystem {
+  readonly name: string;
+  /** Makes an empty file system on a blank device. */
+  mkfs(device: string): Promise<void>;
+  mount(device: string, dir: string, options: { readOnly: boolean }): Promise<void>;
+  /** Unmounts; the device then holds everything written through the mount. */
+  unmount(dir: string): Promise<void>;
+  /** Makes the device hold a consistent image of the mounted file system until `unfreeze`. */
+  freeze(dir: string): Promise<void>;
+  unfreeze(dir: string): Promise<void>;
+}

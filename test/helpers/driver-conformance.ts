@@ -1,0 +1,260 @@
+/**
+ * The graphdriver conformance suite, as moby's graphtest is for its drivers: SlackerDriver
+ * called directly (no dockerd), on "hosts" that each have their own volumes, NBD server and
+ * layer mounts and share one backing store. Run against the real parts (an attacher, ext4, a
+ * dir:// store) and against fakes (a fake attacher over NBD, tarfs, an in-memory store) by a
+ * one-line test file each.
+ */
+import { mkdir, readFile, readdir, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { Attacher } from '../../attach/attacher.js';
+import type { LayerFilesystem } from '../../attach/filesystem.js';
+import { run } from '../../common/exec.js';
+import { silentLogger } from '../../common/logger.js';
+import { rawTar } from '../../harness/raw-tar.js';
+import { NbdServer } from '../../nbd-server/server.js';
+import { ChangeKind } from '../../plugin/changes.js';
+import { SlackerDriver } from '../../plugin/driver.js';
+import { LayerMounts } from '../../plugin/layer-mounts.js';
+import type { BackingStore } from '../../stores/backing-store.js';
+import { VolumeManager } from '../../volumes/manager.js';
+import { tempDir } from './tmp.js';
+
+export interface DriverParts {
+  attacher: () => Attacher;
+  filesystem: LayerFilesystem;
+  /** One store shared by every host of a test. */
+  store: (dir: string) => BackingStore;
+  /** Checks run once before the suite (tools, root); throw to say what is missing. */
+  requirements?: () => Promise<void> | void;
+}
+
+interface Host {
+  driver: SlackerDriver;
+  manager: VolumeManager;
+  mounts: LayerMounts;
+  close(): Promise<void>;
+}
+
+const LAYER_SIZE = 64 * 2 ** 20;
+
+async function startHost(dir: string, store: BackingStore, parts: DriverParts): Promise<Host> {
+  const log = silentLogger();
+  const manager = await VolumeManager.open(join(dir, 'volumes'), { store, log });
+  const nbd = new NbdServer({ log });
+  const nbdSocket = join(dir, 'nbd.sock');
+  await nbd.listen(`unix://${nbdSocket}`);
+  const attacher = parts.attacher();
+  const mounts = new LayerMounts({ manager, nbd, nbdSocket, attacher, dir, log, filesystem: parts.filesystem });
+  const driver = new SlackerDriver({ manager, mounts, layerSize: LAYER_SIZE, attachMethod: attacher.method, log });
+  return {
+    driver,
+    manager,
+    mounts,
+    close: async () => {
+      await driver.cleanup();
+      await nbd.close();
+      await manager.close();
+    },
+  };
+}
+
+/** Writes files into a layer through Get/Put. */
+async function write(h: Host, id: string, files: Record<string, string>): Promise<void> {
+  const dir = await h.driver.get(id);
+  try {
+    for (const [path, data] of Object.entries(files)) {
+      await mkdir(join(dir, path, '..'), { recursive: true });
+      await writeFile(join(dir, path), data);
+    }
+  } finally {
+    await h.driver.put(id);
+  }
+}
+
+/** Reads files of a layer through Get/Put ('' for a missing one). */
+async function read(h: Host, id: string, paths: string[]): Promise<string[]> {
+  const dir = await h.driver.get(id);
+  try {
+    return await Promise.all(paths.map((p) => readFile(join(dir, p), 'utf8').catch(() => '')));
+  } finally {
+    await h.driver.put(id);
+  }
+}
+
+const body = (tar: Buffer): AsyncIterable<Buffer> => Readable.from([tar]);
+
+export function driverConformance(name: string, parts: DriverParts): void {
+  describe(`graphdriver conformance: ${name}`, () => {
+    let dir: Awaited<ReturnType<typeof tempDir>>;
+    let store: BackingStore;
+    let a: Host;
+    let b: Host;
+
+    beforeEach(async () => {
+      await parts.requirements?.();
+      dir = await tempDir('slacker-conformance-');
+      store = parts.store(join(dir.path, 'store'));
+      a = await startHost(join(dir.path, 'a'), store, parts);
+      b = await startHost(join(dir.path, 'b'), store, parts);
+    });
+    afterEach(async () => {
+      await a?.close();
+      await b?.close();
+      await run('rm', ['-rf', dir.path]);
+    });
+
+    it('creates, mounts, writes and removes a base layer; Remove is idempotent', async () => {
+      await a.driver.create('base', undefined);
+      expect(a.driver.exists('base')).toBe(true);
+      await write(a, 'base', { 'etc/hostname': 'slacker\n', 'bin/tool': 'x' });
+      expect(await read(a, 'base', ['etc/hostname', 'bin/tool'])).toEqual(['slacker\n', 'x']);
+      expect(await readdir(await a.driver.get('base'))).toEqual(expect.arrayContaining(['bin', 'etc']));
+      await a.driver.put('base');
+      await a.driver.remove('base');
+      expect(a.driver.exists('base')).toBe(false);
+      await a.driver.remove('base');
+      expect(a.mounts.count).toBe(0);
+    });
+
+    it('Get and Put nest: the layer stays mounted until the last Put', async () => {
+      await a.driver.create('nest', undefined);
+      const d1 = await a.driver.get('nest');
+      const d2 = await a.driver.get('nest');
+      expect(d2).toBe(d1);
+      await a.driver.put('nest');
+      expect(a.mounts.isMounted('nest')).toBe(true);
+      await a.driver.put('nest');
+      expect(a.mounts.isMounted('nest')).toBe(false);
+    });
+
+    it('children see their parent; their writes stay theirs; a container init layer is frozen for its child', async () => {
+      await a.driver.create('img', undefined);
+      await write(a, 'img', { 'a.txt': 'from the image', 'etc/conf': 'v1' });
+      await a.driver.create('c-init', 'img'); // dockerd: CreateReadWrite(<id>-init, image)
+      await write(a, 'c-init', { 'etc/hosts': 'init' });
+      await a.driver.create('c', 'c-init'); // then CreateReadWrite(<id>, <id>-init): freezes c-init
+      await write(a, 'c', { 'a.txt': 'changed', 'new.txt': 'added' });
+      expect(await read(a, 'c', ['a.txt', 'etc/conf', 'etc/hosts', 'new.txt'])).toEqual([
+        'changed',
+        'v1',
+        'init',
+        'added',
+      ]);
+      expect(await read(a, 'img', ['a.txt', 'new.txt'])).toEqual(['from the image', '']);
+      expect(a.driver.metadata('c-init').Frozen).toBe('true');
+    });
+
+    it('refuses to freeze a mounted parent for a child', async () => {
+      await a.driver.create('p', undefined);
+      await a.driver.get('p');
+      try {
+        await expect(a.driver.create('child', 'p')).rejects.toThrow(/is mounted/);
+      } finally {
+        await a.driver.put('p');
+      }
+    });
+
+    it('Changes lists what a layer added, changed and deleted against its parent', async () => {
+      await a.driver.create('p', undefined);
+      await write(a, 'p', { 'keep.txt': 'same', 'edit.txt': 'old', 'gone.txt': 'x' });
+      await a.driver.create('c', 'p');
+      const dir = await a.driver.get('c');
+      try {
+        await writeFile(join(dir, 'edit.txt'), 'newer and longer');
+        await writeFile(join(dir, 'added.txt'), 'new');
+        await run('rm', [join(dir, 'gone.txt')]);
+      } finally {
+        await a.driver.put('c');
+      }
+      const { changes, size } = await a.driver.changes('c', 'p');
+      expect(changes).toEqual(
+        expect.arrayContaining([
+          { Path: '/added.txt', Kind: ChangeKind.Add },
+          { Path: '/edit.txt', Kind: ChangeKind.Modify },
+          { Path: '/gone.txt', Kind: ChangeKind.Delete },
+        ]),
+      );
+      expect(changes.find((c) => c.Path === '/keep.txt')).toBeUndefined();
+      expect(size).toBe('new'.length + 'newer and longer'.length);
+    });
+
+    it('ApplyDiff of an ordinary tar fills a new layer and reports its file bytes; a refused tar leaves it empty', async () => {
+      await a.driver.create('l1', undefined);
+      const size = await a.driver.applyDiff(
+        'l1',
+        undefined,
+        body(
+          rawTar([
+            { name: 'usr/', type: 'directory' },
+            { name: 'usr/app', data: 'binary', mode: 0o755 },
+            { name: 'usr/link', type: 'symlink', linkname: 'app' },
+          ]),
+        ),
+      );
+      expect(size).toBe('binary'.length);
+      expect(await read(a, 'l1', ['usr/app', 'usr/link'])).toEqual(['binary', 'binary']);
+      expect(a.driver.metadata('l1').Frozen).toBe('true');
+
+      await a.driver.create('bad', 'l1');
+      await expect(
+        a.driver.applyDiff('bad', 'l1', body(rawTar([{ name: 'ok', data: 'x' }, { name: '.wh...' }]))),
+      ).rejects.toThrow(/whiteout must name a file/);
+      expect(a.driver.exists('bad')).toBe(true);
+      expect(await read(a, 'bad', ['ok', 'usr/app'])).toEqual(['', 'binary']); // back to the fresh clone
+    });
+
+    it('Diff publishes a marker; another host applies it and reads the same files, fetched from the store', async () => {
+      await a.driver.create('base', undefined);
+      await write(a, 'base', { 'data/big': 'b'.repeat(300_000), 'etc/motd': 'hello' });
+      await a.driver.create('top', 'base');
+      await write(a, 'top', { 'etc/motd': 'hello from the top' });
+      await a.driver.create('top2', 'top'); // top is frozen now
+      const markerBase = await a.driver.diff('base');
+      const markerTop = await a.driver.diff('top');
+      expect(markerTop.length).toBeLessThan(16 * 1024);
+
+      await b.driver.create('base', undefined);
+      await b.driver.applyDiff('base', undefined, body(markerBase));
+      await b.driver.create('top', 'base');
+      await b.driver.applyDiff('top', 'base', body(markerTop));
+      expect(b.driver.metadata('top').SnapshotRef).toBe(a.driver.metadata('top').SnapshotRef);
+      expect(await read(b, 'top', ['etc/motd', 'data/big'])).toEqual(['hello from the top', 'b'.repeat(300_000)]);
+      expect(b.manager.chunks.total.bytesFetched).toBeGreaterThan(0);
+    });
+
+    it('a Diff of a mounted, writable layer is a consistent image of it', async () => {
+      await a.driver.create('w', undefined);
+      const dir = await a.driver.get('w');
+      try {
+        await writeFile(join(dir, 'live.txt'), 'written while mounted');
+        await symlink('live.txt', join(dir, 'alias'));
+        const marker = await a.driver.diff('w');
+        await b.driver.create('w', undefined);
+        await b.driver.applyDiff('w', undefined, body(marker));
+      } finally {
+        await a.driver.put('w');
+      }
+      expect(await read(b, 'w', ['live.txt', 'alias'])).toEqual(['written while mounted', 'written while mounted']);
+    });
+
+    it('reads every file through a chain of 128 layers', { timeout: 600_000 }, async () => {
+      let parent: string | undefined;
+      for (let i = 0; i < 128; i++) {
+        const id = `layer${i}`;
+        await a.driver.create(id, parent);
+        await a.driver.applyDiff(id, parent, body(rawTar([{ name: `files/f${i}`, data: `content ${i}` }])));
+        parent = id;
+      }
+      const all = await read(
+        a,
+        'layer127',
+        Array.from({ length: 128 }, (_, i) => `files/f${i}`),
+      );
+      expect(all).toEqual(Array.from({ length: 128 }, (_, i) => `content ${i}`));
+      expect(a.mounts.count).toBe(0);
+    });
+  });
+}
