@@ -16,7 +16,7 @@
 import { mkdir, open as openFile, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConfigError, ConflictError, InvalidArgumentError, IoError, NotFoundError } from '../common/errors.js';
-import { silentLogger, type Logger } from '../common/logger.js';
+import type { Logger } from '../common/logger.js';
 import type { BackingStore } from '../stores/backing-store.js';
 import { ChunkStore } from './chunks/chunk-store.js';
 import { FetchCounters } from './chunks/fetch-counters.js';
