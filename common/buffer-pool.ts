@@ -2,16 +2,16 @@
  * Reusable receive buffers ("slabs") for large transfers whose lifetime the caller knows.
  *
  * Why: a fresh multi-MiB buffer is new memory from the kernel, and every page of it faults on
- * first touch. Filling fresh 8 MiB buffers measured 0.5-1.4 GB/s on this machine against
- * 9-70 GB/s for a reused one, and it made the single copy of a fetched body a third of the cold
- * read's CPU. Slabs handed back with `give` are reused instead; when none is free a new one is
+ * first touch: filling a fresh buffer is an order of magnitude slower than filling a reused one,
+ * and it made the single copy of a fetched body a large share of the cold read's CPU (numbers:
+ * docs/BENCHMARKS.md, "Measurements behind the code"). Slabs handed back with `give` are reused instead; when none is free a new one is
  * made, so the pool never waits. Slabs idle for IDLE_MS are dropped, so a quiet process does not
  * keep its peak.
  *
  * New slabs lie on transparent huge pages where the kernel allows it (madvise, through the
  * native addon): a slab's first fill then takes one fault per 2 MiB instead of one per 4 KiB.
- * On this VM a fault costs ~2.6 us, and the faults of fresh slabs were ~15% of the event loop's
- * time in a cold read (perf); every cold start after an idle spell begins with fresh slabs.
+ * Page faults of fresh slabs were a visible share of the event loop's time in a cold read, and
+ * every cold start after an idle spell begins with fresh slabs.
  */
 import { fileOps } from './fileops.js';
 

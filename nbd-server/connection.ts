@@ -43,7 +43,7 @@ export interface ConnectionLimits {
   /**
    * SO_SNDBUF asked for in transmission (the kernel caps it at net.core.wmem_max). The default
    * 208 KiB holds less than one 256 KiB read reply, so a direct reply would mostly be queued as
-   * a copy; 4 MiB took warm sequential reads from ~1.2 to ~4 GiB/s. 0 keeps the system default.
+   * a copy (what 4 MiB bought: docs/BENCHMARKS.md). 0 keeps the system default.
    */
   sendBufferBytes: number;
 }
@@ -72,8 +72,8 @@ const MIN_HOLE_REPLY = 4096;
 const MIN_SPARSE_READ = 64 * 1024;
 /**
  * Replies smaller than this wait for the end of the event-loop turn and leave together in one
- * writev; larger ones are written at once (holding them back only added latency: warm volume
- * reads were ~17% faster without it, small random reads unchanged).
+ * writev; larger ones are written at once (holding them back only added latency: measured in
+ * docs/BENCHMARKS.md, "Measurements behind the code").
  */
 const BATCH_BELOW = 64 * 1024;
 /** How long a closing connection may take to hand its last replies to a peer. */

@@ -2,13 +2,10 @@
  * How a pack store keeps one chunk: brotli quality 1 where that pays, else as it is.
  *
  * Compression saves link time and costs decode time on the host that reads the chunk, on the
- * critical path of a cold read. Measured on the HelloBench images' contents (`npm run
- * bench:compression`, docs/BENCHMARKS.md), decoding a 128 KiB chunk costs 0.1-0.6 ms and does
- * not get cheaper as the saving shrinks: a chunk that shrinks to 0.3-0.4 saves 82 KiB for
- * ~0.35 ms, one that shrinks to 0.8-0.9 saves 20 KiB for ~0.3 ms. A chunk pays on a 1 Gbit/s
- * link (HelloBench's) when it shrinks to about 0.5-0.6 or less; over a whole image the
- * threshold below sends 8% more bytes than keeping every saving of 10% would, and decodes 15%
- * less. Most layer data (83% of chunks) is still stored compressed.
+ * critical path of a cold read. Decoding a chunk does not get cheaper as the saving shrinks,
+ * so a chunk pays on a 1 Gbit/s link (HelloBench's) only when it shrinks well; the threshold
+ * below was chosen on the HelloBench images' contents (`npm run bench:compression`; the
+ * numbers and the trade-off: docs/BENCHMARKS.md, "Chunk size and compression").
  */
 import { promisify } from 'node:util';
 import { brotliCompress, brotliDecompress, constants as zlib } from 'node:zlib';
@@ -62,6 +59,6 @@ export async function encodeChunk(data: Buffer): Promise<{ bytes: Buffer; compre
  */
 export function decodeChunk(stored: Buffer): Promise<Buffer> {
   // One output buffer for the whole chunk: zlib's default 16 KiB pieces cost a main-thread
-  // callback and a copy each (measured: most of the CPU a prefetch spent outside the kernel).
+  // callback and a copy each (they were most of the CPU a prefetch spent outside the kernel).
   return decompress(stored, { chunkSize: DECODE_BUFFER }).catch(() => stored);
 }

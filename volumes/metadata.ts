@@ -133,7 +133,7 @@ function toRow(r: RawVolume): VolumeRow {
 
 export class Metadata {
   private readonly db: Database.Database;
-  /** Prepared statements by their SQL: preparing one costs more than running it (~20 µs). */
+  /** Prepared statements by their SQL: preparing one costs more than running it. */
   private readonly statements = new Map<string, Database.Statement>();
 
   constructor(path: string) {

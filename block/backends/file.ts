@@ -7,7 +7,7 @@
  *
  * I/O first tries preadv2/pwritev2 with RWF_NOWAIT on the event loop: when the data is in the
  * page cache this costs a memcpy, where a libuv threadpool round trip costs several times more
- * (measured: random 4 KiB reads went from ~39k to the figures in docs/BENCHMARKS.md). Whatever
+ * (what it bought random 4 KiB reads: docs/BENCHMARKS.md). Whatever
  * would block on the disk falls back to the threadpool, so the event loop never waits on it.
  */
 import { promises as fsp, writev } from 'node:fs';

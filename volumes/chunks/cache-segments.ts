@@ -1,9 +1,9 @@
 /**
  * Where chunks fetched from the backing store are kept: appended to segment files
  * (`DIR/00000001.seg`, up to SEGMENT_BYTES each) rather than a file per chunk, as nydus keeps
- * its blob cache. Creating, writing and renaming a file per 128 KiB chunk cost ~0.5 ms of CPU
- * each on ext4 (far more right after many deletions), ten times the write alone: most of the
- * file system work of a cold read.
+ * its blob cache. Creating, writing and renaming a file per 128 KiB chunk cost ten times the
+ * write alone on ext4 (far more right after many deletions): most of the file system work of
+ * a cold read (docs/BENCHMARKS.md, "Measurements behind the code").
  *
  * Every chunk here is also in the backing store, so nothing is synced on the read path. A chunk
  * is readable as soon as its write completes (the index in memory); its place reaches the
@@ -13,8 +13,8 @@
  *
  * Eviction punches the chunk's range out of its segment, freeing its blocks; a segment that
  * loses its last chunk is deleted. A recorded chunk is first forgotten by the metadata, at the
- * next sync and with the other evictions since (a synced commit per eviction cost ~0.5 ms of
- * the event loop each), so the metadata never points at a hole. A chunk is pinned while a read
+ * next sync and with the other evictions since (a synced commit per eviction would block the
+ * event loop each time), so the metadata never points at a hole. A chunk is pinned while a read
  * uses it, and punched only when the last reader is done.
  *
  * One process owns the segments (an flock on DIR/lock, released when it dies): another one
@@ -189,7 +189,7 @@ export class CacheSegments {
   /**
    * Appends chunks (already verified), each run that lands in one segment with one writev:
    * a write per chunk cost a threadpool job each, and concurrent writes to one file contend for
-   * its inode lock (~15% of the threadpool's time in a cold read, spinning). Readable once this
+   * its inode lock (the threadpool spun on it in a cold read). Readable once this
    * resolves; on a failed write its run is given up (and the error thrown), the others kept.
    */
   async putAll(chunks: readonly StoredChunk[]): Promise<void> {

@@ -6,8 +6,8 @@
  *
  * The LRU order lives in memory (a Map in use order) and is written to the metadata every
  * PERSIST_INTERVAL_MS and at close, never on the read path: neither a cache hit nor an
- * eviction costs a database write (a synced SQLite commit every few hundred hits cost half the
- * warm read throughput; one per eviction, ~0.5 ms of the event loop each). The order is a
+ * eviction costs a database write (synced SQLite commits on the read path cost much of the warm
+ * read throughput: docs/BENCHMARKS.md, "Measurements behind the code"). The order is a
  * hint: after a crash the last saved one is used, and rows of chunks evicted since go at the
  * next eviction of theirs (removing an absent chunk does nothing).
  */

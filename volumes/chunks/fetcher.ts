@@ -192,8 +192,8 @@ export class ChunkFetcher {
    * Takes the next batch from the queue: the oldest wanted chunk and the chunks queued behind it
    * that the store fetches in the same request (its pack), up to MAX_BATCH. Cut in arrival order
    * instead, a batch mixed the packs of every stream reading at once (nbdcopy's connections read
-   * separate regions): 2-4 Range requests per batch, and the registry spends ~4-5 ms of CPU on
-   * each whatever its size.
+   * separate regions): several Range requests per batch, and the registry spends a fixed CPU
+   * cost on each whatever its size (docs/BENCHMARKS.md, "Measurements behind the code").
    */
   private nextBatch(): Queued[] {
     const key = this.queue[0]!.requestKey;
@@ -266,7 +266,7 @@ export class ChunkFetcher {
     const verified: Queued[] = [];
     const chunks: StoredChunk[] = [];
     // Hashed off the event loop, the batch in one threadpool job: hashing on the loop was the
-    // largest cost of a cold read there (~0.17 s of CPU per 256 MiB, more in wall time).
+    // largest cost of a cold read there (docs/BENCHMARKS.md).
     let hashes: Digest[];
     try {
       hashes = await digestsOf(datas);

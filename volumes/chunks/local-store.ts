@@ -9,7 +9,7 @@
  * RWF_NOWAIT fast path: a cached chunk costs one syscall. A descriptor is pinned while a read
  * uses it, so eviction never closes one under a reader. Chunk files are opened synchronously:
  * opening a local file whose directory is cached takes microseconds, while a libuv threadpool
- * round trip (contended by readahead and fetches) was measured to stall sequential reads.
+ * round trip (contended by readahead and fetches) stalled sequential reads.
  * Presence is remembered once known, so readahead of local chunks costs no syscall.
  * `descriptor` lends a chunk's open file and position to a zero-copy reply for the rest of the
  * current task.
@@ -25,8 +25,8 @@ import { digestOf, hexOf, type Digest } from '../../common/digests.js';
 
 /**
  * Chunk files kept open at once: a quarter of the process's descriptor limit, between 64 and
- * 4096 (a sequential pass over a large volume reopens every chunk when this is too small:
- * ~8% of warm read throughput measured between 256 and 4096).
+ * 4096 (a sequential pass over a large volume reopens every chunk when this is too small, at
+ * a cost in warm read throughput: docs/BENCHMARKS.md, "Measurements behind the code").
  */
 const MAX_OPEN = Math.min(4096, Math.max(64, Math.floor(openFileLimit() / 4)));
 
