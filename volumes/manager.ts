@@ -210,7 +210,7 @@ export class VolumeManager {
       hints,
     );
     if (m.prefetch?.length) {
-      const running = this.prefetch(
+      const running = this.prefetchProfile(
         id,
         m.prefetch.map((idx) => m.chunks.get(idx)!),
       ).finally(() => this.prefetching.delete(running));
@@ -266,7 +266,7 @@ export class VolumeManager {
     if (this.open.has(row.id)) {
       throw new ConflictError(`volume ${row.id} is open: release it before freezing`, { context: { volume: row.id } });
     }
-    const volume = await this.load(row);
+    const volume = await this.volumeOf(row);
     try {
       const map = await this.completeMap(volume);
       this.metadata.freeze(row.id, map);
@@ -288,7 +288,7 @@ export class VolumeManager {
     if (row.frozen) throw new ConflictError(`volume ${row.id} is frozen already: clone it instead`);
     this.assertNewId(newId);
     const o = this.open.get(row.id);
-    const volume = o?.volume ?? (await this.load(row));
+    const volume = o?.volume ?? (await this.volumeOf(row));
     try {
       const map = await this.completeMap(volume);
       this.metadata.insertFrozen({ id: newId, size: row.size, chunkSize: row.chunkSize }, map);
@@ -304,7 +304,7 @@ export class VolumeManager {
     const row = this.get(id);
     let o = this.open.get(row.id);
     if (!o) {
-      const volume = await this.load(row);
+      const volume = await this.volumeOf(row);
       o = { volume, backend: row.frozen ? readOnly(volume) : volume, refs: 0 };
       this.open.set(row.id, o);
     }
@@ -400,7 +400,8 @@ export class VolumeManager {
     return this.get(id);
   }
 
-  private async load(row: VolumeRow): Promise<Volume> {
+  /** A Volume backend over a row: its map, overrides and data file. */
+  private async volumeOf(row: VolumeRow): Promise<Volume> {
     const snapshot = row.frozen ? this.snapshotOf(row.id) : row.parent ? this.snapshotOf(row.parent) : new Map();
     return new Volume({
       row,
@@ -426,7 +427,7 @@ export class VolumeManager {
    * order, counted as the volume's fetches. Failures are only logged: a chunk the profile
    * missed is fetched when read, as without a profile.
    */
-  private async prefetch(id: VolumeId, digests: Digest[]): Promise<void> {
+  private async prefetchProfile(id: VolumeId, digests: Digest[]): Promise<void> {
     const counters = this.countersOf(id);
     const t0 = Date.now();
     let next = 0;
