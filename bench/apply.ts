@@ -17,7 +17,7 @@ import { run } from '../common/exec.js';
 import { startDockerd, type Dockerd } from '../harness/dockerd.js';
 import { onInterrupt } from '../harness/interrupt.js';
 import { startPlugin } from '../harness/plugin.js';
-import { rawTar, type RawEntry } from '../harness/raw-tar.js';
+import { nestedDirs, rawTar, type RawEntry } from '../harness/raw-tar.js';
 import { requireTools } from '../harness/tools.js';
 import { median, spread } from './hellobench/report.js';
 import { mkdtemp } from 'node:fs/promises';
@@ -32,17 +32,6 @@ const { values: opts } = parseArgs({
   },
 });
 const REPS = Number(opts.reps);
-
-function nested(depth: number): RawEntry[] {
-  const entries: RawEntry[] = [];
-  let path = '';
-  for (let i = 0; i < depth; i++) {
-    path += `${path ? '/' : ''}d`;
-    entries.push({ name: `${path}/`, type: 'directory' });
-  }
-  entries.push({ name: `${path}/bottom`, data: 'deep' });
-  return entries;
-}
 
 function manyFiles(n: number): RawEntry[] {
   const entries: RawEntry[] = [];
@@ -79,7 +68,7 @@ async function main(): Promise<void> {
   try {
     const cases: [string, RawEntry[]][] = [
       [`${Number(opts.files).toLocaleString('en')} empty files`, manyFiles(Number(opts.files))],
-      [`${Number(opts.depth).toLocaleString('en')}-deep directories`, nested(Number(opts.depth))],
+      [`${Number(opts.depth).toLocaleString('en')}-deep directories`, nestedDirs(Number(opts.depth))],
     ];
     // A first import on each, not counted: slacker makes its empty ext4 template then.
     const warm = join(dir, 'warm.tar');
@@ -98,7 +87,7 @@ async function main(): Promise<void> {
       rows.push(row);
     }
     const deepest = join(dir, 'deepest.tar');
-    await writeFile(deepest, rawTar(nested(10_000)));
+    await writeFile(deepest, rawTar(nestedDirs(10_000)));
     const deep10k = await timedImport(hosts.slacker, deepest, 'deep:1');
 
     const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}`;

@@ -93,3 +93,15 @@ export function rawTar(entries: RawEntry[], options: { end?: boolean } = {}): Bu
   if (options.end !== false) out.push(Buffer.alloc(1024));
   return Buffer.concat(out);
 }
+
+/** `depth` nested one-letter directories (`d/d/d/...`) with a file `bottom` in the deepest. */
+export function nestedDirs(depth: number): RawEntry[] {
+  const entries: RawEntry[] = [];
+  let path = '';
+  for (let i = 0; i < depth; i++) {
+    path += `${path ? '/' : ''}d`;
+    entries.push({ name: `${path}/`, type: 'directory' });
+  }
+  entries.push({ name: `${path}/bottom`, data: 'deep' });
+  return entries;
+}

@@ -66,34 +66,9 @@
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <node_api.h>
+#include "errno-name.h"
 #include "napi-job.h"
 
-static const char *errno_name(int e) {
-  switch (e) {
-    case ENXIO: return "ENXIO";
-    case EBADF: return "EBADF";
-    case EINVAL: return "EINVAL";
-    case EOPNOTSUPP: return "EOPNOTSUPP";
-    case ENOSPC: return "ENOSPC";
-    case EIO: return "EIO";
-    case EFBIG: return "EFBIG";
-    case EPERM: return "EPERM";
-    case EROFS: return "EROFS";
-    case ENODEV: return "ENODEV";
-    case ESPIPE: return "ESPIPE";
-    case EPIPE: return "EPIPE";
-    case ECONNRESET: return "ECONNRESET";
-    case ENOTCONN: return "ENOTCONN";
-    case EINTR: return "EINTR";
-    case EAGAIN: return "EAGAIN";
-    case EEXIST: return "EEXIST";
-    case ENOENT: return "ENOENT";
-    case EACCES: return "EACCES";
-    case EDQUOT: return "EDQUOT";
-    case ENOTDIR: return "ENOTDIR";
-    default: return "EUNKNOWN";
-  }
-}
 
 static napi_value throw_errno(napi_env env, const char *syscall, int e) {
   char msg[128];

@@ -46,6 +46,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 #include <node_api.h>
+#include "errno-name.h"
 #include "napi-job.h"
 
 #ifndef SYS_openat2
@@ -112,37 +113,6 @@ struct job {
   napi_async_work work;
 };
 
-static const char *errno_name(int e) {
-  switch (e) {
-    case ENOENT: return "ENOENT";
-    case EEXIST: return "EEXIST";
-    case ENOTDIR: return "ENOTDIR";
-    case EISDIR: return "EISDIR";
-    case ELOOP: return "ELOOP";
-    case EXDEV: return "EXDEV";
-    case ENAMETOOLONG: return "ENAMETOOLONG";
-    case ENOSPC: return "ENOSPC";
-    case EDQUOT: return "EDQUOT";
-    case EMFILE: return "EMFILE";
-    case ENFILE: return "ENFILE";
-    case EINVAL: return "EINVAL";
-    case EPERM: return "EPERM";
-    case EACCES: return "EACCES";
-    case EROFS: return "EROFS";
-    case EIO: return "EIO";
-    case ENOTEMPTY: return "ENOTEMPTY";
-    case EMLINK: return "EMLINK";
-    case EFBIG: return "EFBIG";
-    case ENOMEM: return "ENOMEM";
-    case ENOTSUP: return "ENOTSUP";
-    case E2BIG: return "E2BIG";
-    case ERANGE: return "ERANGE";
-    case EBUSY: return "EBUSY";
-    case ENOSYS: return "ENOSYS";
-    case ECANCELED: return "ECANCELED";
-    default: return "EUNKNOWN";
-  }
-}
 
 static int fail(struct job *j, const char *what) {
   j->err = errno ? errno : EIO;

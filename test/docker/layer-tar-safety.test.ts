@@ -15,23 +15,11 @@ import { run } from '../../common/exec.js';
 import { startDockerd, type Dockerd } from '../../harness/dockerd.js';
 import { busyboxRootfs, imageArchive, importRootfs } from '../../harness/images.js';
 import { callPlugin, startPlugin, uniquePluginName, type PluginProcess } from '../../harness/plugin.js';
-import { rawTar, type RawEntry } from '../../harness/raw-tar.js';
+import { nestedDirs, rawTar, type RawEntry } from '../../harness/raw-tar.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
 import { tempDir } from '../helpers/tmp.js';
 
 type Outcome = { ok: true } | { ok: false; message: string };
-
-/** `depth` nested one-letter directories with a file at the bottom. */
-function nested(depth: number): RawEntry[] {
-  const entries: RawEntry[] = [];
-  let path = '';
-  for (let i = 0; i < depth; i++) {
-    path += `${path ? '/' : ''}d`;
-    entries.push({ name: `${path}/`, type: 'directory' });
-  }
-  entries.push({ name: `${path}/bottom`, data: 'deep' });
-  return entries;
-}
 
 describe('issue 22: crafted layer tars through dockerd, slacker against overlay2', () => {
   let dir: Awaited<ReturnType<typeof tempDir>>;
@@ -289,7 +277,7 @@ describe('issue 22: crafted layer tars through dockerd, slacker against overlay2
     const many: RawEntry[] = [{ name: 'many/', type: 'directory' }];
     for (let i = 0; i < 20_000; i++) many.push({ name: `many/f${i}` });
     for (const [tag, tar] of [
-      ['deep:1', rawTar(nested(1_500))],
+      ['deep:1', rawTar(nestedDirs(1_500))],
       ['many:1', rawTar(many)],
     ] as const) {
       const outcomes = new Map<string, Outcome>();
@@ -300,7 +288,7 @@ describe('issue 22: crafted layer tars through dockerd, slacker against overlay2
   });
 
   it('applies a 10,000-deep tree (20,000-byte paths), which overlay2 refuses (mkdir: file name too long)', async () => {
-    const tar = rawTar(nested(10_000));
+    const tar = rawTar(nestedDirs(10_000));
     const o = await importTar(overlay, tar, 'deeper:1');
     expect(o.ok).toBe(false);
     if (!o.ok) expect(o.message).toContain('file name too long');

@@ -12,7 +12,7 @@ import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { run } from '../../common/exec.js';
-import { rawTar, type RawEntry } from '../../harness/raw-tar.js';
+import { nestedDirs, rawTar, type RawEntry } from '../../harness/raw-tar.js';
 import { applyLayerTar } from '../../plugin/layer-tar/apply.js';
 import { prng, tempDir } from '../helpers/tmp.js';
 import { requireRoot } from '../helpers/tools.js';
@@ -199,18 +199,12 @@ describe('issue 22: markers are exactly markers; damaged tars are clear errors',
 
 describe('issue 22: trees deeper than PATH_MAX', () => {
   it('applies 3000 nested directories (6000-byte paths) with a file at the bottom', async () => {
-    const entries: RawEntry[] = [];
-    let path = '';
-    for (let i = 0; i < 3000; i++) {
-      path += `${path ? '/' : ''}a`;
-      entries.push({ name: `${path}/`, type: 'directory', mtime: 1_000_000 });
-    }
-    entries.push({ name: `${path}/bottom`, data: 'deep' });
+    const entries = nestedDirs(3000).map((e) => ({ ...e, mtime: 1_000_000 }));
     const r = await apply(rawTar(entries));
     expect(r).toMatchObject({ kind: 'files', entries: 3001 });
-    const found = await run('find', [join(root, 'a'), '-name', 'bottom']);
+    const found = await run('find', [join(root, 'd'), '-name', 'bottom']);
     expect(found.stdout.trim().length).toBeGreaterThan(6000);
-    const dirs = await run('sh', ['-c', `find ${join(root, 'a')} -type d -newermt @1000001 | wc -l`]);
+    const dirs = await run('sh', ['-c', `find ${join(root, 'd')} -type d -newermt @1000001 | wc -l`]);
     expect(dirs.stdout.trim()).toBe('0'); // every directory time set last, to the tar's
   });
 });
