@@ -43,4 +43,4 @@ export async function importRootfs(
 }
 
 /** Layer tars and load archives for tests: the same builders `convert` uses. */
-export { imageArchive, tarOf as layerTar, type TarEntry } from '../plugin/layer-tar/image-archive.js';
+export { imageArchive, tarOf as layerTar, type TarEntry } from '../plugin/image-archive.js';

@@ -10,7 +10,7 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
-import type { Change } from './changes.js';
+import type { Change } from '../layers/changes.js';
 
 /** What the HTTP layer needs; SlackerDriver behind an Init step provides it (daemon.ts). */
 export interface GraphDriverApi {

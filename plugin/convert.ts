@@ -16,7 +16,7 @@ import { ConfigError, PluginCallError } from '../common/errors.js';
 import type { RunResult } from '../common/exec.js';
 import { pluginRequest } from './client.js';
 import { digestOf } from '../common/digests.js';
-import { imageArchive } from './layer-tar/image-archive.js';
+import { imageArchive } from './image-archive.js';
 
 /** The keys of an image config's `config` section (docker image inspect shows more). */
 const IMAGE_CONFIG_KEYS = [

@@ -1,5 +1,5 @@
 /**
- * The plugin daemon: composes the graphdriver API (api.ts) with a SlackerDriver over a volume
+ * The plugin daemon: composes the graphdriver API (api.ts) with the layer core (LayerStore) over a volume
  * manager, an NBD server on a unix socket and an attacher. The driver comes to life at Init,
  * when dockerd says where its home is (unless a state root was configured).
  */
@@ -16,9 +16,11 @@ import type { Compression } from '../stores/chunk-codec.js';
 import { openStore } from '../stores/open-store.js';
 import { VolumeManager } from '../volumes/manager.js';
 import { buildApi, type GraphDriverApi } from './api.js';
-import type { Change } from './changes.js';
-import { SlackerDriver } from './driver.js';
-import { LayerMounts } from './layer-mounts.js';
+import type { Change } from '../layers/changes.js';
+import { LayerStore } from '../layers/layer-store.js';
+import { markerTar } from '../layers/layer-tar/marker.js';
+import { formatSize } from '../common/units.js';
+import { LayerMounts } from '../layers/layer-mounts.js';
 
 export interface DaemonOptions {
   /** Plugin (and storage driver) name: the socket is SOCKET_DIR/NAME.sock. */
@@ -45,7 +47,7 @@ export const DEFAULT_LAYER_SIZE = 10 * 2 ** 30;
 
 interface Running {
   home: string;
-  driver: SlackerDriver;
+  driver: LayerStore;
   manager: VolumeManager;
   nbd: NbdServer;
   store: BackingStore;
@@ -113,7 +115,7 @@ export class PluginDaemon implements GraphDriverApi {
     const attacher = chooseAttacher(this.o.attach);
     const mounts = new LayerMounts({ manager, nbd, nbdSocket, attacher, dir: root, log: this.o.log });
     await mounts.recover();
-    const driver = new SlackerDriver({ manager, mounts, layerSize, attachMethod: attacher.method, log: this.o.log });
+    const driver = new LayerStore({ manager, mounts, layerSize, attachMethod: attacher.method, log: this.o.log });
     this.o.log.info({ home, root, store: store.url, attach: attacher.method, layerSize }, 'driver initialised');
     return { home, driver, manager, nbd, store };
   }
@@ -128,7 +130,7 @@ export class PluginDaemon implements GraphDriverApi {
     r.store.close?.();
   }
 
-  private get driver(): SlackerDriver {
+  private get driver(): LayerStore {
     if (!this.running) throw new NotInitializedError('the driver is not initialised: dockerd has not called Init');
     return this.running.driver;
   }
@@ -154,26 +156,59 @@ export class PluginDaemon implements GraphDriverApi {
   exists(id: string): boolean {
     return this.driver.exists(id);
   }
+  /** Status: the rows `docker info` shows under the storage driver. */
   status(): [string, string][] {
-    return this.driver.status();
+    const layers = this.driver;
+    const manager = layers.manager;
+    const cache = manager.cacheStats();
+    const total = manager.chunks.total;
+    return [
+      ['Backing store', manager.store?.url ?? 'none'],
+      ['State root', manager.root],
+      ['Attach method', layers.attachMethod],
+      ['Volumes', String(manager.list().length)],
+      ['Mounted layers', String(layers.mountedCount)],
+      ['Chunk cache', `${formatSize(cache.bytes)} of ${formatSize(cache.limitBytes)}`],
+      ['Bytes fetched', String(total.bytesFetched)],
+      ['Chunks fetched', String(total.chunksFetched)],
+      ['Fetch errors', String(total.fetchErrors)],
+      ['Fetch latency p50/p99', `<= ${total.latencyQuantile(0.5)} ms / <= ${total.latencyQuantile(0.99)} ms`],
+    ];
   }
+  /** GetMetadata: what `docker inspect` shows under GraphDriver.Data (strings only). */
   metadata(id: string): Record<string, string> {
-    return this.driver.metadata(id);
+    const s = this.driver.manager.stats(id);
+    return {
+      VolumeId: s.id,
+      Parent: s.parent ?? '',
+      Frozen: String(s.frozen),
+      SnapshotRef: s.snapshotRef ?? '',
+      VirtualSize: String(s.virtualSize),
+      ChunkSize: String(s.chunkSize),
+      Chunks: String(s.chunks),
+      BytesWritten: String(s.bytesWritten),
+      ChunksFetched: String(s.fetch.chunksFetched),
+      BytesFetched: String(s.fetch.bytesFetched),
+      LocalHits: String(s.fetch.localHits),
+      Mounted: String(this.driver.isMounted(id)),
+    };
   }
   async cleanup(): Promise<void> {
     await this.running?.driver.cleanup();
   }
-  diff(id: string): Promise<Buffer> {
-    return this.driver.diff(id);
+  /** Diff: the layer published, answered as its marker tar (metadata, not data). */
+  async diff(id: string): Promise<Buffer> {
+    return markerTar(await this.driver.publish(id));
   }
-  profiledDiff(id: string, profileFrom: string): Promise<{ tar: Buffer; prefetch: number }> {
-    return this.driver.profiledDiff(id, profileFrom);
+  async profiledDiff(id: string, profileFrom: string): Promise<{ tar: Buffer; prefetch: number }> {
+    const { ref, prefetch } = await this.driver.publishWithProfile(id, profileFrom);
+    return { tar: await markerTar(ref), prefetch };
   }
   async changes(id: string, parent: string | undefined): Promise<Change[]> {
     return (await this.driver.changes(id, parent)).changes;
   }
   applyDiff(id: string, parent: string | undefined, body: AsyncIterable<Buffer>): Promise<number> {
-    return this.driver.applyDiff(id, parent, body);
+    return this.driver.applyTar(id, parent, body);
   }
   async diffSize(id: string, parent: string | undefined): Promise<number> {
     return (await this.driver.changes(id, parent)).size;

@@ -1,6 +1,6 @@
 /**
- * The graphdriver conformance suite, as moby's graphtest is for its drivers: SlackerDriver
- * called directly (no dockerd), on "hosts" that each have their own volumes, NBD server and
+ * The layer conformance suite, as moby's graphtest is for its drivers: the layer core
+ * (LayerStore, what the graphdriver plugin serves) called directly (no dockerd), on "hosts" that each have their own volumes, NBD server and
  * layer mounts and share one backing store. Run against the real parts (an attacher, ext4, a
  * dir:// store) and against fakes (a fake attacher over NBD, tarfs, an in-memory store) by a
  * one-line test file each.
@@ -15,9 +15,10 @@ import { run } from '../../common/exec.js';
 import { silentLogger } from '../../common/logger.js';
 import { rawTar } from '../../harness/raw-tar.js';
 import { NbdServer } from '../../nbd-server/server.js';
-import { ChangeKind } from '../../plugin/changes.js';
-import { SlackerDriver } from '../../plugin/driver.js';
-import { LayerMounts } from '../../plugin/layer-mounts.js';
+import { ChangeKind } from '../../layers/changes.js';
+import { LayerStore } from '../../layers/layer-store.js';
+import { markerTar } from '../../layers/layer-tar/marker.js';
+import { LayerMounts } from '../../layers/layer-mounts.js';
 import type { BackingStore } from '../../stores/backing-store.js';
 import { VolumeManager } from '../../volumes/manager.js';
 import { tempDir } from './tmp.js';
@@ -32,7 +33,7 @@ export interface DriverParts {
 }
 
 interface Host {
-  driver: SlackerDriver;
+  driver: LayerStore;
   manager: VolumeManager;
   mounts: LayerMounts;
   close(): Promise<void>;
@@ -48,7 +49,7 @@ async function startHost(dir: string, store: BackingStore, parts: DriverParts): 
   await nbd.listen(`unix://${nbdSocket}`);
   const attacher = parts.attacher();
   const mounts = new LayerMounts({ manager, nbd, nbdSocket, attacher, dir, log, filesystem: parts.filesystem });
-  const driver = new SlackerDriver({ manager, mounts, layerSize: LAYER_SIZE, attachMethod: attacher.method, log });
+  const driver = new LayerStore({ manager, mounts, layerSize: LAYER_SIZE, attachMethod: attacher.method, log });
   return {
     driver,
     manager,
@@ -87,7 +88,7 @@ async function read(h: Host, id: string, paths: string[]): Promise<string[]> {
 const body = (tar: Buffer): AsyncIterable<Buffer> => Readable.from([tar]);
 
 export function driverConformance(name: string, parts: DriverParts): void {
-  describe(`graphdriver conformance: ${name}`, () => {
+  describe(`layer conformance: ${name}`, () => {
     let dir: Awaited<ReturnType<typeof tempDir>>;
     let store: BackingStore;
     let a: Host;
@@ -144,7 +145,7 @@ export function driverConformance(name: string, parts: DriverParts): void {
         'added',
       ]);
       expect(await read(a, 'img', ['a.txt', 'new.txt'])).toEqual(['from the image', '']);
-      expect(a.driver.metadata('c-init').Frozen).toBe('true');
+      expect(a.manager.get('c-init').frozen).toBe(true);
     });
 
     it('refuses to freeze a mounted parent for a child', async () => {
@@ -183,7 +184,7 @@ export function driverConformance(name: string, parts: DriverParts): void {
 
     it('ApplyDiff of an ordinary tar fills a new layer and reports its file bytes; a refused tar leaves it empty', async () => {
       await a.driver.create('l1', undefined);
-      const size = await a.driver.applyDiff(
+      const size = await a.driver.applyTar(
         'l1',
         undefined,
         body(
@@ -196,11 +197,11 @@ export function driverConformance(name: string, parts: DriverParts): void {
       );
       expect(size).toBe('binary'.length);
       expect(await read(a, 'l1', ['usr/app', 'usr/link'])).toEqual(['binary', 'binary']);
-      expect(a.driver.metadata('l1').Frozen).toBe('true');
+      expect(a.manager.get('l1').frozen).toBe(true);
 
       await a.driver.create('bad', 'l1');
       await expect(
-        a.driver.applyDiff('bad', 'l1', body(rawTar([{ name: 'ok', data: 'x' }, { name: '.wh...' }]))),
+        a.driver.applyTar('bad', 'l1', body(rawTar([{ name: 'ok', data: 'x' }, { name: '.wh...' }]))),
       ).rejects.toThrow(/whiteout must name a file/);
       expect(a.driver.exists('bad')).toBe(true);
       expect(await read(a, 'bad', ['ok', 'usr/app'])).toEqual(['', 'binary']); // back to the fresh clone
@@ -212,15 +213,15 @@ export function driverConformance(name: string, parts: DriverParts): void {
       await a.driver.create('top', 'base');
       await write(a, 'top', { 'etc/motd': 'hello from the top' });
       await a.driver.create('top2', 'top'); // top is frozen now
-      const markerBase = await a.driver.diff('base');
-      const markerTop = await a.driver.diff('top');
+      const markerBase = await markerTar(await a.driver.publish('base'));
+      const markerTop = await markerTar(await a.driver.publish('top'));
       expect(markerTop.length).toBeLessThan(16 * 1024);
 
       await b.driver.create('base', undefined);
-      await b.driver.applyDiff('base', undefined, body(markerBase));
+      await b.driver.applyTar('base', undefined, body(markerBase));
       await b.driver.create('top', 'base');
-      await b.driver.applyDiff('top', 'base', body(markerTop));
-      expect(b.driver.metadata('top').SnapshotRef).toBe(a.driver.metadata('top').SnapshotRef);
+      await b.driver.applyTar('top', 'base', body(markerTop));
+      expect(b.manager.stats('top').snapshotRef).toBe(a.manager.stats('top').snapshotRef);
       expect(await read(b, 'top', ['etc/motd', 'data/big'])).toEqual(['hello from the top', 'b'.repeat(300_000)]);
       expect(b.manager.chunks.total.bytesFetched).toBeGreaterThan(0);
     });
@@ -231,9 +232,9 @@ export function driverConformance(name: string, parts: DriverParts): void {
       try {
         await writeFile(join(dir, 'live.txt'), 'written while mounted');
         await symlink('live.txt', join(dir, 'alias'));
-        const marker = await a.driver.diff('w');
+        const marker = await markerTar(await a.driver.publish('w'));
         await b.driver.create('w', undefined);
-        await b.driver.applyDiff('w', undefined, body(marker));
+        await b.driver.applyTar('w', undefined, body(marker));
       } finally {
         await a.driver.put('w');
       }
@@ -245,7 +246,7 @@ export function driverConformance(name: string, parts: DriverParts): void {
       for (let i = 0; i < 128; i++) {
         const id = `layer${i}`;
         await a.driver.create(id, parent);
-        await a.driver.applyDiff(id, parent, body(rawTar([{ name: `files/f${i}`, data: `content ${i}` }])));
+        await a.driver.applyTar(id, parent, body(rawTar([{ name: `files/f${i}`, data: `content ${i}` }])));
         parent = id;
       }
       const all = await read(

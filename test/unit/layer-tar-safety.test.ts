@@ -13,7 +13,7 @@ import { gzipSync } from 'node:zlib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { run } from '../../common/exec.js';
 import { nestedDirs, rawTar, type RawEntry } from '../../harness/raw-tar.js';
-import { applyLayerTar } from '../../plugin/layer-tar/apply.js';
+import { applyLayerTar } from '../../layers/layer-tar/apply.js';
 import { prng, tempDir } from '../helpers/tmp.js';
 import { requireRoot } from '../helpers/tools.js';
 

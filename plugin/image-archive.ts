@@ -3,7 +3,7 @@
  * layer.tar per layer) built from layer tars held in memory: how `convert` hands dockerd an
  * image made of one marker layer, and how tests make layers dockerd would never make.
  */
-import { digestOf, hexOf } from '../../common/digests.js';
+import { digestOf, hexOf } from '../common/digests.js';
 import { pack } from 'tar-stream';
 
 export interface TarEntry {

@@ -1,15 +1,15 @@
 /**
- * SlackerDriver: Docker's graphdriver operations on layer volumes. One layer, one volume (the
- * layer id is the volume id):
- *   - Create/CreateReadWrite clone the parent volume (O(1)); a layer without a parent clones an
- *     empty, frozen ext4 template of the configured size (made once per size).
- *   - Get/Put mount and unmount (layer-mounts.ts); image layers mount read-only.
- *   - ApplyDiff applies an ordinary layer tar to the fresh clone and freezes it; a marker tar
+ * The layer core: layers as volumes, for any front end (the graphdriver plugin in plugin/; a
+ * containerd snapshotter next). One layer, one volume (the layer id is the volume id):
+ *   - create clones the parent volume (O(1)); a layer without a parent clones an empty, frozen
+ *     ext4 template of the configured size (made once per size).
+ *   - get/put mount and unmount (layer-mounts.ts); frozen layers mount read-only.
+ *   - applyTar applies an ordinary layer tar to the fresh clone and freezes it; a marker tar
  *     (layer-tar/marker.ts) replaces the clone with the published snapshot it names: nothing
- *     but metadata moves. A failed apply leaves the layer as Create made it.
- *   - Diff publishes the layer's snapshot to the backing store and returns its marker tar;
- *     Slacker.Diff (our own endpoint, for `convert --profile`) adds a startup profile.
- * Knows nothing of HTTP (api.ts) or of NBD framing (the server and volumes do).
+ *     but metadata moves. A failed apply leaves the layer as create made it.
+ *   - publish puts the layer's snapshot in the backing store and returns its reference
+ *     (optionally with a startup profile); the front end turns that into its own answer.
+ * Knows nothing of HTTP, gRPC or Docker's formats, nor of NBD framing.
  */
 import { randomBytes } from 'node:crypto';
 import { rmdir } from 'node:fs/promises';
@@ -20,12 +20,11 @@ import type { Logger } from '../common/logger.js';
 import type { VolumeManager } from '../volumes/manager.js';
 import { changes, type Change } from './changes.js';
 import { applyLayerTar } from './layer-tar/apply.js';
-import { markerTar } from './layer-tar/marker.js';
 import type { LayerMounts } from './layer-mounts.js';
 import type { ChunkIndex } from '../volumes/types.js';
 import type { Digest } from '../common/digests.js';
 
-export interface DriverOptions {
+export interface LayerStoreOptions {
   manager: VolumeManager;
   mounts: LayerMounts;
   /** Virtual size of layers without a parent. */
@@ -34,14 +33,24 @@ export interface DriverOptions {
   log: Logger;
 }
 
-/** GetMetadata's answer: docker inspect shows it under GraphDriver.Data (strings only). */
-export type LayerMetadata = Record<string, string>;
+export class LayerStore {
+  constructor(private readonly o: LayerStoreOptions) {}
 
-export class SlackerDriver {
-  constructor(private readonly o: DriverOptions) {}
-
-  private get manager(): VolumeManager {
+  get manager(): VolumeManager {
     return this.o.manager;
+  }
+
+  /** How layers reach a block device on this host (for status). */
+  get attachMethod(): string {
+    return this.o.attachMethod;
+  }
+
+  get mountedCount(): number {
+    return this.o.mounts.count;
+  }
+
+  isMounted(id: string): boolean {
+    return this.o.mounts.isMounted(id);
   }
 
   exists(id: string): boolean {
@@ -84,7 +93,7 @@ export class SlackerDriver {
    * Returns the bytes of file data applied (for a marker: those of the chunks that differ from
    * the parent's). Reads `body` no further than the tar's end and never destroys it.
    */
-  async applyDiff(id: string, parent: string | undefined, body: AsyncIterable<Buffer>): Promise<number> {
+  async applyTar(id: string, parent: string | undefined, body: AsyncIterable<Buffer>): Promise<number> {
     return this.o.mounts.lock.run(id, async () => {
       if (!this.exists(id)) await this.reset(id, parent);
       const row = this.manager.get(id);
@@ -125,26 +134,25 @@ export class SlackerDriver {
     });
   }
 
-  /** The marker tar of the layer's published snapshot (publishing it first if needed). */
-  async diff(id: string): Promise<Buffer> {
-    const ref = await this.o.mounts.lock.run(id, () => this.publish(id));
-    return markerTar(ref);
+  /** The reference of the layer's published snapshot (publishing it first if needed). */
+  publish(id: string): Promise<Digest> {
+    return this.o.mounts.lock.run(id, () => this.publishLocked(id));
   }
 
   /**
-   * Diff with a startup profile: the layer is published (again) with the chunks that layer
+   * publish with a startup profile: the layer is published (again) with the chunks that layer
    * `profileFrom` (a container's layer on top of it, run until ready) read first, so that
    * hosts opening the snapshot fetch those at once (see volumes/read-trace.ts).
    */
-  async profiledDiff(id: string, profileFrom: string): Promise<{ tar: Buffer; prefetch: number }> {
+  async publishWithProfile(id: string, profileFrom: string): Promise<{ ref: Digest; prefetch: number }> {
     const trace = this.manager.readTrace(profileFrom);
     if (trace.length === 0) {
       throw new ConflictError(`layer ${profileFrom} read nothing of its image since the plugin started: no profile`, {
         context: { layer: profileFrom },
       });
     }
-    const ref = await this.o.mounts.lock.run(id, () => this.publish(id, trace));
-    return { tar: await markerTar(ref), prefetch: trace.length };
+    const ref = await this.o.mounts.lock.run(id, () => this.publishLocked(id, trace));
+    return { ref, prefetch: trace.length };
   }
 
   async changes(id: string, parent: string | undefined): Promise<{ changes: Change[]; size: number }> {
@@ -162,49 +170,13 @@ export class SlackerDriver {
     }
   }
 
-  metadata(id: string): LayerMetadata {
-    const s = this.manager.stats(id);
-    return {
-      VolumeId: s.id,
-      Parent: s.parent ?? '',
-      Frozen: String(s.frozen),
-      SnapshotRef: s.snapshotRef ?? '',
-      VirtualSize: String(s.virtualSize),
-      ChunkSize: String(s.chunkSize),
-      Chunks: String(s.chunks),
-      BytesWritten: String(s.bytesWritten),
-      ChunksFetched: String(s.fetch.chunksFetched),
-      BytesFetched: String(s.fetch.bytesFetched),
-      LocalHits: String(s.fetch.localHits),
-      Mounted: String(this.o.mounts.isMounted(id)),
-    };
-  }
-
-  status(): [string, string][] {
-    const volumes = this.manager.list();
-    const cache = this.manager.cacheStats();
-    const total = this.manager.chunks.total;
-    return [
-      ['Backing store', this.manager.store?.url ?? 'none'],
-      ['State root', this.manager.root],
-      ['Attach method', this.o.attachMethod],
-      ['Volumes', String(volumes.length)],
-      ['Mounted layers', String(this.o.mounts.count)],
-      ['Chunk cache', `${formatSize(cache.bytes)} of ${formatSize(cache.limitBytes)}`],
-      ['Bytes fetched', String(total.bytesFetched)],
-      ['Chunks fetched', String(total.chunksFetched)],
-      ['Fetch errors', String(total.fetchErrors)],
-      ['Fetch latency p50/p99', `<= ${total.latencyQuantile(0.5)} ms / <= ${total.latencyQuantile(0.99)} ms`],
-    ];
-  }
-
-  /** Unmounts everything (dockerd's Cleanup, and shutdown). */
+  /** Unmounts everything (at the front end's cleanup, and shutdown). */
   async cleanup(): Promise<void> {
     await this.o.mounts.unmountAll();
   }
 
   /** Publishes the layer: a writable one through a frozen copy of what it holds now. */
-  private async publish(id: string, prefetch?: ChunkIndex[]): Promise<Digest> {
+  private async publishLocked(id: string, prefetch?: ChunkIndex[]): Promise<Digest> {
     const row = this.manager.get(id);
     if (row.frozen) return (!prefetch && row.snapshotRef) || (await this.manager.publish(id, { prefetch }));
     const copy = `${id}.diff-${randomBytes(4).toString('hex')}`;
