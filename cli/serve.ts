@@ -1,6 +1,7 @@
 /**
- * `slacker-ts serve`: the Docker graphdriver plugin daemon. Runs until SIGTERM/SIGINT, then
- * unmounts and detaches every layer it mounted and closes its state.
+ * `slacker-ts serve`: the Docker graphdriver plugin daemon and/or the containerd snapshotter,
+ * over one layer host. Runs until SIGTERM/SIGINT, then unmounts and detaches every layer it
+ * mounted and closes its state.
  */
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
@@ -9,13 +10,17 @@ import { ConfigError } from '../common/errors.js';
 import { createLogger } from '../common/logger.js';
 import { untilSignal } from '../common/signals.js';
 import { parseSize } from '../common/units.js';
-import { DEFAULT_LAYER_SIZE, PluginDaemon } from '../plugin/daemon.js';
+import { serveContainerd, type ContainerdFrontEnd } from '../containerd/front-end.js';
+import { DEFAULT_LAYER_SIZE, openLayerHost, type LayerHost } from '../layers/layer-host.js';
+import { PluginDaemon } from '../plugin/daemon.js';
 import { compression, positiveInt } from './args.js';
 
 export const SERVE_HELP = `usage: slacker-ts serve [options]
 
 Runs the slacker graphdriver plugin: the plugin API (HTTP on a unix socket) and the NBD server
 of its layer volumes (unix socket). Start dockerd with --experimental --storage-driver NAME.
+With --containerd-socket it serves containerd's snapshots API instead (docs/OPERATIONS.md:
+[proxy_plugins] in containerd's config), and the graphdriver socket too if --name is given.
 
 options:
   --name NAME          plugin and storage driver name (default slacker); the socket is
@@ -35,6 +40,8 @@ options:
                        HelloBench, prefetching competed with the reads containers wait for)
   --fetch-deadline MS  give up on a chunk the store cannot deliver after MS milliseconds of
                        retries; the read then fails with EIO (default 15000)
+  --containerd-socket PATH
+                       serve the containerd snapshotter on this unix socket (needs --root)
   --config FILE        JSON file with any of the options above as keys (name, socketDir, root,
                        store, compression, size, attach, cacheSize, fetchDeadline, readahead,
                        logLevel); flags win over it
@@ -56,6 +63,7 @@ interface ConfigFile {
   fetchDeadline?: string;
   readahead?: string;
   logLevel?: string;
+  containerdSocket?: string;
 }
 
 const KEYS = [
@@ -70,6 +78,7 @@ const KEYS = [
   'fetchDeadline',
   'readahead',
   'logLevel',
+  'containerdSocket',
 ];
 
 async function readConfig(path: string | undefined): Promise<ConfigFile> {
@@ -105,6 +114,7 @@ export async function serve(argv: string[]): Promise<number> {
       readahead: { type: 'string' },
       config: { type: 'string' },
       'log-level': { type: 'string' },
+      'containerd-socket': { type: 'string' },
     },
     strict: true,
   });
@@ -121,10 +131,8 @@ export async function serve(argv: string[]): Promise<number> {
   const stopped = untilSignal(log);
   // A storage daemon that dies takes every mounted layer with it: a stray rejection is logged.
   process.on('unhandledRejection', (err) => log.error({ err }, 'unhandled rejection'));
-  const daemon = new PluginDaemon({
-    name: values.name ?? file.name ?? env.SLACKER_NAME ?? 'slacker',
-    socketDir: values['socket-dir'] ?? file.socketDir ?? '/run/docker/plugins',
-    root: values.root ?? file.root ?? env.SLACKER_ROOT,
+  const root = values.root ?? file.root ?? env.SLACKER_ROOT;
+  const hostOptions = {
     store: values.store ?? file.store ?? (env.SLACKER_STORE || undefined),
     compression: compression(values.compression ?? file.compression ?? (env.SLACKER_COMPRESSION || undefined)),
     layerSize: size ? parseSize(size) : DEFAULT_LAYER_SIZE,
@@ -133,9 +141,34 @@ export async function serve(argv: string[]): Promise<number> {
     fetchDeadlineMs: positiveInt(deadline, '--fetch-deadline'),
     readahead: chunkCount(values.readahead ?? file.readahead ?? '0'),
     log,
-  });
-  await daemon.listen();
-  await stopped;
-  await daemon.close();
+  };
+  const name = values.name ?? file.name ?? env.SLACKER_NAME;
+  const containerdSocket = values['containerd-socket'] ?? file.containerdSocket;
+  // containerd gives no home as dockerd's Init does: the state root is configured.
+  let host: LayerHost | undefined;
+  let containerd: ContainerdFrontEnd | undefined;
+  let daemon: PluginDaemon | undefined;
+  try {
+    if (containerdSocket) {
+      if (!root) throw new ConfigError('--containerd-socket needs --root (the state root of the layers)');
+      host = await openLayerHost({ ...hostOptions, root });
+      containerd = await serveContainerd(host, containerdSocket, log);
+    }
+    if (!containerdSocket || name !== undefined) {
+      daemon = new PluginDaemon({
+        ...hostOptions,
+        name: name ?? 'slacker',
+        socketDir: values['socket-dir'] ?? file.socketDir ?? '/run/docker/plugins',
+        root,
+        host,
+      });
+      await daemon.listen();
+    }
+    await stopped;
+  } finally {
+    await daemon?.close();
+    await containerd?.close();
+    await host?.close();
+  }
   return 0;
 }

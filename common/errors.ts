@@ -78,6 +78,11 @@ export class ConflictError extends SlackerError {
   override readonly code = 'SLACKER_ERR_CONFLICT';
 }
 
+/** Something of that name or key exists already. */
+export class AlreadyExistsError extends SlackerError {
+  override readonly code = 'SLACKER_ERR_ALREADY_EXISTS';
+}
+
 /** Configuration or command-line input that cannot be used. */
 export class ConfigError extends SlackerError {
   override readonly code = 'SLACKER_ERR_CONFIG';

@@ -34,7 +34,7 @@ export function uniquePluginName(): string {
 }
 
 /** The compiled CLI: tests run from sources, the plugin runs like users run it, from dist/. */
-function cliPath(): string {
+export function cliPath(): string {
   const fromSource = join(import.meta.dirname, '..', 'dist', 'cli', 'main.js');
   return existsSync(fromSource) ? fromSource : join(import.meta.dirname, '..', 'cli', 'main.js');
 }

@@ -9,7 +9,7 @@ import type { Attacher, BlockDevice } from '../attach/attacher.js';
 import { ext4 } from '../attach/ext4.js';
 import type { LayerFilesystem } from '../attach/filesystem.js';
 import { loopsUnder, mountsUnder } from '../attach/host-state.js';
-import { IoError } from '../common/errors.js';
+import { ConflictError, IoError } from '../common/errors.js';
 import { run } from '../common/exec.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/logger.js';
@@ -18,7 +18,8 @@ import type { VolumeManager } from '../volumes/manager.js';
 
 interface Mounted {
   refs: number;
-  dir: string;
+  /** The mount point; undefined for a layer handed out as a block device only (attachLocked). */
+  dir: string | undefined;
   device: BlockDevice;
 }
 
@@ -64,7 +65,7 @@ export class LayerMounts {
    */
   async quiescedLocked<T>(id: string, fn: () => Promise<T>): Promise<T> {
     const m = this.mounted.get(id);
-    if (!m) return fn();
+    if (!m?.dir) return fn();
     await this.fs.freeze(m.dir);
     try {
       return await fn();
@@ -83,15 +84,63 @@ export class LayerMounts {
     return this.lock.run(id, () => this.putLocked(id, false));
   }
 
-  /** For callers already holding the layer's lock. `mkfs`: make a fresh ext4 first (templates). */
+  /** For callers already holding the layer's lock. `mkfs`: make a fresh file system first (templates). */
   async getLocked(id: string, options: { mkfs?: boolean } = {}): Promise<string> {
     const m = this.mounted.get(id);
     if (m) {
+      if (m.dir === undefined) throw this.handedOut(id);
       m.refs++;
       return m.dir;
     }
-    const row = this.o.manager.get(id);
-    const readOnly = row.frozen;
+    const readOnly = this.o.manager.get(id).frozen;
+    const dir = this.mountPoint(id);
+    const device = await this.attached(id, readOnly, async (d) => {
+      if (options.mkfs) await this.fs.mkfs(d.path);
+      await this.fs.mount(d.path, dir, { readOnly });
+    });
+    this.mounted.set(id, { refs: 1, dir, device });
+    this.o.log.debug({ layer: id, device: device.path, dir, readOnly }, 'layer mounted');
+    return dir;
+  }
+
+  /**
+   * Attaches the layer as a block device without mounting it, for a front end whose engine
+   * mounts it (a containerd snapshot's Mounts); returns the device. Idempotent: it stays
+   * attached until putLocked(id, true). For callers holding the layer's lock.
+   */
+  async attachLocked(id: string, options: { readOnly: boolean }): Promise<string> {
+    const m = this.mounted.get(id);
+    if (m) {
+      if (m.dir !== undefined) {
+        throw new ConflictError(`layer ${id} is mounted by this process: it cannot also be handed out as a device`, {
+          context: { layer: id },
+        });
+      }
+      return m.device.path;
+    }
+    const device = await this.attached(id, options.readOnly, async () => undefined);
+    this.mounted.set(id, { refs: 1, dir: undefined, device });
+    this.o.log.debug({ layer: id, device: device.path, readOnly: options.readOnly }, 'layer attached');
+    return device.path;
+  }
+
+  isAttachedOnly(id: string): boolean {
+    const m = this.mounted.get(id);
+    return m !== undefined && m.dir === undefined;
+  }
+
+  private handedOut(id: string): ConflictError {
+    return new ConflictError(`layer ${id} is handed out as a block device: it cannot be mounted here too`, {
+      context: { layer: id },
+    });
+  }
+
+  /** Exports and attaches the layer's volume, then runs `use` on the device; undoes it all if anything fails. */
+  private async attached(
+    id: string,
+    readOnly: boolean,
+    use: (device: BlockDevice) => Promise<void>,
+  ): Promise<BlockDevice> {
     const fetchErrors = this.o.manager.stats(id).fetch.fetchErrors;
     const backend = await this.o.manager.acquire(id);
     const undo: (() => Promise<unknown>)[] = [];
@@ -104,12 +153,8 @@ export class LayerMounts {
         { readOnly },
       );
       undo.push(() => device.detach());
-      const dir = this.mountPoint(id);
-      if (options.mkfs) await this.fs.mkfs(device.path);
-      await this.fs.mount(device.path, dir, { readOnly });
-      this.mounted.set(id, { refs: 1, dir, device });
-      this.o.log.debug({ layer: id, device: device.path, dir, readOnly }, 'layer mounted');
-      return dir;
+      await use(device);
+      return device;
     } catch (err) {
       for (let step = undo.pop(); step; step = undo.pop()) await step().catch(() => undefined);
       const failedFetches = this.o.manager.stats(id).fetch.fetchErrors - fetchErrors;
@@ -132,7 +177,7 @@ export class LayerMounts {
     if (!m) return;
     if (!all && --m.refs > 0) return;
     this.mounted.delete(id);
-    await this.fs.unmount(m.dir);
+    if (m.dir !== undefined) await this.fs.unmount(m.dir);
     await m.device.detach();
     this.o.nbd.removeExport(id, { force: true });
     await this.o.manager.release(id);

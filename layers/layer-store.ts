@@ -89,6 +89,36 @@ export class LayerStore {
   }
 
   /**
+   * Hands the layer out as a block device for an engine that mounts it itself (a containerd
+   * snapshot), its file system made first for a blank base layer; read-only when asked or
+   * frozen. Stays attached until detach (or remove).
+   */
+  async attach(id: string, options: { readOnly: boolean }): Promise<string> {
+    this.manager.get(id); // unknown ids fail here with a clear NotFoundError
+    return this.o.mounts.lock.run(id, async () => {
+      await this.formatted(id);
+      const readOnly = options.readOnly || this.manager.get(id).frozen;
+      return this.o.mounts.attachLocked(id, { readOnly });
+    });
+  }
+
+  /** Undoes attach (or every Get): the layer is no longer attached or mounted here. */
+  detach(id: string): Promise<void> {
+    return this.o.mounts.lock.run(id, () => this.o.mounts.putLocked(id, true));
+  }
+
+  /** Freezes a layer that nobody has attached or mounted: it becomes a parent that others clone. */
+  async freeze(id: string): Promise<void> {
+    await this.o.mounts.lock.run(id, async () => {
+      if (this.o.mounts.isMounted(id)) {
+        throw new ConflictError(`layer ${id} is still attached: it cannot be frozen`, { context: { layer: id } });
+      }
+      await this.formatted(id);
+      await this.manager.freeze(id);
+    });
+  }
+
+  /**
    * Applies a layer tar (optionally gzip'ed) to layer `id`, made by Create(id, parent) before.
    * Returns the bytes of file data applied (for a marker: those of the chunks that differ from
    * the parent's). Reads `body` no further than the tar's end and never destroys it.

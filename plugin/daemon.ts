@@ -1,56 +1,36 @@
 /**
- * The plugin daemon: composes the graphdriver API (api.ts) with the layer core (LayerStore) over a volume
- * manager, an NBD server on a unix socket and an attacher. The driver comes to life at Init,
- * when dockerd says where its home is (unless a state root was configured).
+ * The plugin daemon, the graphdriver front end: serves the graphdriver API (api.ts) over the
+ * layer core (a LayerHost, layers/layer-host.ts). The layers come to life at Init, when dockerd
+ * says where its home is (unless a state root was configured, or a host shared with the
+ * containerd front end was given).
  */
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { AttachMethod } from '../attach/attacher.js';
-import { chooseAttacher } from '../attach/choose-attacher.js';
 import { ConfigError, NotInitializedError } from '../common/errors.js';
-import type { Logger } from '../common/logger.js';
-import { parseSize } from '../common/units.js';
-import { NbdServer } from '../nbd-server/server.js';
-import type { BackingStore } from '../stores/backing-store.js';
-import type { Compression } from '../stores/chunk-codec.js';
-import { openStore } from '../stores/open-store.js';
-import { VolumeManager } from '../volumes/manager.js';
-import { buildApi, type GraphDriverApi } from './api.js';
+import { formatSize, parseSize } from '../common/units.js';
 import type { Change } from '../layers/changes.js';
-import { LayerStore } from '../layers/layer-store.js';
+import { DEFAULT_LAYER_SIZE, openLayerHost, type LayerHost, type LayerHostOptions } from '../layers/layer-host.js';
+import type { LayerStore } from '../layers/layer-store.js';
 import { markerTar } from '../layers/layer-tar/marker.js';
-import { formatSize } from '../common/units.js';
-import { LayerMounts } from '../layers/layer-mounts.js';
+import { buildApi, type GraphDriverApi } from './api.js';
 
-export interface DaemonOptions {
+export interface DaemonOptions extends Omit<LayerHostOptions, 'root'> {
   /** Plugin (and storage driver) name: the socket is SOCKET_DIR/NAME.sock. */
   name: string;
   socketDir: string;
   /** State root; default: the Home dockerd gives at Init. */
   root?: string;
-  /** Backing store URL; default dir://ROOT/store. */
-  store?: string;
-  /** How layers published to an oci:// store keep their chunks (default brotli where it pays). */
-  compression?: Compression;
-  /** Virtual size of new base layers (bytes). */
-  layerSize: number;
-  attach: AttachMethod | 'auto';
-  cacheBytes?: number;
-  /** How long a chunk fetch may retry before the read fails (ms). */
-  fetchDeadlineMs?: number;
-  /** Chunks prefetched ahead of sequential readers (default 0). */
-  readahead?: number;
-  log: Logger;
+  /** A layer host already open (shared with the containerd front end): Init then uses it. */
+  host?: LayerHost;
 }
 
-export const DEFAULT_LAYER_SIZE = 10 * 2 ** 30;
+export { DEFAULT_LAYER_SIZE };
 
 interface Running {
   home: string;
-  driver: LayerStore;
-  manager: VolumeManager;
-  nbd: NbdServer;
-  store: BackingStore;
+  host: LayerHost;
+  /** Whether this daemon opened the host (and so closes it). */
+  owned: boolean;
 }
 
 export class PluginDaemon implements GraphDriverApi {
@@ -99,40 +79,23 @@ export class PluginDaemon implements GraphDriverApi {
   }
 
   private async start(home: string, layerSize: number): Promise<Running> {
-    const root = this.o.root ?? home;
-    await mkdir(root, { recursive: true });
-    const store = openStore(this.o.store ?? `dir://${join(root, 'store')}`, { compression: this.o.compression });
-    const manager = await VolumeManager.open(join(root, 'volumes'), {
-      store,
-      cacheBytes: this.o.cacheBytes,
-      fetchPolicy: this.o.fetchDeadlineMs ? { deadlineMs: this.o.fetchDeadlineMs } : undefined,
-      readahead: this.o.readahead,
-      log: this.o.log,
-    });
-    const nbd = new NbdServer({ log: this.o.log });
-    const nbdSocket = join(root, 'nbd.sock');
-    await nbd.listen(`unix://${nbdSocket}`);
-    const attacher = chooseAttacher(this.o.attach);
-    const mounts = new LayerMounts({ manager, nbd, nbdSocket, attacher, dir: root, log: this.o.log });
-    await mounts.recover();
-    const driver = new LayerStore({ manager, mounts, layerSize, attachMethod: attacher.method, log: this.o.log });
-    this.o.log.info({ home, root, store: store.url, attach: attacher.method, layerSize }, 'driver initialised');
-    return { home, driver, manager, nbd, store };
+    if (this.o.host) return { home, host: this.o.host, owned: false };
+    const host = await openLayerHost({ ...this.o, root: this.o.root ?? home, layerSize });
+    this.o.log.info({ home }, 'driver initialised');
+    return { home, host, owned: true };
   }
 
   private async stop(): Promise<void> {
     const r = this.running;
     this.running = undefined;
     if (!r) return;
-    await r.driver.cleanup();
-    await r.nbd.close();
-    await r.manager.close();
-    r.store.close?.();
+    if (r.owned) await r.host.close();
+    else await r.host.layers.cleanup();
   }
 
   private get driver(): LayerStore {
     if (!this.running) throw new NotInitializedError('the driver is not initialised: dockerd has not called Init');
-    return this.running.driver;
+    return this.running.host.layers;
   }
 
   create(id: string, parent: string | undefined, storageOpt: Record<string, string>): Promise<void> {
@@ -194,7 +157,7 @@ export class PluginDaemon implements GraphDriverApi {
     };
   }
   async cleanup(): Promise<void> {
-    await this.running?.driver.cleanup();
+    await this.running?.host.layers.cleanup();
   }
   /** Diff: the layer published, answered as its marker tar (metadata, not data). */
   async diff(id: string): Promise<Buffer> {

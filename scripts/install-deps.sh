@@ -46,6 +46,9 @@ if [[ ! -e /dev/fuse ]]; then
   echo "warning: /dev/fuse is missing: the nbdfuse attach path (and its tests) cannot work here" >&2
 fi
 
+# Docker 26 and containerd 1.7 (Debian trixie's, unpacked) for the containerd front end.
+bash scripts/install-engine.sh
+
 # npm ci when node_modules is missing or older than the lock file (always in CI).
 if [[ -n "${CI:-}" || ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
   npm ci --no-audit --no-fund

@@ -1,0 +1,141 @@
+/**
+ * containerd's snapshotter semantics over the layer core: every snapshot is a layer.
+ *   - Prepare(key, parent): an active snapshot, an O(1) writable clone of the committed parent's
+ *     layer (or a blank base), handed out as a block device: Mounts is `ext4` on that device,
+ *     which containerd (or the runc shim) mounts itself.
+ *   - View(key, parent): the same, read-only.
+ *   - Commit(name, key): the active layer is detached and frozen; it keeps its layer id under
+ *     its new name, and children clone it.
+ *   - Remove: refused while children exist (FAILED_PRECONDITION); the layer goes with the row.
+ *   - Stat, Update (labels only), List, Usage: from metadata (snapshot-metastore.ts and the
+ *     volumes'), never a walk of a lazily fetched file system.
+ * A failed Prepare or View leaves nothing behind. Knows nothing of gRPC (snapshot-service.ts).
+ */
+import { AlreadyExistsError, ConflictError } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+import type { LayerStore } from '../layers/layer-store.js';
+import type { SnapshotInfo, SnapshotMetastore } from './snapshot-metastore.js';
+
+/** containerd.types.Mount */
+export interface MountSpec {
+  type: string;
+  source: string;
+  target: string;
+  options: string[];
+}
+
+export class Snapshotter {
+  constructor(
+    private readonly layers: LayerStore,
+    private readonly meta: SnapshotMetastore,
+    private readonly log: Logger,
+  ) {}
+
+  prepare(key: string, parent: string, labels: Record<string, string>): Promise<MountSpec[]> {
+    return this.create(key, parent, 'active', labels);
+  }
+
+  view(key: string, parent: string, labels: Record<string, string>): Promise<MountSpec[]> {
+    return this.create(key, parent, 'view', labels);
+  }
+
+  async mounts(key: string): Promise<MountSpec[]> {
+    const s = this.meta.get(key);
+    if (s.kind === 'committed') {
+      throw new ConflictError(`snapshot ${JSON.stringify(key)} is committed: only active snapshots and views mount`, {
+        context: { key },
+      });
+    }
+    return this.mountsOf(s);
+  }
+
+  async commit(name: string, key: string, labels: Record<string, string>): Promise<void> {
+    const s = this.meta.get(key);
+    if (s.kind !== 'active') {
+      throw new ConflictError(`snapshot ${JSON.stringify(key)} is ${s.kind}, not active: only an active one commits`, {
+        context: { key },
+      });
+    }
+    if (this.meta.has(name)) {
+      throw new AlreadyExistsError(`snapshot ${JSON.stringify(name)} already exists`, { context: { name } });
+    }
+    await this.layers.detach(s.layer); // containerd has unmounted it
+    await this.layers.freeze(s.layer);
+    this.meta.commit(key, name, labels);
+    this.log.info({ key, name, layer: s.layer }, 'snapshot committed');
+  }
+
+  async remove(key: string): Promise<void> {
+    const s = this.meta.remove(key); // refused while children exist
+    await this.layers.detach(s.layer);
+    await this.layers.remove(s.layer);
+    this.log.info({ key, layer: s.layer }, 'snapshot removed');
+  }
+
+  stat(key: string): SnapshotInfo {
+    return this.meta.get(key);
+  }
+
+  update(key: string, labels: Record<string, string>, paths: string[]): SnapshotInfo {
+    return this.meta.updateLabels(key, labels, paths);
+  }
+
+  list(): SnapshotInfo[] {
+    return this.meta.list();
+  }
+
+  /**
+   * Bytes a snapshot holds of its own: an active one's written chunks, a committed one's chunks
+   * that differ from its parent's (chunk granularity). From metadata only.
+   */
+  usage(key: string): { size: number; inodes: number } {
+    const s = this.meta.get(key);
+    const stats = this.layers.manager.stats(s.layer);
+    if (s.kind !== 'committed') return { size: stats.bytesWritten, inodes: 0 };
+    const parent = s.parent ? this.meta.get(s.parent).layer : undefined;
+    const chunks = parent ? this.layers.manager.diffChunks(parent, s.layer) : stats.chunks;
+    return { size: chunks * stats.chunkSize, inodes: 0 };
+  }
+
+  /** Removes layers this front end made that no snapshot names (a crash between steps). */
+  async cleanup(): Promise<void> {
+    const named = new Set(this.meta.list().map((s) => s.layer));
+    for (const row of this.layers.manager.list()) {
+      if (!row.id.startsWith('ctrd-') || named.has(row.id)) continue;
+      await this.layers.detach(row.id);
+      await this.layers.remove(row.id);
+      this.log.warn({ layer: row.id }, 'cleanup: layer of no snapshot removed');
+    }
+  }
+
+  private async create(
+    key: string,
+    parent: string,
+    kind: 'active' | 'view',
+    labels: Record<string, string>,
+  ): Promise<MountSpec[]> {
+    const s = this.meta.create(key, parent, kind, labels);
+    try {
+      await this.layers.create(s.layer, parent ? this.meta.get(parent).layer : undefined);
+      const mounts = await this.mountsOf(s);
+      this.log.info({ key, parent, kind, layer: s.layer }, 'snapshot prepared');
+      return mounts;
+    } catch (err) {
+      // Nothing half-made: the row and the layer go.
+      this.meta.remove(key);
+      if (this.layers.exists(s.layer)) {
+        await this.layers.detach(s.layer).catch(() => undefined);
+        await this.layers
+          .remove(s.layer)
+          .catch((e: unknown) => this.log.error({ err: e, layer: s.layer }, 'undo failed'));
+      }
+      throw err;
+    }
+  }
+
+  private async mountsOf(s: SnapshotInfo): Promise<MountSpec[]> {
+    const readOnly = s.kind === 'view';
+    const device = await this.layers.attach(s.layer, { readOnly });
+    return [{ type: 'ext4', source: device, target: '', options: [readOnly ? 'ro' : 'rw'] }];
+  }
+}

@@ -1,0 +1,129 @@
+/**
+ * Throwaway containerd instances (Debian trixie's 1.7, unpacked by scripts/install-engine.sh)
+ * for tests and benchmarks: each has its own root, state, sockets and config under one
+ * directory, optional proxy snapshotters, no CRI plugin, and is stopped by its PID. Shims and
+ * `ctr` come from the same unpacked tree; runc is bookworm's, on PATH.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ConfigError } from '../common/errors.js';
+import { run, startProcess, type RunResult, type Started } from '../common/exec.js';
+import { cliPath } from './plugin.js';
+import { retryUntil } from '../common/retry.js';
+import { mountsUnder } from '../attach/host-state.js';
+
+export const ENGINE_DIR = process.env.SLACKER_ENGINE_DIR ?? '/opt/slacker-ts/engine/trixie';
+export const CONTAINERD = join(ENGINE_DIR, 'usr/bin/containerd');
+export const CTR = join(ENGINE_DIR, 'usr/bin/ctr');
+
+export interface Containerd {
+  dir: string;
+  socket: string;
+  logFile: string;
+  /** Runs ctr against this containerd in namespace `test` (or `namespace`). */
+  ctr(args: string[], options?: { timeoutMs?: number; namespace?: string }): Promise<RunResult>;
+  stop(): Promise<void>;
+}
+
+export interface ContainerdOptions {
+  /** Proxy snapshotters: name -> unix socket. */
+  snapshotters?: Record<string, string>;
+}
+
+/** The environment containerd and ctr run with: the unpacked tree's binaries first on PATH. */
+export function engineEnv(): NodeJS.ProcessEnv {
+  return { ...process.env, PATH: `${join(ENGINE_DIR, 'usr/bin')}:${join(ENGINE_DIR, 'usr/sbin')}:${process.env.PATH}` };
+}
+
+export function requireEngine(): void {
+  if (!existsSync(CONTAINERD) || !existsSync(CTR)) {
+    throw new ConfigError(
+      `containerd is not unpacked in ${ENGINE_DIR}: run scripts/install-engine.sh (scripts/install-deps.sh does)`,
+    );
+  }
+}
+
+export async function startContainerd(dir: string, o: ContainerdOptions = {}): Promise<Containerd> {
+  requireEngine();
+  await mkdir(dir, { recursive: true });
+  const socket = join(dir, 'containerd.sock');
+  const logFile = join(dir, 'containerd.log');
+  const proxies = Object.entries(o.snapshotters ?? {})
+    .map(
+      ([name, address]) =>
+        `[proxy_plugins.${JSON.stringify(name)}]\n  type = "snapshot"\n  address = ${JSON.stringify(address)}\n`,
+    )
+    .join('\n');
+  const config = join(dir, 'config.toml');
+  await writeFile(
+    config,
+    [
+      'version = 2',
+      `root = ${JSON.stringify(join(dir, 'root'))}`,
+      `state = ${JSON.stringify(join(dir, 'state'))}`,
+      'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+      '[grpc]',
+      `  address = ${JSON.stringify(socket)}`,
+      '[ttrpc]',
+      `  address = ${JSON.stringify(`${socket}.ttrpc`)}`,
+      '[debug]',
+      `  address = ${JSON.stringify(join(dir, 'debug.sock'))}`,
+      '',
+      proxies,
+    ].join('\n'),
+  );
+  const proc = startProcess(CONTAINERD, ['--config', config], { logFile, env: engineEnv() });
+  const ctr = (args: string[], options: { timeoutMs?: number; namespace?: string } = {}): Promise<RunResult> =>
+    run(CTR, ['--address', socket, '--namespace', options.namespace ?? 'test', ...args], {
+      timeoutMs: options.timeoutMs ?? 120_000,
+      env: engineEnv(),
+    });
+  const stop = async (): Promise<void> => {
+    await proc.stop();
+    // Task mounts the shims left: ours only.
+    for (const t of await mountsUnder(dir)) await run('umount', ['-l', t]).catch(() => undefined);
+  };
+  try {
+    await retryUntil(
+      'containerd to answer',
+      async () => {
+        if (proc.child.exitCode !== null) throw new ConfigError('containerd exited');
+        await run(CTR, ['--address', socket, 'version'], { timeoutMs: 5000, env: engineEnv() });
+      },
+      { attempts: 150, delayMs: 200 },
+    );
+  } catch (err) {
+    await stop();
+    const log = await readFile(logFile, 'utf8').catch(() => '');
+    throw new ConfigError(`containerd did not start:\n${log.split('\n').slice(-20).join('\n')}`, { cause: err });
+  }
+  return { dir, socket, logFile, ctr, stop };
+}
+
+export interface SnapshotterProcess {
+  socket: string;
+  root: string;
+  logFile: string;
+  proc: Started;
+  stop(): Promise<void>;
+}
+
+/** `slacker-ts serve --containerd-socket` as its own process, as users run it. */
+export async function startSnapshotter(o: {
+  root: string;
+  socket: string;
+  logFile: string;
+  store?: string;
+  size?: string;
+}): Promise<SnapshotterProcess> {
+  const args = [cliPath(), 'serve', '--containerd-socket', o.socket, '--root', o.root, '--log-level', 'debug'];
+  if (o.store) args.push('--store', o.store);
+  if (o.size) args.push('--size', o.size);
+  const proc = startProcess(process.execPath, args, { logFile: o.logFile });
+  await retryUntil('the snapshotter socket to appear', async () => {
+    if (proc.child.exitCode !== null) throw new ConfigError(`the snapshotter exited; see ${o.logFile}`);
+    if (!existsSync(o.socket)) throw new ConfigError('not yet');
+  });
+  return { socket: o.socket, root: o.root, logFile: o.logFile, proc, stop: () => proc.stop() };
+}

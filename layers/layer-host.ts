@@ -1,0 +1,78 @@
+/**
+ * Everything a host needs to serve layers, built in one place for every front end: the
+ * backing store, the volumes under ROOT/volumes, this host's NBD server (ROOT/nbd.sock), the
+ * attacher, the layer mounts (what a killed predecessor left is torn down first) and the layer
+ * store over them. `close` undoes it all, unmounting and detaching every layer.
+ */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { AttachMethod } from '../attach/attacher.js';
+import { chooseAttacher } from '../attach/choose-attacher.js';
+import type { Logger } from '../common/logger.js';
+import { NbdServer } from '../nbd-server/server.js';
+import type { BackingStore } from '../stores/backing-store.js';
+import type { Compression } from '../stores/chunk-codec.js';
+import { openStore } from '../stores/open-store.js';
+import { VolumeManager } from '../volumes/manager.js';
+import { LayerMounts } from './layer-mounts.js';
+import { LayerStore } from './layer-store.js';
+
+export const DEFAULT_LAYER_SIZE = 10 * 2 ** 30;
+
+export interface LayerHostOptions {
+  /** State root: volumes, chunks, mounts, the NBD socket. */
+  root: string;
+  /** Backing store URL; default dir://ROOT/store. */
+  store?: string;
+  /** How layers published to an oci:// store keep their chunks (default brotli where it pays). */
+  compression?: Compression;
+  /** Virtual size of new base layers (bytes). */
+  layerSize: number;
+  attach: AttachMethod | 'auto';
+  cacheBytes?: number;
+  /** How long a chunk fetch may retry before the read fails (ms). */
+  fetchDeadlineMs?: number;
+  /** Chunks prefetched ahead of sequential readers (default 0). */
+  readahead?: number;
+  log: Logger;
+}
+
+export interface LayerHost {
+  readonly root: string;
+  readonly layers: LayerStore;
+  readonly manager: VolumeManager;
+  readonly store: BackingStore;
+  close(): Promise<void>;
+}
+
+export async function openLayerHost(o: LayerHostOptions): Promise<LayerHost> {
+  await mkdir(o.root, { recursive: true });
+  const store = openStore(o.store ?? `dir://${join(o.root, 'store')}`, { compression: o.compression });
+  const manager = await VolumeManager.open(join(o.root, 'volumes'), {
+    store,
+    cacheBytes: o.cacheBytes,
+    fetchPolicy: o.fetchDeadlineMs ? { deadlineMs: o.fetchDeadlineMs } : undefined,
+    readahead: o.readahead,
+    log: o.log,
+  });
+  const nbd = new NbdServer({ log: o.log });
+  const nbdSocket = join(o.root, 'nbd.sock');
+  await nbd.listen(`unix://${nbdSocket}`);
+  const attacher = chooseAttacher(o.attach);
+  const mounts = new LayerMounts({ manager, nbd, nbdSocket, attacher, dir: o.root, log: o.log });
+  await mounts.recover();
+  const layers = new LayerStore({ manager, mounts, layerSize: o.layerSize, attachMethod: attacher.method, log: o.log });
+  o.log.info({ root: o.root, store: store.url, attach: attacher.method, layerSize: o.layerSize }, 'layer host ready');
+  return {
+    root: o.root,
+    layers,
+    manager,
+    store,
+    close: async () => {
+      await layers.cleanup();
+      await nbd.close();
+      await manager.close();
+      store.close?.();
+    },
+  };
+}

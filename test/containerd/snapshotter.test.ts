@@ -1,0 +1,193 @@
+/**
+ * The containerd front end under a real containerd (Debian trixie's 1.7, unpacked by
+ * scripts/install-engine.sh), through `ctr`: snapshots prepared, mounted as containerd mounts
+ * them (ext4 on the device Mounts names), committed, cloned, viewed, labelled, removed; an
+ * image imported and a container run on slacker layers; and the gRPC service's own answers to
+ * bad input, asked directly.
+ */
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loopsUnder, mountsUnder } from '../../attach/host-state.js';
+import { run } from '../../common/exec.js';
+import {
+  startContainerd,
+  startSnapshotter,
+  type Containerd,
+  type SnapshotterProcess,
+} from '../../harness/containerd.js';
+import { busyboxRootfs, imageArchive } from '../../harness/images.js';
+import { requireRoot, requireTools } from '../helpers/tools.js';
+import { tempDir } from '../helpers/tmp.js';
+
+const NAME = 'slk';
+
+describe('containerd snapshotter (containerd 1.7, ctr)', () => {
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  let snap: SnapshotterProcess;
+  let containerd: Containerd;
+  const ctrSnap = (args: string[]) => containerd.ctr(['snapshots', '--snapshotter', NAME, ...args]);
+
+  /** Mounts a snapshot as containerd would (the mount Mounts answers), runs `fn` on it, unmounts. */
+  async function withMounted<T>(key: string, fn: (dir: string) => Promise<T>): Promise<T> {
+    const target = join(dir.path, `mnt-${Math.random().toString(36).slice(2)}`);
+    await mkdir(target);
+    const line = (await ctrSnap(['mounts', target, key])).stdout.trim();
+    const m = /^mount -t ext4 (\/dev\/\S+) (\S+) -o (ro|rw)$/.exec(line);
+    expect(m, line).not.toBeNull();
+    await run('mount', ['-t', 'ext4', '-o', m![3]!, m![1]!, target]);
+    try {
+      return await fn(target);
+    } finally {
+      await run('umount', [target]);
+    }
+  }
+
+  beforeAll(async () => {
+    requireRoot();
+    await requireTools('nbdfuse', 'losetup', 'mkfs.ext4', 'runc');
+    dir = await tempDir('slacker-containerd-');
+    snap = await startSnapshotter({
+      root: join(dir.path, 'state'),
+      socket: join(dir.path, 'snapshotter.sock'),
+      logFile: join(dir.path, 'snapshotter.log'),
+      size: '256M',
+    });
+    containerd = await startContainerd(join(dir.path, 'containerd'), { snapshotters: { [NAME]: snap.socket } });
+  }, 120_000);
+
+  afterAll(async () => {
+    await containerd?.stop();
+    await snap?.stop();
+    const state = dir ? join(dir.path, 'state') : '';
+    const left = dir ? [...(await mountsUnder(state)), ...(await loopsUnder(state)).map((l) => l.device)] : [];
+    if (dir) await run('rm', ['-rf', dir.path]);
+    expect(left).toEqual([]);
+  }, 120_000);
+
+  it('prepares, mounts, commits, clones, views, labels and removes snapshots', async () => {
+    await ctrSnap(['prepare', 'base']);
+    await withMounted('base', async (d) => {
+      await writeFile(join(d, 'from-base'), 'base data');
+      expect(await run('ls', ['-A', d]).then((r) => r.stdout.trim())).toBe('from-base');
+    });
+    await ctrSnap(['commit', 'base-c', 'base']);
+    await ctrSnap(['prepare', 'child', 'base-c']);
+    await withMounted('child', async (d) => {
+      expect(await readFile(join(d, 'from-base'), 'utf8')).toBe('base data');
+      await writeFile(join(d, 'from-child'), 'x'.repeat(300_000));
+    });
+    await ctrSnap(['commit', 'child-c', 'child']);
+    await ctrSnap(['view', 'v1', 'child-c']);
+    await withMounted('v1', async (d) => {
+      expect((await readFile(join(d, 'from-child'), 'utf8')).length).toBe(300_000);
+      await expect(writeFile(join(d, 'nope'), 'x')).rejects.toThrow(/read-only/i);
+    });
+    const info = JSON.parse((await ctrSnap(['info', 'child-c'])).stdout) as Record<string, unknown>;
+    expect(info).toMatchObject({ Kind: 'Committed', Parent: 'base-c' });
+    await ctrSnap(['label', 'child-c', 'purpose=test']);
+    expect(JSON.parse((await ctrSnap(['info', 'child-c'])).stdout).Labels).toMatchObject({ purpose: 'test' });
+    const usage = (await ctrSnap(['usage', 'child-c'])).stdout;
+    expect(usage).toMatch(/child-c/);
+    const ls = (await ctrSnap(['ls'])).stdout;
+    for (const key of ['base-c', 'child-c', 'v1']) expect(ls).toContain(key);
+
+    await expect(ctrSnap(['rm', 'base-c'])).rejects.toThrow(/child/);
+    await ctrSnap(['rm', 'v1']);
+    await ctrSnap(['rm', 'child-c']);
+    await ctrSnap(['rm', 'base-c']);
+    expect((await ctrSnap(['ls'])).stdout).not.toContain('base-c');
+  });
+
+  it('imports an image onto slacker layers and runs a container on them', async () => {
+    const rootfs = await busyboxRootfs(join(dir.path, 'rootfs'));
+    await run('tar', ['-C', rootfs, '-cf', join(dir.path, 'rootfs.tar'), '.']);
+    const archive = join(dir.path, 'bb.tar');
+    await writeFile(
+      archive,
+      await imageArchive([await readFile(join(dir.path, 'rootfs.tar'))], 'bb:1', { config: { Cmd: ['/bin/sh'] } }),
+    );
+    await containerd.ctr(['images', 'import', '--snapshotter', NAME, archive]);
+    const out = await containerd.ctr([
+      'run',
+      '--rm',
+      '--snapshotter',
+      NAME,
+      'docker.io/library/bb:1',
+      `c-${Math.random().toString(36).slice(2, 8)}`,
+      '/bin/sh',
+      '-c',
+      'cat /etc/motd; echo written > /tmp/x; cat /tmp/x',
+    ]);
+    expect(out.stdout).toBe('slacker-ts test image\nwritten\n');
+  });
+
+  // Its own snapshotter, registered with no containerd: containerd's garbage collector removes
+  // backend snapshots it does not know, such as the ones this test makes directly.
+  describe('the gRPC service, asked directly', () => {
+    let alone: SnapshotterProcess;
+    type Client = grpc.Client &
+      Record<string, (req: unknown, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void>;
+    let client: Client;
+    const call = (method: string, req: unknown): Promise<unknown> =>
+      new Promise((resolve, reject) => client[method]!(req, (err, res) => (err ? reject(err) : resolve(res))));
+    const code = (p: Promise<unknown>): Promise<number> =>
+      p.then(
+        () => -1,
+        (e: grpc.ServiceError) => e.code,
+      );
+
+    beforeAll(async () => {
+      alone = await startSnapshotter({
+        root: join(dir.path, 'alone'),
+        socket: join(dir.path, 'alone.sock'),
+        logFile: join(dir.path, 'alone.log'),
+        size: '64M',
+      });
+      const def = protoLoader.loadSync('containerd/services/snapshots/v1/snapshots.proto', {
+        includeDirs: [join(import.meta.dirname, '../../containerd/proto')],
+        keepCase: true,
+        longs: Number,
+        enums: String,
+        defaults: true,
+      });
+      const api = grpc.loadPackageDefinition(def) as unknown as {
+        containerd: { services: { snapshots: { v1: { Snapshots: grpc.ServiceClientConstructor } } } };
+      };
+      client = new api.containerd.services.snapshots.v1.Snapshots(
+        `unix://${alone.socket}`,
+        grpc.credentials.createInsecure(),
+      ) as unknown as Client;
+    });
+
+    afterAll(async () => {
+      client?.close();
+      await alone?.stop();
+      expect(await loopsUnder(join(dir.path, 'alone'))).toEqual([]);
+    });
+
+    it('answers with containerd status codes, and leaves nothing half-made', async () => {
+      expect(await code(call('Stat', { key: 'no-such' }))).toBe(grpc.status.NOT_FOUND);
+      expect(await code(call('Prepare', { key: 'k1', parent: 'no-such-parent' }))).toBe(grpc.status.NOT_FOUND);
+      expect(await code(call('Stat', { key: 'k1' }))).toBe(grpc.status.NOT_FOUND); // nothing half-made
+      expect(await code(call('Prepare', { key: '' }))).toBe(grpc.status.INVALID_ARGUMENT);
+      await call('Prepare', { key: 'k1', parent: '' });
+      expect(await code(call('Prepare', { key: 'k1', parent: '' }))).toBe(grpc.status.ALREADY_EXISTS);
+      expect(await code(call('Prepare', { key: 'k2', parent: 'k1' }))).toBe(grpc.status.INVALID_ARGUMENT); // not committed
+      await call('Commit', { name: 'k1-c', key: 'k1' });
+      expect(await code(call('Commit', { name: 'k1-d', key: 'k1-c' }))).toBe(grpc.status.FAILED_PRECONDITION); // not active
+      expect(await code(call('Commit', { name: 'k1-d', key: 'no-such' }))).toBe(grpc.status.NOT_FOUND);
+      expect(await code(call('Mounts', { key: 'k1-c' }))).toBe(grpc.status.FAILED_PRECONDITION);
+      await call('Prepare', { key: 'k2', parent: 'k1-c' });
+      expect(await code(call('Remove', { key: 'k1-c' }))).toBe(grpc.status.FAILED_PRECONDITION);
+      expect(await code(call('Commit', { name: 'k1-c', key: 'k2' }))).toBe(grpc.status.ALREADY_EXISTS);
+      const usage = (await call('Usage', { key: 'k1-c' })) as { size: number };
+      expect(usage.size).toBeGreaterThanOrEqual(0);
+      await call('Remove', { key: 'k2' });
+      await call('Remove', { key: 'k1-c' });
+      await call('Cleanup', {});
+    });
+  });
+});
