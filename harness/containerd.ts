@@ -10,12 +10,14 @@ import { join } from 'node:path';
 import { ConfigError } from '../common/errors.js';
 import { run, startProcess, type RunResult, type Started } from '../common/exec.js';
 import { cliPath } from './plugin.js';
+import { DOCKER, type Dockerd } from './dockerd.js';
 import { retryUntil } from '../common/retry.js';
 import { mountsUnder } from '../attach/host-state.js';
 
 export const ENGINE_DIR = process.env.SLACKER_ENGINE_DIR ?? '/opt/slacker-ts/engine/trixie';
 export const CONTAINERD = join(ENGINE_DIR, 'usr/bin/containerd');
 export const CTR = join(ENGINE_DIR, 'usr/bin/ctr');
+export const DOCKERD26 = join(ENGINE_DIR, 'usr/sbin/dockerd');
 
 export interface Containerd {
   dir: string;
@@ -126,4 +128,57 @@ export async function startSnapshotter(o: {
     if (!existsSync(o.socket)) throw new ConfigError('not yet');
   });
   return { socket: o.socket, root: o.root, logFile: o.logFile, proc, stop: () => proc.stop() };
+}
+
+/**
+ * Docker 26 (trixie's dockerd, unpacked) on the containerd image store, its storage driver a
+ * containerd snapshotter: `{"features": {"containerd-snapshotter": true}, "storage-driver":
+ * NAME, "containerd": SOCKET}`. The client is the host's /usr/bin/docker (it negotiates the API
+ * version down).
+ */
+export async function startDockerd26(
+  dir: string,
+  o: { containerd: Containerd; snapshotter: string },
+): Promise<Dockerd> {
+  requireEngine();
+  await mkdir(dir, { recursive: true });
+  const socket = join(dir, 'docker.sock');
+  const logFile = join(dir, 'dockerd.log');
+  const config = join(dir, 'daemon.json');
+  await writeFile(
+    config,
+    JSON.stringify({
+      features: { 'containerd-snapshotter': true },
+      'storage-driver': o.snapshotter,
+      containerd: o.containerd.socket,
+      'data-root': join(dir, 'root'),
+      'exec-root': join(dir, 'exec'),
+      hosts: [`unix://${socket}`],
+      pidfile: join(dir, 'dockerd.pid'),
+      bridge: 'none',
+      iptables: false,
+    }),
+  );
+  const proc = startProcess(DOCKERD26, ['--config-file', config], { logFile, env: engineEnv() });
+  const docker = (args: string[], options: { timeoutMs?: number } = {}): Promise<RunResult> =>
+    run(DOCKER, ['--host', `unix://${socket}`, ...args], { timeoutMs: options.timeoutMs ?? 120_000 });
+  const stop = async (): Promise<void> => {
+    await proc.stop();
+    for (const t of await mountsUnder(dir)) await run('umount', ['-l', t]).catch(() => undefined);
+  };
+  try {
+    await retryUntil(
+      'dockerd 26 to answer',
+      async () => {
+        if (proc.child.exitCode !== null) throw new ConfigError('dockerd exited');
+        await docker(['version'], { timeoutMs: 5000 });
+      },
+      { attempts: 150, delayMs: 200 },
+    );
+  } catch (err) {
+    await stop();
+    const log = await readFile(logFile, 'utf8').catch(() => '');
+    throw new ConfigError(`dockerd 26 did not start:\n${log.split('\n').slice(-20).join('\n')}`, { cause: err });
+  }
+  return { dir, socket, logFile, docker, stop };
 }

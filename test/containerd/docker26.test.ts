@@ -1,0 +1,111 @@
+/**
+ * Docker 26 on the containerd image store with slacker as its storage driver (a containerd
+ * proxy snapshotter): import, run, a container's writes, commit, save, rmi, and containerd's
+ * garbage collection removing the layers nobody uses any more.
+ */
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loopsUnder, mountsUnder } from '../../attach/host-state.js';
+import { run } from '../../common/exec.js';
+import {
+  startContainerd,
+  startDockerd26,
+  startSnapshotter,
+  type Containerd,
+  type SnapshotterProcess,
+} from '../../harness/containerd.js';
+import type { Dockerd } from '../../harness/dockerd.js';
+import { busyboxRootfs, importRootfs } from '../../harness/images.js';
+import { requireRoot, requireTools } from '../helpers/tools.js';
+import { tempDir } from '../helpers/tmp.js';
+
+const NAME = 'slk26';
+
+describe('Docker 26 with the slacker snapshotter (containerd image store)', () => {
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  let snap: SnapshotterProcess;
+  let containerd: Containerd;
+  let docker: Dockerd;
+
+  /** Layers the snapshotter holds now (its volumes, the ext4 template aside). */
+  const layers = async (): Promise<string[]> => {
+    const out = await run(process.execPath, [
+      join(import.meta.dirname, '../../dist/cli/main.js'),
+      'volume',
+      'ls',
+      '--root',
+      join(snap.root, 'volumes'),
+    ]);
+    return out.stdout
+      .split('\n')
+      .map((l) => l.split('\t')[0]!)
+      .filter((id) => id.startsWith('ctrd-'));
+  };
+
+  beforeAll(async () => {
+    requireRoot();
+    await requireTools('nbdfuse', 'losetup', 'mkfs.ext4', 'runc', 'busybox-static');
+    dir = await tempDir('slacker-docker26-');
+    snap = await startSnapshotter({
+      root: join(dir.path, 'state'),
+      socket: join(dir.path, 'snapshotter.sock'),
+      logFile: join(dir.path, 'snapshotter.log'),
+      size: '256M',
+    });
+    containerd = await startContainerd(join(dir.path, 'containerd'), { snapshotters: { [NAME]: snap.socket } });
+    docker = await startDockerd26(join(dir.path, 'docker'), { containerd, snapshotter: NAME });
+  }, 180_000);
+
+  afterAll(async () => {
+    await docker?.stop();
+    await containerd?.stop();
+    await snap?.stop();
+    const state = dir ? join(dir.path, 'state') : '';
+    const left = dir ? [...(await mountsUnder(state)), ...(await loopsUnder(state)).map((l) => l.device)] : [];
+    if (dir) await run('rm', ['-rf', dir.path]);
+    expect(left).toEqual([]);
+  }, 180_000);
+
+  it('reports slacker as its storage driver, a containerd snapshotter', async () => {
+    const info = (await docker.docker(['info'])).stdout;
+    expect(info).toContain(`Storage Driver: ${NAME}`);
+    expect(info).toContain('driver-type: io.containerd.snapshotter.v1');
+  });
+
+  it('imports, runs, commits a container that wrote 16 MiB, saves, and removes: GC leaves no layer', async () => {
+    const rootfs = await busyboxRootfs(join(dir.path, 'rootfs'));
+    await importRootfs(docker, rootfs, 'bb:1');
+    const hello = await docker.docker(['run', '--rm', '--network', 'none', 'bb:1', 'sh', '-c', 'cat /etc/motd']);
+    expect(hello.stdout).toBe('slacker-ts test image\n');
+    await docker.docker([
+      'run',
+      '--name',
+      'c1',
+      '--network',
+      'none',
+      'bb:1',
+      'sh',
+      '-c',
+      'head -c 16777216 /dev/urandom > /data; sha256sum /data > /data.sum',
+    ]);
+    await docker.docker(['commit', 'c1', 'bb:2']);
+    const check = await docker.docker([
+      'run',
+      '--rm',
+      '--network',
+      'none',
+      'bb:2',
+      'sh',
+      '-c',
+      'sha256sum -c /data.sum',
+    ]);
+    expect(check.stdout).toContain('/data: OK');
+    await docker.docker(['save', '-o', join(dir.path, 'bb2.tar'), 'bb:2']);
+    expect((await layers()).length).toBeGreaterThan(0);
+
+    await docker.docker(['rm', 'c1']);
+    await docker.docker(['rmi', 'bb:2', 'bb:1']);
+    // containerd's garbage collector removes the backend snapshots it no longer references.
+    await expect.poll(layers, { timeout: 30_000, interval: 500 }).toEqual([]);
+  });
+});
