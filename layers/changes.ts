@@ -1,7 +1,9 @@
 /**
  * What changed between a layer's tree and its parent's, as `docker diff` and DiffSize report it
  * (moby's rules: a path is modified when its type, mode, owner, device, or, for non-directories,
- * size or mtime differ). Both trees are walked without following symlinks.
+ * size or mtime differ; a directory is also modified whenever an entry inside it was added,
+ * changed or removed, as overlay2 reports it). Both trees are walked without following symlinks.
+ * The size is the bytes of the added and modified files: what a layer tar of the changes carries.
  */
 import { lstat, readdir } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
@@ -57,6 +59,15 @@ export async function changes(layer: string, parent: string | undefined): Promis
     // A deleted directory is one change: its contents are not listed (as moby does).
     const parentGone = !now.has(path.slice(0, path.lastIndexOf('/'))) && path.lastIndexOf('/') > 0;
     if (!now.has(path) && !parentGone) out.push({ Path: path, Kind: ChangeKind.Delete });
+  }
+  // Every directory above a change changed too (moby lists it as modified); the root is not listed.
+  const listed = new Set(out.map((c) => c.Path));
+  for (const c of [...out]) {
+    for (let dir = c.Path.slice(0, c.Path.lastIndexOf('/')); dir !== ''; dir = dir.slice(0, dir.lastIndexOf('/'))) {
+      if (listed.has(dir)) continue;
+      listed.add(dir);
+      if (now.has(dir) && before.has(dir)) out.push({ Path: dir, Kind: ChangeKind.Modify });
+    }
   }
   out.sort((a, b) => (a.Path < b.Path ? -1 : a.Path > b.Path ? 1 : 0));
   return { changes: out, size };

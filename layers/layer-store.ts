@@ -14,7 +14,7 @@
 import { randomBytes } from 'node:crypto';
 import { rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ConflictError, NoSpaceError } from '../common/errors.js';
+import { ConflictError, InvalidArgumentError, NoSpaceError } from '../common/errors.js';
 import { formatSize } from '../common/units.js';
 import type { Logger } from '../common/logger.js';
 import type { VolumeManager } from '../volumes/manager.js';
@@ -57,7 +57,22 @@ export class LayerStore {
     return this.manager.has(id);
   }
 
+  /**
+   * A new layer: a clone of `parent`, or a blank base of `size` (default: the layer size). A
+   * clone has its parent's size: a `size` it cannot have is refused, never ignored (a clone's
+   * file system is its parent's; growing it is not supported).
+   */
   async create(id: string, parent: string | undefined, size?: number): Promise<void> {
+    if (parent && size !== undefined) {
+      const parentSize = this.manager.get(parent).size;
+      if (size !== parentSize) {
+        throw new InvalidArgumentError(
+          `layer ${id} cannot have size ${formatSize(size)}: a layer has its base layer's size ` +
+            `(${formatSize(parentSize)} here), set for base layers with --size or --storage-opt slacker.size`,
+          { context: { layer: id, size, parentSize } },
+        );
+      }
+    }
     await this.o.mounts.lock.run(id, async () => {
       if (parent) await this.manager.clone(await this.frozenParent(parent), id);
       // A base layer starts blank: it gets its file system (a template clone) only when first

@@ -148,6 +148,17 @@ export function driverConformance(name: string, parts: DriverParts): void {
       expect(a.manager.get('c-init').frozen).toBe(true);
     });
 
+    it('refuses a size a child layer cannot have, instead of ignoring it', async () => {
+      await a.driver.create('sized', undefined, 32 * 2 ** 20);
+      expect(a.manager.get('sized').size).toBe(32 * 2 ** 20);
+      await expect(a.driver.create('bigger', 'sized', 64 * 2 ** 20)).rejects.toThrow(
+        /cannot have size 64MiB: a layer has its base layer's size \(32MiB here\)/,
+      );
+      expect(a.driver.exists('bigger')).toBe(false);
+      await a.driver.create('same', 'sized', 32 * 2 ** 20);
+      expect(a.manager.get('same').size).toBe(32 * 2 ** 20);
+    });
+
     it('refuses to freeze a mounted parent for a child', async () => {
       await a.driver.create('p', undefined);
       await a.driver.get('p');
@@ -160,12 +171,19 @@ export function driverConformance(name: string, parts: DriverParts): void {
 
     it('Changes lists what a layer added, changed and deleted against its parent', async () => {
       await a.driver.create('p', undefined);
-      await write(a, 'p', { 'keep.txt': 'same', 'edit.txt': 'old', 'gone.txt': 'x' });
+      await write(a, 'p', {
+        'keep.txt': 'same',
+        'edit.txt': 'old',
+        'gone.txt': 'x',
+        'etc/app/conf': 'v1',
+        'var/keep': 'k',
+      });
       await a.driver.create('c', 'p');
       const dir = await a.driver.get('c');
       try {
         await writeFile(join(dir, 'edit.txt'), 'newer and longer');
         await writeFile(join(dir, 'added.txt'), 'new');
+        await writeFile(join(dir, 'etc/app/conf'), 'v2 longer');
         await run('rm', [join(dir, 'gone.txt')]);
       } finally {
         await a.driver.put('c');
@@ -176,10 +194,15 @@ export function driverConformance(name: string, parts: DriverParts): void {
           { Path: '/added.txt', Kind: ChangeKind.Add },
           { Path: '/edit.txt', Kind: ChangeKind.Modify },
           { Path: '/gone.txt', Kind: ChangeKind.Delete },
+          // moby's rule: every directory above a change is modified too
+          { Path: '/etc', Kind: ChangeKind.Modify },
+          { Path: '/etc/app', Kind: ChangeKind.Modify },
+          { Path: '/etc/app/conf', Kind: ChangeKind.Modify },
         ]),
       );
       expect(changes.find((c) => c.Path === '/keep.txt')).toBeUndefined();
-      expect(size).toBe('new'.length + 'newer and longer'.length);
+      expect(changes.find((c) => c.Path === '/var')).toBeUndefined(); // nothing inside it changed
+      expect(size).toBe('new'.length + 'newer and longer'.length + 'v2 longer'.length);
     });
 
     it('ApplyDiff of an ordinary tar fills a new layer and reports its file bytes; a refused tar leaves it empty', async () => {
