@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { ConfigError } from '../common/errors.js';
 import { run, startProcess, type RunResult, type Started } from '../common/exec.js';
 import { cliPath } from './plugin.js';
-import { DOCKER, type Dockerd } from './dockerd.js';
+import { superviseDockerd, type Dockerd } from './dockerd.js';
 import { retryUntil } from '../common/retry.js';
 import { mountsUnder } from '../attach/host-state.js';
 
@@ -160,25 +160,5 @@ export async function startDockerd26(
     }),
   );
   const proc = startProcess(DOCKERD26, ['--config-file', config], { logFile, env: engineEnv() });
-  const docker = (args: string[], options: { timeoutMs?: number } = {}): Promise<RunResult> =>
-    run(DOCKER, ['--host', `unix://${socket}`, ...args], { timeoutMs: options.timeoutMs ?? 120_000 });
-  const stop = async (): Promise<void> => {
-    await proc.stop();
-    for (const t of await mountsUnder(dir)) await run('umount', ['-l', t]).catch(() => undefined);
-  };
-  try {
-    await retryUntil(
-      'dockerd 26 to answer',
-      async () => {
-        if (proc.child.exitCode !== null) throw new ConfigError('dockerd exited');
-        await docker(['version'], { timeoutMs: 5000 });
-      },
-      { attempts: 150, delayMs: 200 },
-    );
-  } catch (err) {
-    await stop();
-    const log = await readFile(logFile, 'utf8').catch(() => '');
-    throw new ConfigError(`dockerd 26 did not start:\n${log.split('\n').slice(-20).join('\n')}`, { cause: err });
-  }
-  return { dir, socket, logFile, docker, stop };
+  return superviseDockerd(dir, socket, logFile, proc);
 }

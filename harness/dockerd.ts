@@ -55,6 +55,15 @@ export async function startDockerd(dir: string, o: DockerdOptions): Promise<Dock
     ],
     { logFile },
   );
+  return superviseDockerd(dir, socket, logFile, proc);
+}
+
+/**
+ * A started dockerd as a Dockerd: waits until it answers (or says why it did not, with the
+ * tail of its log), runs the client against it, and stops it by its PID, removing the mounts
+ * it leaves under `dir`. Shared by every dockerd version the harness starts.
+ */
+export async function superviseDockerd(dir: string, socket: string, logFile: string, proc: Started): Promise<Dockerd> {
   const docker = (args: string[], options: { timeoutMs?: number } = {}): Promise<RunResult> =>
     run(DOCKER, ['--host', `unix://${socket}`, ...args], { timeoutMs: options.timeoutMs ?? 120_000 });
   const stop = async (): Promise<void> => {
