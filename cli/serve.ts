@@ -12,6 +12,7 @@ import { untilSignal } from '../common/signals.js';
 import { parseSize } from '../common/units.js';
 import { serveContainerd, type ContainerdFrontEnd } from '../containerd/front-end.js';
 import { DEFAULT_LAYER_SIZE, openLayerHost, type LayerHost } from '../layers/layer-host.js';
+import { LayerMetrics, serveMetrics } from '../layers/metrics.js';
 import { PluginDaemon } from '../plugin/daemon.js';
 import { compression, positiveInt } from './args.js';
 
@@ -42,6 +43,8 @@ options:
                        retries; the read then fails with EIO (default 15000)
   --containerd-socket PATH
                        serve the containerd snapshotter on this unix socket (needs --root)
+  --metrics ADDR       serve Prometheus metrics (GET /metrics) on unix:///PATH or HOST:PORT
+                       on loopback (default: off)
   --config FILE        JSON file with any of the options above as keys (name, socketDir, root,
                        store, compression, size, attach, cacheSize, fetchDeadline, readahead,
                        logLevel); flags win over it
@@ -64,6 +67,7 @@ interface ConfigFile {
   readahead?: string;
   logLevel?: string;
   containerdSocket?: string;
+  metrics?: string;
 }
 
 const KEYS = [
@@ -79,6 +83,7 @@ const KEYS = [
   'readahead',
   'logLevel',
   'containerdSocket',
+  'metrics',
 ];
 
 async function readConfig(path: string | undefined): Promise<ConfigFile> {
@@ -115,6 +120,7 @@ export async function serve(argv: string[]): Promise<number> {
       config: { type: 'string' },
       'log-level': { type: 'string' },
       'containerd-socket': { type: 'string' },
+      metrics: { type: 'string' },
     },
     strict: true,
   });
@@ -148,11 +154,16 @@ export async function serve(argv: string[]): Promise<number> {
   let host: LayerHost | undefined;
   let containerd: ContainerdFrontEnd | undefined;
   let daemon: PluginDaemon | undefined;
+  let metricsListener: { close(): Promise<void> } | undefined;
+  const metricsAddress = values.metrics ?? file.metrics;
+  const metrics = metricsAddress ? new LayerMetrics() : undefined;
   try {
+    if (metrics && metricsAddress) metricsListener = await serveMetrics(metrics.registry, metricsAddress, log);
     if (containerdSocket) {
       if (!root) throw new ConfigError('--containerd-socket needs --root (the state root of the layers)');
       host = await openLayerHost({ ...hostOptions, root });
-      containerd = await serveContainerd(host, containerdSocket, log);
+      metrics?.watch(host);
+      containerd = await serveContainerd(host, containerdSocket, log, metrics?.observer('containerd'));
     }
     if (!containerdSocket || name !== undefined) {
       daemon = new PluginDaemon({
@@ -161,11 +172,14 @@ export async function serve(argv: string[]): Promise<number> {
         socketDir: values['socket-dir'] ?? file.socketDir ?? '/run/docker/plugins',
         root,
         host,
+        onCall: metrics?.observer('graphdriver'),
+        onHost: (h) => metrics?.watch(h),
       });
       await daemon.listen();
     }
     await stopped;
   } finally {
+    await metricsListener?.close();
     await daemon?.close();
     await containerd?.close();
     await host?.close();

@@ -6,6 +6,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../common/logger.js';
 import type { LayerHost } from '../layers/layer-host.js';
+import type { CallObserver } from '../layers/metrics.js';
 import { serveSnapshots } from './snapshot-service.js';
 import { SnapshotMetastore } from './snapshot-metastore.js';
 import { Snapshotter } from './snapshotter.js';
@@ -15,11 +16,16 @@ export interface ContainerdFrontEnd {
   close(): Promise<void>;
 }
 
-export async function serveContainerd(host: LayerHost, socket: string, log: Logger): Promise<ContainerdFrontEnd> {
+export async function serveContainerd(
+  host: LayerHost,
+  socket: string,
+  log: Logger,
+  onCall?: CallObserver,
+): Promise<ContainerdFrontEnd> {
   await mkdir(join(host.root, 'containerd'), { recursive: true });
   const meta = new SnapshotMetastore(join(host.root, 'containerd', 'snapshots.db'));
   try {
-    const service = await serveSnapshots(new Snapshotter(host.layers, meta, log), socket, log);
+    const service = await serveSnapshots(new Snapshotter(host.layers, meta, log), socket, log, onCall);
     return {
       socket,
       close: async () => {

@@ -13,6 +13,7 @@ import { chmod, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SlackerError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
+import type { CallObserver } from '../layers/metrics.js';
 import type { SnapshotInfo } from './snapshot-metastore.js';
 import type { Snapshotter } from './snapshotter.js';
 
@@ -69,7 +70,12 @@ export interface SnapshotService {
 }
 
 /** Serves `snapshotter` on unix socket `socket` (mode 0600). */
-export async function serveSnapshots(snapshotter: Snapshotter, socket: string, log: Logger): Promise<SnapshotService> {
+export async function serveSnapshots(
+  snapshotter: Snapshotter,
+  socket: string,
+  log: Logger,
+  onCall?: CallObserver,
+): Promise<SnapshotService> {
   const definition = protoLoader.loadSync('containerd/services/snapshots/v1/snapshots.proto', {
     includeDirs: [protoRoot()],
     keepCase: true,
@@ -83,11 +89,17 @@ export async function serveSnapshots(snapshotter: Snapshotter, socket: string, l
   const unary =
     (method: string, fn: (r: Req) => Promise<unknown> | unknown): grpc.handleUnaryCall<Req, unknown> =>
     (call, callback) => {
+      const t0 = process.hrtime.bigint();
+      const done = (ok: boolean): void => onCall?.(method, ok, Number(process.hrtime.bigint() - t0) / 1e9);
       Promise.resolve()
         .then(() => fn(call.request))
         .then(
-          (answer) => callback(null, answer),
+          (answer) => {
+            done(true);
+            callback(null, answer);
+          },
           (err: unknown) => {
+            done(false);
             const code = grpcStatusOf(err);
             if (code === grpc.status.UNKNOWN) log.error({ err, method }, 'snapshot call failed');
             else log.debug({ err, method }, 'snapshot call refused');

@@ -118,8 +118,11 @@ export async function startSnapshotter(o: {
   logFile: string;
   store?: string;
   size?: string;
+  /** A metrics listener address (unix:///PATH). */
+  metrics?: string;
 }): Promise<SnapshotterProcess> {
   const args = [cliPath(), 'serve', '--containerd-socket', o.socket, '--root', o.root, '--log-level', 'debug'];
+  if (o.metrics) args.push('--metrics', o.metrics);
   if (o.store) args.push('--store', o.store);
   if (o.size) args.push('--size', o.size);
   const proc = startProcess(process.execPath, args, { logFile: o.logFile });

@@ -38,6 +38,8 @@ export interface LayerMountsOptions {
 
 export class LayerMounts {
   private readonly mounted = new Map<string, Mounted>();
+  /** Block devices attached since start (each Get of an unmounted layer, each handed-out device). */
+  attaches = 0;
   readonly lock = new KeyedLock<string>();
 
   constructor(private readonly o: LayerMountsOptions) {}
@@ -153,6 +155,7 @@ export class LayerMounts {
         { readOnly },
       );
       undo.push(() => device.detach());
+      this.attaches++;
       await use(device);
       return device;
     } catch (err) {

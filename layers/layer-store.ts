@@ -49,6 +49,11 @@ export class LayerStore {
     return this.o.mounts.count;
   }
 
+  /** Block devices attached since start. */
+  get attachCount(): number {
+    return this.o.mounts.attaches;
+  }
+
   isMounted(id: string): boolean {
     return this.o.mounts.isMounted(id);
   }

@@ -11,6 +11,7 @@ import type { Readable } from 'node:stream';
 import { InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { Change } from '../layers/changes.js';
+import type { CallObserver } from '../layers/metrics.js';
 
 /** What the HTTP layer needs; SlackerDriver behind an Init step provides it (daemon.ts). */
 export interface GraphDriverApi {
@@ -91,6 +92,7 @@ async function drain(chunks: AsyncIterator<unknown>): Promise<void> {
 export function buildApi(
   driver: GraphDriverApi,
   log: Logger,
+  onCall?: CallObserver,
 ): FastifyInstance<Server, IncomingMessage, ServerResponse, Logger> {
   const app = Fastify({
     loggerInstance: log,
@@ -109,6 +111,15 @@ export function buildApi(
     req.log.warn({ err, route: req.url }, 'plugin request failed');
     void reply.code(status).send({ Err: err.message });
   });
+  if (onCall) {
+    app.addHook('onResponse', async (req, reply) => {
+      const method = req.url
+        .slice(1)
+        .split('?')[0]!
+        .replace(/^GraphDriver\./, '');
+      onCall(method, reply.statusCode < 400, reply.elapsedTime / 1000);
+    });
+  }
   app.setNotFoundHandler((req, reply) => {
     void reply.code(404).send({ Err: `unknown plugin method ${req.url}` });
   });

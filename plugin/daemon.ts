@@ -12,6 +12,7 @@ import type { Change } from '../layers/changes.js';
 import { DEFAULT_LAYER_SIZE, openLayerHost, type LayerHost, type LayerHostOptions } from '../layers/layer-host.js';
 import type { LayerStore } from '../layers/layer-store.js';
 import { markerTar } from '../layers/layer-tar/marker.js';
+import type { CallObserver } from '../layers/metrics.js';
 import { buildApi, type GraphDriverApi } from './api.js';
 
 export interface DaemonOptions extends Omit<LayerHostOptions, 'root'> {
@@ -22,6 +23,10 @@ export interface DaemonOptions extends Omit<LayerHostOptions, 'root'> {
   root?: string;
   /** A layer host already open (shared with the containerd front end): Init then uses it. */
   host?: LayerHost;
+  /** Told of every API call (metrics). */
+  onCall?: CallObserver;
+  /** Told of the layer host once Init made it (metrics). */
+  onHost?: (host: LayerHost) => void;
 }
 
 export { DEFAULT_LAYER_SIZE };
@@ -41,7 +46,7 @@ export class PluginDaemon implements GraphDriverApi {
 
   constructor(private readonly o: DaemonOptions) {
     this.socketPath = join(o.socketDir, `${o.name}.sock`);
-    this.app = buildApi(this, o.log);
+    this.app = buildApi(this, o.log, o.onCall);
   }
 
   /** Serves the plugin API on its unix socket (mode 0600: dockerd runs as root). */
@@ -81,6 +86,7 @@ export class PluginDaemon implements GraphDriverApi {
   private async start(home: string, layerSize: number): Promise<Running> {
     if (this.o.host) return { home, host: this.o.host, owned: false };
     const host = await openLayerHost({ ...this.o, root: this.o.root ?? home, layerSize });
+    this.o.onHost?.(host);
     this.o.log.info({ home }, 'driver initialised');
     return { home, host, owned: true };
   }

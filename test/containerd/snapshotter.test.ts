@@ -19,6 +19,7 @@ import {
   type SnapshotterProcess,
 } from '../../harness/containerd.js';
 import { busyboxRootfs, imageArchive } from '../../harness/images.js';
+import { sample, scrape } from '../helpers/metrics.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
 import { tempDir } from '../helpers/tmp.js';
 
@@ -54,6 +55,7 @@ describe('containerd snapshotter (containerd 1.7, ctr)', () => {
       socket: join(dir.path, 'snapshotter.sock'),
       logFile: join(dir.path, 'snapshotter.log'),
       size: '256M',
+      metrics: `unix://${join(dir.path, 'metrics.sock')}`,
     });
     containerd = await startContainerd(join(dir.path, 'containerd'), { snapshotters: { [NAME]: snap.socket } });
   }, 120_000);
@@ -99,6 +101,17 @@ describe('containerd snapshotter (containerd 1.7, ctr)', () => {
     await ctrSnap(['rm', 'child-c']);
     await ctrSnap(['rm', 'base-c']);
     expect((await ctrSnap(['ls'])).stdout).not.toContain('base-c');
+
+    const m = await scrape(join(dir.path, 'metrics.sock'));
+    expect(
+      sample(m, 'slacker_requests_total{front_end="containerd",method="Prepare",outcome="ok"}'),
+    ).toBeGreaterThanOrEqual(2);
+    expect(
+      sample(m, 'slacker_requests_total{front_end="containerd",method="Commit",outcome="ok"}'),
+    ).toBeGreaterThanOrEqual(2);
+    expect(sample(m, 'slacker_layer_attaches_total')).toBeGreaterThanOrEqual(3);
+    expect(sample(m, 'slacker_volumes')).toBeGreaterThanOrEqual(1);
+    expect(m).toContain('process_cpu_seconds_total');
   });
 
   it('imports an image onto slacker layers and runs a container on them', async () => {

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { busyboxRootfs, importRootfs } from '../../harness/images.js';
 import { mountsUnder } from '../../attach/host-state.js';
 import { callPlugin, convertImage, startSlackerHost, type SlackerHost } from '../../harness/plugin.js';
+import { sample, scrape } from '../helpers/metrics.js';
 import { retryUntil } from '../../common/retry.js';
 import { DEFAULT_CHUNK_SIZE as CHUNK_SIZE } from '../../volumes/types.js';
 import { startRegistry, type TestRegistry } from '../../harness/registry.js';
@@ -28,7 +29,7 @@ describe('two slacker hosts sharing a store and a registry', () => {
     const host = await startSlackerHost(join(dir.path, label), {
       store: `dir://${join(dir.path, 'shared-store')}`,
       size: '1G',
-      pluginArgs: ['--fetch-deadline', '2000'],
+      pluginArgs: ['--fetch-deadline', '2000', '--metrics', `unix://${join(dir.path, `${label}-metrics.sock`)}`],
     });
     hosts.push(host);
     return host;
@@ -114,6 +115,14 @@ describe('two slacker hosts sharing a store and a registry', () => {
     const sum = await b.dockerd.docker(['run', '--rm', '--network', 'none', image, 'sh', '-c', 'wc -c < /big.bin']);
     expect(Number(sum.stdout.trim())).toBe(BIG);
     await b.dockerd.docker(['rm', 'reader']);
+    // The metrics prove it too, as an operator would check it.
+    const m = await scrape(join(dir.path, 'b-metrics.sock'));
+    expect(sample(m, 'slacker_chunk_fetched_bytes_total')).toBeGreaterThanOrEqual(fetched);
+    expect(sample(m, 'slacker_chunk_fetch_duration_seconds_count')).toBe(sample(m, 'slacker_chunk_fetches_total'));
+    expect(sample(m, 'slacker_layer_attaches_total')).toBeGreaterThan(0);
+    expect(
+      sample(m, 'slacker_requests_total{front_end="graphdriver",method="ApplyDiff",outcome="ok"}'),
+    ).toBeGreaterThan(0);
   });
 
   it('convert --profile: a third host fetches what the image reads at start during the pull, before it runs', async () => {

@@ -11,6 +11,8 @@ export class FetchCounters {
   /** Reads of frozen chunks served from the local store. */
   localHits = 0;
   readonly latency = new Array<number>(LATENCY_BUCKETS_MS.length + 1).fill(0);
+  /** Told of every fetch (bytes, ms), for a metrics histogram; unset, it costs nothing. */
+  onFetch: ((bytes: number, ms: number) => void) | undefined;
 
   /** Upper bound (ms) of the bucket holding the q-quantile of fetch latencies (Infinity: the open bucket). */
   latencyQuantile(q: number): number {
@@ -28,5 +30,6 @@ export class FetchCounters {
     this.bytesFetched += bytes;
     const i = LATENCY_BUCKETS_MS.findIndex((b) => ms <= b);
     this.latency[i < 0 ? LATENCY_BUCKETS_MS.length : i]!++;
+    this.onFetch?.(bytes, ms);
   }
 }
