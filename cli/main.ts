@@ -6,12 +6,14 @@ import { SlackerError } from '../common/errors.js';
 import { nbdServe, NBD_SERVE_HELP } from './nbd-serve.js';
 import { convertCommand, CONVERT_HELP } from './convert.js';
 import { serve, SERVE_HELP } from './serve.js';
+import { statusCommand, STATUS_HELP } from './status.js';
 import { volume, VOLUME_HELP } from './volume.js';
 
 const USAGE = `usage: slacker-ts <command> [options]
 
 commands:
-  serve       run the Docker graphdriver plugin (slacker-ts serve --help)
+  serve       run the Docker graphdriver plugin and/or the containerd snapshotter
+  status      a running daemon's state: store, volumes, cache, fetches, layers
   convert     make an image lazily pullable: one marker layer (slacker-ts convert --help)
   nbd-serve   serve raw files over NBD (slacker-ts nbd-serve --help)
   volume      create, clone, freeze, publish, open, list, remove and serve layer volumes
@@ -24,6 +26,7 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help:
   convert: { run: convertCommand, help: CONVERT_HELP },
   'nbd-serve': { run: nbdServe, help: NBD_SERVE_HELP },
   volume: { run: volume, help: VOLUME_HELP },
+  status: { run: statusCommand, help: STATUS_HELP },
 };
 
 async function main(argv: string[]): Promise<number> {

@@ -14,7 +14,7 @@
 import { randomBytes } from 'node:crypto';
 import { rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ConflictError, InvalidArgumentError, NoSpaceError } from '../common/errors.js';
+import { ConflictError, InvalidArgumentError, NoSpaceError, NotFoundError, systemErrorCode } from '../common/errors.js';
 import { formatSize } from '../common/units.js';
 import type { Logger } from '../common/logger.js';
 import type { VolumeManager } from '../volumes/manager.js';
@@ -33,6 +33,30 @@ export interface LayerStoreOptions {
   log: Logger;
 }
 
+/** LayerStore.report: a host's state for `slacker-ts status`. */
+export interface HostReport {
+  root: string;
+  store: { url: string; reachable: boolean; error?: string };
+  attachMethod: string;
+  volumes: number;
+  attached: number;
+  cache: { bytes: number; chunks: number; limitBytes: number; evictions: number };
+  fetch: { chunks: number; bytes: number; errors: number; localHits: number; p50Ms: number; p99Ms: number };
+  layers: {
+    id: string;
+    parent: string | null;
+    frozen: boolean;
+    snapshotRef: string | null;
+    virtualSize: number;
+    chunks: number;
+    bytesWritten: number;
+    chunksFetched: number;
+    bytesFetched: number;
+    localHits: number;
+    attached: boolean;
+  }[];
+}
+
 export class LayerStore {
   constructor(private readonly o: LayerStoreOptions) {}
 
@@ -47,6 +71,61 @@ export class LayerStore {
 
   get mountedCount(): number {
     return this.o.mounts.count;
+  }
+
+  /**
+   * What an operator asks of a host: volumes, attachments, cache, fetches, whether the backing
+   * store answers (its check, or else a manifest that cannot exist is asked for: "not found"
+   * means it answered), and every layer's lazy statistics.
+   */
+  async report(): Promise<HostReport> {
+    const m = this.manager;
+    const total = m.chunks.total;
+    let reachable = true;
+    let error: string | undefined;
+    if (m.store) {
+      try {
+        if (m.store.check) await m.store.check();
+        else await m.store.getManifest(`sha256:${'0'.repeat(64)}` as Digest);
+      } catch (err) {
+        if (!(err instanceof NotFoundError || systemErrorCode(err) === 'ENOENT')) {
+          reachable = false;
+          error = err instanceof Error ? err.message : String(err);
+        }
+      }
+    }
+    return {
+      root: m.root,
+      store: { url: m.store?.url ?? 'none', reachable, ...(error ? { error } : {}) },
+      attachMethod: this.o.attachMethod,
+      volumes: m.list().length,
+      attached: this.o.mounts.count,
+      cache: m.cacheStats(),
+      fetch: {
+        chunks: total.chunksFetched,
+        bytes: total.bytesFetched,
+        errors: total.fetchErrors,
+        localHits: total.localHits,
+        p50Ms: total.latencyQuantile(0.5),
+        p99Ms: total.latencyQuantile(0.99),
+      },
+      layers: m.list().map((row) => {
+        const s = m.stats(row.id);
+        return {
+          id: s.id,
+          parent: s.parent,
+          frozen: s.frozen,
+          snapshotRef: s.snapshotRef,
+          virtualSize: s.virtualSize,
+          chunks: s.chunks,
+          bytesWritten: s.bytesWritten,
+          chunksFetched: s.fetch.chunksFetched,
+          bytesFetched: s.fetch.bytesFetched,
+          localHits: s.fetch.localHits,
+          attached: this.o.mounts.isMounted(s.id),
+        };
+      }),
+    };
   }
 
   /** Block devices attached since start. */

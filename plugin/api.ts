@@ -11,6 +11,7 @@ import type { Readable } from 'node:stream';
 import { InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { Change } from '../layers/changes.js';
+import type { HostReport } from '../layers/layer-store.js';
 import type { CallObserver } from '../layers/metrics.js';
 
 /** What the HTTP layer needs; SlackerDriver behind an Init step provides it (daemon.ts). */
@@ -25,6 +26,8 @@ export interface GraphDriverApi {
   metadata(id: string): Record<string, string>;
   cleanup(): Promise<void>;
   diff(id: string, parent: string | undefined): Promise<Buffer>;
+  /** Not Docker's: the host's state for `slacker-ts status`. */
+  report(): Promise<HostReport>;
   /** Not Docker's: Diff with the startup profile of layer `profileFrom` (plugin/convert.ts). */
   profiledDiff(id: string, profileFrom: string): Promise<{ tar: Buffer; prefetch: number }>;
   changes(id: string, parent: string | undefined): Promise<Change[]>;
@@ -152,6 +155,7 @@ export function buildApi(
   route('GraphDriver.Status', empty, () => ({ Status: driver.status() }));
   route('GraphDriver.GetMetadata', idOnly, (b) => ({ Metadata: driver.metadata(b.ID) }));
   route('GraphDriver.Cleanup', empty, async () => void (await driver.cleanup()));
+  route('Slacker.Status', empty, async () => ({ Report: await driver.report() }));
   route('GraphDriver.Changes', idParent, async (b) => ({ Changes: await driver.changes(b.ID, parent(b)) }));
   route('GraphDriver.DiffSize', idParent, async (b) => ({ Size: await driver.diffSize(b.ID, parent(b)) }));
 

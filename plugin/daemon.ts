@@ -10,7 +10,7 @@ import { ConfigError, NotInitializedError } from '../common/errors.js';
 import { formatSize, parseSize } from '../common/units.js';
 import type { Change } from '../layers/changes.js';
 import { DEFAULT_LAYER_SIZE, openLayerHost, type LayerHost, type LayerHostOptions } from '../layers/layer-host.js';
-import type { LayerStore } from '../layers/layer-store.js';
+import type { HostReport, LayerStore } from '../layers/layer-store.js';
 import { markerTar } from '../layers/layer-tar/marker.js';
 import type { CallObserver } from '../layers/metrics.js';
 import { buildApi, type GraphDriverApi } from './api.js';
@@ -143,6 +143,9 @@ export class PluginDaemon implements GraphDriverApi {
       ['Fetch errors', String(total.fetchErrors)],
       ['Fetch latency p50/p99', `<= ${total.latencyQuantile(0.5)} ms / <= ${total.latencyQuantile(0.99)} ms`],
     ];
+  }
+  report(): Promise<HostReport> {
+    return this.driver.report();
   }
   /** GetMetadata: what `docker inspect` shows under GraphDriver.Data (strings only). */
   metadata(id: string): Record<string, string> {

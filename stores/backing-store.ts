@@ -44,6 +44,8 @@ export interface BackingStore {
   putManifest(manifest: Buffer): Promise<Digest>;
   /** Fetches a snapshot manifest by reference (unverified). */
   getManifest(ref: Digest): Promise<Buffer>;
+  /** Rejects if the store cannot be reached now (for status); absent: ask for a manifest instead. */
+  check?(): Promise<void>;
   /** Releases what the store holds open (pooled connections); its owner calls it last. */
   close?(): void;
 }

@@ -10,6 +10,7 @@
  */
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { IoError } from '../common/errors.js';
 import { writeFileAtomically } from '../common/fileops.js';
 import { digestOf, type Digest } from '../common/digests.js';
 import type { BackingStore, StoredChunk } from './backing-store.js';
@@ -22,6 +23,14 @@ export class DirStore implements BackingStore {
   }
 
   readonly packs = false;
+
+  /** The store's directory is there (a missing mount of a shared directory shows here). */
+  async check(): Promise<void> {
+    const st = await stat(this.root).catch((err: unknown) => {
+      throw new IoError(`store directory ${this.root} is not reachable`, { cause: err });
+    });
+    if (!st.isDirectory()) throw new IoError(`store ${this.root} is not a directory`);
+  }
 
   async putChunks(chunks: StoredChunk[]): Promise<Map<Digest, string>> {
     const out = new Map<Digest, string>();

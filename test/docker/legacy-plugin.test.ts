@@ -79,8 +79,23 @@ describe('legacy graphdriver plugin under dockerd', () => {
     expect(diff).toContain('A /data.txt');
     expect(diff).toContain('D /etc/motd');
     expect(diff).toContain('C /etc'); // moby's rule, as overlay2 reports it
+    const container = JSON.parse((await dockerd.docker(['inspect', 'c1'])).stdout)[0].GraphDriver.Data
+      .VolumeId as string;
     const info = (await dockerd.docker(['info', '--format', '{{json .DriverStatus}}'])).stdout;
     expect(info).toContain('Attach method');
+    // slacker-ts status, as an operator asks it
+    const cli = join(import.meta.dirname, '../../dist/cli/main.js');
+    const json = JSON.parse((await run(process.execPath, [cli, 'status', '--socket', plugin.socket, '--json'])).stdout);
+    expect(json.store.reachable).toBe(true);
+    expect(json.volumes).toBeGreaterThan(1);
+    const c1 = json.layers.find((l: { id: string }) => l.id === container);
+    expect(c1).toMatchObject({ frozen: false, attached: false });
+    const table = (await run(process.execPath, [cli, 'status', '--socket', plugin.socket])).stdout;
+    expect(table).toMatch(/Backing store\s+dir:\/\/\S+ \(answers\)/);
+    expect(table).toContain(container.slice(0, 24));
+    await expect(run(process.execPath, [cli, 'status', '--socket', join(dir.path, 'no.sock')])).rejects.toThrow(
+      /no slacker-ts daemon answers/,
+    );
   });
 
   it('commit makes a marker layer that runs, and save/load round-trips both kinds of layer', async () => {

@@ -5,6 +5,7 @@
  * during a Get gives dockerd a clear error, and everything works again once it is back.
  */
 import { rename } from 'node:fs/promises';
+import { run } from '../../common/exec.js';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { busyboxRootfs, importRootfs } from '../../harness/images.js';
@@ -180,17 +181,21 @@ describe('two slacker hosts sharing a store and a registry', () => {
     const store = join(dir.path, 'shared-store');
     await rename(store, `${store}.away`);
     let err: string | undefined;
+    let down: { store: { reachable: boolean; error?: string } } | undefined;
     try {
       err = await b.dockerd
         .docker(['run', '--rm', '--network', 'none', second, 'cat', '/two.txt'])
         .then(() => undefined)
         .catch((e: Error) => e.message);
+      const cli = join(import.meta.dirname, '../../dist/cli/main.js');
+      down = JSON.parse((await run(process.execPath, [cli, 'status', '--socket', b.plugin.socket, '--json'])).stdout);
     } finally {
       await rename(`${store}.away`, store);
     }
     console.info(`store down during Get: ${err?.split('\n').find((l) => l.includes('Error response'))}`);
     expect(err).toBeDefined();
     expect(err).toContain('chunk fetch(es) from the backing store');
+    expect(down?.store).toMatchObject({ reachable: false, error: expect.stringContaining('not reachable') });
     const ok = await b.dockerd.docker(['run', '--rm', '--network', 'none', second, 'cat', '/two.txt']);
     expect(ok.stdout.trim()).toBe('two');
   });
