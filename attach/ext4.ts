@@ -1,5 +1,5 @@
 /** ext4 on an attached block device: make, mount, unmount. */
-import { mkdir, rmdir } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { run } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
 import type { LayerFilesystem } from './filesystem.js';
@@ -20,12 +20,16 @@ export async function mountExt4(device: string, dir: string, options: { readOnly
 }
 
 /**
- * Unmounts, retrying while the file system is briefly busy (a process still closing files), and
- * removes the now empty mount point: one is made per layer ever mounted, and they would pile up.
+ * Unmounts, retrying while the file system is briefly busy (a process still closing files).
+ * The mount point stays (an empty directory): removing it is not harmless. Copies of the mount
+ * live on in other mount namespaces (a container's, one made by `ip netns`), and rmdir of their
+ * mount point detaches them, so the final unmount, which flushes ext4 through the loop device,
+ * FUSE and NBD into the server that serves the layer, would run in the thread that called rmdir.
+ * In the plugin that is a libuv threadpool thread, and the NBD server's file I/O needs those
+ * same threads: 64 containers at once deadlocked that way (all four threads in cleanup_mnt).
  */
 export async function unmount(dir: string): Promise<void> {
   await retryUntil(`umount ${dir}`, () => run('umount', [dir]), { attempts: 30, delayMs: 200 });
-  await rmdir(dir).catch(() => undefined); // not empty or already gone: not ours to force
 }
 
 /** ext4 as a layer file system; a frozen one (fsfreeze) has its journal flushed and takes no writes. */

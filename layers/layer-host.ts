@@ -47,6 +47,9 @@ export interface LayerHost {
 
 export async function openLayerHost(o: LayerHostOptions): Promise<LayerHost> {
   await mkdir(o.root, { recursive: true });
+  // The default store lives in the state root, so it is made here; a store given by URL never is
+  // (a shared directory that is not mounted must show as missing, not be created locally).
+  if (!o.store) await mkdir(join(o.root, 'store'), { recursive: true });
   const store = openStore(o.store ?? `dir://${join(o.root, 'store')}`, { compression: o.compression });
   const manager = await VolumeManager.open(join(o.root, 'volumes'), {
     store,

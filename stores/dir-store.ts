@@ -27,7 +27,10 @@ export class DirStore implements BackingStore {
   /** The store's directory is there (a missing mount of a shared directory shows here). */
   async check(): Promise<void> {
     const st = await stat(this.root).catch((err: unknown) => {
-      throw new IoError(`store directory ${this.root} is not reachable`, { cause: err });
+      throw new IoError(
+        `store directory ${this.root} is not reachable (nothing published there yet, or its file system is not mounted)`,
+        { cause: err },
+      );
     });
     if (!st.isDirectory()) throw new IoError(`store ${this.root} is not a directory`);
   }
