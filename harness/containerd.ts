@@ -12,7 +12,7 @@ import { run, startProcess, type RunResult, type Started } from '../common/exec.
 import { cliPath } from './plugin.js';
 import { superviseDockerd, type Dockerd } from './dockerd.js';
 import { retryUntil } from '../common/retry.js';
-import { mountsUnder } from '../attach/host-state.js';
+import { loopsUnder, mountsUnder } from '../attach/host-state.js';
 
 export const ENGINE_DIR = process.env.SLACKER_ENGINE_DIR ?? '/opt/slacker-ts/engine/trixie';
 export const CONTAINERD = join(ENGINE_DIR, 'usr/bin/containerd');
@@ -164,4 +164,42 @@ export async function startDockerd26(
   );
   const proc = startProcess(DOCKERD26, ['--config-file', config], { logFile, env: engineEnv() });
   return superviseDockerd(dir, socket, logFile, proc);
+}
+
+/** A containerd whose proxy snapshotter `name` is slacker-ts (its own process, state in DIR/state). */
+export interface SlackerContainerd {
+  snap: SnapshotterProcess;
+  containerd: Containerd;
+  /** Stops containerd, then the snapshotter; returns what is still mounted or attached under the state. */
+  stop(): Promise<string[]>;
+}
+
+export async function startSlackerContainerd(
+  dir: string,
+  o: { name: string; size?: string; metrics?: string },
+): Promise<SlackerContainerd> {
+  const state = join(dir, 'state');
+  const snap = await startSnapshotter({
+    root: state,
+    socket: join(dir, 'snapshotter.sock'),
+    logFile: join(dir, 'snapshotter.log'),
+    size: o.size,
+    metrics: o.metrics,
+  });
+  let containerd: Containerd;
+  try {
+    containerd = await startContainerd(join(dir, 'containerd'), { snapshotters: { [o.name]: snap.socket } });
+  } catch (err) {
+    await snap.stop();
+    throw err;
+  }
+  return {
+    snap,
+    containerd,
+    stop: async () => {
+      await containerd.stop();
+      await snap.stop();
+      return [...(await mountsUnder(state)), ...(await loopsUnder(state)).map((l) => l.device)];
+    },
+  };
 }

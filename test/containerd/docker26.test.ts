@@ -5,15 +5,8 @@
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loopsUnder, mountsUnder } from '../../attach/host-state.js';
 import { run } from '../../common/exec.js';
-import {
-  startContainerd,
-  startDockerd26,
-  startSnapshotter,
-  type Containerd,
-  type SnapshotterProcess,
-} from '../../harness/containerd.js';
+import { startDockerd26, startSlackerContainerd, type SlackerContainerd } from '../../harness/containerd.js';
 import type { Dockerd } from '../../harness/dockerd.js';
 import { busyboxRootfs, importRootfs } from '../../harness/images.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
@@ -23,9 +16,8 @@ const NAME = 'slk26';
 
 describe('Docker 26 with the slacker snapshotter (containerd image store)', () => {
   let dir: Awaited<ReturnType<typeof tempDir>>;
-  let snap: SnapshotterProcess;
-  let containerd: Containerd;
   let docker: Dockerd;
+  let host: SlackerContainerd;
 
   /** Layers the snapshotter holds now (its volumes, the ext4 template aside). */
   const layers = async (): Promise<string[]> => {
@@ -34,7 +26,7 @@ describe('Docker 26 with the slacker snapshotter (containerd image store)', () =
       'volume',
       'ls',
       '--root',
-      join(snap.root, 'volumes'),
+      join(host.snap.root, 'volumes'),
     ]);
     return out.stdout
       .split('\n')
@@ -46,22 +38,13 @@ describe('Docker 26 with the slacker snapshotter (containerd image store)', () =
     requireRoot();
     await requireTools('nbdfuse', 'losetup', 'mkfs.ext4', 'runc', 'busybox-static');
     dir = await tempDir('slacker-docker26-');
-    snap = await startSnapshotter({
-      root: join(dir.path, 'state'),
-      socket: join(dir.path, 'snapshotter.sock'),
-      logFile: join(dir.path, 'snapshotter.log'),
-      size: '256M',
-    });
-    containerd = await startContainerd(join(dir.path, 'containerd'), { snapshotters: { [NAME]: snap.socket } });
-    docker = await startDockerd26(join(dir.path, 'docker'), { containerd, snapshotter: NAME });
+    host = await startSlackerContainerd(dir.path, { name: NAME, size: '256M' });
+    docker = await startDockerd26(join(dir.path, 'docker'), { containerd: host.containerd, snapshotter: NAME });
   }, 180_000);
 
   afterAll(async () => {
     await docker?.stop();
-    await containerd?.stop();
-    await snap?.stop();
-    const state = dir ? join(dir.path, 'state') : '';
-    const left = dir ? [...(await mountsUnder(state)), ...(await loopsUnder(state)).map((l) => l.device)] : [];
+    const left = (await host?.stop()) ?? [];
     if (dir) await run('rm', ['-rf', dir.path]);
     expect(left).toEqual([]);
   }, 180_000);

@@ -10,12 +10,13 @@ import * as protoLoader from '@grpc/proto-loader';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loopsUnder, mountsUnder } from '../../attach/host-state.js';
+import { loopsUnder } from '../../attach/host-state.js';
 import { run } from '../../common/exec.js';
 import {
-  startContainerd,
+  startSlackerContainerd,
   startSnapshotter,
   type Containerd,
+  type SlackerContainerd,
   type SnapshotterProcess,
 } from '../../harness/containerd.js';
 import { busyboxRootfs, imageArchive } from '../../harness/images.js';
@@ -27,8 +28,8 @@ const NAME = 'slk';
 
 describe('containerd snapshotter (containerd 1.7, ctr)', () => {
   let dir: Awaited<ReturnType<typeof tempDir>>;
-  let snap: SnapshotterProcess;
   let containerd: Containerd;
+  let host: SlackerContainerd;
   const ctrSnap = (args: string[]) => containerd.ctr(['snapshots', '--snapshotter', NAME, ...args]);
 
   /** Mounts a snapshot as containerd would (the mount Mounts answers), runs `fn` on it, unmounts. */
@@ -50,21 +51,16 @@ describe('containerd snapshotter (containerd 1.7, ctr)', () => {
     requireRoot();
     await requireTools('nbdfuse', 'losetup', 'mkfs.ext4', 'runc');
     dir = await tempDir('slacker-containerd-');
-    snap = await startSnapshotter({
-      root: join(dir.path, 'state'),
-      socket: join(dir.path, 'snapshotter.sock'),
-      logFile: join(dir.path, 'snapshotter.log'),
+    host = await startSlackerContainerd(dir.path, {
+      name: NAME,
       size: '256M',
       metrics: `unix://${join(dir.path, 'metrics.sock')}`,
     });
-    containerd = await startContainerd(join(dir.path, 'containerd'), { snapshotters: { [NAME]: snap.socket } });
+    containerd = host.containerd;
   }, 120_000);
 
   afterAll(async () => {
-    await containerd?.stop();
-    await snap?.stop();
-    const state = dir ? join(dir.path, 'state') : '';
-    const left = dir ? [...(await mountsUnder(state)), ...(await loopsUnder(state)).map((l) => l.device)] : [];
+    const left = (await host?.stop()) ?? [];
     if (dir) await run('rm', ['-rf', dir.path]);
     expect(left).toEqual([]);
   }, 120_000);
