@@ -94,11 +94,12 @@ export class LayerStore {
         }
       }
     }
+    const rows = m.list();
     return {
       root: m.root,
       store: { url: m.store?.url ?? 'none', reachable, ...(error ? { error } : {}) },
       attachMethod: this.o.attachMethod,
-      volumes: m.list().length,
+      volumes: rows.length,
       attached: this.o.mounts.count,
       cache: m.cacheStats(),
       fetch: {
@@ -109,7 +110,7 @@ export class LayerStore {
         p50Ms: total.latencyQuantile(0.5),
         p99Ms: total.latencyQuantile(0.99),
       },
-      layers: m.list().map((row) => {
+      layers: rows.map((row) => {
         const s = m.stats(row.id);
         return {
           id: s.id,

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { ConfigError, NotInitializedError } from '../common/errors.js';
 import { formatSize, parseSize } from '../common/units.js';
 import type { Change } from '../layers/changes.js';
-import { DEFAULT_LAYER_SIZE, openLayerHost, type LayerHost, type LayerHostOptions } from '../layers/layer-host.js';
+import { openLayerHost, type LayerHost, type LayerHostOptions } from '../layers/layer-host.js';
 import type { HostReport, LayerStore } from '../layers/layer-store.js';
 import { markerTar } from '../layers/layer-tar/marker.js';
 import type { CallObserver } from '../layers/metrics.js';
@@ -28,8 +28,6 @@ export interface DaemonOptions extends Omit<LayerHostOptions, 'root'> {
   /** Told of the layer host once Init made it (metrics). */
   onHost?: (host: LayerHost) => void;
 }
-
-export { DEFAULT_LAYER_SIZE };
 
 interface Running {
   home: string;
