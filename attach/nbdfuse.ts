@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ConflictError, NotFoundError } from '../common/errors.js';
+import { CommandError, ConflictError, NotFoundError } from '../common/errors.js';
 import { run, startProcess } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
 import type { Attacher, BlockDevice, NbdTarget } from './attacher.js';
@@ -42,9 +42,7 @@ export class NbdfuseAttacher implements Attacher {
         },
         POLL,
       );
-      const loop = (
-        await run('losetup', ['-f', '--show', ...(options.readOnly ? ['-r'] : []), join(fuseDir, 'disk')])
-      ).stdout.trim();
+      const loop = await attachLoop(join(fuseDir, 'disk'), options.readOnly);
       undo.push(() => run('losetup', ['-d', loop]).then(() => waitLoopGone(loop)));
       return { path: loop, method: this.method, detach };
     } catch (err) {
@@ -53,6 +51,26 @@ export class NbdfuseAttacher implements Attacher {
     }
   }
 }
+
+/**
+ * `losetup -f --show FILE`, again when it lost a race: `-f` picks a free loop device and then
+ * configures it, and a concurrent losetup (64 containers starting at once) can take the same
+ * device in between: EBUSY, "Device or resource busy". Any other failure is final.
+ */
+async function attachLoop(file: string, readOnly: boolean): Promise<string> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return (await run('losetup', ['-f', '--show', ...(readOnly ? ['-r'] : []), file])).stdout.trim();
+    } catch (err) {
+      const busy = err instanceof CommandError && /Device or resource busy/.test(err.stderr);
+      if (!busy || attempt >= LOOP_ATTEMPTS) throw err;
+      await new Promise((r) => setTimeout(r, 20 * attempt));
+    }
+  }
+}
+
+/** Attempts at finding a free loop device under contention. */
+const LOOP_ATTEMPTS = 20;
 
 /** losetup -d only marks the device for release; wait until it no longer holds the file. */
 async function waitLoopGone(loop: string): Promise<void> {
