@@ -15,7 +15,7 @@ import { Readable, pipeline } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { InvalidArgumentError, IoError, NoSpaceError, SlackerError, systemErrorCode } from '../../common/errors.js';
 import type { Digest } from '../../common/digests.js';
-import { markerRef } from './marker.js';
+import { readMarker } from './marker.js';
 import { checkSymlinkTarget, displayName, entryPath, pathBytes, UnsafeEntryError } from './paths.js';
 import { readTar, type TarEntry, type TarHeader } from './tar-reader.js';
 import { OpKind, TreeWriter, type TreeOp } from './tree-writer.js';
@@ -48,24 +48,17 @@ export type ApplyResult =
  */
 export async function applyLayerTar(body: AsyncIterable<Buffer>, root: () => Promise<string>): Promise<ApplyResult> {
   const entries = readTar(await plainTar(body));
-  const first = await entries.next();
-  if (first.done) return { kind: 'files', size: 0, entries: 0, skippedXattrs: 0 };
-  const ref = markerRef(first.value.header);
-  if (ref) {
-    // A marker is exactly a marker: anything more would be silently dropped.
-    const next = await entries.next();
-    if (!next.done) {
-      throw new InvalidArgumentError(
-        `a marker layer holds only its marker entry, but this one goes on with ${displayName(next.value.header.name)}`,
-        { context: { ref } },
-      );
-    }
-    return { kind: 'marker', ref };
-  }
+  const peeked: TarEntry[] = [];
+  const ref = await readMarker(async () => {
+    const r = await entries.next();
+    return r.done ? undefined : r.value;
+  }, peeked);
+  if (ref) return { kind: 'marker', ref };
+  if (peeked.length === 0) return { kind: 'files', size: 0, entries: 0, skippedXattrs: 0 };
   const tree = new TreeWriter(await root());
   try {
     const applier = new Applier(tree);
-    await applier.apply(first.value);
+    for (const entry of peeked) await applier.apply(entry);
     for await (const entry of entries) await applier.apply(entry);
     await tree.finish().catch((err: unknown) => {
       throw entryError(err, '(directory times)');

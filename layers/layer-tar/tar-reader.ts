@@ -232,6 +232,8 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
   /** Data bytes (and padding) the current entry still has in the stream. */
   let remaining = 0;
   let padding = 0;
+  /** Entries handed out so far: an entry's data is readable only while it is the last one. */
+  let handedOut = 0;
 
   const skipRest = async (): Promise<void> => {
     let n = remaining + padding;
@@ -313,7 +315,15 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
     remaining = dataSize;
     padding = (BLOCK - (dataSize % BLOCK)) % BLOCK;
 
+    const entry = ++handedOut;
+    /** An entry without data can be read later (a peeked one); any other only while it is current. */
+    const stale = (): boolean => {
+      if (entry === handedOut) return false;
+      if (dataSize === 0) return true;
+      throw new Error(`internal: data of tar entry ${JSON.stringify(name)} read after the next entry`);
+    };
     const data = async function* (): AsyncGenerator<Buffer> {
+      if (stale()) return;
       while (remaining > 0) {
         if (q.length === 0 && !(await q.fill(1))) throw corrupt('the tar ends inside an entry (truncated)', q.consumed);
         const piece = q.takeSome(remaining);
@@ -322,6 +332,7 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
       }
     };
     const readAll = async (): Promise<Buffer> => {
+      if (stale()) return Buffer.alloc(0);
       if (!(await q.fill(remaining))) throw corrupt('the tar ends inside an entry (truncated)', q.consumed);
       const out = q.take(remaining);
       remaining = 0;

@@ -150,9 +150,42 @@ describe('issue 22: markers are exactly markers; damaged tars are clear errors',
   it('a marker entry followed by files is refused, and nothing is written', async () => {
     const before = await snapshot(root);
     await expect(apply(rawTar([marker, { name: 'etc/passwd', data: 'x' }]))).rejects.toThrow(
-      /marker layer holds only its marker entry, but this one goes on with "etc\/passwd"/,
+      /marker layer holds only its marker entries, but this one goes on with "etc\/passwd"/,
     );
     expect(await snapshot(root)).toEqual(before);
+  });
+
+  const ref = `sha256:${'ab'.repeat(32)}`;
+  const markerDir = { name: './.slacker/', type: 'directory' as const };
+  const markerFile = { name: `./.slacker/${ref}`, data: '' };
+
+  it('the marker file alone (what containerd leaves of a marker) is a marker, and nothing is written', async () => {
+    const before = await snapshot(root);
+    expect(await apply(rawTar([{ name: './', type: 'directory' }, markerDir, markerFile]))).toEqual({
+      kind: 'marker',
+      ref,
+    });
+    expect(await apply(rawTar([markerDir, markerFile]))).toEqual({ kind: 'marker', ref });
+    expect(await snapshot(root)).toEqual(before);
+  });
+
+  it('a tar that only starts like a marker file is an ordinary layer, applied in full', async () => {
+    const r = await apply(rawTar([markerDir, markerFile, { name: 'etc/hostname', data: 'h' }]));
+    expect(r).toMatchObject({ kind: 'files', entries: 3 });
+    expect(await readFile(join(root, '.slacker', ref), 'utf8')).toBe('');
+    expect(await readFile(join(root, 'etc/hostname'), 'utf8')).toBe('h');
+    // A .slacker file with data, or not named by a reference, is an ordinary file too.
+    expect(await apply(rawTar([markerDir, { name: `./.slacker/${ref}`, data: 'x' }]))).toMatchObject({ kind: 'files' });
+    expect(await apply(rawTar([markerDir, { name: './.slacker/notes', data: '' }]))).toMatchObject({ kind: 'files' });
+  });
+
+  it('a marker whose record and file name disagree, or that goes on after its file, is refused', async () => {
+    const other = { name: `./.slacker/sha256:${'cd'.repeat(32)}`, data: '' };
+    await expect(apply(rawTar([marker, markerDir, other]))).rejects.toThrow(/names two snapshots/);
+    await expect(apply(rawTar([marker, markerDir, markerFile, { name: 'x', data: 'x' }]))).rejects.toThrow(
+      /holds only its marker entries, but this one goes on with "x"/,
+    );
+    await expect(apply(rawTar([marker, markerDir, { name: 'y', data: '' }]))).rejects.toThrow(/goes on with "y"/);
   });
 
   it('a marker record with a malformed reference is refused', async () => {
