@@ -20,7 +20,7 @@ export const SERVE_HELP = `usage: slacker-ts serve [options]
 
 Runs the slacker graphdriver plugin: the plugin API (HTTP on a unix socket) and the NBD server
 of its layer volumes (unix socket). Start dockerd with --experimental --storage-driver NAME.
-With --containerd-socket it serves containerd's snapshots API instead (docs/OPERATIONS.md:
+With --containerd-socket it serves containerd's snapshots and diff APIs instead (docs/OPERATIONS.md:
 [proxy_plugins] in containerd's config), and the graphdriver socket too if --name is given.
 
 options:
@@ -42,12 +42,16 @@ options:
   --fetch-deadline MS  give up on a chunk the store cannot deliver after MS milliseconds of
                        retries; the read then fails with EIO (default 15000)
   --containerd-socket PATH
-                       serve the containerd snapshotter on this unix socket (needs --root)
+                       serve the containerd snapshotter and differ on this unix socket
+                       (needs --root)
+  --containerd-address PATH
+                       containerd's own socket, where the differ reads and writes layer
+                       blobs (default /run/containerd/containerd.sock)
   --metrics ADDR       serve Prometheus metrics (GET /metrics) on unix:///PATH or HOST:PORT
                        on loopback (default: off)
   --config FILE        JSON file with any of the options above as keys (name, socketDir, root,
                        store, compression, size, attach, cacheSize, fetchDeadline, readahead,
-                       logLevel); flags win over it
+                       logLevel, containerdSocket, containerdAddress, metrics); flags win over it
   --log-level LEVEL    trace|debug|info|warn|error (default info, or $SLACKER_LOG_LEVEL)
 
 Environment: SLACKER_STORE, SLACKER_COMPRESSION, SLACKER_ROOT, SLACKER_NAME stand in for the flags
@@ -67,6 +71,7 @@ interface ConfigFile {
   readahead?: string;
   logLevel?: string;
   containerdSocket?: string;
+  containerdAddress?: string;
   metrics?: string;
 }
 
@@ -83,6 +88,7 @@ const KEYS = [
   'readahead',
   'logLevel',
   'containerdSocket',
+  'containerdAddress',
   'metrics',
 ];
 
@@ -120,6 +126,7 @@ export async function serve(argv: string[]): Promise<number> {
       config: { type: 'string' },
       'log-level': { type: 'string' },
       'containerd-socket': { type: 'string' },
+      'containerd-address': { type: 'string' },
       metrics: { type: 'string' },
     },
     strict: true,
@@ -163,7 +170,12 @@ export async function serve(argv: string[]): Promise<number> {
       if (!root) throw new ConfigError('--containerd-socket needs --root (the state root of the layers)');
       host = await openLayerHost({ ...hostOptions, root });
       metrics?.watch(host);
-      containerd = await serveContainerd(host, containerdSocket, log, metrics?.observer('containerd'));
+      containerd = await serveContainerd(host, {
+        socket: containerdSocket,
+        containerdAddress: values['containerd-address'] ?? file.containerdAddress,
+        log,
+        onCall: metrics?.observer('containerd'),
+      });
     }
     if (!containerdSocket || name !== undefined) {
       daemon = new PluginDaemon({

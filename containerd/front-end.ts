@@ -1,39 +1,61 @@
 /**
  * The containerd front end, composed: the snapshot metadata (ROOT/containerd/snapshots.db), the
- * snapshotter over the host's layer store, and its gRPC service on a unix socket.
+ * snapshotter over the host's layer store, the differ over the snapshotter and containerd's
+ * content store, and both gRPC services on one unix socket (containerd's config names it for
+ * a snapshot and a diff proxy plugin alike).
  */
+import * as grpc from '@grpc/grpc-js';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../common/logger.js';
 import type { LayerHost } from '../layers/layer-host.js';
 import type { CallObserver } from '../layers/metrics.js';
-import { serveSnapshots } from './snapshot-service.js';
+import { ContainerdClient } from './containerd-client.js';
+import { addDiffService } from './diff-service.js';
+import { Differ } from './differ.js';
+import { listenUnix } from './grpc-server.js';
+import { addSnapshotsService } from './snapshot-service.js';
 import { SnapshotMetastore } from './snapshot-metastore.js';
 import { Snapshotter } from './snapshotter.js';
+
+/** Where containerd listens when nothing else is said. */
+export const DEFAULT_CONTAINERD_ADDRESS = '/run/containerd/containerd.sock';
 
 export interface ContainerdFrontEnd {
   readonly socket: string;
   close(): Promise<void>;
 }
 
-export async function serveContainerd(
-  host: LayerHost,
-  socket: string,
-  log: Logger,
-  onCall?: CallObserver,
-): Promise<ContainerdFrontEnd> {
+export interface ContainerdOptions {
+  /** Our socket, for containerd's [proxy_plugins]. */
+  socket: string;
+  /** containerd's own socket: the differ reads and writes layer blobs in its content store. */
+  containerdAddress?: string;
+  log: Logger;
+  onCall?: CallObserver;
+}
+
+export async function serveContainerd(host: LayerHost, o: ContainerdOptions): Promise<ContainerdFrontEnd> {
   await mkdir(join(host.root, 'containerd'), { recursive: true });
   const meta = new SnapshotMetastore(join(host.root, 'containerd', 'snapshots.db'));
+  const content = new ContainerdClient(o.containerdAddress ?? DEFAULT_CONTAINERD_ADDRESS);
   try {
-    const service = await serveSnapshots(new Snapshotter(host.layers, meta, log), socket, log, onCall);
+    const snapshotter = new Snapshotter(host.layers, meta, o.log);
+    const server = new grpc.Server();
+    addSnapshotsService(server, snapshotter, o.log, o.onCall);
+    addDiffService(server, new Differ(snapshotter, content, o.log), o.log, o.onCall);
+    const stop = await listenUnix(server, o.socket);
+    o.log.info({ socket: o.socket, containerd: o.containerdAddress }, 'containerd snapshotter and differ listening');
     return {
-      socket,
+      socket: o.socket,
       close: async () => {
-        await service.close();
+        await stop();
+        content.close();
         meta.close();
       },
     };
   } catch (err) {
+    content.close();
     meta.close();
     throw err;
   }

@@ -91,6 +91,12 @@ export class SnapshotMetastore {
     return toInfo(row);
   }
 
+  /** The snapshot that is layer `layer`, if any. */
+  byLayer(layer: string): SnapshotInfo | undefined {
+    const row = this.db.prepare('SELECT * FROM snapshots WHERE layer = ?').get(layer) as Row | undefined;
+    return row && toInfo(row);
+  }
+
   has(key: string): boolean {
     return this.db.prepare('SELECT 1 FROM snapshots WHERE key = ?').get(key) !== undefined;
   }

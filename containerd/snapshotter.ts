@@ -12,6 +12,7 @@
  * A failed Prepare or View leaves nothing behind. Knows nothing of gRPC (snapshot-service.ts).
  */
 import { AlreadyExistsError, ConflictError } from '../common/errors.js';
+import type { Digest } from '../common/digests.js';
 import type { Logger } from '../common/logger.js';
 import type { LayerStore } from '../layers/layer-store.js';
 import type { SnapshotInfo, SnapshotMetastore } from './snapshot-metastore.js';
@@ -95,6 +96,42 @@ export class Snapshotter {
     const parent = s.parent ? this.meta.get(s.parent).layer : undefined;
     const chunks = parent ? this.layers.manager.diffChunks(parent, s.layer) : stats.chunks;
     return { size: chunks * stats.chunkSize, inodes: 0 };
+  }
+
+  /**
+   * The snapshot whose Mounts these are (containerd hands a differ the mounts it got from us),
+   * or undefined for mounts that are not one of our devices.
+   */
+  snapshotOfMounts(mounts: MountSpec[]): SnapshotInfo | undefined {
+    if (mounts.length !== 1 || mounts[0]!.type !== 'ext4') return undefined;
+    const layer = this.layers.layerOfDevice(mounts[0]!.source);
+    return layer === undefined ? undefined : this.meta.byLayer(layer);
+  }
+
+  /**
+   * A marker layer applied to active snapshot `key`: its layer becomes the published snapshot
+   * `ref`, opened lazily; containerd commits it next. The marker's files are never written.
+   */
+  async applyMarker(key: string, ref: Digest): Promise<void> {
+    const s = this.meta.get(key);
+    if (s.kind !== 'active') {
+      throw new ConflictError(`snapshot ${JSON.stringify(key)} is ${s.kind}: a layer applies to an active one`, {
+        context: { key },
+      });
+    }
+    await this.layers.replaceWithSnapshot(s.layer, ref);
+    this.log.info({ key, layer: s.layer, ref }, 'marker applied: snapshot opened lazily');
+  }
+
+  /**
+   * Publishes snapshot `key` (an active one through a consistent copy of what it holds now, its
+   * file system frozen meanwhile) and returns the reference a marker layer carries.
+   */
+  async publish(key: string): Promise<Digest> {
+    const s = this.meta.get(key);
+    const ref = await this.layers.publish(s.layer);
+    this.log.info({ key, layer: s.layer, ref }, 'snapshot published');
+    return ref;
   }
 
   /** Removes layers this front end made that no snapshot names (a crash between steps). */

@@ -31,7 +31,12 @@ export interface Containerd {
 export interface ContainerdOptions {
   /** Proxy snapshotters: name -> unix socket. */
   snapshotters?: Record<string, string>;
+  /** Proxy differs: name -> unix socket; the diff service tries them first, then "walking". */
+  differs?: Record<string, string>;
 }
+
+/** containerd's socket in a directory startContainerd was given. */
+export const containerdSocketIn = (dir: string): string => join(dir, 'containerd.sock');
 
 /** The environment containerd and ctr run with: the unpacked tree's binaries first on PATH. */
 export function engineEnv(): NodeJS.ProcessEnv {
@@ -49,14 +54,22 @@ export function requireEngine(): void {
 export async function startContainerd(dir: string, o: ContainerdOptions = {}): Promise<Containerd> {
   requireEngine();
   await mkdir(dir, { recursive: true });
-  const socket = join(dir, 'containerd.sock');
+  const socket = containerdSocketIn(dir);
   const logFile = join(dir, 'containerd.log');
-  const proxies = Object.entries(o.snapshotters ?? {})
-    .map(
-      ([name, address]) =>
-        `[proxy_plugins.${JSON.stringify(name)}]\n  type = "snapshot"\n  address = ${JSON.stringify(address)}\n`,
-    )
-    .join('\n');
+  const proxy = (type: string, name: string, address: string): string =>
+    `[proxy_plugins.${JSON.stringify(name)}]\n  type = "${type}"\n  address = ${JSON.stringify(address)}\n`;
+  const differs = Object.keys(o.differs ?? {});
+  // Two proxy plugins may not share a name: a differ gets "-diff" after its name.
+  const proxies = [
+    ...Object.entries(o.snapshotters ?? {}).map(([name, address]) => proxy('snapshot', name, address)),
+    ...Object.entries(o.differs ?? {}).map(([name, address]) => proxy('diff', `${name}-diff`, address)),
+    ...(differs.length > 0
+      ? [
+          '[plugins."io.containerd.service.v1.diff-service"]',
+          `  default = ${JSON.stringify([...differs.map((d) => `${d}-diff`), 'walking'])}`,
+        ]
+      : []),
+  ].join('\n');
   const config = join(dir, 'config.toml');
   await writeFile(
     config,
@@ -120,8 +133,11 @@ export async function startSnapshotter(o: {
   size?: string;
   /** A metrics listener address (unix:///PATH). */
   metrics?: string;
+  /** containerd's socket, for the differ. */
+  containerdAddress?: string;
 }): Promise<SnapshotterProcess> {
   const args = [cliPath(), 'serve', '--containerd-socket', o.socket, '--root', o.root, '--log-level', 'debug'];
+  if (o.containerdAddress) args.push('--containerd-address', o.containerdAddress);
   if (o.metrics) args.push('--metrics', o.metrics);
   if (o.store) args.push('--store', o.store);
   if (o.size) args.push('--size', o.size);
@@ -174,9 +190,13 @@ export interface SlackerContainerd {
   stop(): Promise<string[]>;
 }
 
+/**
+ * `differ` (default true): slacker-ts is also containerd's first differ (metadata-only commits,
+ * lazy markers); without it containerd's walking differ applies and makes every layer.
+ */
 export async function startSlackerContainerd(
   dir: string,
-  o: { name: string; size?: string; metrics?: string },
+  o: { name: string; size?: string; metrics?: string; store?: string; differ?: boolean },
 ): Promise<SlackerContainerd> {
   const state = join(dir, 'state');
   const snap = await startSnapshotter({
@@ -185,10 +205,15 @@ export async function startSlackerContainerd(
     logFile: join(dir, 'snapshotter.log'),
     size: o.size,
     metrics: o.metrics,
+    store: o.store,
+    containerdAddress: containerdSocketIn(join(dir, 'containerd')),
   });
   let containerd: Containerd;
   try {
-    containerd = await startContainerd(join(dir, 'containerd'), { snapshotters: { [o.name]: snap.socket } });
+    containerd = await startContainerd(join(dir, 'containerd'), {
+      snapshotters: { [o.name]: snap.socket },
+      differs: o.differ === false ? {} : { [o.name]: snap.socket },
+    });
   } catch (err) {
     await snap.stop();
     throw err;

@@ -21,6 +21,7 @@ interface Mounted {
   /** The mount point; undefined for a layer handed out as a block device only (attachLocked). */
   dir: string | undefined;
   device: BlockDevice;
+  readOnly: boolean;
 }
 
 export interface LayerMountsOptions {
@@ -67,13 +68,32 @@ export class LayerMounts {
    */
   async quiescedLocked<T>(id: string, fn: () => Promise<T>): Promise<T> {
     const m = this.mounted.get(id);
-    if (!m?.dir) return fn();
-    await this.fs.freeze(m.dir);
-    try {
-      return await fn();
-    } finally {
-      await this.fs.unfreeze(m.dir);
+    if (!m) return fn();
+    let dir = m.dir;
+    if (dir === undefined) {
+      // Handed out as a device: the engine mounted it where we cannot see it. A second mount of
+      // the same device shares its superblock (the kernel keeps one per block device), so
+      // freezing ours freezes theirs. Read-write, as theirs is: a mount may not flip that.
+      if (m.readOnly) return fn();
+      dir = this.mountPoint(id);
+      await this.fs.mount(m.device.path, dir, { readOnly: false });
     }
+    try {
+      await this.fs.freeze(dir);
+      try {
+        return await fn();
+      } finally {
+        await this.fs.unfreeze(dir);
+      }
+    } finally {
+      if (m.dir === undefined) await this.fs.unmount(dir);
+    }
+  }
+
+  /** The layer attached here as block device `path` (a path an engine hands back), if any. */
+  layerOfDevice(path: string): string | undefined {
+    for (const [id, m] of this.mounted) if (m.device.path === path) return id;
+    return undefined;
   }
 
   /** Mounts the layer (or counts one more user) and returns its mount point. */
@@ -100,7 +120,7 @@ export class LayerMounts {
       if (options.mkfs) await this.fs.mkfs(d.path);
       await this.fs.mount(d.path, dir, { readOnly });
     });
-    this.mounted.set(id, { refs: 1, dir, device });
+    this.mounted.set(id, { refs: 1, dir, device, readOnly });
     this.o.log.debug({ layer: id, device: device.path, dir, readOnly }, 'layer mounted');
     return dir;
   }
@@ -121,7 +141,7 @@ export class LayerMounts {
       return m.device.path;
     }
     const device = await this.attached(id, options.readOnly, async () => undefined);
-    this.mounted.set(id, { refs: 1, dir: undefined, device });
+    this.mounted.set(id, { refs: 1, dir: undefined, device, readOnly: options.readOnly });
     this.o.log.debug({ layer: id, device: device.path, readOnly: options.readOnly }, 'layer attached');
     return device.path;
   }

@@ -238,8 +238,7 @@ export class LayerStore {
         if (mounted) await this.o.mounts.putLocked(id, true);
         mounted = false;
         if (result.kind === 'marker') {
-          await this.manager.remove(id);
-          await this.manager.openSnapshot(result.ref, id);
+          await this.replaceWithSnapshotLocked(id, result.ref);
           const size = this.changedBytes(id, parent);
           this.o.log.info({ layer: id, ref: result.ref, size }, 'marker layer applied: snapshot opened lazily');
           return size;
@@ -262,6 +261,36 @@ export class LayerStore {
         throw err;
       }
     });
+  }
+
+  /**
+   * A new layer (fresh from create, not yet frozen) becomes the published snapshot `ref`, opened
+   * lazily: what a marker layer means. For a front end whose engine applies layers itself (a
+   * containerd differ), which may hold the layer attached: it is detached first.
+   */
+  async replaceWithSnapshot(id: string, ref: Digest): Promise<void> {
+    await this.o.mounts.lock.run(id, async () => {
+      if (this.manager.get(id).frozen) {
+        throw new ConflictError(`layer ${id} is committed already: a marker applies to a new layer`, {
+          context: { layer: id },
+        });
+      }
+      await this.o.mounts.putLocked(id, true);
+      const size = this.manager.get(id).size;
+      try {
+        await this.replaceWithSnapshotLocked(id, ref);
+      } catch (err) {
+        // Nothing half-made: the layer is a blank one again (its engine discards it).
+        if (!this.exists(id)) await this.manager.create(id, size);
+        throw err;
+      }
+      this.o.log.info({ layer: id, ref }, 'marker applied: snapshot opened lazily');
+    });
+  }
+
+  /** The layer attached here as block device `path` (as an engine hands the device back), if any. */
+  layerOfDevice(path: string): string | undefined {
+    return this.o.mounts.layerOfDevice(path);
   }
 
   /** The reference of the layer's published snapshot (publishing it first if needed). */
@@ -316,6 +345,11 @@ export class LayerStore {
     } finally {
       await this.manager.remove(copy); // its chunks stay local and in the store
     }
+  }
+
+  private async replaceWithSnapshotLocked(id: string, ref: Digest): Promise<void> {
+    await this.manager.remove(id);
+    await this.manager.openSnapshot(ref, id);
   }
 
   /** A parent must be frozen to be cloned: a writable one (a container's init layer) is frozen now. */
