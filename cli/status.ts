@@ -1,6 +1,6 @@
 /**
  * `slacker-ts status`: a running daemon's state, asked over its graphdriver socket
- * (Slacker.Status): volumes, attachments, cache, fetches, whether the backing store answers,
+ * (Slacker.Status) or the containerd front end's control API: volumes, attachments, cache, fetches, whether the backing store answers,
  * and each layer's lazy statistics. A table for people, `--json` for scripts.
  */
 import { join } from 'node:path';
@@ -8,9 +8,10 @@ import { parseArgs } from 'node:util';
 import { ConfigError, systemErrorCode } from '../common/errors.js';
 import { formatSize } from '../common/units.js';
 import type { HostReport } from '../layers/layer-store.js';
+import { ControlClient } from '../containerd/control-service.js';
 import { pluginCall } from '../plugin/client.js';
 
-export const STATUS_HELP = `usage: slacker-ts status [--name NAME] [--socket-dir DIR | --socket PATH] [--json]
+export const STATUS_HELP = `usage: slacker-ts status [--name NAME] [--socket-dir DIR | --socket PATH | --containerd-socket PATH] [--json]
 
 Shows a running slacker-ts daemon's state: backing store (and whether it answers), volumes,
 attached layers, the chunk cache, what was fetched, and every layer's lazy statistics.
@@ -19,6 +20,8 @@ options:
   --name NAME          the daemon's plugin name (default slacker): SOCKET_DIR/NAME.sock
   --socket-dir DIR     default /run/docker/plugins
   --socket PATH        the daemon's graphdriver socket, instead of the two above
+  --containerd-socket PATH
+                       a daemon serving containerd: the socket of its snapshotter
   --json               the whole report as JSON
 `;
 
@@ -29,6 +32,7 @@ export async function statusCommand(argv: string[]): Promise<number> {
       name: { type: 'string' },
       'socket-dir': { type: 'string' },
       socket: { type: 'string' },
+      'containerd-socket': { type: 'string' },
       json: { type: 'boolean' },
     },
     strict: true,
@@ -36,8 +40,16 @@ export async function statusCommand(argv: string[]): Promise<number> {
   const socket =
     values.socket ?? join(values['socket-dir'] ?? '/run/docker/plugins', `${values.name ?? 'slacker'}.sock`);
   let report: HostReport;
+  const containerdSocket = values['containerd-socket'];
   try {
-    report = (await pluginCall(socket, 'Slacker.Status', {})).Report as HostReport;
+    if (containerdSocket) {
+      const control = new ControlClient(containerdSocket);
+      try {
+        report = JSON.parse((await control.status()).report_json) as HostReport;
+      } finally {
+        control.close();
+      }
+    } else report = (await pluginCall(socket, 'Slacker.Status', {})).Report as HostReport;
   } catch (err) {
     const code = systemErrorCode(err);
     if (code === 'ENOENT' || code === 'ECONNREFUSED') {

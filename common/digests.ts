@@ -41,3 +41,15 @@ export async function digestsOf(buffers: Buffer[]): Promise<Digest[]> {
   const raw = await addon.sha256Batch(buffers);
   return buffers.map((_, i) => `${PREFIX}${raw.toString('hex', i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)}` as Digest);
 }
+
+/**
+ * An image's chain ID from its layers' diff IDs (OCI image spec): the first layer's diff ID,
+ * then sha256 of "<chain> <diffID>" for each next layer. containerd names an image's committed
+ * snapshots by it.
+ */
+export function chainIdOf(diffIds: readonly Digest[]): Digest {
+  if (diffIds.length === 0) throw new Error('an image without layers has no chain ID');
+  let chain = diffIds[0]!;
+  for (const d of diffIds.slice(1)) chain = digestOf(Buffer.from(`${chain} ${d}`));
+  return chain;
+}

@@ -1,8 +1,8 @@
 /**
  * The containerd front end, composed: the snapshot metadata (ROOT/containerd/snapshots.db), the
  * snapshotter over the host's layer store, the differ over the snapshotter and containerd's
- * content store, and both gRPC services on one unix socket (containerd's config names it for
- * a snapshot and a diff proxy plugin alike).
+ * content store, and the gRPC services on one unix socket: containerd's config names it for a
+ * snapshot and a diff proxy plugin alike; slacker-ts status and convert use our control API there.
  */
 import * as grpc from '@grpc/grpc-js';
 import { mkdir } from 'node:fs/promises';
@@ -11,6 +11,7 @@ import type { Logger } from '../common/logger.js';
 import type { LayerHost } from '../layers/layer-host.js';
 import type { CallObserver } from '../layers/metrics.js';
 import { ContainerdClient } from './containerd-client.js';
+import { addControlService } from './control-service.js';
 import { addDiffService } from './diff-service.js';
 import { Differ } from './differ.js';
 import { listenUnix } from './grpc-server.js';
@@ -44,6 +45,7 @@ export async function serveContainerd(host: LayerHost, o: ContainerdOptions): Pr
     const server = new grpc.Server();
     addSnapshotsService(server, snapshotter, o.log, o.onCall);
     addDiffService(server, new Differ(snapshotter, content, o.log), o.log, o.onCall);
+    addControlService(server, host.layers, snapshotter, o.log, o.onCall);
     const stop = await listenUnix(server, o.socket);
     o.log.info({ socket: o.socket, containerd: o.containerdAddress }, 'containerd snapshotter and differ listening');
     return {

@@ -91,6 +91,18 @@ export class SnapshotMetastore {
     return toInfo(row);
   }
 
+  /**
+   * The snapshot containerd knows as `name` in `namespace` (its backend key is
+   * `<namespace>/<n>/<name>`), if any.
+   */
+  byName(namespace: string, name: string): SnapshotInfo | undefined {
+    const rows = this.db
+      .prepare('SELECT * FROM snapshots WHERE substr(key, 1, ?) = ? AND substr(key, -?) = ?')
+      .all(namespace.length + 1, `${namespace}/`, name.length + 1, `/${name}`) as Row[];
+    const exact = rows.filter((r) => /^\d+$/.test(r.key.slice(namespace.length + 1, r.key.length - name.length - 1)));
+    return exact[0] && toInfo(exact[0]);
+  }
+
   /** The snapshot that is layer `layer`, if any. */
   byLayer(layer: string): SnapshotInfo | undefined {
     const row = this.db.prepare('SELECT * FROM snapshots WHERE layer = ?').get(layer) as Row | undefined;

@@ -11,7 +11,7 @@
  *     volumes'), never a walk of a lazily fetched file system.
  * A failed Prepare or View leaves nothing behind. Knows nothing of gRPC (snapshot-service.ts).
  */
-import { AlreadyExistsError, ConflictError } from '../common/errors.js';
+import { AlreadyExistsError, ConflictError, NotFoundError } from '../common/errors.js';
 import type { Digest } from '../common/digests.js';
 import type { Logger } from '../common/logger.js';
 import type { LayerStore } from '../layers/layer-store.js';
@@ -132,6 +132,31 @@ export class Snapshotter {
     const ref = await this.layers.publish(s.layer);
     this.log.info({ key, layer: s.layer, ref }, 'snapshot published');
     return ref;
+  }
+
+  /**
+   * Publishes the committed snapshot containerd knows as `name` in `namespace` (an image's chain
+   * ID), with the startup profile of active snapshot `profileFrom` (a container) if given.
+   */
+  async publishNamed(
+    namespace: string,
+    name: string,
+    profileFrom?: string,
+  ): Promise<{ ref: Digest; prefetch: number }> {
+    const s = this.meta.byName(namespace, name);
+    if (!s) {
+      throw new NotFoundError(`no snapshot ${JSON.stringify(name)} in containerd namespace ${namespace}`, {
+        context: { namespace, name },
+      });
+    }
+    if (!profileFrom) return { ref: await this.layers.publish(s.layer), prefetch: 0 };
+    const p = this.meta.byName(namespace, profileFrom);
+    if (!p) {
+      throw new NotFoundError(`no snapshot ${JSON.stringify(profileFrom)} in containerd namespace ${namespace}`, {
+        context: { namespace, name: profileFrom },
+      });
+    }
+    return this.layers.publishWithProfile(s.layer, p.layer);
   }
 
   /** Removes layers this front end made that no snapshot names (a crash between steps). */

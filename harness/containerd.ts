@@ -199,6 +199,7 @@ export async function startSlackerContainerd(
   o: { name: string; size?: string; metrics?: string; store?: string; differ?: boolean },
 ): Promise<SlackerContainerd> {
   const state = join(dir, 'state');
+  await mkdir(dir, { recursive: true });
   const snap = await startSnapshotter({
     root: state,
     socket: join(dir, 'snapshotter.sock'),

@@ -35,14 +35,40 @@ const IMAGE_CONFIG_KEYS = [
   'ArgsEscaped',
 ];
 
+/** What `docker image inspect` and `docker container inspect` say that convert uses. */
+export interface ImageInspect {
+  Id: string;
+  Architecture: string;
+  Os: string;
+  Config: Record<string, unknown> | null;
+  GraphDriver: { Name: string; Data: Record<string, string> | null };
+  RootFS: { Layers?: string[] };
+}
+
+export interface ContainerInspect {
+  Id: string;
+  Image: string;
+  GraphDriver: { Data: Record<string, string> | null };
+}
+
+/**
+ * Where the marker comes from: the slacker daemon that stores the image publishes its top
+ * layer (with the startup profile of `profile`, a container of the image, if given). The
+ * graphdriver front end answers on its plugin socket (graphdriverMarkers); a daemon serving
+ * containerd answers on its control API (containerd/control-service.ts).
+ */
+export type MarkerSource = (
+  image: ImageInspect,
+  profile: ContainerInspect | undefined,
+) => Promise<{ tar: Buffer; prefetch: number }>;
+
 export interface ConvertOptions {
   src: string;
   dst: string;
   push: boolean;
   /** Runs the docker client against the slacker host's dockerd. */
   docker(args: string[]): Promise<RunResult>;
-  /** The plugin's socket (/run/docker/plugins/NAME.sock). */
-  pluginSocket: string;
+  markers: MarkerSource;
   /** A container of SRC (name or id) whose first reads become the startup profile. */
   profile?: string;
 }
@@ -55,31 +81,20 @@ export interface ConvertResult {
   prefetchChunks: number;
 }
 
-interface ImageInspect {
-  Id: string;
-  Architecture: string;
-  Os: string;
-  Config: Record<string, unknown> | null;
-  GraphDriver: { Name: string; Data: Record<string, string> | null };
-}
-
 export async function convert(o: ConvertOptions): Promise<ConvertResult> {
   const [image] = JSON.parse((await o.docker(['image', 'inspect', o.src])).stdout) as ImageInspect[];
-  const layer = image?.GraphDriver.Data?.VolumeId;
-  if (!image || !layer) {
-    throw new ConfigError(
-      `${o.src} is not stored by a slacker driver (storage driver ${image?.GraphDriver.Name ?? '?'}): ` +
-        'convert runs on a slacker host; docker load or pull the image there first',
-    );
+  if (!image) throw new ConfigError(`no image ${o.src}`);
+  let container: ContainerInspect | undefined;
+  if (o.profile) {
+    [container] = JSON.parse((await o.docker(['container', 'inspect', o.profile])).stdout) as ContainerInspect[];
+    if (!container) throw new ConfigError(`no container ${o.profile}`);
+    if (container.Image !== image.Id) {
+      throw new ConfigError(
+        `container ${o.profile} runs image ${container.Image}, not ${o.src} (${image.Id}): its reads profile another image`,
+      );
+    }
   }
-  const diff = o.profile
-    ? await pluginRequest(o.pluginSocket, 'Slacker.Diff', {
-        ID: layer,
-        ProfileFrom: await containerLayer(o, o.profile, image.Id),
-      })
-    : await pluginRequest(o.pluginSocket, 'GraphDriver.Diff', { ID: layer });
-  if (diff.status !== 200) throw new PluginCallError(`Diff of ${layer}: ${diff.body.toString()}`);
-  const marker = diff.body;
+  const { tar: marker, prefetch } = await o.markers(image, container);
 
   const config: Record<string, unknown> = {};
   for (const key of IMAGE_CONFIG_KEYS) if (image.Config?.[key] != null) config[key] = image.Config[key];
@@ -98,26 +113,27 @@ export async function convert(o: ConvertOptions): Promise<ConvertResult> {
   }
   if (o.push) await o.docker(['push', o.dst]);
   const ref = /SLACKER\.snapshot=(sha256:[0-9a-f]{64})/.exec(marker.toString('latin1'))?.[1] ?? '';
-  return {
-    snapshotRef: ref,
-    diffId: digestOf(marker),
-    layerBytes: marker.length,
-    prefetchChunks: Number(diff.headers['x-slacker-prefetch-chunks'] ?? 0),
-  };
+  return { snapshotRef: ref, diffId: digestOf(marker), layerBytes: marker.length, prefetchChunks: prefetch };
 }
 
-/** The writable layer of container `name`, which must be a container of image `imageId`. */
-async function containerLayer(o: ConvertOptions, name: string, imageId: string): Promise<string> {
-  const [c] = JSON.parse((await o.docker(['container', 'inspect', name])).stdout) as {
-    Image: string;
-    GraphDriver: { Data: Record<string, string> | null };
-  }[];
-  const layer = c?.GraphDriver.Data?.VolumeId;
-  if (!c || !layer) throw new ConfigError(`container ${name} is not stored by a slacker driver: no profile`);
-  if (c.Image !== imageId) {
-    throw new ConfigError(
-      `container ${name} runs image ${c.Image}, not ${o.src} (${imageId}): its reads profile another image`,
-    );
-  }
-  return layer;
+/** Markers from a graphdriver plugin (its socket, /run/docker/plugins/NAME.sock). */
+export function graphdriverMarkers(pluginSocket: string): MarkerSource {
+  return async (image, profile) => {
+    const layer = image.GraphDriver.Data?.VolumeId;
+    if (!layer) {
+      throw new ConfigError(
+        `the image is not stored by a slacker graphdriver (storage driver ${image.GraphDriver.Name}): convert runs ` +
+          'on a slacker host; docker load or pull the image there first (on the containerd image store: ' +
+          '--containerd-socket)',
+      );
+    }
+    let diff;
+    if (profile) {
+      const from = profile.GraphDriver.Data?.VolumeId;
+      if (!from) throw new ConfigError(`container ${profile.Id} is not stored by a slacker driver: no profile`);
+      diff = await pluginRequest(pluginSocket, 'Slacker.Diff', { ID: layer, ProfileFrom: from });
+    } else diff = await pluginRequest(pluginSocket, 'GraphDriver.Diff', { ID: layer });
+    if (diff.status !== 200) throw new PluginCallError(`Diff of ${layer}: ${diff.body.toString()}`);
+    return { tar: diff.body, prefetch: Number(diff.headers['x-slacker-prefetch-chunks'] ?? 0) };
+  };
 }

@@ -230,6 +230,15 @@ export class OciStore implements BackingStore {
     this.expect(res, [201], `upload blob ${digest}`);
   }
 
+  /**
+   * Whether the registry answers for the repository, credentials included: a blob that cannot
+   * exist is asked for, and "unknown" (404) is an answer.
+   */
+  async check(): Promise<void> {
+    const res = await this.request('HEAD', `/blobs/sha256:${'0'.repeat(64)}`);
+    this.expect(res, [200, 404], 'check the repository');
+  }
+
   private async blobSize(digest: Digest): Promise<number> {
     const res = await this.request('HEAD', `/blobs/${digest}`);
     this.expect(res, [200], `stat blob ${digest}`);
