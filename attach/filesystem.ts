@@ -13,4 +13,9 @@ export interface LayerFilesystem {
   /** Makes the device hold a consistent image of the mounted file system until `unfreeze`. */
   freeze(dir: string): Promise<void>;
   unfreeze(dir: string): Promise<void>;
+  /**
+   * The names in directory `path` of the file system on an unmounted device, read without
+   * mounting it; undefined if there is no such directory.
+   */
+  list?(device: string, path: string): Promise<string[] | undefined>;
 }

@@ -42,6 +42,9 @@ const STATUS: Record<string, grpc.status> = {
   SLACKER_ERR_SHUTDOWN: grpc.status.UNAVAILABLE,
   SLACKER_ERR_NO_SPACE: grpc.status.RESOURCE_EXHAUSTED,
   SLACKER_ERR_IO: grpc.status.UNAVAILABLE,
+  SLACKER_ERR_TRANSPORT: grpc.status.UNAVAILABLE,
+  SLACKER_ERR_TIMEOUT: grpc.status.DEADLINE_EXCEEDED,
+  SLACKER_ERR_READ_ONLY: grpc.status.FAILED_PRECONDITION,
 };
 
 export function grpcStatusOf(err: unknown): grpc.status {

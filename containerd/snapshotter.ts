@@ -25,6 +25,11 @@ export interface MountSpec {
   options: string[];
 }
 
+/** containerd's unpacker and Docker's commit prepare a layer's snapshot under "…/extract-…" keys. */
+function isExtraction(key: string): boolean {
+  return /(^|\/)extract-/.test(key);
+}
+
 export class Snapshotter {
   constructor(
     private readonly layers: LayerStore,
@@ -60,6 +65,12 @@ export class Snapshotter {
     if (this.meta.has(name)) {
       throw new AlreadyExistsError(`snapshot ${JSON.stringify(name)} already exists`, { context: { name } });
     }
+    // A marker applied by containerd's own differ (ours not configured) left its file behind:
+    // the layer becomes the snapshot it names, as if our differ had applied it. Only layer
+    // extractions are looked at (containerd and Docker name those keys "extract-...").
+    const written = isExtraction(key) && !this.layers.manager.get(s.layer).frozen;
+    const ref = written ? await this.layers.writtenMarker(s.layer) : undefined;
+    if (ref) await this.layers.replaceWithSnapshot(s.layer, ref);
     await this.layers.detach(s.layer); // containerd has unmounted it
     await this.layers.freeze(s.layer);
     this.meta.commit(key, name, labels);

@@ -5,7 +5,7 @@
  * `ctr` come from the same unpacked tree; runc is bookworm's, on PATH.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConfigError } from '../common/errors.js';
 import { run, startProcess, type RunResult, type Started } from '../common/exec.js';
@@ -138,6 +138,7 @@ export async function startSnapshotter(o: {
 }): Promise<SnapshotterProcess> {
   const args = [cliPath(), 'serve', '--containerd-socket', o.socket, '--root', o.root, '--log-level', 'debug'];
   if (o.containerdAddress) args.push('--containerd-address', o.containerdAddress);
+  await rm(o.socket, { force: true }); // one a killed snapshotter left would look like ours
   if (o.metrics) args.push('--metrics', o.metrics);
   if (o.store) args.push('--store', o.store);
   if (o.size) args.push('--size', o.size);
@@ -184,8 +185,11 @@ export async function startDockerd26(
 
 /** A containerd whose proxy snapshotter `name` is slacker-ts (its own process, state in DIR/state). */
 export interface SlackerContainerd {
-  snap: SnapshotterProcess;
+  /** The running snapshotter (replaced by restartSnapshotter). */
+  readonly snap: SnapshotterProcess;
   containerd: Containerd;
+  /** Ends the snapshotter (SIGTERM, or SIGKILL as a crash) and starts it again, containerd running on. */
+  restartSnapshotter(signal: 'SIGTERM' | 'SIGKILL'): Promise<void>;
   /** Stops containerd, then the snapshotter; returns what is still mounted or attached under the state. */
   stop(): Promise<string[]>;
 }
@@ -200,7 +204,7 @@ export async function startSlackerContainerd(
 ): Promise<SlackerContainerd> {
   const state = join(dir, 'state');
   await mkdir(dir, { recursive: true });
-  const snap = await startSnapshotter({
+  const snapOptions = {
     root: state,
     socket: join(dir, 'snapshotter.sock'),
     logFile: join(dir, 'snapshotter.log'),
@@ -208,7 +212,8 @@ export async function startSlackerContainerd(
     metrics: o.metrics,
     store: o.store,
     containerdAddress: containerdSocketIn(join(dir, 'containerd')),
-  });
+  };
+  let snap = await startSnapshotter(snapOptions);
   let containerd: Containerd;
   try {
     containerd = await startContainerd(join(dir, 'containerd'), {
@@ -220,8 +225,18 @@ export async function startSlackerContainerd(
     throw err;
   }
   return {
-    snap,
+    get snap() {
+      return snap;
+    },
     containerd,
+    restartSnapshotter: async (signal) => {
+      if (signal === 'SIGKILL') {
+        const exited = new Promise((resolve) => snap.proc.child.once('exit', resolve));
+        snap.proc.child.kill('SIGKILL');
+        await exited;
+      } else await snap.stop();
+      snap = await startSnapshotter(snapOptions);
+    },
     stop: async () => {
       await containerd.stop();
       await snap.stop();

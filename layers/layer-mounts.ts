@@ -90,6 +90,17 @@ export class LayerMounts {
     }
   }
 
+  /**
+   * The names in directory `path` of a layer handed out as a device (and not mounted by its
+   * engine now), read without mounting it; undefined if there is no such directory or the file
+   * system cannot tell. For callers holding the layer's lock.
+   */
+  async listLocked(id: string, path: string): Promise<string[] | undefined> {
+    const m = this.mounted.get(id);
+    if (!m || m.dir !== undefined || !this.fs.list) return undefined;
+    return this.fs.list(m.device.path, path);
+  }
+
   /** The layer attached here as block device `path` (a path an engine hands back), if any. */
   layerOfDevice(path: string): string | undefined {
     for (const [id, m] of this.mounted) if (m.device.path === path) return id;

@@ -22,7 +22,8 @@ import { changes, type Change } from './changes.js';
 import { applyLayerTar } from './layer-tar/apply.js';
 import type { LayerMounts } from './layer-mounts.js';
 import type { ChunkIndex } from '../volumes/types.js';
-import type { Digest } from '../common/digests.js';
+import { isDigest, type Digest } from '../common/digests.js';
+import { MARKER_DIR } from './layer-tar/marker.js';
 
 export interface LayerStoreOptions {
   manager: VolumeManager;
@@ -286,6 +287,17 @@ export class LayerStore {
       }
       this.o.log.info({ layer: id, ref }, 'marker applied: snapshot opened lazily');
     });
+  }
+
+  /**
+   * The snapshot reference of a marker that an engine's own tar applier wrote into layer `id`
+   * (the file `.slacker/<ref>`; see layer-tar/marker.ts), read from the attached device after the
+   * engine unmounted it. Undefined for any other layer.
+   */
+  async writtenMarker(id: string): Promise<Digest | undefined> {
+    const names = await this.o.mounts.lock.run(id, () => this.o.mounts.listLocked(id, `/${MARKER_DIR}`));
+    const refs = (names ?? []).filter(isDigest);
+    return names?.length === 1 && refs.length === 1 ? refs[0] : undefined;
   }
 
   /** The layer attached here as block device `path` (as an engine hands the device back), if any. */

@@ -8,7 +8,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../../common/exec.js';
 import { startDockerd26, startSlackerContainerd, type SlackerContainerd } from '../../harness/containerd.js';
 import type { Dockerd } from '../../harness/dockerd.js';
-import { busyboxRootfs, importRootfs } from '../../harness/images.js';
+import { busyboxRootfs, imageArchive, importRootfs } from '../../harness/images.js';
+import { markerTar } from '../../layers/layer-tar/marker.js';
+import type { Digest } from '../../common/digests.js';
+import { writeFile } from 'node:fs/promises';
 import { requireRoot, requireTools } from '../helpers/tools.js';
 import { tempDir } from '../helpers/tmp.js';
 
@@ -113,5 +116,52 @@ describe('Docker 26 with the slacker snapshotter (containerd image store)', () =
     await docker.docker(['rmi', 'bb:2', 'bb:1']);
     // containerd's garbage collector removes the backend snapshots it no longer references.
     await expect.poll(layers, { timeout: 30_000, interval: 500 }).toEqual([]);
+  });
+
+  it.each(['SIGTERM', 'SIGKILL'] as const)(
+    'the slacker daemon ended by %s and started again while containerd and dockerd run: images, stopped containers and new ones work',
+    async (signal) => {
+      const rootfs = await busyboxRootfs(join(dir.path, `rootfs-${signal}`));
+      await importRootfs(docker, rootfs, `r:${signal}`);
+      await docker.docker([
+        'run',
+        '--name',
+        `kept-${signal}`,
+        '--network',
+        'none',
+        `r:${signal}`,
+        'sh',
+        '-c',
+        'echo kept > /k',
+      ]);
+      await host.restartSnapshotter(signal);
+      // A stopped container's snapshot is attached again when containerd asks for its mounts.
+      await docker.docker(['start', '-a', `kept-${signal}`]);
+      const again = await docker.docker(['run', '--rm', '--network', 'none', `r:${signal}`, 'cat', '/etc/motd']);
+      expect(again.stdout).toBe('slacker-ts test image\n');
+      await docker.docker(['commit', `kept-${signal}`, `r2:${signal}`]);
+      const kept = await docker.docker(['run', '--rm', '--network', 'none', `r2:${signal}`, 'cat', '/k']);
+      expect(kept.stdout).toBe('kept\n');
+      await docker.docker(['rm', `kept-${signal}`]);
+      await docker.docker(['rmi', `r2:${signal}`, `r:${signal}`]);
+      await expect.poll(layers, { timeout: 30_000, interval: 500 }).toEqual([]);
+    },
+    120_000,
+  );
+
+  it('a marker naming a snapshot the store lacks: docker load fails saying so, and leaves no layer', async () => {
+    const missing = `sha256:${'7'.repeat(64)}` as Digest;
+    const archive = join(dir.path, 'missing.tar');
+    await writeFile(archive, await imageArchive([await markerTar(missing)], 'missing:1'));
+    const err = await docker.docker(['load', '-i', archive]).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err?.message).toContain(`cannot fetch snapshot ${missing}`);
+    await expect.poll(layers, { timeout: 30_000, interval: 500 }).toEqual([]);
+    // And the next load works.
+    const rootfs = await busyboxRootfs(join(dir.path, 'rootfs-after'));
+    await importRootfs(docker, rootfs, 'after:1');
+    await docker.docker(['rmi', 'after:1']);
   });
 });

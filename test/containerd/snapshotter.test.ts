@@ -11,6 +11,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loopsUnder } from '../../attach/host-state.js';
+import { digestOf } from '../../common/digests.js';
 import { run } from '../../common/exec.js';
 import {
   startSlackerContainerd,
@@ -19,6 +20,7 @@ import {
   type SlackerContainerd,
   type SnapshotterProcess,
 } from '../../harness/containerd.js';
+import { ControlClient } from '../../containerd/control-service.js';
 import { busyboxRootfs, imageArchive } from '../../harness/images.js';
 import { sample, scrape } from '../helpers/metrics.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
@@ -51,10 +53,13 @@ describe('containerd snapshotter (containerd 1.7, ctr)', () => {
     requireRoot();
     await requireTools('nbdfuse', 'losetup', 'mkfs.ext4', 'runc');
     dir = await tempDir('slacker-containerd-');
+    // Without our differ: containerd's walking differ applies every layer, markers included
+    // (the Docker 26 tests run with it).
     host = await startSlackerContainerd(dir.path, {
       name: NAME,
       size: '256M',
       metrics: `unix://${join(dir.path, 'metrics.sock')}`,
+      differ: false,
     });
     containerd = host.containerd;
   }, 120_000);
@@ -133,6 +138,41 @@ describe('containerd snapshotter (containerd 1.7, ctr)', () => {
     expect(out.stdout).toBe('slacker-ts test image\nwritten\n');
   });
 
+  it("a marker applied by containerd's own differ becomes the lazily opened snapshot, its file not visible", async () => {
+    // bb:1 (imported above: one layer, so its chain ID is that layer's diff ID) published, and
+    // its marker imported as an image of its own.
+    const chainId = digestOf(await readFile(join(dir.path, 'rootfs.tar')));
+    const control = new ControlClient(host.snap.socket);
+    try {
+      const published = await control.publish({
+        namespace: 'test',
+        name: chainId,
+        profile_from: '',
+      });
+      const archive = join(dir.path, 'lazy.tar');
+      await writeFile(archive, await imageArchive([published.marker], 'lazy:1', { config: { Cmd: ['/bin/sh'] } }));
+      await containerd.ctr(['images', 'import', '--snapshotter', NAME, archive]);
+      const out = await containerd.ctr([
+        'run',
+        '--rm',
+        '--snapshotter',
+        NAME,
+        'docker.io/library/lazy:1',
+        `c-${Math.random().toString(36).slice(2, 8)}`,
+        '/bin/sh',
+        '-c',
+        'cat /etc/motd; ls -a /',
+      ]);
+      expect(out.stdout).toContain('slacker-ts test image\n');
+      expect(out.stdout).not.toContain('.slacker');
+      // Two layers are now that snapshot: bb:1's own, and the one opened from the marker.
+      const report = JSON.parse((await control.status()).report_json) as { layers: { snapshotRef: string | null }[] };
+      expect(report.layers.filter((l) => l.snapshotRef === published.ref)).toHaveLength(2);
+    } finally {
+      control.close();
+    }
+  });
+
   // Its own snapshotter, registered with no containerd: containerd's garbage collector removes
   // backend snapshots it does not know, such as the ones this test makes directly.
   describe('the gRPC service, asked directly', () => {
@@ -154,6 +194,7 @@ describe('containerd snapshotter (containerd 1.7, ctr)', () => {
         socket: join(dir.path, 'alone.sock'),
         logFile: join(dir.path, 'alone.log'),
         size: '64M',
+        containerdAddress: join(dir.path, 'no-containerd.sock'),
       });
       const def = protoLoader.loadSync('containerd/services/snapshots/v1/snapshots.proto', {
         includeDirs: [join(import.meta.dirname, '../../containerd/proto')],
@@ -175,6 +216,70 @@ describe('containerd snapshotter (containerd 1.7, ctr)', () => {
       client?.close();
       await alone?.stop();
       expect(await loopsUnder(join(dir.path, 'alone'))).toEqual([]);
+    });
+
+    it('the differ and the control API answer bad input with clear codes, and change nothing', async () => {
+      const other = (proto: string, path: string[]): Client => {
+        const def = protoLoader.loadSync(proto, {
+          includeDirs: [join(import.meta.dirname, '../../containerd/proto')],
+          keepCase: true,
+          longs: Number,
+          enums: String,
+          defaults: true,
+        });
+        let ctor = grpc.loadPackageDefinition(def) as unknown as Record<string, unknown>;
+        for (const p of path) ctor = ctor[p] as Record<string, unknown>;
+        return new (ctor as unknown as grpc.ServiceClientConstructor)(
+          `unix://${alone.socket}`,
+          grpc.credentials.createInsecure(),
+        ) as unknown as Client;
+      };
+      const diff = other('containerd/services/diff/v1/diff.proto', ['containerd', 'services', 'diff', 'v1', 'Diff']);
+      const control = other('slacker/v1/control.proto', ['slacker', 'v1', 'Control']);
+      const ask = (c: Client, method: string, req: unknown): Promise<unknown> =>
+        new Promise((resolve, reject) => c[method]!(req, (err, res) => (err ? reject(err) : resolve(res))));
+      const error = (p: Promise<unknown>): Promise<grpc.ServiceError> =>
+        p.then(
+          () => ({ code: -1, details: 'answered' }) as unknown as grpc.ServiceError,
+          (e: grpc.ServiceError) => e,
+        );
+      const tar = 'application/vnd.oci.image.layer.v1.tar';
+      const blob = { media_type: tar, digest: `sha256:${'1'.repeat(64)}`, size: 2048 };
+      try {
+        // Mounts that are not ours, a large layer, a media type we leave alone: the next differ's.
+        const overlay = [{ type: 'overlay', source: 'overlay', target: '', options: ['lowerdir=/a'] }];
+        expect((await error(ask(diff, 'Apply', { diff: blob, mounts: overlay }))).code).toBe(grpc.status.UNIMPLEMENTED);
+        expect((await error(ask(diff, 'Diff', { left: overlay, right: overlay }))).code).toBe(
+          grpc.status.UNIMPLEMENTED,
+        );
+        const key = 'ns1/7/extract-1 sha256:x';
+        const { mounts } = (await call('Prepare', { key, parent: '' })) as { mounts: unknown[] };
+        const big = { ...blob, size: 10 * 2 ** 20 };
+        expect((await error(ask(diff, 'Apply', { diff: big, mounts }))).code).toBe(grpc.status.UNIMPLEMENTED);
+        const zstd = { ...blob, media_type: `${tar}+zstd` };
+        expect((await error(ask(diff, 'Apply', { diff: zstd, mounts }))).code).toBe(grpc.status.UNIMPLEMENTED);
+        // A small layer, but containerd's content store is not there: say where it was looked for.
+        const down = await error(ask(diff, 'Apply', { diff: blob, mounts }));
+        expect(down.code).toBe(grpc.status.UNAVAILABLE);
+        expect(down.details).toContain('no-containerd.sock');
+        expect(down.details).toContain('--containerd-address');
+        expect((await error(ask(diff, 'Apply', { diff: { ...blob, digest: 'md5:x' }, mounts }))).code).toBe(
+          grpc.status.INVALID_ARGUMENT,
+        );
+        // The snapshot is as Prepare made it.
+        const stat = (await call('Stat', { key })) as { info: { kind: string } };
+        expect(stat.info.kind).toBe('ACTIVE');
+        await call('Remove', { key });
+        // The control API: unknown snapshots.
+        const unknown = await error(ask(control, 'Publish', { namespace: 'moby', name: 'sha256:nope' }));
+        expect(unknown.code).toBe(grpc.status.NOT_FOUND);
+        expect(unknown.details).toContain('no snapshot "sha256:nope" in containerd namespace moby');
+        const report = (await ask(control, 'Status', {})) as { report_json: string };
+        expect(JSON.parse(report.report_json)).toMatchObject({ store: { reachable: true } });
+      } finally {
+        diff.close();
+        control.close();
+      }
     });
 
     it('answers with containerd status codes, and leaves nothing half-made', async () => {
