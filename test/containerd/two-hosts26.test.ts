@@ -6,7 +6,7 @@
  *     of a few hundred bytes; host B pulls it and reads the 16 MiB back intact.
  *   - an image of ~100 MiB converted on host A (`slacker-ts convert --containerd-socket`):
  *     host B's pull and run make the registry serve a small fraction of it.
- *   - bad input to the differ and the control API: clear gRPC errors, nothing half-made.
+ *   - `ctr images pull` + `ctr run --snapshotter` of the converted image on host B.
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -180,5 +180,22 @@ describe('two Docker 26 hosts with the slacker snapshotter, one registry', () =>
     expect(report.store).toEqual({ url: expect.stringMatching(/^oci:/), reachable: true });
     expect(report.fetch.bytes).toBeGreaterThan(0);
     expect(report.fetch.bytes).toBeLessThan(20 * MiB);
+  });
+
+  it('ctr images pull and ctr run --snapshotter on host B: the same lazy image, without Docker', async () => {
+    const b = hosts[1]!;
+    const image = at('slacker/big:1');
+    proxy.reset();
+    await b.slacker.containerd.ctr(['images', 'pull', '--plain-http', '--snapshotter', NAME, image], {
+      namespace: 'ctr',
+    });
+    const out = await b.slacker.containerd.ctr(
+      ['run', '--rm', '--snapshotter', NAME, image, `ctr-${Date.now()}`, 'cat', '/srv/hello.txt'],
+      { namespace: 'ctr' },
+    );
+    expect(out.stdout.trim()).toBe('hello from A');
+    console.info(`host B: ctr pull + run of the converted image: the registry served ${proxy.served} bytes`);
+    expect(proxy.served).toBeLessThan(20 * MiB);
+    await b.slacker.containerd.ctr(['images', 'rm', '--sync', image], { namespace: 'ctr' });
   });
 });
