@@ -4,9 +4,16 @@ import { run } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
 import type { LayerFilesystem } from './filesystem.js';
 
-/** A fresh ext4; every inode table and the journal are written now, not lazily in the background. */
+/**
+ * A fresh ext4 on a blank device, one that reads as zeros (a new volume): mke2fs is told so
+ * (assume_storage_prezeroed, e2fsprogs 1.47) and writes only the metadata it must (2 MiB for
+ * 4 GiB, against 67 MiB of zeroed inode tables and journal otherwise), and flags every inode
+ * table zeroed, so the kernel never zeroes them lazily in the background either (which would
+ * write into whatever layer is mounted). On a fresh host this made the first layer of a pull
+ * wait ~490 ms for the template of its size; it now waits ~30 ms.
+ */
 export async function mkfsExt4(device: string): Promise<void> {
-  await run('mkfs.ext4', ['-q', '-E', 'lazy_itable_init=0,lazy_journal_init=0', device], { timeoutMs: 300_000 });
+  await run('mkfs.ext4', ['-q', '-E', 'assume_storage_prezeroed=1,nodiscard', device], { timeoutMs: 300_000 });
 }
 
 /**

@@ -5,7 +5,7 @@
  */
 export interface LayerFilesystem {
   readonly name: string;
-  /** Makes an empty file system on a blank device. */
+  /** Makes an empty file system on a blank device (one that reads as zeros: a new volume). */
   mkfs(device: string): Promise<void>;
   mount(device: string, dir: string, options: { readOnly: boolean }): Promise<void>;
   /** Unmounts; the device then holds everything written through the mount. */

@@ -8,19 +8,22 @@
  *                         [--readahead N]  (the slacker plugin's sequential readahead, in chunks)
  *                         [--no-profile]   (convert without a startup profile)
  *                         [--logs DIR]     (keep every slacker plugin's debug log there)
+ *                         [--engine graphdriver|containerd]
+ *                                          (graphdriver: Docker 20.10, overlay2 against the slacker
+ *                                          plugin; containerd: Docker 26 on the containerd image store,
+ *                                          its overlayfs snapshotter against slacker's)
  *
- * Writes docs/results/hellobench.md and .svg. Images are built from Debian packages once and
+ * Writes docs/results/hellobench.md and .svg (hellobench-containerd.* for --engine containerd). Images are built from Debian packages once and
  * cached (bench/hellobench/rootfs.ts).
  */
 import { parseArgs } from 'node:util';
-import { convertImage } from '../harness/plugin.js';
 import { requireTools } from '../harness/tools.js';
 import type { Dockerd } from '../harness/dockerd.js';
 import { deploy, startUntilReady } from './hellobench/deploy.js';
 import { IMAGES, QUICK, type ImageSpec } from './hellobench/images.js';
 import { median, summarise, writeResults, type Row } from './hellobench/report.js';
 import { rootfsTarball } from './hellobench/rootfs.js';
-import { startTopology, type Driver } from './hellobench/topology.js';
+import { startTopology, type Driver, type Engine } from './hellobench/topology.js';
 import { onInterrupt } from '../harness/interrupt.js';
 
 const { values: opts } = parseArgs({
@@ -35,8 +38,10 @@ const { values: opts } = parseArgs({
     readahead: { type: 'string' },
     'no-profile': { type: 'boolean', default: false },
     logs: { type: 'string' },
+    engine: { type: 'string', default: 'graphdriver' },
   },
 });
+const engine = opts.engine as Engine;
 const reps = Number(opts.reps ?? (opts.quick ? 1 : 3));
 const names = opts.images ? opts.images.split(',') : opts.quick ? QUICK : IMAGES.map((i) => i.name);
 const specs = names.map((n) => {
@@ -75,10 +80,11 @@ async function main(): Promise<void> {
   for (const s of specs) tarballs.set(s.name, await rootfsTarball(s, progress));
   if (opts['build-only']) return;
 
-  progress(`starting the topology (link ${opts.link})`);
+  progress(`starting the topology (link ${opts.link}, engine ${engine})`);
   const topo = await startTopology(opts.link!, 'slacker-hellobench-', {
     pluginArgs: opts.readahead ? ['--readahead', opts.readahead] : [],
     logsDir: opts.logs,
+    engine,
   });
   const stopTopology = onInterrupt(() => topo.close());
   const rows: Row[] = [];
@@ -97,7 +103,7 @@ async function main(): Promise<void> {
       await b.dockerd.docker(['import', ...change, tarballs.get(s.name)!, `hb/${s.name}:src`], { timeoutMs: 900_000 });
       t = Date.now();
       const converted = await convertProfiled(b.dockerd, s, `hb/${s.name}:src`, (profile) =>
-        convertImage(b, `hb/${s.name}:src`, `${repo}:slacker`, { profile }),
+        b.convert(`hb/${s.name}:src`, `${repo}:slacker`, { profile }),
       );
       const pushSlacker = (Date.now() - t) / 1000;
       refs.set(s.name, {
@@ -124,11 +130,8 @@ async function main(): Promise<void> {
             const linkBytes = (await topo.link.receivedBytes()) - rx0;
             const bytesFetched = await worker.bytesFetched();
             if (driver === 'slacker') {
-              // The image is one snapshot of `Chunks` chunks: fetching them all means nothing was lazy.
-              const [img] = JSON.parse((await worker.dockerd.docker(['image', 'inspect', ref.slacker])).stdout) as {
-                GraphDriver: { Data: Record<string, string> };
-              }[];
-              const all = Number(img!.GraphDriver.Data.Chunks) * Number(img!.GraphDriver.Data.ChunkSize);
+              // The image is one snapshot: fetching all of it means nothing was lazy.
+              const all = await worker.snapshotBytes(ref.slacker);
               if (bytesFetched >= all) {
                 throw new Error(
                   `guard rail: slacker fetched all ${all} bytes of ${s.name}'s snapshot: the lazy path did not run`,
@@ -172,10 +175,13 @@ async function main(): Promise<void> {
   );
   const command = `npm run hellobench -- ${process.argv.slice(2).join(' ')}`.trim();
   await writeResults(
-    opts.quick ? 'hellobench-quick' : 'hellobench',
-    'HelloBench',
+    `hellobench${engine === 'containerd' ? '-containerd' : ''}${opts.quick ? '-quick' : ''}`,
+    engine === 'containerd' ? 'HelloBench (Docker 26, containerd image store)' : 'HelloBench',
     command,
     `Link ${opts.link} (tbf, its own network namespace), ${reps} repetition(s), fresh worker dockerd per deployment (new data root, page cache dropped). 2-core VM. ` +
+      (engine === 'containerd'
+        ? "Engine: Docker 26.1 on the containerd image store (containerd 1.7, each host its own); 'overlay2' is containerd's overlayfs snapshotter, 'slacker' the slacker-ts snapshotter and differ. "
+        : 'Engine: Docker 20.10 (graphdriver). ') +
       (opts['no-profile']
         ? 'Slacker images converted without a startup profile.'
         : 'Slacker images converted with a startup profile (`slacker-ts convert --profile`: a container of the image run to ready on the builder; its time is part of the slacker push).'),

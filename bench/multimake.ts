@@ -5,19 +5,19 @@
  * rate-limited link), pulled by a worker and run: build + push + pull + run = one cycle,
  * overlay2 against slacker (whose commits are marker layers and whose pulls move metadata).
  *
- *   npm run multimake -- [--quick] [--link 1gbit] [--json FILE] [--out DIR]
+ *   npm run multimake -- [--quick] [--link 1gbit] [--json FILE] [--out DIR] [--engine graphdriver|containerd]
  *
- * Writes docs/results/multimake.md and .svg. The compiler image is HelloBench's gcc image.
+ * Writes docs/results/multimake.md and .svg (multimake-containerd.* for --engine containerd: Docker
+ * 26 on the containerd image store, containerd's overlayfs snapshotter against slacker's). The compiler image is HelloBench's gcc image.
  */
 import { writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { convertImage } from '../harness/plugin.js';
 import { requireTools } from '../harness/tools.js';
 import { IMAGES } from './hellobench/images.js';
 import { median, RESULTS_DIR, svgChart, type Row } from './hellobench/report.js';
 import { rootfsTarball } from './hellobench/rootfs.js';
-import { startTopology, type Driver, type Host } from './hellobench/topology.js';
+import { startTopology, type Driver, type Engine, type Host } from './hellobench/topology.js';
 import { onInterrupt } from '../harness/interrupt.js';
 
 const { values: opts } = parseArgs({
@@ -26,8 +26,10 @@ const { values: opts } = parseArgs({
     link: { type: 'string', default: '1gbit' },
     json: { type: 'string' },
     out: { type: 'string' },
+    engine: { type: 'string', default: 'graphdriver' },
   },
 });
+const engine = opts.engine as Engine;
 
 const PROGRAM = `#include <stdio.h>
 #include <math.h>
@@ -86,7 +88,7 @@ async function main(): Promise<void> {
   await requireTools('dockerd', 'docker-registry', 'debootstrap', 'nbdfuse', 'ip', 'tc', 'busybox-static');
   const gcc = IMAGES.find((i) => i.name === 'gcc')!;
   const tarball = await rootfsTarball(gcc, progress);
-  const topo = await startTopology(opts.link!, 'slacker-multimake-');
+  const topo = await startTopology(opts.link!, 'slacker-multimake-', { engine });
   const stopTopology = onInterrupt(() => topo.close());
   const cycles: Cycle[] = [];
   try {
@@ -100,7 +102,7 @@ async function main(): Promise<void> {
     await o.docker(['push', base.overlay2], { timeoutMs: 1_800_000 });
     const s = topo.builders.slacker;
     await s.dockerd.docker(['import', tarball, 'mm/gcc:src'], { timeoutMs: 900_000 });
-    await convertImage(s, 'mm/gcc:src', base.slacker);
+    await s.convert('mm/gcc:src', base.slacker);
     progress('compiler images pushed (overlay2 as is, slacker converted)');
 
     for (const driver of ['overlay2', 'slacker'] as const) {
@@ -160,11 +162,14 @@ async function main(): Promise<void> {
 
   const command = `npm run multimake -- ${process.argv.slice(2).join(' ')}`.trim();
   const lines = [
-    '# MultiMake',
+    engine === 'containerd' ? '# MultiMake (Docker 26, containerd image store)' : '# MultiMake',
     '',
     `Command: \`${command}\``,
     '',
-    `Link ${opts.link} (tbf, its own network namespace); one builder and one fresh worker per driver; the worker keeps what it pulled between variants, as a developer's machine would. 2-core VM.`,
+    `Link ${opts.link} (tbf, its own network namespace); one builder and one fresh worker per driver; the worker keeps what it pulled between variants, as a developer's machine would. 2-core VM. ` +
+      (engine === 'containerd'
+        ? "Engine: Docker 26.1 on the containerd image store (containerd 1.7); 'overlay2' is containerd's overlayfs snapshotter, 'slacker' the slacker-ts snapshotter and differ (its commits publish and write a marker)."
+        : 'Engine: Docker 20.10 (graphdriver).'),
     '',
     '| variant | overlay2: build / push / pull / run = cycle (s) | slacker: build / push / pull / run = cycle (s) | over the link MB (overlay2 / slacker) |',
     '| --- | --- | --- | --- |',
@@ -184,7 +189,7 @@ async function main(): Promise<void> {
   );
   const dir = opts.out ?? RESULTS_DIR;
   await mkdir(dir, { recursive: true });
-  const name = opts.quick ? 'multimake-quick' : 'multimake';
+  const name = `multimake${engine === 'containerd' ? '-containerd' : ''}${opts.quick ? '-quick' : ''}`;
   await writeFile(join(dir, `${name}.md`), lines.join('\n'));
   const rows: Row[] = cycles.map((c) => ({
     item: c.variant,

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { ConfigError } from '../common/errors.js';
 import { run, startProcess, type RunResult, type Started } from '../common/exec.js';
 import { cliPath } from './plugin.js';
-import { superviseDockerd, type Dockerd } from './dockerd.js';
+import { DOCKER, superviseDockerd, type Dockerd } from './dockerd.js';
 import { retryUntil } from '../common/retry.js';
 import { loopsUnder, mountsUnder } from '../attach/host-state.js';
 
@@ -135,9 +135,12 @@ export async function startSnapshotter(o: {
   metrics?: string;
   /** containerd's socket, for the differ. */
   containerdAddress?: string;
+  /** More `slacker-ts serve` arguments (--readahead, --log-level, ...). */
+  extraArgs?: string[];
 }): Promise<SnapshotterProcess> {
   const args = [cliPath(), 'serve', '--containerd-socket', o.socket, '--root', o.root, '--log-level', 'debug'];
   if (o.containerdAddress) args.push('--containerd-address', o.containerdAddress);
+  args.push(...(o.extraArgs ?? []));
   await rm(o.socket, { force: true }); // one a killed snapshotter left would look like ours
   if (o.metrics) args.push('--metrics', o.metrics);
   if (o.store) args.push('--store', o.store);
@@ -158,7 +161,7 @@ export async function startSnapshotter(o: {
  */
 export async function startDockerd26(
   dir: string,
-  o: { containerd: Containerd; snapshotter: string },
+  o: { containerd: Containerd; snapshotter: string; insecureRegistries?: string[] },
 ): Promise<Dockerd> {
   requireEngine();
   await mkdir(dir, { recursive: true });
@@ -177,6 +180,7 @@ export async function startDockerd26(
       pidfile: join(dir, 'dockerd.pid'),
       bridge: 'none',
       iptables: false,
+      'insecure-registries': o.insecureRegistries ?? [],
     }),
   );
   const proc = startProcess(DOCKERD26, ['--config-file', config], { logFile, env: engineEnv() });
@@ -200,7 +204,7 @@ export interface SlackerContainerd {
  */
 export async function startSlackerContainerd(
   dir: string,
-  o: { name: string; size?: string; metrics?: string; store?: string; differ?: boolean },
+  o: { name: string; size?: string; metrics?: string; store?: string; differ?: boolean; extraArgs?: string[] },
 ): Promise<SlackerContainerd> {
   const state = join(dir, 'state');
   await mkdir(dir, { recursive: true });
@@ -212,6 +216,7 @@ export async function startSlackerContainerd(
     metrics: o.metrics,
     store: o.store,
     containerdAddress: containerdSocketIn(join(dir, 'containerd')),
+    extraArgs: o.extraArgs,
   };
   let snap = await startSnapshotter(snapOptions);
   let containerd: Containerd;
@@ -243,4 +248,36 @@ export async function startSlackerContainerd(
       return [...(await mountsUnder(state)), ...(await loopsUnder(state)).map((l) => l.device)];
     },
   };
+}
+
+/**
+ * `slacker-ts convert SRC DST --push --containerd-socket` on a Docker 26 whose snapshotter is
+ * slacker-ts (its socket `snapshotterSocket`), as a user runs it; the CLI's JSON answer.
+ */
+export async function convertOnContainerd(
+  snapshotterSocket: string,
+  dockerSocket: string,
+  src: string,
+  dst: string,
+  options: { profile?: string } = {},
+): Promise<{ snapshotRef: string; diffId: string; layerBytes: number; prefetchChunks: number }> {
+  const { stdout } = await run(
+    process.execPath,
+    [
+      cliPath(),
+      'convert',
+      src,
+      dst,
+      '--push',
+      '--containerd-socket',
+      snapshotterSocket,
+      '--host',
+      `unix://${dockerSocket}`,
+      '--docker-bin',
+      DOCKER,
+      ...(options.profile ? ['--profile', options.profile] : []),
+    ],
+    { timeoutMs: 1_800_000 },
+  );
+  return JSON.parse(stdout) as { snapshotRef: string; diffId: string; layerBytes: number; prefetchChunks: number };
 }

@@ -50,6 +50,7 @@ export interface HostReport {
     snapshotRef: string | null;
     virtualSize: number;
     chunks: number;
+    chunkSize: number;
     bytesWritten: number;
     chunksFetched: number;
     bytesFetched: number;
@@ -120,6 +121,7 @@ export class LayerStore {
           snapshotRef: s.snapshotRef,
           virtualSize: s.virtualSize,
           chunks: s.chunks,
+          chunkSize: s.chunkSize,
           bytesWritten: s.bytesWritten,
           chunksFetched: s.fetch.chunksFetched,
           bytesFetched: s.fetch.bytesFetched,
