@@ -1,5 +1,6 @@
 /**
- * Smoke test of the HelloBench and MultiMake harnesses in quick mode (3 images / 4 variants)
+ * Smoke test of the HelloBench and MultiMake harnesses in quick mode (3 images / 4 variants), on
+ * both engines (Docker 20.10 graphdriver; Docker 26 on the containerd image store),
  * of bench:volumes on a small volume, and of bench:compression on files made here: the whole topology (rate-limited link, registry with
  * the oci chunk store, builders, cold workers) runs for real, the guard rails hold, and the
  * results are written. Speed is not asserted here: the numbers are in docs/, made by the full
@@ -23,36 +24,57 @@ describe('benchmark harnesses, quick mode', () => {
   });
   afterAll(() => dir?.cleanup());
 
-  it('hellobench --quick deploys every image on both drivers, lazily on slacker', async () => {
-    const json = join(dir.path, 'hb.json');
-    await run(process.execPath, [join(DIST, 'hellobench.js'), '--quick', '--out', dir.path, '--json', json], {
-      timeoutMs: 1_200_000,
-    });
-    const { rows } = JSON.parse(await readFile(json, 'utf8')) as {
-      rows: { item: string; driver: string; deploy: number; bytesFetched: number; linkBytes: number }[];
-    };
-    expect(rows.map((r) => `${r.item}/${r.driver}`).sort()).toEqual(
-      ['busybox', 'debian', 'python3'].flatMap((i) => [`${i}/overlay2`, `${i}/slacker`]),
-    );
-    for (const r of rows) expect(r.deploy).toBeGreaterThan(0);
-    for (const r of rows.filter((x) => x.driver === 'slacker')) expect(r.bytesFetched).toBeGreaterThan(0);
-    // The overlay2 pull of a Debian image moves it whole; slacker's moves a marker and what is read.
-    const link = (item: string, driver: string) => rows.find((r) => r.item === item && r.driver === driver)!.linkBytes;
-    expect(link('debian', 'slacker')).toBeLessThan(link('debian', 'overlay2') / 4);
-    expect(await readFile(join(dir.path, 'hellobench-quick.md'), 'utf8')).toContain('Median deploy speedup');
-    expect(await readFile(join(dir.path, 'hellobench-quick.svg'), 'utf8')).toContain('<svg');
-  }, 1_200_000);
+  it.each(['graphdriver', 'containerd'])(
+    'hellobench --quick --engine %s deploys every image on both drivers, lazily on slacker',
+    async (engine) => {
+      const json = join(dir.path, `hb-${engine}.json`);
+      const out = join(dir.path, engine);
+      await run(
+        process.execPath,
+        [join(DIST, 'hellobench.js'), '--quick', '--engine', engine, '--out', out, '--json', json],
+        {
+          timeoutMs: 1_200_000,
+        },
+      );
+      const { rows } = JSON.parse(await readFile(json, 'utf8')) as {
+        rows: { item: string; driver: string; deploy: number; bytesFetched: number; linkBytes: number }[];
+      };
+      expect(rows.map((r) => `${r.item}/${r.driver}`).sort()).toEqual(
+        ['busybox', 'debian', 'python3'].flatMap((i) => [`${i}/overlay2`, `${i}/slacker`]),
+      );
+      for (const r of rows) expect(r.deploy).toBeGreaterThan(0);
+      for (const r of rows.filter((x) => x.driver === 'slacker')) expect(r.bytesFetched).toBeGreaterThan(0);
+      // The overlay2 pull of a Debian image moves it whole; slacker's moves a marker and what is read.
+      const link = (item: string, driver: string) =>
+        rows.find((r) => r.item === item && r.driver === driver)!.linkBytes;
+      expect(link('debian', 'slacker')).toBeLessThan(link('debian', 'overlay2') / 4);
+      const name = engine === 'containerd' ? 'hellobench-containerd-quick' : 'hellobench-quick';
+      expect(await readFile(join(out, `${name}.md`), 'utf8')).toContain('Median deploy speedup');
+      expect(await readFile(join(out, `${name}.svg`), 'utf8')).toContain('<svg');
+    },
+    1_200_000,
+  );
 
-  it('multimake --quick runs four development cycles on both drivers', async () => {
-    const json = join(dir.path, 'mm.json');
-    await run(process.execPath, [join(DIST, 'multimake.js'), '--quick', '--out', dir.path, '--json', json], {
-      timeoutMs: 1_200_000,
-    });
-    const { cycles } = JSON.parse(await readFile(json, 'utf8')) as { cycles: { driver: string; cycle: number }[] };
-    expect(cycles.filter((c) => c.driver === 'overlay2')).toHaveLength(4);
-    expect(cycles.filter((c) => c.driver === 'slacker')).toHaveLength(4);
-    expect(await readFile(join(dir.path, 'multimake-quick.md'), 'utf8')).toContain('Total development cycle');
-  }, 1_200_000);
+  it.each(['graphdriver', 'containerd'])(
+    'multimake --quick --engine %s runs four development cycles on both drivers',
+    async (engine) => {
+      const json = join(dir.path, `mm-${engine}.json`);
+      const out = join(dir.path, engine);
+      await run(
+        process.execPath,
+        [join(DIST, 'multimake.js'), '--quick', '--engine', engine, '--out', out, '--json', json],
+        {
+          timeoutMs: 1_200_000,
+        },
+      );
+      const { cycles } = JSON.parse(await readFile(json, 'utf8')) as { cycles: { driver: string; cycle: number }[] };
+      expect(cycles.filter((c) => c.driver === 'overlay2')).toHaveLength(4);
+      expect(cycles.filter((c) => c.driver === 'slacker')).toHaveLength(4);
+      const name = engine === 'containerd' ? 'multimake-containerd-quick' : 'multimake-quick';
+      expect(await readFile(join(out, `${name}.md`), 'utf8')).toContain('Total development cycle');
+    },
+    1_200_000,
+  );
 
   it('bench:volumes measures every row against its anchor, with the CPU of each side', async () => {
     const json = join(dir.path, 'vol.json');
