@@ -15,11 +15,23 @@ export interface NbdTarget {
   exportName: string;
 }
 
+/**
+ * What identifies an attachment after the process that made it is gone (JSON): enough for the
+ * next daemon to adopt it, or to take it down.
+ */
+export interface DeviceRecord {
+  method: string;
+  path: string;
+  [detail: string]: string | number | boolean;
+}
+
 export interface BlockDevice {
   /** The device node to mount (/dev/nbdN or /dev/loopN). */
   readonly path: string;
   /** How it was attached (an AttachMethod, or a test fake's name). */
   readonly method: string;
+  /** For adoption by a later process; absent for devices that cannot outlive their maker. */
+  readonly record?: DeviceRecord;
   /** Undoes the attach; idempotent. */
   detach(): Promise<void>;
 }
@@ -28,4 +40,9 @@ export interface Attacher {
   readonly method: string;
   /** `workDir` is this attachment's own scratch directory (nbdfuse puts its file there). */
   attach(target: NbdTarget, workDir: string, options: { readOnly: boolean }): Promise<BlockDevice>;
+  /**
+   * The device a previous process attached (its record), if it is still whole: its NBD client
+   * still runs and the device node still stands for it. Undefined otherwise.
+   */
+  adopt?(record: DeviceRecord): Promise<BlockDevice | undefined>;
 }

@@ -10,7 +10,7 @@ import { readdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { run } from '../common/exec.js';
 import { NotSupportedError } from '../common/errors.js';
-import type { Attacher, BlockDevice, NbdTarget } from './attacher.js';
+import type { Attacher, BlockDevice, DeviceRecord, NbdTarget } from './attacher.js';
 
 const KERNEL_TIMEOUT_S = 60;
 
@@ -29,17 +29,33 @@ export class NbdClientAttacher implements Attacher {
       String(KERNEL_TIMEOUT_S),
       ...(options.readOnly ? ['-readonly'] : []),
     ]);
-    let attached = true;
-    return {
-      path: device,
-      method: this.method,
-      detach: async () => {
-        if (!attached) return;
-        attached = false;
-        await run('nbd-client', ['-d', device]);
-      },
-    };
+    return connected(device);
   }
+
+  /** A device whose kernel NBD connection (to the relay) is still up: its sysfs pid file exists. */
+  async adopt(record: DeviceRecord): Promise<BlockDevice | undefined> {
+    const name = /^\/dev\/(nbd\d+)$/.exec(record.path)?.[1];
+    if (!name) return undefined;
+    const up = await readFile(`/sys/block/${name}/pid`, 'utf8').then(
+      () => true,
+      () => false,
+    );
+    return up ? connected(record.path) : undefined;
+  }
+}
+
+function connected(device: string): BlockDevice {
+  let attached = true;
+  return {
+    path: device,
+    method: 'nbd-client',
+    record: { method: 'nbd-client', path: device },
+    detach: async () => {
+      if (!attached) return;
+      attached = false;
+      await run('nbd-client', ['-d', device]);
+    },
+  };
 }
 
 /** The first /dev/nbdN with no client connected (its sysfs pid file is absent). */

@@ -1,14 +1,17 @@
 /**
  * nbdfuse + loop: nbdfuse exposes the export as a file in a FUSE mount, losetup makes that file
  * a block device. Detach runs the steps in reverse, also those of a half-finished attach.
+ * nbdfuse runs in a session of its own and outlives the daemon that started it (it talks to the
+ * NBD relay, which outlives the daemon's NBD server too): a restarted daemon adopts the device
+ * from its record (loop device, FUSE directory, nbdfuse's PID).
  */
 import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CommandError, ConflictError, NotFoundError } from '../common/errors.js';
 import { run, startProcess } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
-import type { Attacher, BlockDevice, NbdTarget } from './attacher.js';
+import type { Attacher, BlockDevice, DeviceRecord, NbdTarget } from './attacher.js';
 import { loopDevices } from './host-state.js';
 import { nbdUnixUri } from './uri.js';
 
@@ -18,6 +21,10 @@ const POLL = { attempts: 500, delayMs: 10 };
 export class NbdfuseAttacher implements Attacher {
   readonly method = 'nbdfuse';
 
+  adopt(record: DeviceRecord): Promise<BlockDevice | undefined> {
+    return adoptNbdfuse(record);
+  }
+
   async attach(target: NbdTarget, workDir: string, options: { readOnly: boolean }): Promise<BlockDevice> {
     const fuseDir = join(workDir, 'fuse');
     await mkdir(fuseDir, { recursive: true });
@@ -26,11 +33,11 @@ export class NbdfuseAttacher implements Attacher {
       for (let step = undo.pop(); step; step = undo.pop()) await step();
     };
     try {
-      const fuse = startProcess('nbdfuse', [
-        ...(options.readOnly ? ['-r'] : []),
-        join(fuseDir, 'disk'),
-        nbdUnixUri(target),
-      ]);
+      const fuse = startProcess(
+        'nbdfuse',
+        [...(options.readOnly ? ['-r'] : []), join(fuseDir, 'disk'), nbdUnixUri(target)],
+        { detached: true },
+      );
       undo.push(async () => {
         await retryUntil('fusermount3 -u', () => run('fusermount3', ['-u', fuseDir]));
         await fuse.stop();
@@ -44,11 +51,55 @@ export class NbdfuseAttacher implements Attacher {
       );
       const loop = await attachLoop(join(fuseDir, 'disk'), options.readOnly);
       undo.push(() => run('losetup', ['-d', loop]).then(() => waitLoopGone(loop)));
-      return { path: loop, method: this.method, detach };
+      const record: DeviceRecord = { method: this.method, path: loop, fuseDir, pid: fuse.child.pid ?? 0 };
+      return { path: loop, method: this.method, record, detach };
     } catch (err) {
       await detach();
       throw err;
     }
+  }
+}
+
+/** A device attached by an earlier process: whole if nbdfuse runs, its file answers and the loop is on it. */
+export async function adoptNbdfuse(record: DeviceRecord): Promise<BlockDevice | undefined> {
+  const { path: loop, fuseDir, pid } = record;
+  if (typeof fuseDir !== 'string' || typeof pid !== 'number' || !alive(pid)) return undefined;
+  if (
+    !(await stat(join(fuseDir, 'disk')).then(
+      () => true,
+      () => false,
+    ))
+  )
+    return undefined; // ENOTCONN: FUSE is gone
+  if (!(await loopDevices()).some((l) => l.device === loop && l.backFile === join(fuseDir, 'disk'))) return undefined;
+  let attached = true;
+  return {
+    path: loop,
+    method: 'nbdfuse',
+    record,
+    detach: async () => {
+      if (!attached) return;
+      attached = false;
+      await run('losetup', ['-d', loop]).then(() => waitLoopGone(loop));
+      await retryUntil('fusermount3 -u', () => run('fusermount3', ['-u', fuseDir]));
+      // Not our child: wait for it by PID.
+      await retryUntil(
+        `nbdfuse ${pid} to exit`,
+        async () => {
+          if (alive(pid)) throw new ConflictError(`nbdfuse ${pid} still runs`);
+        },
+        POLL,
+      );
+    },
+  };
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -3,6 +3,7 @@
  * slacker-ts command line: one subcommand per job, each in its own module.
  */
 import { SlackerError } from '../common/errors.js';
+import { nbdRelay, NBD_RELAY_HELP } from './nbd-relay.js';
 import { nbdServe, NBD_SERVE_HELP } from './nbd-serve.js';
 import { convertCommand, CONVERT_HELP } from './convert.js';
 import { serve, SERVE_HELP } from './serve.js';
@@ -17,6 +18,7 @@ commands:
   convert     make an image lazily pullable: one marker layer (slacker-ts convert --help)
   nbd-serve   serve raw files over NBD (slacker-ts nbd-serve --help)
   volume      create, clone, freeze, publish, open, list, remove and serve layer volumes
+  nbd-relay   (started by serve) keeps block devices' NBD connections across daemon restarts
 
 Run 'slacker-ts <command> --help' for a command's options.
 `;
@@ -27,6 +29,7 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help:
   'nbd-serve': { run: nbdServe, help: NBD_SERVE_HELP },
   volume: { run: volume, help: VOLUME_HELP },
   status: { run: statusCommand, help: STATUS_HELP },
+  'nbd-relay': { run: nbdRelay, help: NBD_RELAY_HELP },
 };
 
 async function main(argv: string[]): Promise<number> {

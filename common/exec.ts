@@ -64,10 +64,15 @@ export interface Started {
 export function startProcess(
   cmd: string,
   args: string[],
-  options: { logFile?: string; env?: NodeJS.ProcessEnv } = {},
+  options: { logFile?: string; env?: NodeJS.ProcessEnv; detached?: boolean } = {},
 ): Started {
   const out = options.logFile ? openSync(options.logFile, 'a') : 'pipe';
-  const child = spawn(cmd, args, { stdio: ['ignore', out, out], env: options.env ?? process.env });
+  const child = spawn(cmd, args, {
+    stdio: ['ignore', out, out],
+    env: options.env ?? process.env,
+    // Its own session: a signal to our process group (a terminal's Ctrl-C) does not reach it.
+    detached: options.detached ?? false,
+  });
   if (typeof out === 'number') closeSync(out);
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   return {

@@ -1,8 +1,10 @@
 /**
  * Everything a host needs to serve layers, built in one place for every front end: the
- * backing store, the volumes under ROOT/volumes, this host's NBD server (ROOT/nbd.sock), the
- * attacher, the layer mounts (what a killed predecessor left is torn down first) and the layer
- * store over them. `close` undoes it all, unmounting and detaching every layer.
+ * backing store, the volumes under ROOT/volumes, this host's NBD server (ROOT/nbd.sock), the NBD
+ * relay the block devices' clients connect through (ROOT/nbd-relay.sock, its own process), the
+ * attacher, the layer mounts (what a predecessor left attached is adopted, or torn down) and the
+ * layer store over them. `close` stops serving; layers in use stay attached and mounted, for the
+ * next start to adopt (a restart or an upgrade does not break running containers).
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -16,6 +18,7 @@ import { openStore } from '../stores/open-store.js';
 import { VolumeManager } from '../volumes/manager.js';
 import { LayerMounts } from './layer-mounts.js';
 import { LayerStore } from './layer-store.js';
+import { ensureRelay } from '../nbd-relay/launch.js';
 
 export const DEFAULT_LAYER_SIZE = 10 * 2 ** 30;
 
@@ -37,12 +40,17 @@ export interface LayerHostOptions {
   log: Logger;
 }
 
+export interface CloseOptions {
+  /** Detach and unmount everything, in use or not (default: layers in use stay attached). */
+  all?: boolean;
+}
+
 export interface LayerHost {
   readonly root: string;
   readonly layers: LayerStore;
   readonly manager: VolumeManager;
   readonly store: BackingStore;
-  close(): Promise<void>;
+  close(options?: CloseOptions): Promise<void>;
 }
 
 export async function openLayerHost(o: LayerHostOptions): Promise<LayerHost> {
@@ -61,8 +69,13 @@ export async function openLayerHost(o: LayerHostOptions): Promise<LayerHost> {
   const nbd = new NbdServer({ log: o.log });
   const nbdSocket = join(o.root, 'nbd.sock');
   await nbd.listen(`unix://${nbdSocket}`);
+  const relay = await ensureRelay({
+    socket: join(o.root, 'nbd-relay.sock'),
+    upstream: nbdSocket,
+    logFile: join(o.root, 'nbd-relay.log'),
+  });
   const attacher = chooseAttacher(o.attach);
-  const mounts = new LayerMounts({ manager, nbd, nbdSocket, attacher, dir: o.root, log: o.log });
+  const mounts = new LayerMounts({ manager, nbd, nbdSocket: relay.socket, attacher, dir: o.root, log: o.log });
   await mounts.recover();
   const layers = new LayerStore({ manager, mounts, layerSize: o.layerSize, attachMethod: attacher.method, log: o.log });
   o.log.info({ root: o.root, store: store.url, attach: attacher.method, layerSize: o.layerSize }, 'layer host ready');
@@ -71,11 +84,13 @@ export async function openLayerHost(o: LayerHostOptions): Promise<LayerHost> {
     layers,
     manager,
     store,
-    close: async () => {
-      await layers.cleanup();
+    close: async (options = {}) => {
+      if (options.all) await layers.cleanup();
+      else await mounts.release();
       await nbd.close();
       await manager.close();
       store.close?.();
+      relay.release();
     },
   };
 }

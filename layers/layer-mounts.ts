@@ -3,9 +3,16 @@
  * exports its volume on this host's NBD server, attaches it as a block device and mounts its
  * ext4 (read-only for frozen layers); the last Put undoes all three, in reverse. Work on one
  * layer is serialised; different layers proceed in parallel.
+ *
+ * Attachments outlive the daemon (issue 20): every change is recorded in DIR/attach/attached.json
+ * (layer, mount point, use count, the device's record), a shutdown leaves the layers in use
+ * attached and mounted, and the next daemon adopts them at start (recover): their exports are
+ * added to its NBD server, and the NBD relay, which kept the clients' connections, reconnects.
+ * What cannot be adopted, or is not recorded, is torn down.
  */
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Attacher, BlockDevice } from '../attach/attacher.js';
+import type { Attacher, BlockDevice, DeviceRecord } from '../attach/attacher.js';
 import { ext4 } from '../attach/ext4.js';
 import type { LayerFilesystem } from '../attach/filesystem.js';
 import { loopsUnder, mountsUnder } from '../attach/host-state.js';
@@ -37,8 +44,30 @@ export interface LayerMountsOptions {
   log: Logger;
 }
 
+/** The source of every mount in this mount namespace (the devices someone has mounted). */
+async function mountSources(): Promise<Set<string>> {
+  const out = new Set<string>();
+  for (const line of (await readFile('/proc/self/mountinfo', 'utf8')).split('\n')) {
+    const after = line.split(' - ')[1];
+    const source = after?.split(' ')[1];
+    if (source) out.add(source);
+  }
+  return out;
+}
+
+/** One attachment as attached.json keeps it. */
+interface AttachmentRecord {
+  id: string;
+  dir?: string;
+  refs: number;
+  readOnly: boolean;
+  device: DeviceRecord;
+}
+
 export class LayerMounts {
   private readonly mounted = new Map<string, Mounted>();
+  /** The last write of attached.json, so that writes happen one after another. */
+  private saving: Promise<void> = Promise.resolve();
   /** Block devices attached since start (each Get of an unmounted layer, each handed-out device). */
   attaches = 0;
   readonly lock = new KeyedLock<string>();
@@ -123,6 +152,7 @@ export class LayerMounts {
     if (m) {
       if (m.dir === undefined) throw this.handedOut(id);
       m.refs++;
+      await this.persist();
       return m.dir;
     }
     const readOnly = this.o.manager.get(id).frozen;
@@ -132,6 +162,7 @@ export class LayerMounts {
       await this.fs.mount(d.path, dir, { readOnly });
     });
     this.mounted.set(id, { refs: 1, dir, device, readOnly });
+    await this.persist();
     this.o.log.debug({ layer: id, device: device.path, dir, readOnly }, 'layer mounted');
     return dir;
   }
@@ -153,6 +184,7 @@ export class LayerMounts {
     }
     const device = await this.attached(id, options.readOnly, async () => undefined);
     this.mounted.set(id, { refs: 1, dir: undefined, device, readOnly: options.readOnly });
+    await this.persist();
     this.o.log.debug({ layer: id, device: device.path, readOnly: options.readOnly }, 'layer attached');
     return device.path;
   }
@@ -209,8 +241,9 @@ export class LayerMounts {
   async putLocked(id: string, all: boolean): Promise<void> {
     const m = this.mounted.get(id);
     if (!m) return;
-    if (!all && --m.refs > 0) return;
+    if (!all && --m.refs > 0) return this.persist();
     this.mounted.delete(id);
+    await this.persist();
     if (m.dir !== undefined) await this.fs.unmount(m.dir);
     await m.device.detach();
     this.o.nbd.removeExport(id, { force: true });
@@ -219,23 +252,105 @@ export class LayerMounts {
   }
 
   /**
-   * After a crash: what a previous run of the plugin left under this root (mounts, loop
-   * devices, dead FUSE mounts) is torn down before anything is mounted again.
+   * At start: the attachments a previous daemon left (attached.json) are adopted if they are
+   * still whole (the device's NBD client runs, the mount is there, the volume exists): their
+   * exports are added to this NBD server. Everything else under this root (mounts, loop
+   * devices, FUSE mounts) is torn down, as after a crash.
    */
   async recover(): Promise<void> {
+    const mntDir = join(this.o.dir, 'mnt');
     const attachDir = join(this.o.dir, 'attach');
-    for (const t of await mountsUnder(join(this.o.dir, 'mnt'))) {
+    const mounts = new Set(await mountsUnder(mntDir));
+    for (const r of await this.readState()) {
+      const device =
+        this.o.attacher.adopt && r.device.method === this.o.attacher.method
+          ? await this.o.attacher.adopt(r.device).catch(() => undefined)
+          : undefined;
+      const whole = device !== undefined && (r.dir === undefined || mounts.has(r.dir)) && this.o.manager.has(r.id);
+      if (!whole) {
+        this.o.log.warn({ layer: r.id, device: r.device.path, dir: r.dir }, 'attachment not whole: not adopted');
+        continue;
+      }
+      const backend = await this.o.manager.acquire(r.id);
+      this.o.nbd.addExport({ name: r.id, backend });
+      this.mounted.set(r.id, { refs: r.refs, dir: r.dir, device, readOnly: r.readOnly });
+      this.o.log.info({ layer: r.id, device: device.path, dir: r.dir, refs: r.refs }, 'attachment adopted');
+    }
+    const adopted = [...this.mounted.values()];
+    const keptDirs = new Set(adopted.map((m) => m.dir).filter((d) => d !== undefined));
+    const keptLoops = new Set(adopted.map((m) => m.device.path));
+    const keptFuse = new Set(adopted.map((m) => m.device.record?.fuseDir).filter((d) => typeof d === 'string'));
+    for (const t of mounts) {
+      if (keptDirs.has(t)) continue;
       await run('umount', ['-l', t]);
       this.o.log.warn({ mount: t }, 'recovered: stale layer mount removed');
     }
     for (const { device, backFile } of await loopsUnder(attachDir)) {
+      if (keptLoops.has(device)) continue;
       await run('losetup', ['-d', device]);
       this.o.log.warn({ loop: device, file: backFile }, 'recovered: stale loop device detached');
     }
     for (const t of await mountsUnder(attachDir)) {
+      if (keptFuse.has(t)) continue;
       await run('fusermount3', ['-u', '-z', t]);
       this.o.log.warn({ mount: t }, 'recovered: stale nbdfuse mount removed');
     }
+    await this.persist();
+  }
+
+  /**
+   * Shutdown of the daemon: layers in use (mounted here for dockerd, or a device the engine has
+   * mounted) stay attached for the next daemon to adopt; the others are unmounted and detached.
+   * Returns how many stay.
+   */
+  async release(): Promise<number> {
+    const busy = await mountSources();
+    let kept = 0;
+    for (const id of [...this.mounted.keys()]) {
+      await this.lock.run(id, async () => {
+        const m = this.mounted.get(id);
+        if (!m) return;
+        const inUse = m.dir !== undefined || busy.has(m.device.path);
+        if (inUse && m.device.record) {
+          kept++;
+          return;
+        }
+        await this.putLocked(id, true);
+      });
+    }
+    await this.persist();
+    if (kept > 0) this.o.log.info({ kept }, 'layers in use stay attached for the next start');
+    return kept;
+  }
+
+  private get statePath(): string {
+    return join(this.o.dir, 'attach', 'attached.json');
+  }
+
+  private async readState(): Promise<AttachmentRecord[]> {
+    try {
+      return JSON.parse(await readFile(this.statePath, 'utf8')) as AttachmentRecord[];
+    } catch {
+      return [];
+    }
+  }
+
+  /** Records the attachments (written whole, then renamed: never half a file). */
+  private persist(): Promise<void> {
+    const records: AttachmentRecord[] = [];
+    for (const [id, m] of this.mounted) {
+      if (m.device.record)
+        records.push({ id, dir: m.dir, refs: m.refs, readOnly: m.readOnly, device: m.device.record });
+    }
+    const text = JSON.stringify(records);
+    this.saving = this.saving
+      .catch(() => undefined)
+      .then(async () => {
+        await mkdir(join(this.o.dir, 'attach'), { recursive: true });
+        await writeFile(`${this.statePath}.tmp`, text, { mode: 0o600 });
+        await rename(`${this.statePath}.tmp`, this.statePath);
+      });
+    return this.saving;
   }
 
   /** Unmounts every layer (shutdown). */

@@ -3,8 +3,13 @@
  * layer core (a LayerHost, layers/layer-host.ts). The layers come to life at Init, when dockerd
  * says where its home is (unless a state root was configured, or a host shared with the
  * containerd front end was given).
+ *
+ * dockerd calls Init once, when it starts: a plugin restarted under a running dockerd would
+ * never see it again. So what Init gave is kept beside the socket (NAME.slacker-init: dockerd's
+ * plugin discovery ignores that extension) and a restarted plugin initialises itself from it,
+ * adopting the layers the previous one left attached.
  */
-import { chmod, mkdir, rm } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConfigError, NotInitializedError } from '../common/errors.js';
 import { formatSize, parseSize } from '../common/units.js';
@@ -47,16 +52,30 @@ export class PluginDaemon implements GraphDriverApi {
     this.app = buildApi(this, o.log, o.onCall);
   }
 
+  /** Where what Init gave is kept. */
+  private get initPath(): string {
+    return join(this.o.socketDir, `${this.o.name}.slacker-init`);
+  }
+
   /** Serves the plugin API on its unix socket (mode 0600: dockerd runs as root). */
   async listen(): Promise<void> {
     await mkdir(this.o.socketDir, { recursive: true });
+    // A restart under a running dockerd: initialise as dockerd did (it will not call Init again).
+    const saved = await readFile(this.initPath, 'utf8').then(
+      (t) => JSON.parse(t) as { home: string; opts: string[] },
+      () => undefined,
+    );
+    if (saved) {
+      await this.init(saved.home, saved.opts);
+      this.o.log.info({ home: saved.home }, "driver initialised from the previous run's Init");
+    }
     await rm(this.socketPath, { force: true });
     await this.app.listen({ path: this.socketPath });
     await chmod(this.socketPath, 0o600);
     this.o.log.info({ socket: this.socketPath, plugin: this.o.name }, 'graphdriver plugin listening');
   }
 
-  /** Stops serving, unmounts and detaches every layer, closes the state. */
+  /** Stops serving and closes the state; layers in use stay attached for the next start. */
   async close(): Promise<void> {
     await this.app.close();
     await rm(this.socketPath, { force: true });
@@ -78,6 +97,7 @@ export class PluginDaemon implements GraphDriverApi {
       } finally {
         this.starting = undefined;
       }
+      await writeFile(this.initPath, JSON.stringify({ home, opts }), { mode: 0o600 });
     }
   }
 
@@ -93,8 +113,7 @@ export class PluginDaemon implements GraphDriverApi {
     const r = this.running;
     this.running = undefined;
     if (!r) return;
-    if (r.owned) await r.host.close();
-    else await r.host.layers.cleanup();
+    if (r.owned) await r.host.close(); // a shared host is closed by its owner
   }
 
   private get driver(): LayerStore {
