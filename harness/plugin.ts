@@ -54,8 +54,27 @@ export async function startPlugin(o: PluginOptions): Promise<PluginProcess> {
   const stop = async (): Promise<void> => {
     await proc.stop();
     await rm(socket, { force: true }); // a crashed plugin leaves its socket behind
+    await rm(`/run/docker/plugins/${name}.slacker-init`, { force: true });
   };
   return { name, socket, logFile: o.logFile, proc, stop };
+}
+
+/**
+ * Ends a plugin (SIGTERM, or SIGKILL as a crash) and starts it again with the same name, root
+ * and options, as a service manager would; dockerd is not told.
+ */
+export async function restartPlugin(
+  p: PluginProcess,
+  o: PluginOptions,
+  signal: 'SIGTERM' | 'SIGKILL',
+): Promise<PluginProcess> {
+  if (signal === 'SIGKILL') {
+    const exited = new Promise((resolve) => p.proc.child.once('exit', resolve));
+    p.proc.child.kill('SIGKILL');
+    await exited;
+  } else await p.proc.stop();
+  await rm(p.socket, { force: true });
+  return startPlugin({ ...o, name: p.name });
 }
 
 /** One plugin protocol call, as dockerd makes it: status code and parsed JSON body. */
@@ -102,8 +121,11 @@ export async function convertImage(
 
 /** A "host" running on slacker: its own plugin (state in DIR/state) and a dockerd using it. */
 export interface SlackerHost {
-  plugin: PluginProcess;
+  /** The running plugin (replaced by restartPlugin). */
+  readonly plugin: PluginProcess;
   dockerd: Dockerd;
+  /** Ends the plugin (SIGTERM or SIGKILL) and starts it again, dockerd running on. */
+  restartPlugin(signal: 'SIGTERM' | 'SIGKILL'): Promise<void>;
   /** Stops dockerd, then the plugin. */
   stop(): Promise<void>;
 }
@@ -112,13 +134,14 @@ export async function startSlackerHost(
   dir: string,
   o: { store?: string; size?: string; pluginArgs?: string[]; dockerdArgs?: string[] } = {},
 ): Promise<SlackerHost> {
-  const plugin = await startPlugin({
+  const options: PluginOptions = {
     root: join(dir, 'state'),
     store: o.store,
     size: o.size,
     logFile: join(dir, 'plugin.log'),
     extraArgs: o.pluginArgs,
-  });
+  };
+  let plugin = await startPlugin(options);
   let dockerd: Dockerd;
   try {
     dockerd = await startDockerd(join(dir, 'docker'), { storageDriver: plugin.name, args: o.dockerdArgs });
@@ -127,8 +150,13 @@ export async function startSlackerHost(
     throw err;
   }
   return {
-    plugin,
+    get plugin() {
+      return plugin;
+    },
     dockerd,
+    restartPlugin: async (signal) => {
+      plugin = await restartPlugin(plugin, options, signal);
+    },
     stop: async () => {
       await dockerd.stop();
       await plugin.stop();
