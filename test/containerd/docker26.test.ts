@@ -14,6 +14,7 @@ import type { Digest } from '../../common/digests.js';
 import { writeFile } from 'node:fs/promises';
 import { requireRoot, requireTools } from '../helpers/tools.js';
 import { tempDir } from '../helpers/tmp.js';
+import { dropCaches, logLines, WORKLOAD, workloadHealthy, writesGoOn } from '../helpers/restart-workload.js';
 
 const NAME = 'slk26';
 
@@ -148,6 +149,28 @@ describe('Docker 26 with the slacker snapshotter (containerd image store)', () =
     },
     120_000,
   );
+
+  it('restarts under a running container (SIGKILL, SIGTERM): its I/O goes on intact, Docker needs no restart', async () => {
+    const rootfs = await busyboxRootfs(join(dir.path, 'rootfs-busy'));
+    await importRootfs(docker, rootfs, 'busy:1');
+    await docker.docker(['run', '-d', '--name', 'busy', '--network', 'none', 'busy:1', 'sh', '-c', WORKLOAD]);
+    let lines = await writesGoOn(docker, 'busy', 0);
+    for (const signal of ['SIGKILL', 'SIGTERM'] as const) {
+      await host.restartSnapshotter(signal);
+      await dropCaches();
+      expect(await logLines(docker, 'busy')).toBeGreaterThanOrEqual(lines);
+      lines = await writesGoOn(docker, 'busy', lines);
+      await workloadHealthy(docker, 'busy');
+      const hello = await docker.docker(['run', '--rm', '--network', 'none', 'busy:1', 'cat', '/etc/motd']);
+      expect(hello.stdout).toBe('slacker-ts test image\n');
+      console.info(`containerd, after ${signal}: the container wrote ${lines} lines so far, every one in place`);
+    }
+    await docker.docker(['exec', 'busy', 'busybox', 'touch', '/stop']);
+    expect((await docker.docker(['wait', 'busy'])).stdout.trim()).toBe('0');
+    await docker.docker(['rm', 'busy']);
+    await docker.docker(['rmi', 'busy:1']);
+    await expect.poll(layers, { timeout: 30_000, interval: 500 }).toEqual([]);
+  }, 180_000);
 
   it('a marker naming a snapshot the store lacks: docker load fails saying so, and leaves no layer', async () => {
     const missing = `sha256:${'7'.repeat(64)}` as Digest;
