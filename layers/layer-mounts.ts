@@ -29,6 +29,8 @@ interface Mounted {
   dir: string | undefined;
   device: BlockDevice;
   readOnly: boolean;
+  /** Mounted by the layer core for its own work (applying a tar, making a template), not for an engine. */
+  internal?: boolean;
 }
 
 export interface LayerMountsOptions {
@@ -146,8 +148,12 @@ export class LayerMounts {
     return this.lock.run(id, () => this.putLocked(id, false));
   }
 
-  /** For callers already holding the layer's lock. `mkfs`: make a fresh file system first (templates). */
-  async getLocked(id: string, options: { mkfs?: boolean } = {}): Promise<string> {
+  /**
+   * For callers already holding the layer's lock. `mkfs`: make a fresh file system first
+   * (templates). `internal`: a mount for the core's own work, which a restarted daemon does not
+   * adopt (the work died with the old one).
+   */
+  async getLocked(id: string, options: { mkfs?: boolean; internal?: boolean } = {}): Promise<string> {
     const m = this.mounted.get(id);
     if (m) {
       if (m.dir === undefined) throw this.handedOut(id);
@@ -161,7 +167,7 @@ export class LayerMounts {
       if (options.mkfs) await this.fs.mkfs(d.path);
       await this.fs.mount(d.path, dir, { readOnly });
     });
-    this.mounted.set(id, { refs: 1, dir, device, readOnly });
+    this.mounted.set(id, { refs: 1, dir, device, readOnly, internal: options.internal });
     await this.persist();
     this.o.log.debug({ layer: id, device: device.path, dir, readOnly }, 'layer mounted');
     return dir;
@@ -310,7 +316,7 @@ export class LayerMounts {
       await this.lock.run(id, async () => {
         const m = this.mounted.get(id);
         if (!m) return;
-        const inUse = m.dir !== undefined || busy.has(m.device.path);
+        const inUse = m.dir !== undefined ? !m.internal : busy.has(m.device.path);
         if (inUse && m.device.record) {
           kept++;
           return;

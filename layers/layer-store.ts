@@ -236,7 +236,7 @@ export class LayerStore {
         const result = await applyLayerTar(body, async () => {
           await this.formatted(id);
           mounted = true;
-          return this.o.mounts.getLocked(id);
+          return this.o.mounts.getLocked(id, { internal: true });
         });
         if (mounted) await this.o.mounts.putLocked(id, true);
         mounted = false;
@@ -387,7 +387,7 @@ export class LayerStore {
       await this.manager.remove(id); // a half-made template from a crash
     }
     await this.manager.create(id, size);
-    const dir = await this.o.mounts.getLocked(id, { mkfs: true });
+    const dir = await this.o.mounts.getLocked(id, { mkfs: true, internal: true });
     try {
       // An empty root: lost+found would otherwise show up in every image made here.
       await rmdir(join(dir, 'lost+found'));
