@@ -70,6 +70,8 @@ export function markdown(title: string, command: string, rows: Row[], context: s
     '',
     context,
     '',
+    'Image MB: the size of the image\'s uncompressed layer tar; "slacker fetched" is a fraction of it.',
+    '',
     '| item | category | image MB | overlay2: push / pull / create / run = deploy (s) | slacker: push / pull / create / run = deploy (s) | speedup | over the link MB (overlay2 / slacker) | slacker fetched |',
     '| --- | --- | ---: | --- | --- | ---: | --- | ---: |',
   ];
