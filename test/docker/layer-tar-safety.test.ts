@@ -270,7 +270,7 @@ describe('issue 22: crafted layer tars through dockerd, slacker against overlay2
     ]);
     const r = await importTar(slacker, tar, 'marker:1');
     expect(r.ok).toBe(false);
-    if (!r.ok) expect(r.message).toContain('marker layer holds only its marker entry');
+    if (!r.ok) expect(r.message).toContain('marker layer holds only its marker entries');
   });
 
   it('applies a 1,500-deep tree (3,000-byte paths; overlay2 stops near 2,000) and 20,000 files as overlay2 does', async () => {
