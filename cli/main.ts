@@ -6,6 +6,7 @@ import { SlackerError } from '../common/errors.js';
 import { nbdRelay, NBD_RELAY_HELP } from './nbd-relay.js';
 import { nbdServe, NBD_SERVE_HELP } from './nbd-serve.js';
 import { convertCommand, CONVERT_HELP } from './convert.js';
+import { gcCommand, GC_HELP } from './gc.js';
 import { serve, SERVE_HELP } from './serve.js';
 import { statusCommand, STATUS_HELP } from './status.js';
 import { volume, VOLUME_HELP } from './volume.js';
@@ -18,6 +19,7 @@ commands:
   convert     make an image lazily pullable: one marker layer (slacker-ts convert --help)
   nbd-serve   serve raw files over NBD (slacker-ts nbd-serve --help)
   volume      create, clone, freeze, publish, open, list, remove and serve layer volumes
+  gc          remove the chunks of a backing store that no snapshot references
   nbd-relay   (started by serve) keeps block devices' NBD connections across daemon restarts
 
 Run 'slacker-ts <command> --help' for a command's options.
@@ -30,6 +32,7 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help:
   volume: { run: volume, help: VOLUME_HELP },
   status: { run: statusCommand, help: STATUS_HELP },
   'nbd-relay': { run: nbdRelay, help: NBD_RELAY_HELP },
+  gc: { run: gcCommand, help: GC_HELP },
 };
 
 async function main(argv: string[]): Promise<number> {

@@ -345,8 +345,9 @@ export class LayerMounts {
   private persist(): Promise<void> {
     const records: AttachmentRecord[] = [];
     for (const [id, m] of this.mounted) {
-      if (m.device.record)
+      if (m.device.record && !m.internal) {
         records.push({ id, dir: m.dir, refs: m.refs, readOnly: m.readOnly, device: m.device.record });
+      }
     }
     const text = JSON.stringify(records);
     this.saving = this.saving

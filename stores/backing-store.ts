@@ -14,6 +14,15 @@ export interface StoredChunk {
   data: Buffer;
 }
 
+/** What a store holds, for garbage collection (`slacker-ts gc`). */
+export interface StoredObject {
+  kind: 'chunk' | 'manifest';
+  digest: Digest;
+  bytes: number;
+  /** When it was last written (or reused by a publish): ms since the epoch. */
+  modified: number;
+}
+
 export interface BackingStore {
   /** The store's URL, for logs and for recording where chunks were published. */
   readonly url: string;
@@ -44,6 +53,13 @@ export interface BackingStore {
   putManifest(manifest: Buffer): Promise<Digest>;
   /** Fetches a snapshot manifest by reference (unverified). */
   getManifest(ref: Digest): Promise<Buffer>;
+  /**
+   * Everything the store holds (absent where the store cannot list itself, as a registry cannot
+   * list its blobs: its own garbage collection removes what no tagged manifest references).
+   */
+  inventory?(): AsyncIterable<StoredObject>;
+  /** Removes a chunk (garbage collection); absent with inventory. */
+  removeChunk?(digest: Digest): Promise<void>;
   /** Rejects if the store cannot be reached now (for status); absent: ask for a manifest instead. */
   check?(): Promise<void>;
   /** Releases what the store holds open (pooled connections); its owner calls it last. */

@@ -8,12 +8,12 @@
  * Every file is written under a temporary name, synced and renamed, so readers on other hosts
  * see a complete file or none.
  */
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { IoError } from '../common/errors.js';
 import { writeFileAtomically } from '../common/fileops.js';
 import { digestOf, type Digest } from '../common/digests.js';
-import type { BackingStore, StoredChunk } from './backing-store.js';
+import type { BackingStore, StoredChunk, StoredObject } from './backing-store.js';
 
 export class DirStore implements BackingStore {
   constructor(readonly root: string) {}
@@ -63,14 +63,40 @@ export class DirStore implements BackingStore {
     return join(this.root, kind, hex.slice(0, 2), hex.slice(2) + suffix);
   }
 
+  async *inventory(): AsyncIterable<StoredObject> {
+    for (const [kind, dir, suffix] of [
+      ['manifest', 'snapshots', '.json'],
+      ['chunk', 'chunks', ''],
+    ] as const) {
+      const fans = await readdir(join(this.root, dir)).catch(() => [] as string[]);
+      for (const fan of fans.filter((f) => /^[0-9a-f]{2}$/.test(f))) {
+        for (const name of await readdir(join(this.root, dir, fan))) {
+          const hex = fan + name.slice(0, name.length - suffix.length);
+          if (!name.endsWith(suffix) || !/^[0-9a-f]{64}$/.test(hex)) continue; // a temporary file, or not ours
+          const st = await stat(join(this.root, dir, fan, name)).catch(() => undefined);
+          if (st) yield { kind, digest: `sha256:${hex}` as Digest, bytes: st.size, modified: st.mtimeMs };
+        }
+      }
+    }
+  }
+
+  async removeChunk(digest: Digest): Promise<void> {
+    await rm(this.path('chunks', digest), { force: true });
+  }
+
   private async putFile(path: string, data: Buffer): Promise<void> {
     if (
       await stat(path).then(
         () => true,
         () => false,
       )
-    )
-      return; // content-addressed: already there
+    ) {
+      // Content-addressed: already there. Marked as just written, so that a garbage collection
+      // running now counts it as young (its grace period) until this publish's manifest lands.
+      const now = new Date();
+      await utimes(path, now, now).catch(() => undefined);
+      return;
+    }
     await mkdir(join(path, '..'), { recursive: true });
     await writeFileAtomically(path, data, { durable: true });
   }
