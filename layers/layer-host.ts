@@ -75,7 +75,15 @@ export async function openLayerHost(o: LayerHostOptions): Promise<LayerHost> {
     logFile: join(o.root, 'nbd-relay.log'),
   });
   const attacher = chooseAttacher(o.attach);
-  const mounts = new LayerMounts({ manager, nbd, nbdSocket: relay.socket, attacher, dir: o.root, log: o.log });
+  const mounts = new LayerMounts({
+    manager,
+    nbd,
+    nbdSocket: relay.socket,
+    attacher,
+    dir: o.root,
+    log: o.log,
+    abandon: (exports) => relay.abandon(exports),
+  });
   await mounts.recover();
   const layers = new LayerStore({ manager, mounts, layerSize: o.layerSize, attachMethod: attacher.method, log: o.log });
   o.log.info({ root: o.root, store: store.url, attach: attacher.method, layerSize: o.layerSize }, 'layer host ready');

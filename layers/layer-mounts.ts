@@ -43,6 +43,11 @@ export interface LayerMountsOptions {
   dir: string;
   /** The file system in every layer (default ext4). */
   filesystem?: LayerFilesystem;
+  /**
+   * Told, at start, of the exports a predecessor left attached that are not adopted, before
+   * they are torn down (the NBD relay then fails their held I/O instead of waiting for them).
+   */
+  abandon?: (exports: string[]) => Promise<void>;
   log: Logger;
 }
 
@@ -282,6 +287,15 @@ export class LayerMounts {
       this.mounted.set(r.id, { refs: r.refs, dir: r.dir, device, readOnly: r.readOnly });
       this.o.log.info({ layer: r.id, device: device.path, dir: r.dir, refs: r.refs }, 'attachment adopted');
     }
+    // Everything else a predecessor attached is abandoned: the recorded attachments not adopted,
+    // and any attachment directory with a FUSE mount (attach/<layer>/fuse) not adopted either.
+    const abandoned = new Set<string>();
+    for (const t of await mountsUnder(attachDir)) {
+      const id = t.slice(attachDir.length + 1).split('/')[0]!;
+      if (!this.mounted.has(id)) abandoned.add(id);
+    }
+    for (const r of await this.readState()) if (!this.mounted.has(r.id)) abandoned.add(r.id);
+    if (abandoned.size > 0) await this.o.abandon?.([...abandoned]).catch(() => undefined);
     const adopted = [...this.mounted.values()];
     const keptDirs = new Set(adopted.map((m) => m.dir).filter((d) => d !== undefined));
     const keptLoops = new Set(adopted.map((m) => m.device.path));

@@ -11,10 +11,15 @@ import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { ConfigError } from '../common/errors.js';
 import { retryUntil } from '../common/retry.js';
+import { FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, IHAVEOPT } from '../nbd-server/protocol.js';
+import { SocketReader } from '../nbd-server/socket-reader.js';
+import { OPT_SLACKER_ABANDON } from './relay.js';
 
 export interface RunningRelay {
   /** Where NBD clients connect. */
   readonly socket: string;
+  /** Tells the relay that these exports will not come back: their held I/O fails now. */
+  abandon(exports: string[]): Promise<void>;
   /** Lets the relay go (it exits once its last client left). */
   release(): void;
 }
@@ -60,5 +65,28 @@ export async function ensureRelay(o: { socket: string; upstream: string; logFile
   const held = keep;
   held.on('error', () => undefined);
   held.on('data', () => undefined); // the relay's greeting; nothing is answered
-  return { socket: o.socket, release: () => held.destroy() };
+  return { socket: o.socket, abandon: (exports) => abandon(o.socket, exports), release: () => held.destroy() };
+}
+
+/** Our OPT_SLACKER_ABANDON for each export, on a connection of its own, each acknowledged. */
+async function abandon(socket: string, exports: string[]): Promise<void> {
+  if (exports.length === 0) return;
+  const s = await connectTo(socket);
+  try {
+    const reader = new SocketReader(s);
+    await reader.read(18); // greeting
+    s.write(Buffer.from([0, 0, 0, FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES]));
+    for (const name of exports) {
+      const data = Buffer.from(name, 'utf8');
+      const h = Buffer.alloc(16);
+      h.writeBigUInt64BE(IHAVEOPT, 0);
+      h.writeUInt32BE(OPT_SLACKER_ABANDON, 8);
+      h.writeUInt32BE(data.length, 12);
+      s.write(Buffer.concat([h, data]));
+      const reply = await reader.read(20);
+      await reader.read(reply.readUInt32BE(16));
+    }
+  } finally {
+    s.destroy();
+  }
 }

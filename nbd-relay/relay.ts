@@ -53,6 +53,11 @@ export interface RelayOptions {
   log: Logger;
   /** Exit (onIdle) once nobody has been connected for this long (default 500 ms). */
   idleExitMs?: number;
+  /**
+   * A server that answers but does not know an export for this long has not adopted it: its
+   * held requests fail with EIO and its clients are disconnected (default 10 s).
+   */
+  unknownExportMs?: number;
   /** Bytes of unflushed completed writes per export before the relay asks for a FLUSH (64 MiB). */
   logLimitBytes?: number;
   onIdle?: () => void;
@@ -75,6 +80,15 @@ const CHANGES = new Set<number>([CMD.WRITE, CMD.TRIM, CMD.WRITE_ZEROES]);
 const MAX_OPTION = 64 * 1024;
 const MAX_PAYLOAD = 64 * 1024 * 1024;
 const RECONNECT_MS = [20, 50, 100, 200, 500, 1000];
+/**
+ * Our own option, sent by the daemon on a connection of its own: give up export NAME (data:
+ * the name). A daemon that restarted and did not adopt an attachment says so at once, rather
+ * than let its I/O wait for unknownExportMs. Not an NBD option: "SLK" and 1.
+ */
+export const OPT_SLACKER_ABANDON = 0x534c4b01;
+
+/** The server answered the handshake but refused the export. */
+class RefusedExport extends ProtocolError {}
 
 interface Request {
   type: number;
@@ -133,6 +147,21 @@ class ExportLink {
     else this.queue.push(p);
   }
 
+  /** Gives the export up: what waits fails with EIO and its clients are disconnected. */
+  abandon(): void {
+    const clients = [...this.clients];
+    this.closed = true;
+    this.socket?.destroy();
+    for (const p of [...this.inflight.values(), ...this.queue])
+      p.client?.conn.reply(p.client.handle, NBD_ERR.EIO, undefined);
+    this.inflight.clear();
+    this.queue = [];
+    for (const c of clients) c.disconnect();
+    this.onAbandon?.();
+  }
+
+  onAbandon: (() => void) | undefined;
+
   close(): void {
     this.closed = true;
     this.socket?.destroy();
@@ -158,6 +187,7 @@ class ExportLink {
   /** Connects until it works (or, the first time, fails), replays the write log, sends what waited. */
   private async connect(retry: boolean): Promise<void> {
     this.state = 'connecting';
+    let unknownSince: number | undefined;
     for (;;) {
       if (this.closed) return;
       try {
@@ -174,6 +204,14 @@ class ExportLink {
         void this.readReplies(socket, reader);
       } catch (err) {
         if (!retry) throw err;
+        if (err instanceof RefusedExport) {
+          unknownSince ??= Date.now();
+          if (Date.now() - unknownSince > (this.o.unknownExportMs ?? 10_000)) {
+            this.o.log.warn({ export: this.name }, 'relay: the server does not know the export any more: abandoned');
+            this.abandon();
+            return;
+          }
+        } else unknownSince = undefined;
         const wait = RECONNECT_MS[Math.min(this.attempt++, RECONNECT_MS.length - 1)]!;
         if (this.attempt === 1 || this.attempt % 20 === 0) {
           this.o.log.info({ export: this.name, err: (err as Error).message }, 'relay: waiting for the server');
@@ -320,6 +358,10 @@ class ClientConn {
     }
   }
 
+  disconnect(): void {
+    this.socket.destroy();
+  }
+
   reply(handle: Buffer, error: number, data: Buffer | undefined): void {
     this.inflight--;
     if (this.socket.destroyed) return;
@@ -344,6 +386,11 @@ class ClientConn {
         this.optionReply(opt, REP.ACK);
         this.socket.end();
         return false;
+      }
+      if (opt === OPT_SLACKER_ABANDON) {
+        this.relay.abandon(data.toString('utf8'));
+        this.optionReply(opt, REP.ACK);
+        continue;
       }
       if (opt !== OPT.GO && opt !== OPT.INFO) {
         this.optionReply(opt, REP.ERR_UNSUP);
@@ -427,7 +474,7 @@ async function handshakeUpstream(
         if (size === undefined) throw new ProtocolError('relay: the server sent no export info');
         return { socket, reader, size, flags };
       } else if (type & 0x80000000) {
-        throw new ProtocolError(`relay: the server refused export ${name} (${type & 0x7fffffff})`);
+        throw new RefusedExport(`relay: the server refused export ${name} (${type & 0x7fffffff})`);
       }
     }
   } catch (err) {
@@ -471,6 +518,9 @@ export class Relay {
     let opening = this.opening.get(name);
     if (!opening) {
       const l = new ExportLink(name, this.o);
+      l.onAbandon = () => {
+        if (this.links.get(name) === l) this.links.delete(name);
+      };
       opening = l.open().then(
         () => {
           this.links.set(name, l);
@@ -484,6 +534,15 @@ export class Relay {
       this.opening.set(name, opening);
     }
     return opening;
+  }
+
+  /** The daemon did not adopt export `name`: its link gives up. */
+  abandon(name: string): void {
+    const l = this.links.get(name);
+    if (!l) return;
+    this.links.delete(name);
+    l.abandon();
+    this.o.log.info({ export: name }, 'relay: export abandoned by the daemon');
   }
 
   /** A client went away: its export's link closes with its last client. */

@@ -10,8 +10,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Backend } from '../../block/backend.js';
 import { MemoryBackend } from '../../block/backends/memory.js';
 import { silentLogger } from '../../common/logger.js';
-import { Relay } from '../../nbd-relay/relay.js';
-import { CMD, REP } from '../../nbd-server/protocol.js';
+import { OPT_SLACKER_ABANDON, Relay } from '../../nbd-relay/relay.js';
+import { CMD, NBD_ERR, REP } from '../../nbd-server/protocol.js';
 import { NbdServer } from '../../nbd-server/server.js';
 import { RawClient, goPayload } from '../helpers/raw-client.js';
 import { tempDir } from '../helpers/tmp.js';
@@ -136,6 +136,31 @@ describe('NBD relay', () => {
     c.sendRequest({ type: CMD.READ, offset: 0, length: 4096, handle: 5n });
     expect((await c.simpleReply(4096)).data.equals(flushed)).toBe(true);
   });
+
+  it.each(['the server does not know it for a while', 'the daemon abandons it'])(
+    'held I/O of an export that does not come back fails with EIO when %s, and its clients are let go',
+    async (how) => {
+      relay = new Relay({ listen, upstream, log: silentLogger(), idleExitMs: 60_000, unknownExportMs: 300 });
+      await startServer(new MemoryBackend({ size: SIZE }));
+      await relay.listen();
+      const c = await client();
+      await c.go('disk');
+      await server.close();
+      c.sendRequest({ type: CMD.READ, offset: 0, length: 4096, handle: 9n });
+      const reply = c.simpleReply(4096);
+      // A server comes back without the export.
+      server = new NbdServer({ log: silentLogger() });
+      await server.listen(`unix://${upstream}`);
+      if (how === 'the daemon abandons it') {
+        const d = await client();
+        await d.start();
+        d.sendOption(OPT_SLACKER_ABANDON, Buffer.from('disk'));
+        expect((await d.optionReplies())[0]!.type).toBe(REP.ACK);
+      }
+      expect(await reply).toMatchObject({ error: NBD_ERR.EIO, handle: 9n });
+      await c.closed;
+    },
+  );
 
   it('an unknown export is refused at GO, and bad input ends only its own connection', async () => {
     await startServer(new MemoryBackend({ size: SIZE }));
