@@ -18,6 +18,8 @@ options:
   --listen PATH        where clients connect (mode 0600)
   --upstream PATH      the NBD server's unix socket
   --idle-exit-ms N     exit once nobody was connected for N ms (default 500)
+  --hold-ms N          fail held requests with EIO if the server is not back in N ms
+                       (default 300000)
   --log-level LEVEL    trace|debug|info|warn|error (default info)
 `;
 
@@ -28,6 +30,7 @@ export async function nbdRelay(argv: string[]): Promise<number> {
       listen: { type: 'string' },
       upstream: { type: 'string' },
       'idle-exit-ms': { type: 'string' },
+      'hold-ms': { type: 'string' },
       'log-level': { type: 'string' },
     },
     strict: true,
@@ -41,6 +44,7 @@ export async function nbdRelay(argv: string[]): Promise<number> {
     upstream: values.upstream,
     log,
     idleExitMs: values['idle-exit-ms'] ? Number(values['idle-exit-ms']) : undefined,
+    holdMs: values['hold-ms'] ? Number(values['hold-ms']) : undefined,
     onIdle: () => {
       log.info('relay: nobody connected; exiting');
       finish();

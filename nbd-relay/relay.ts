@@ -58,6 +58,12 @@ export interface RelayOptions {
    * held requests fail with EIO and its clients are disconnected (default 10 s).
    */
   unknownExportMs?: number;
+  /**
+   * How long requests are held for a server that does not come back at all (default 5 min);
+   * then they fail with EIO, as a kernel NBD client's timeout would. Without a bound, one dead
+   * daemon would hang every sync(2) on the machine.
+   */
+  holdMs?: number;
   /** Bytes of unflushed completed writes per export before the relay asks for a FLUSH (64 MiB). */
   logLimitBytes?: number;
   onIdle?: () => void;
@@ -188,6 +194,7 @@ class ExportLink {
   private async connect(retry: boolean): Promise<void> {
     this.state = 'connecting';
     let unknownSince: number | undefined;
+    const downSince = Date.now();
     for (;;) {
       if (this.closed) return;
       try {
@@ -212,6 +219,11 @@ class ExportLink {
             return;
           }
         } else unknownSince = undefined;
+        if (Date.now() - downSince > (this.o.holdMs ?? 300_000)) {
+          this.o.log.error({ export: this.name }, 'relay: the server did not come back in time: export abandoned');
+          this.abandon();
+          return;
+        }
         const wait = RECONNECT_MS[Math.min(this.attempt++, RECONNECT_MS.length - 1)]!;
         if (this.attempt === 1 || this.attempt % 20 === 0) {
           this.o.log.info({ export: this.name, err: (err as Error).message }, 'relay: waiting for the server');

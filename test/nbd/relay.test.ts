@@ -137,10 +137,17 @@ describe('NBD relay', () => {
     expect((await c.simpleReply(4096)).data.equals(flushed)).toBe(true);
   });
 
-  it.each(['the server does not know it for a while', 'the daemon abandons it'])(
+  it.each(['the server does not know it for a while', 'the daemon abandons it', 'no server comes back in time'])(
     'held I/O of an export that does not come back fails with EIO when %s, and its clients are let go',
     async (how) => {
-      relay = new Relay({ listen, upstream, log: silentLogger(), idleExitMs: 60_000, unknownExportMs: 300 });
+      relay = new Relay({
+        listen,
+        upstream,
+        log: silentLogger(),
+        idleExitMs: 60_000,
+        unknownExportMs: 300,
+        holdMs: how === 'no server comes back in time' ? 500 : 60_000,
+      });
       await startServer(new MemoryBackend({ size: SIZE }));
       await relay.listen();
       const c = await client();
@@ -148,9 +155,11 @@ describe('NBD relay', () => {
       await server.close();
       c.sendRequest({ type: CMD.READ, offset: 0, length: 4096, handle: 9n });
       const reply = c.simpleReply(4096);
-      // A server comes back without the export.
-      server = new NbdServer({ log: silentLogger() });
-      await server.listen(`unix://${upstream}`);
+      // A server comes back without the export (or none does).
+      if (how !== 'no server comes back in time') {
+        server = new NbdServer({ log: silentLogger() });
+        await server.listen(`unix://${upstream}`);
+      }
       if (how === 'the daemon abandons it') {
         const d = await client();
         await d.start();
