@@ -95,7 +95,7 @@ export async function convertImage(
   host: { plugin?: { name: string }; dockerd: { socket: string } },
   src: string,
   dst: string,
-  options: { profile?: string } = {},
+  options: { profile?: string; push?: boolean } = {},
 ): Promise<ConvertResult> {
   if (!host.plugin) throw new Error('convert runs on a slacker host');
   const { stdout } = await run(
@@ -105,7 +105,7 @@ export async function convertImage(
       'convert',
       src,
       dst,
-      '--push',
+      ...(options.push === false ? [] : ['--push']),
       '--name',
       host.plugin.name,
       '--host',
