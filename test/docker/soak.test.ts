@@ -2,8 +2,8 @@
  * Soak (issue 20): two containers on a lazily pulled image read and write for a while (60 s by
  * default; SLACKER_SOAK_SECONDS=N for a longer run) while the shared store disappears and
  * returns and the plugin is killed and restarted under them. They read the image's 64 MiB file a
- * segment per round (so reads keep needing the store) and check every segment against its
- * checksum, and append a counter to a log with a sync after each line. At the end every flushed
+ * chunk-sized slice per round, each slice first fetched from the store at its turn (so reads keep
+ * needing the store for most of a minute), and check every slice against its checksum, and append a counter to a log with a sync after each line. At the end every flushed
  * line is there, no read was wrong, and the whole file reads back right.
  *
  * Host A builds and converts the image; host B (another plugin and dockerd, the same dir://
@@ -22,11 +22,13 @@ import { requireRoot, requireTools } from '../helpers/tools.js';
 import { tempDir } from '../helpers/tmp.js';
 
 const SECONDS = Number(process.env.SLACKER_SOAK_SECONDS ?? 60);
-const SEGMENTS = 64;
+/** The file is read a 128 KiB slice (one chunk) per round, every slice once in 512 rounds. */
+const SLICES = 512;
+const SLICE = 131072;
 
 const BUILD = [
-  `busybox dd if=/dev/urandom of=/big.bin bs=1048576 count=${SEGMENTS} 2>/dev/null`,
-  `for s in $(busybox seq 0 ${SEGMENTS - 1}); do busybox dd if=/big.bin bs=1048576 skip=$s count=1 2>/dev/null | sha256sum | busybox cut -d' ' -f1; done > /sums`,
+  `busybox dd if=/dev/urandom of=/big.bin bs=${SLICE} count=${SLICES} 2>/dev/null`,
+  `for s in $(busybox seq 0 ${SLICES - 1}); do busybox dd if=/big.bin bs=${SLICE} skip=$s count=1 2>/dev/null | sha256sum | busybox cut -d' ' -f1; done > /sums`,
   'sha256sum /big.bin > /big.sum',
 ].join('\n');
 
@@ -34,10 +36,10 @@ const WORK = [
   'i=0',
   'while [ ! -e /stop ]; do',
   '  i=$((i+1)); echo $i >> /log; sync',
-  `  seg=$(( (i * 7 + $OFFSET) % ${SEGMENTS} ))`,
-  '  got=$(busybox dd if=/big.bin bs=1048576 skip=$seg count=1 2>/dev/null | sha256sum | busybox cut -d" " -f1)',
+  `  seg=$(( (i * 7 + $OFFSET) % ${SLICES} ))`,
+  `  got=$(busybox dd if=/big.bin bs=${SLICE} skip=$seg count=1 2>/dev/null | sha256sum | busybox cut -d" " -f1)`,
   '  want=$(busybox sed -n "$((seg+1))p" /sums)',
-  '  [ "$got" = "$want" ] || echo "round $i: segment $seg read wrong" >> /errors',
+  '  [ "$got" = "$want" ] || echo "round $i: slice $seg read wrong" >> /errors',
   '  sleep 0.05',
   'done',
 ].join('\n');
