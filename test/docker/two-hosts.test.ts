@@ -4,7 +4,8 @@
  * marker layer, runs there, and reads only a small part of the image. A store that is down
  * during a Get gives dockerd a clear error, and everything works again once it is back.
  */
-import { rename } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { rename, stat, utimes, writeFile } from 'node:fs/promises';
 import { run } from '../../common/exec.js';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -198,5 +199,54 @@ describe('two slacker hosts sharing a store and a registry', () => {
     expect(down?.store).toMatchObject({ reachable: false, error: expect.stringContaining('not reachable') });
     const ok = await b.dockerd.docker(['run', '--rm', '--network', 'none', second, 'cat', '/two.txt']);
     expect(ok.stdout.trim()).toBe('two');
+  });
+
+  it('slacker-ts gc removes what no snapshot references, and every image still pulls and runs on a fresh host', async () => {
+    const store = join(dir.path, 'shared-store');
+    const cli = join(import.meta.dirname, '../../dist/cli/main.js');
+    // A chunk left by a publish that never finished (written two hours ago), and a fresh one.
+    const plant = async (seed: string, ageMs: number): Promise<string> => {
+      const data = Buffer.from(`orphan chunk ${seed}`.repeat(1000));
+      const hex = createHash('sha256').update(data).digest('hex');
+      const path = join(store, 'chunks', hex.slice(0, 2), hex.slice(2));
+      await writeFile(path, data);
+      const t = new Date(Date.now() - ageMs);
+      await utimes(path, t, t);
+      return path;
+    };
+    const old = await plant('old', 2 * 3600_000);
+    const young = await plant('young', 0);
+    const gc = async (...args: string[]) =>
+      JSON.parse((await run(process.execPath, [cli, 'gc', '--store', `dir://${store}`, '--json', ...args])).stdout) as {
+        snapshots: number;
+        removed: { chunks: number };
+        young: { chunks: number };
+      };
+    const dry = await gc('--dry-run');
+    expect(dry.snapshots).toBeGreaterThan(0);
+    expect(dry.removed.chunks).toBe(1);
+    expect(await stat(old).then(() => true)).toBe(true);
+    const real = await gc();
+    expect(real.removed.chunks).toBe(1);
+    expect(real.young.chunks).toBeGreaterThanOrEqual(1);
+    await expect(stat(old)).rejects.toThrow();
+    expect((await stat(young)).isFile()).toBe(true);
+    const text = (await run(process.execPath, [cli, 'gc', '--store', `dir://${store}`, '--dry-run'])).stdout;
+    expect(text).toMatch(/snapshots reference \d+ chunks .* would remove 0 unreferenced chunks/);
+
+    // Every image converted so far still pulls and runs where nothing of it is local.
+    const d = await startHost('d');
+    await d.dockerd.docker(['pull', image]);
+    const out = await d.dockerd.docker([
+      'run',
+      '--rm',
+      '--network',
+      'none',
+      image,
+      'sh',
+      '-c',
+      'cat /srv/hello.txt; wc -c < /big.bin',
+    ]);
+    expect(out.stdout.split('\n').slice(0, 2)).toEqual(['hello from A', String(BIG)]);
   });
 });
