@@ -5,7 +5,7 @@
  * during a Get gives dockerd a clear error, and everything works again once it is back.
  */
 import { createHash } from 'node:crypto';
-import { rename, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, rename, stat, utimes, writeFile } from 'node:fs/promises';
 import { run } from '../../common/exec.js';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -209,6 +209,7 @@ describe('two slacker hosts sharing a store and a registry', () => {
       const data = Buffer.from(`orphan chunk ${seed}`.repeat(1000));
       const hex = createHash('sha256').update(data).digest('hex');
       const path = join(store, 'chunks', hex.slice(0, 2), hex.slice(2));
+      await mkdir(join(path, '..'), { recursive: true });
       await writeFile(path, data);
       const t = new Date(Date.now() - ageMs);
       await utimes(path, t, t);
