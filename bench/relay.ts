@@ -61,9 +61,11 @@ async function main(): Promise<void> {
     });
     const uri = (sock: string): string => `nbd+unix:///disk?socket=${sock}`;
     const rows: { name: string; direct: number[]; relay: number[] }[] = [];
+    // Writes first: then the export holds data everywhere, and reads move it (a sparse export
+    // would answer holes, which only the direct path, with structured replies, can skip).
     const workloads = [
-      { name: 'sequential read (nbdcopy → null:), 4 connections', args: (u: string) => [u, 'null:'] },
       { name: 'sequential write (nbdcopy file → export), 4 connections', args: (u: string) => [src, u] },
+      { name: 'sequential read (nbdcopy → null:), 4 connections', args: (u: string) => [u, 'null:'] },
     ];
     for (const w of workloads) {
       const row = { name: w.name, direct: [] as number[], relay: [] as number[] };

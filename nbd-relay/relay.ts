@@ -101,7 +101,8 @@ interface Request {
   flags: number;
   offset: bigint;
   length: number;
-  payload?: Buffer;
+  /** A write's data, in the pieces it arrived in (never joined: no copy). */
+  payload?: Buffer[];
 }
 
 interface Pending extends Request {
@@ -187,7 +188,7 @@ class ExportLink {
     h.writeBigUInt64BE(handle, 8);
     h.writeBigUInt64BE(p.offset, 16);
     h.writeUInt32BE(p.length, 24);
-    this.socket!.write(p.payload ? Buffer.concat([h, p.payload]) : h);
+    writeAll(this.socket!, h, p.payload);
   }
 
   /** Connects until it works (or, the first time, fails), replays the write log, sends what waited. */
@@ -267,7 +268,7 @@ class ExportLink {
         const handle = r.readBigUInt64BE(8);
         const p = this.inflight.get(handle);
         if (!p) throw new ProtocolError(`relay: reply for unknown handle ${handle}`);
-        const data = p.type === CMD.READ && error === 0 ? await reader.read(p.length) : undefined;
+        const data = p.type === CMD.READ && error === 0 ? await reader.readChunks(p.length) : undefined;
         this.inflight.delete(handle);
         this.completed(p, error, data);
       }
@@ -289,7 +290,7 @@ class ExportLink {
     }
   }
 
-  private completed(p: Pending, error: number, data: Buffer | undefined): void {
+  private completed(p: Pending, error: number, data: Buffer[] | undefined): void {
     const at = ++this.events;
     if (error === 0 && CHANGES.has(p.type) && !p.replay) {
       this.writeLog.push({
@@ -300,12 +301,12 @@ class ExportLink {
         payload: p.payload,
         completedAt: at,
       });
-      this.logBytes += p.payload?.length ?? 0;
+      if (p.payload) this.logBytes += p.length;
     }
     if (error === 0 && p.type === CMD.FLUSH) {
       let drop = 0;
       while (drop < this.writeLog.length && this.writeLog[drop]!.completedAt < p.askedAt) {
-        this.logBytes -= this.writeLog[drop]!.payload?.length ?? 0;
+        this.logBytes -= this.writeLog[drop]!.payload ? this.writeLog[drop]!.length : 0;
         drop++;
       }
       this.writeLog.splice(0, drop);
@@ -318,6 +319,18 @@ class ExportLink {
       this.submit({ type: CMD.FLUSH, flags: 0, offset: 0n, length: 0, askedAt: 0 });
     }
   }
+}
+
+/** A header and its data in one go, without joining them (cork: one writev). */
+function writeAll(socket: Socket, header: Buffer, data: Buffer[] | undefined): void {
+  if (!data || data.length === 0) {
+    socket.write(header);
+    return;
+  }
+  socket.cork();
+  socket.write(header);
+  for (const piece of data) socket.write(piece);
+  socket.uncork();
 }
 
 /** One client's connection: the handshake, then its requests passed to the export's link. */
@@ -358,7 +371,7 @@ class ClientConn {
         if (length > MAX_PAYLOAD && (type === CMD.WRITE || type === CMD.READ)) {
           throw new ProtocolError(`relay: a ${CMD_NAMES[type]} of ${length} bytes`);
         }
-        const payload = type === CMD.WRITE ? await reader.read(length) : undefined;
+        const payload = type === CMD.WRITE ? await reader.readChunks(length) : undefined;
         this.inflight++;
         this.link!.submit({ type, flags, offset, length, payload, askedAt: 0, client: { conn: this, handle } });
       }
@@ -374,14 +387,14 @@ class ClientConn {
     this.socket.destroy();
   }
 
-  reply(handle: Buffer, error: number, data: Buffer | undefined): void {
+  reply(handle: Buffer, error: number, data: Buffer[] | undefined): void {
     this.inflight--;
     if (this.socket.destroyed) return;
     const r = Buffer.alloc(SIMPLE_REPLY_SIZE);
     r.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
     r.writeUInt32BE(error < 0 ? NBD_ERR.EIO : error, 4);
     handle.copy(r, 8);
-    this.socket.write(data ? Buffer.concat([r, data]) : r);
+    writeAll(this.socket, r, data);
     if (this.disconnecting && this.inflight === 0) this.socket.end();
   }
 
