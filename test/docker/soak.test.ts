@@ -14,7 +14,6 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loopsUnder, mountsUnder } from '../../attach/host-state.js';
-import { run } from '../../common/exec.js';
 import { busyboxRootfs, importRootfs } from '../../harness/images.js';
 import { convertImage, startSlackerHost, type SlackerHost } from '../../harness/plugin.js';
 import { dropCaches, logLines } from '../helpers/restart-workload.js';
