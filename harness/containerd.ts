@@ -9,8 +9,9 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConfigError } from '../common/errors.js';
 import { run, startProcess, type RunResult, type Started } from '../common/exec.js';
-import { cliPath } from './plugin.js';
-import { DOCKER, superviseDockerd, type Dockerd } from './dockerd.js';
+import { cliPath, runConvert } from './plugin.js';
+import type { ConvertResult } from '../plugin/convert.js';
+import { superviseDockerd, type Dockerd } from './dockerd.js';
 import { retryUntil } from '../common/retry.js';
 import { loopsUnder, mountsUnder } from '../attach/host-state.js';
 
@@ -254,30 +255,12 @@ export async function startSlackerContainerd(
  * `slacker-ts convert SRC DST --push --containerd-socket` on a Docker 26 whose snapshotter is
  * slacker-ts (its socket `snapshotterSocket`), as a user runs it; the CLI's JSON answer.
  */
-export async function convertOnContainerd(
+export function convertOnContainerd(
   snapshotterSocket: string,
   dockerSocket: string,
   src: string,
   dst: string,
   options: { profile?: string } = {},
-): Promise<{ snapshotRef: string; diffId: string; layerBytes: number; prefetchChunks: number }> {
-  const { stdout } = await run(
-    process.execPath,
-    [
-      cliPath(),
-      'convert',
-      src,
-      dst,
-      '--push',
-      '--containerd-socket',
-      snapshotterSocket,
-      '--host',
-      `unix://${dockerSocket}`,
-      '--docker-bin',
-      DOCKER,
-      ...(options.profile ? ['--profile', options.profile] : []),
-    ],
-    { timeoutMs: 1_800_000 },
-  );
-  return JSON.parse(stdout) as { snapshotRef: string; diffId: string; layerBytes: number; prefetchChunks: number };
+): Promise<ConvertResult> {
+  return runConvert(['--containerd-socket', snapshotterSocket], dockerSocket, src, dst, options);
 }

@@ -98,6 +98,20 @@ export async function convertImage(
   options: { profile?: string; push?: boolean } = {},
 ): Promise<ConvertResult> {
   if (!host.plugin) throw new Error('convert runs on a slacker host');
+  return runConvert(['--name', host.plugin.name], host.dockerd.socket, src, dst, options);
+}
+
+/**
+ * `slacker-ts convert SRC DST [--push]` as a user runs it, reaching the slacker daemon by
+ * `daemonArgs` (`--name NAME`, or `--containerd-socket PATH`); the CLI's JSON answer.
+ */
+export async function runConvert(
+  daemonArgs: string[],
+  dockerSocket: string,
+  src: string,
+  dst: string,
+  options: { profile?: string; push?: boolean } = {},
+): Promise<ConvertResult> {
   const { stdout } = await run(
     process.execPath,
     [
@@ -106,10 +120,9 @@ export async function convertImage(
       src,
       dst,
       ...(options.push === false ? [] : ['--push']),
-      '--name',
-      host.plugin.name,
+      ...daemonArgs,
       '--host',
-      `unix://${host.dockerd.socket}`,
+      `unix://${dockerSocket}`,
       '--docker-bin',
       DOCKER,
       ...(options.profile ? ['--profile', options.profile] : []),

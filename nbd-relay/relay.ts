@@ -157,12 +157,7 @@ class ExportLink {
   /** Gives the export up: what waits fails with EIO and its clients are disconnected. */
   abandon(): void {
     const clients = [...this.clients];
-    this.closed = true;
-    this.socket?.destroy();
-    for (const p of [...this.inflight.values(), ...this.queue])
-      p.client?.conn.reply(p.client.handle, NBD_ERR.EIO, undefined);
-    this.inflight.clear();
-    this.queue = [];
+    this.stop(NBD_ERR.EIO);
     for (const c of clients) c.disconnect();
     this.onAbandon?.();
   }
@@ -170,10 +165,14 @@ class ExportLink {
   onAbandon: (() => void) | undefined;
 
   close(): void {
+    this.stop(NBD_ERR.ESHUTDOWN);
+  }
+
+  /** No more upstream: every request sent or waiting is answered with `error`. */
+  private stop(error: number): void {
     this.closed = true;
     this.socket?.destroy();
-    for (const p of [...this.inflight.values(), ...this.queue])
-      p.client?.conn.reply(p.client.handle, NBD_ERR.ESHUTDOWN, undefined);
+    for (const p of [...this.inflight.values(), ...this.queue]) p.client?.conn.reply(p.client.handle, error, undefined);
     this.inflight.clear();
     this.queue = [];
   }
