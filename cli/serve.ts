@@ -23,6 +23,10 @@ of its layer volumes (unix socket). Start dockerd with --experimental --storage-
 With --containerd-socket it serves containerd's snapshots and diff APIs instead (docs/OPERATIONS.md:
 [proxy_plugins] in containerd's config), and the graphdriver socket too if --name is given.
 
+Restarts and upgrades keep running containers: their block devices reach the NBD server through
+a relay process (ROOT/nbd-relay.sock, started here, detached) that holds their I/O meanwhile, and
+the next serve with the same root adopts them. SIGTERM leaves the layers in use attached.
+
 options:
   --name NAME          plugin and storage driver name (default slacker); the socket is
                        SOCKET_DIR/NAME.sock
