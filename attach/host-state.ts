@@ -3,6 +3,7 @@
  * mount points (findmnt) and loop devices with their backing files (losetup). Used to wait for
  * a detach, to tear down what a crashed plugin left, and by tests to prove nothing leaked.
  */
+import { readFile } from 'node:fs/promises';
 import { run } from '../common/exec.js';
 
 export interface LoopDevice {
@@ -17,6 +18,16 @@ export async function mountsUnder(dir: string): Promise<string[]> {
     .split('\n')
     .filter((t) => t.startsWith(`${dir}/`))
     .sort((a, b) => b.length - a.length);
+}
+
+/** The source of every mount in this mount namespace (the devices someone has mounted). */
+export async function mountSources(): Promise<Set<string>> {
+  const out = new Set<string>();
+  for (const line of (await readFile('/proc/self/mountinfo', 'utf8')).split('\n')) {
+    const source = line.split(' - ')[1]?.split(' ')[1];
+    if (source) out.add(source);
+  }
+  return out;
 }
 
 /** Every loop device in use, with the file behind it. */

@@ -18,15 +18,8 @@ export interface ContentContext {
   lease?: string;
 }
 
-export interface ContentInfo {
-  digest: string;
-  size: number;
-  labels: Record<string, string>;
-}
-
 /** What the differ needs of containerd (a test may give it a fake). */
 export interface ContentStore {
-  info(digest: Digest, context: ContentContext): Promise<ContentInfo>;
   /** `size` bytes from `offset` (to the end if 0). */
   read(digest: Digest, offset: number, size: number, context: ContentContext): Promise<Buffer>;
   /** Writes and commits a blob with labels; a blob already there gets the labels. */
@@ -98,11 +91,6 @@ export class ContainerdClient implements ContentStore {
         err ? reject(failure(err, what, this.address)) : resolve(r),
       );
     });
-  }
-
-  async info(digest: Digest, context: ContentContext): Promise<ContentInfo> {
-    return (await this.unary<{ info: ContentInfo }>(this.content, 'Info', { digest }, context, `content ${digest}`))
-      .info;
   }
 
   read(digest: Digest, offset: number, size: number, context: ContentContext): Promise<Buffer> {

@@ -131,9 +131,5 @@ export class Differ {
 
 /** The snapshot reference if `tar` is a marker layer. */
 async function markerOf(tar: Buffer): Promise<Digest | undefined> {
-  const entries = readTar(Readable.from([tar]));
-  return readMarker(async () => {
-    const r = await entries.next();
-    return r.done ? undefined : r.value;
-  }, []);
+  return readMarker(readTar(Readable.from([tar])), []);
 }

@@ -154,20 +154,19 @@ export class Snapshotter {
     name: string,
     profileFrom?: string,
   ): Promise<{ ref: Digest; prefetch: number }> {
+    const s = this.named(namespace, name);
+    if (!profileFrom) return { ref: await this.layers.publish(s.layer), prefetch: 0 };
+    return this.layers.publishWithProfile(s.layer, this.named(namespace, profileFrom).layer);
+  }
+
+  private named(namespace: string, name: string): SnapshotInfo {
     const s = this.meta.byName(namespace, name);
     if (!s) {
       throw new NotFoundError(`no snapshot ${JSON.stringify(name)} in containerd namespace ${namespace}`, {
         context: { namespace, name },
       });
     }
-    if (!profileFrom) return { ref: await this.layers.publish(s.layer), prefetch: 0 };
-    const p = this.meta.byName(namespace, profileFrom);
-    if (!p) {
-      throw new NotFoundError(`no snapshot ${JSON.stringify(profileFrom)} in containerd namespace ${namespace}`, {
-        context: { namespace, name: profileFrom },
-      });
-    }
-    return this.layers.publishWithProfile(s.layer, p.layer);
+    return s;
   }
 
   /** Removes layers this front end made that no snapshot names (a crash between steps). */

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import type { Attacher, BlockDevice, DeviceRecord } from '../attach/attacher.js';
 import { ext4 } from '../attach/ext4.js';
 import type { LayerFilesystem } from '../attach/filesystem.js';
-import { loopsUnder, mountsUnder } from '../attach/host-state.js';
+import { loopsUnder, mountSources, mountsUnder } from '../attach/host-state.js';
 import { ConflictError, IoError } from '../common/errors.js';
 import { run } from '../common/exec.js';
 import { KeyedLock } from '../common/keyed-lock.js';
@@ -49,17 +49,6 @@ export interface LayerMountsOptions {
    */
   abandon?: (exports: string[]) => Promise<void>;
   log: Logger;
-}
-
-/** The source of every mount in this mount namespace (the devices someone has mounted). */
-async function mountSources(): Promise<Set<string>> {
-  const out = new Set<string>();
-  for (const line of (await readFile('/proc/self/mountinfo', 'utf8')).split('\n')) {
-    const after = line.split(' - ')[1];
-    const source = after?.split(' ')[1];
-    if (source) out.add(source);
-  }
-  return out;
 }
 
 /** One attachment as attached.json keeps it. */
@@ -272,7 +261,8 @@ export class LayerMounts {
     const mntDir = join(this.o.dir, 'mnt');
     const attachDir = join(this.o.dir, 'attach');
     const mounts = new Set(await mountsUnder(mntDir));
-    for (const r of await this.readState()) {
+    const records = await this.readState();
+    for (const r of records) {
       const device =
         this.o.attacher.adopt && r.device.method === this.o.attacher.method
           ? await this.o.attacher.adopt(r.device).catch(() => undefined)
@@ -294,7 +284,7 @@ export class LayerMounts {
       const id = t.slice(attachDir.length + 1).split('/')[0]!;
       if (!this.mounted.has(id)) abandoned.add(id);
     }
-    for (const r of await this.readState()) if (!this.mounted.has(r.id)) abandoned.add(r.id);
+    for (const r of records) if (!this.mounted.has(r.id)) abandoned.add(r.id);
     if (abandoned.size > 0) await this.o.abandon?.([...abandoned]).catch(() => undefined);
     const adopted = [...this.mounted.values()];
     const keptDirs = new Set(adopted.map((m) => m.dir).filter((d) => d !== undefined));

@@ -545,15 +545,10 @@ export class Relay {
       l.onAbandon = () => {
         if (this.links.get(name) === l) this.links.delete(name);
       };
-      opening = l.open().then(
-        () => {
-          this.links.set(name, l);
-          return l;
-        },
-        (err: unknown) => {
-          throw err;
-        },
-      );
+      opening = l.open().then(() => {
+        this.links.set(name, l);
+        return l;
+      });
       opening.finally(() => this.opening.delete(name)).catch(() => undefined);
       this.opening.set(name, opening);
     }

@@ -138,9 +138,20 @@ export async function startTopology(rate: string, dirPrefix: string, options: To
 
 type BareHost = Host & { logFile?: string };
 
-const noSlacker = async (): Promise<never> => {
-  throw new Error('not a slacker host');
-};
+/** An anchor host (overlay2 or overlayfs): no lazy fetches, no convert. */
+function anchorHost(dockerd: Dockerd, close: () => Promise<unknown>): BareHost {
+  const noSlacker = async (): Promise<never> => {
+    throw new Error('not a slacker host');
+  };
+  return {
+    driver: 'overlay2',
+    dockerd,
+    bytesFetched: async () => 0,
+    snapshotBytes: noSlacker,
+    convert: noSlacker,
+    close: async () => void (await close()),
+  };
+}
 
 /** Docker 20.10: overlay2, or the slacker graphdriver plugin. */
 async function graphdriverHost(
@@ -155,14 +166,7 @@ async function graphdriverHost(
       storageDriver: 'overlay2',
       args: ['--insecure-registry', registryAddress],
     });
-    return {
-      driver,
-      dockerd,
-      bytesFetched: async () => 0,
-      snapshotBytes: noSlacker,
-      convert: noSlacker,
-      close: () => dockerd.stop(),
-    };
+    return anchorHost(dockerd, () => dockerd.stop());
   }
   const slacker = await startSlackerHost(hostDir, {
     store: storeUrl,
@@ -208,17 +212,10 @@ async function containerdHost(
         snapshotter: 'overlayfs',
         insecureRegistries,
       });
-      return {
-        driver,
-        dockerd,
-        bytesFetched: async () => 0,
-        snapshotBytes: noSlacker,
-        convert: noSlacker,
-        close: async () => {
-          await dockerd.stop();
-          await containerd.stop();
-        },
-      };
+      return anchorHost(dockerd, async () => {
+        await dockerd.stop();
+        await containerd.stop();
+      });
     } catch (err) {
       await containerd.stop();
       throw err;

@@ -49,10 +49,7 @@ export type ApplyResult =
 export async function applyLayerTar(body: AsyncIterable<Buffer>, root: () => Promise<string>): Promise<ApplyResult> {
   const entries = readTar(await plainTar(body));
   const peeked: TarEntry[] = [];
-  const ref = await readMarker(async () => {
-    const r = await entries.next();
-    return r.done ? undefined : r.value;
-  }, peeked);
+  const ref = await readMarker(entries, peeked);
   if (ref) return { kind: 'marker', ref };
   if (peeked.length === 0) return { kind: 'files', size: 0, entries: 0, skippedXattrs: 0 };
   const tree = new TreeWriter(await root());

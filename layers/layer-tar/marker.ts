@@ -50,14 +50,12 @@ function fileRef(header: TarHeader): Digest | undefined {
  * applies first. It never reads past an entry with data, so a peeked entry's data is still there.
  * A tar that starts as a marker (the PAX record) but holds anything else is an error.
  */
-export async function readMarker(
-  next: () => Promise<TarEntry | undefined>,
-  peeked: TarEntry[],
-): Promise<Digest | undefined> {
+export async function readMarker(entries: AsyncIterator<TarEntry>, peeked: TarEntry[]): Promise<Digest | undefined> {
   const take = async (): Promise<TarEntry | undefined> => {
-    const e = await next();
-    if (e) peeked.push(e);
-    return e;
+    const r = await entries.next();
+    if (r.done) return undefined;
+    peeked.push(r.value);
+    return r.value;
   };
   let e = await take();
   if (!e) return undefined;
