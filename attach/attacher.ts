@@ -2,7 +2,7 @@
  * Turning an NBD export into a local block device: the interface. Two implementations:
  *   - nbd-client.ts: the kernel NBD driver (/dev/nbdN), where the kernel has it;
  *   - nbdfuse.ts: libnbd's FUSE file plus a loop device, which works wherever FUSE does.
- * choose-attacher.ts picks one. Knows nothing of volumes or Docker: an attacher is given a unix
+ * choose-attacher.ts picks one. Both also put a loop device straight on a local file (loop.ts). Knows nothing of volumes or Docker: an attacher is given a unix
  * socket and an export name.
  */
 
@@ -45,4 +45,9 @@ export interface Attacher {
    * still runs and the device node still stands for it. Undefined otherwise.
    */
   adopt?(record: DeviceRecord): Promise<BlockDevice | undefined>;
+  /**
+   * A local file as a block device, with no NBD in the way (loop.ts), for the layer core's own
+   * work on a staged copy of a layer. Absent: the core works through NBD exports only.
+   */
+  attachFile?(path: string, options: { readOnly: boolean }): Promise<BlockDevice>;
 }

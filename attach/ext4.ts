@@ -21,9 +21,17 @@ export async function mkfsExt4(device: string): Promise<void> {
  * than atime) would update its inode: a copy-on-write of that inode table chunk per file a
  * container merely reads.
  */
-export async function mountExt4(device: string, dir: string, options: { readOnly: boolean }): Promise<void> {
+export async function mountExt4(
+  device: string,
+  dir: string,
+  options: { readOnly: boolean; scratch?: boolean },
+): Promise<void> {
   await mkdir(dir, { recursive: true });
-  await run('mount', ['-t', 'ext4', '-o', options.readOnly ? 'ro,noatime' : 'noatime', device, dir]);
+  // barrier=0 on a scratch mount: no FLUSH per journal commit, which on a loop device is an
+  // fsync of the whole staged file to disk (0.2-0.5 s of a 480 MB layer's apply), of a file
+  // that is deleted once read.
+  const o = options.readOnly ? 'ro,noatime' : options.scratch ? 'noatime,barrier=0' : 'noatime';
+  await run('mount', ['-t', 'ext4', '-o', o, device, dir]);
 }
 
 /**

@@ -7,7 +7,11 @@ export interface LayerFilesystem {
   readonly name: string;
   /** Makes an empty file system on a blank device (one that reads as zeros: a new volume). */
   mkfs(device: string): Promise<void>;
-  mount(device: string, dir: string, options: { readOnly: boolean }): Promise<void>;
+  /**
+   * `scratch`: a mount whose device is thrown away if the host crashes meanwhile (a staged
+   * copy), so the file system need not order or flush its writes to the device.
+   */
+  mount(device: string, dir: string, options: { readOnly: boolean; scratch?: boolean }): Promise<void>;
   /** Unmounts; the device then holds everything written through the mount. */
   unmount(dir: string): Promise<void>;
   /** Makes the device hold a consistent image of the mounted file system until `unfreeze`. */

@@ -10,12 +10,14 @@ import { readdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { run } from '../common/exec.js';
 import { NotSupportedError } from '../common/errors.js';
+import { attachFile } from './loop.js';
 import type { Attacher, BlockDevice, DeviceRecord, NbdTarget } from './attacher.js';
 
 const KERNEL_TIMEOUT_S = 60;
 
 export class NbdClientAttacher implements Attacher {
   readonly method = 'nbd-client';
+  readonly attachFile = attachFile;
 
   async attach(target: NbdTarget, _workDir: string, options: { readOnly: boolean }): Promise<BlockDevice> {
     const device = await freeDevice();

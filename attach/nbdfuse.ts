@@ -8,11 +8,12 @@
 import { existsSync } from 'node:fs';
 import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CommandError, ConflictError, NotFoundError } from '../common/errors.js';
+import { ConflictError, NotFoundError } from '../common/errors.js';
 import { run, startProcess } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
 import type { Attacher, BlockDevice, DeviceRecord, NbdTarget } from './attacher.js';
 import { loopDevices } from './host-state.js';
+import { attachFile, attachLoop, detachLoop } from './loop.js';
 import { nbdUnixUri } from './uri.js';
 
 /** Both waits are usually a few milliseconds: poll often (each Get and Put waits once). */
@@ -20,6 +21,7 @@ const POLL = { attempts: 500, delayMs: 10 };
 
 export class NbdfuseAttacher implements Attacher {
   readonly method = 'nbdfuse';
+  readonly attachFile = attachFile;
 
   adopt(record: DeviceRecord): Promise<BlockDevice | undefined> {
     return adoptNbdfuse(record);
@@ -50,7 +52,7 @@ export class NbdfuseAttacher implements Attacher {
         POLL,
       );
       const loop = await attachLoop(join(fuseDir, 'disk'), options.readOnly);
-      undo.push(() => run('losetup', ['-d', loop]).then(() => waitLoopGone(loop)));
+      undo.push(() => detachLoop(loop));
       const record: DeviceRecord = { method: this.method, path: loop, fuseDir, pid: fuse.child.pid ?? 0 };
       return { path: loop, method: this.method, record, detach };
     } catch (err) {
@@ -80,7 +82,7 @@ export async function adoptNbdfuse(record: DeviceRecord): Promise<BlockDevice | 
     detach: async () => {
       if (!attached) return;
       attached = false;
-      await run('losetup', ['-d', loop]).then(() => waitLoopGone(loop));
+      await detachLoop(loop);
       await retryUntil('fusermount3 -u', () => run('fusermount3', ['-u', fuseDir]));
       // Not our child: wait for it by PID.
       await retryUntil(
@@ -101,35 +103,4 @@ function alive(pid: number): boolean {
   } catch {
     return false;
   }
-}
-
-/**
- * `losetup -f --show FILE`, again when it lost a race: `-f` picks a free loop device and then
- * configures it, and a concurrent losetup (64 containers starting at once) can take the same
- * device in between: EBUSY, "Device or resource busy". Any other failure is final.
- */
-async function attachLoop(file: string, readOnly: boolean): Promise<string> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return (await run('losetup', ['-f', '--show', ...(readOnly ? ['-r'] : []), file])).stdout.trim();
-    } catch (err) {
-      const busy = err instanceof CommandError && /Device or resource busy/.test(err.stderr);
-      if (!busy || attempt >= LOOP_ATTEMPTS) throw err;
-      await new Promise((r) => setTimeout(r, 20 * attempt));
-    }
-  }
-}
-
-/** Attempts at finding a free loop device under contention. */
-const LOOP_ATTEMPTS = 20;
-
-/** losetup -d only marks the device for release; wait until it no longer holds the file. */
-async function waitLoopGone(loop: string): Promise<void> {
-  await retryUntil(
-    `${loop} to detach`,
-    async () => {
-      if ((await loopDevices()).some((l) => l.device === loop)) throw new ConflictError(`${loop} is still attached`);
-    },
-    POLL,
-  );
 }

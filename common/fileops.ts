@@ -49,6 +49,11 @@ export interface FileOps {
    * renames it to `path`, as one threadpool job; the temporary file is removed on failure.
    */
   writeFileAtomic(path: string, tmpPath: string, data: Buffer, durable: boolean): Promise<void>;
+  /**
+   * syncfs(2) of the file system holding `path`, on the threadpool: one sync for many files
+   * written without one each (a frozen layer's new chunks).
+   */
+  syncFs(path: string): Promise<void>;
 }
 
 export const fileOps: FileOps = loadAddon<FileOps>('fileops');

@@ -79,6 +79,7 @@ export async function openLayerHost(o: LayerHostOptions): Promise<LayerHost> {
     manager,
     nbd,
     nbdSocket: relay.socket,
+    serverSocket: nbdSocket,
     attacher,
     dir: o.root,
     log: o.log,

@@ -36,8 +36,14 @@ interface Mounted {
 export interface LayerMountsOptions {
   manager: VolumeManager;
   nbd: NbdServer;
-  /** The unix socket `nbd` listens on. */
+  /** The unix socket block devices' NBD clients connect to (the NBD relay's, which outlives us). */
   nbdSocket: string;
+  /**
+   * The unix socket `nbd` itself listens on, for internal mounts: they are never adopted by a
+   * restarted daemon, so holding their I/O across restarts buys nothing, and the relay's hop
+   * costs (default nbdSocket).
+   */
+  serverSocket?: string;
   attacher: Attacher;
   /** Mount points go under DIR/mnt, attachment scratch space under DIR/attach. */
   dir: string;
@@ -62,6 +68,8 @@ interface AttachmentRecord {
 
 export class LayerMounts {
   private readonly mounted = new Map<string, Mounted>();
+  /** Staged copies mounted for the core's own work (mountStagedLocked), never recorded. */
+  private readonly staged = new Map<string, { dir: string; device: BlockDevice }>();
   /** The last write of attached.json, so that writes happen one after another. */
   private saving: Promise<void> = Promise.resolve();
   /** Block devices attached since start (each Get of an unmounted layer, each handed-out device). */
@@ -157,7 +165,7 @@ export class LayerMounts {
     }
     const readOnly = this.o.manager.get(id).frozen;
     const dir = this.mountPoint(id);
-    const device = await this.attached(id, readOnly, async (d) => {
+    const device = await this.attached(id, readOnly, options.internal ?? false, async (d) => {
       if (options.mkfs) await this.fs.mkfs(d.path);
       await this.fs.mount(d.path, dir, { readOnly });
     });
@@ -165,6 +173,45 @@ export class LayerMounts {
     await this.persist();
     this.o.log.debug({ layer: id, device: device.path, dir, readOnly }, 'layer mounted');
     return dir;
+  }
+
+  /**
+   * Mounts a staged copy of layer `id` (VolumeManager.stage) through a loop device straight on
+   * the file, for the core's own work on a layer nobody else sees: a layer tar applied there is
+   * written through the kernel's page cache alone, not through FUSE and NBD into this process
+   * (most of what an apply cost: docs/BENCHMARKS.md). Undefined when the attacher cannot attach
+   * files or the layer's base is not all on this host. End with unmountStagedLocked, then
+   * VolumeManager.freezeStaged or discardStaged. For callers holding the layer's lock.
+   */
+  async mountStagedLocked(id: string): Promise<string | undefined> {
+    if (!this.o.attacher.attachFile || this.mounted.has(id) || this.staged.has(id)) return undefined;
+    const file = await this.o.manager.stage(id);
+    if (!file) return undefined;
+    const dir = this.mountPoint(id);
+    let device: BlockDevice | undefined;
+    try {
+      device = await this.o.attacher.attachFile(file, { readOnly: false });
+      await this.fs.mount(device.path, dir, { readOnly: false, scratch: true });
+    } catch (err) {
+      await device?.detach().catch(() => undefined);
+      await this.o.manager.discardStaged(id);
+      throw err;
+    }
+    this.staged.set(id, { dir, device });
+    this.o.log.debug({ layer: id, device: device.path, dir }, 'staged copy mounted');
+    return dir;
+  }
+
+  /** Unmounts a staged copy (its file then holds everything written); a no-op if none is mounted. */
+  async unmountStagedLocked(id: string): Promise<void> {
+    const m = this.staged.get(id);
+    if (!m) return;
+    this.staged.delete(id);
+    try {
+      await this.fs.unmount(m.dir);
+    } finally {
+      await m.device.detach();
+    }
   }
 
   /**
@@ -182,7 +229,7 @@ export class LayerMounts {
       }
       return m.device.path;
     }
-    const device = await this.attached(id, options.readOnly, async () => undefined);
+    const device = await this.attached(id, options.readOnly, false, async () => undefined);
     this.mounted.set(id, { refs: 1, dir: undefined, device, readOnly: options.readOnly });
     await this.persist();
     this.o.log.debug({ layer: id, device: device.path, readOnly: options.readOnly }, 'layer attached');
@@ -204,6 +251,7 @@ export class LayerMounts {
   private async attached(
     id: string,
     readOnly: boolean,
+    internal: boolean,
     use: (device: BlockDevice) => Promise<void>,
   ): Promise<BlockDevice> {
     const fetchErrors = this.o.manager.stats(id).fetch.fetchErrors;
@@ -213,7 +261,7 @@ export class LayerMounts {
       this.o.nbd.addExport({ name: id, backend });
       undo.push(async () => this.o.nbd.removeExport(id, { force: true }));
       const device = await this.o.attacher.attach(
-        { socket: this.o.nbdSocket, exportName: id },
+        { socket: (internal && this.o.serverSocket) || this.o.nbdSocket, exportName: id },
         join(this.o.dir, 'attach', id),
         { readOnly },
       );
@@ -299,6 +347,10 @@ export class LayerMounts {
       if (keptLoops.has(device)) continue;
       await run('losetup', ['-d', device]);
       this.o.log.warn({ loop: device, file: backFile }, 'recovered: stale loop device detached');
+    }
+    for (const { device, backFile } of await loopsUnder(this.o.manager.stagingDir)) {
+      await run('losetup', ['-d', device]);
+      this.o.log.warn({ loop: device, file: backFile }, 'recovered: loop device of a staged copy detached');
     }
     for (const t of await mountsUnder(attachDir)) {
       if (keptFuse.has(t)) continue;

@@ -231,23 +231,49 @@ export class LayerStore {
       if (!this.exists(id)) await this.reset(id, parent);
       const row = this.manager.get(id);
       if (row.frozen) throw new ConflictError(`layer ${id} is committed already: ApplyDiff needs a new layer`);
-      let mounted = false;
+      // Where the tar goes: a staged copy of the layer on a loop device straight on a local
+      // file when its base is all here (the fast path: no FUSE or NBD for every byte), else the
+      // layer itself, mounted through its NBD export.
+      let where = 'none' as 'none' | 'staged' | 'mounted';
       try {
         const result = await applyLayerTar(body, async () => {
           await this.formatted(id);
-          mounted = true;
+          const staged = await this.o.mounts.mountStagedLocked(id);
+          if (staged) {
+            where = 'staged';
+            return staged;
+          }
+          where = 'mounted';
           return this.o.mounts.getLocked(id, { internal: true });
         });
-        if (mounted) await this.o.mounts.putLocked(id, true);
-        mounted = false;
         if (result.kind === 'marker') {
           await this.replaceWithSnapshotLocked(id, result.ref);
           const size = this.changedBytes(id, parent);
           this.o.log.info({ layer: id, ref: result.ref, size }, 'marker layer applied: snapshot opened lazily');
           return size;
         }
-        await this.manager.freeze(id);
-        this.o.log.info({ layer: id, bytes: result.size, entries: result.entries }, 'layer tar applied');
+        const t0 = Date.now();
+        let stored: number | undefined;
+        if (where === 'staged') {
+          await this.o.mounts.unmountStagedLocked(id);
+          where = 'none';
+          stored = (await this.manager.freezeStaged(id)).stored;
+        } else {
+          if (where === 'mounted') await this.o.mounts.putLocked(id, true);
+          where = 'none';
+          await this.manager.freeze(id);
+        }
+        this.o.log.info(
+          {
+            layer: id,
+            bytes: result.size,
+            entries: result.entries,
+            staged: stored !== undefined,
+            chunksStored: stored,
+            freezeMs: Date.now() - t0,
+          },
+          'layer tar applied',
+        );
         if (result.skippedXattrs > 0) {
           this.o.log.warn(
             { layer: id, skipped: result.skippedXattrs },
@@ -258,7 +284,9 @@ export class LayerStore {
       } catch (e) {
         const err = e instanceof NoSpaceError ? this.layerFull(id, e) : e;
         // Nothing half-applied: the layer goes back to the fresh clone Create made.
-        if (mounted) await this.o.mounts.putLocked(id, true).catch(() => undefined);
+        if (where === 'mounted') await this.o.mounts.putLocked(id, true).catch(() => undefined);
+        await this.o.mounts.unmountStagedLocked(id).catch(() => undefined);
+        await this.manager.discardStaged(id).catch(() => undefined);
         await this.reset(id, parent).catch((e: unknown) => this.o.log.error({ err: e, layer: id }, 'reset failed'));
         this.o.log.warn({ err, layer: id }, 'ApplyDiff failed; layer reset');
         throw err;

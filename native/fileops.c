@@ -42,6 +42,11 @@
  *       cold read's main-thread time that way. (Fetched chunks now go to cache segments; this
  *       stores the chunks made here and the dir store's files.)
  *
+ *   syncFs(path) -> Promise
+ *       syncfs(2) of the file system holding `path`, on the threadpool: a frozen layer's new chunks
+ *       are written without an fdatasync each and made durable by this one call (3,900 fdatasyncs
+ *       cost 1.4 s of a 480 MB layer's freeze; docs/BENCHMARKS.md).
+ *
  * All other calls are synchronous: each is a single metadata syscall that does not wait for data I/O.
  * Errors throw an Error whose `code` is the errno name (as node:fs does), so callers map them
  * the same way as fs errors.
@@ -460,6 +465,73 @@ static napi_value write_file_atomic(napi_env env, napi_callback_info info) {
                    &w->deferred, &w->work);
 }
 
+/* ---- syncFs: syncfs(2) of the file system holding a path, one threadpool job ---- */
+
+struct sync_fs {
+  char path[4096];
+  int err;
+  const char *syscall;
+  napi_ref keep;
+  napi_deferred deferred;
+  napi_async_work work;
+};
+
+static void sync_fs_execute(napi_env env, void *arg) {
+  (void)env;
+  struct sync_fs *w = arg;
+  int fd = open(w->path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    w->err = errno;
+    w->syscall = "open";
+    return;
+  }
+  if (syncfs(fd) < 0) {
+    w->err = errno;
+    w->syscall = "syncfs";
+  }
+  close(fd);
+}
+
+static void sync_fs_complete(napi_env env, napi_status status, void *arg) {
+  struct sync_fs *w = arg;
+  if (status != napi_ok && !w->err) {
+    w->err = ECANCELED;
+    w->syscall = "syncFs";
+  }
+  if (w->err) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "%s: %s", w->syscall, strerror(w->err));
+    reject_job(env, w->deferred, errno_name(w->err), msg);
+  } else {
+    napi_value undefined;
+    napi_get_undefined(env, &undefined);
+    napi_resolve_deferred(env, w->deferred, undefined);
+  }
+  napi_delete_reference(env, w->keep);
+  napi_delete_async_work(env, w->work);
+  free(w);
+}
+
+static napi_value sync_fs(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  size_t argc = 1;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1) {
+    napi_throw_type_error(env, "EINVAL", "wrong number of arguments");
+    return NULL;
+  }
+  struct sync_fs *w = calloc(1, sizeof *w);
+  if (!w) return throw_errno(env, "syncFs", ENOMEM);
+  if (!get_string(env, argv[0], w->path, sizeof w->path)) {
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (!pending) napi_throw_type_error(env, "EINVAL", "expected (path)");
+    free(w);
+    return NULL;
+  }
+  return start_job(env, argv[0], "slacker:syncFs", sync_fs_execute, sync_fs_complete, w, &w->keep, &w->deferred,
+                   &w->work);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -479,6 +551,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"lockExclusive", NULL, lock_exclusive, NULL, NULL, NULL, napi_enumerable, NULL},
     {"adviseHugePages", NULL, advise_huge_pages, NULL, NULL, NULL, napi_enumerable, NULL},
     {"writeFileAtomic", NULL, write_file_atomic, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"syncFs", NULL, sync_fs, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -4,6 +4,7 @@
  *   ROOT/metadata.db          SQLite metadata (see metadata.ts for the schema)
  *   ROOT/chunks/ab/cdef...    local content-addressed chunks (frozen data)
  *   ROOT/data/<id>.data       sparse data file of each writable volume (its own writes)
+ *   ROOT/staging/<id>.img     a staged copy of a writable volume (staged-copy.ts), while in use
  *
  * Operations: create (empty), clone (O(1): a row and an empty sparse file; the parent must be
  * frozen), freeze (hash the volume's own chunks into the store, materialise its complete map in
@@ -11,7 +12,8 @@
  * snapshot reference), openSnapshot (a frozen volume from a reference: metadata only, chunks
  * fetched on first read), acquire/release (refcounted, one shared Backend per volume), remove
  * (refused while clones or openers depend on it), snapshot (a frozen copy of a writable volume,
- * which stays writable), list, stats.
+ * which stays writable), stage/freezeStaged/discardStaged (the whole content as one plain
+ * file for the kernel to work on, then frozen from it), list, stats.
  */
 import { mkdir, open as openFile, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -26,10 +28,11 @@ import type { Backend } from '../block/backend.js';
 import { FileBackend } from '../block/backends/file.js';
 import { readOnly } from '../block/filters/read-only.js';
 import { Metadata, type VolumeRow } from './metadata.js';
-import { isDigest, type Digest } from '../common/digests.js';
+import { digestOf, isDigest, type Digest } from '../common/digests.js';
 import { DEFAULT_CHUNK_SIZE, chunkLength, isAllZero, isVolumeId, type ChunkIndex, type VolumeId } from './types.js';
 import { ReadTrace } from './read-trace.js';
 import { Volume } from './volume.js';
+import { fillStaged, mapStaged } from './staged-copy.js';
 
 export interface VolumeStats {
   id: VolumeId;
@@ -102,6 +105,9 @@ export class VolumeManager {
   static async open(root: string, options: VolumeManagerOptions = {}): Promise<VolumeManager> {
     await mkdir(join(root, 'data'), { recursive: true });
     await mkdir(join(root, 'chunks'), { recursive: true });
+    // A staged copy outlives no process: its work (an apply) died with the one that made it.
+    await rm(join(root, 'staging'), { recursive: true, force: true });
+    await mkdir(join(root, 'staging'), { recursive: true });
     const metadata = new Metadata(join(root, 'metadata.db'));
     const store = options.store;
     let chunks: ChunkStore;
@@ -279,6 +285,82 @@ export class VolumeManager {
   }
 
   /**
+   * A staged copy of writable volume `id`: a new local file holding its whole current content
+   * (staged-copy.ts), for work the kernel does through a loop device straight on it. Undefined
+   * when a chunk of its base is not on this host: copying a lazily opened parent would fetch all
+   * of it, so the caller works through the volume instead. The volume stays as it is until
+   * freezeStaged takes the file's content; discardStaged drops the file. Not while it is open.
+   */
+  async stage(id: string): Promise<string | undefined> {
+    const row = this.writableClosed(id, 'staged');
+    const base = row.parent ? this.snapshotOf(row.parent) : new Map<ChunkIndex, Digest>();
+    for (const digest of base.values()) if (!this.chunks.isLocal(digest)) return undefined;
+    const overrides = this.metadata.overrides(row.id);
+    const indices = new Set<ChunkIndex>(base.keys());
+    for (const [idx, kind] of overrides) if (kind === 'data') indices.add(idx);
+    const path = this.stagingPath(row.id);
+    await rm(path, { force: true });
+    const data =
+      overrides.size > 0 ? await FileBackend.open({ path: this.dataPath(row.id), readOnly: true }) : undefined;
+    const counters = new FetchCounters(); // copying out is not a read of the volume
+    const t0 = Date.now();
+    try {
+      await fillStaged(path, row, [...indices], async (idx, out) => {
+        const kind = overrides.get(idx);
+        if (kind === 'zero') out.fill(0);
+        else if (kind === 'data') (await data!.pread(out.length, idx * row.chunkSize)).copy(out);
+        else await this.chunks.read(base.get(idx)!, 0, out.length, out, 0, counters);
+      });
+    } catch (err) {
+      await rm(path, { force: true });
+      throw err;
+    } finally {
+      await data?.close();
+    }
+    this.options.log?.debug({ volume: row.id, chunks: indices.size, ms: Date.now() - t0 }, 'staged copy made');
+    return path;
+  }
+
+  /**
+   * Freezes writable volume `id` with the content of its staged copy (stage), which is then
+   * removed: chunks equal to the base's keep their digests, the others are stored here durably
+   * first, then the complete map lands in one transaction. A crash before that leaves the
+   * volume as it was before stage.
+   */
+  async freezeStaged(id: string): Promise<{ row: VolumeRow; stored: number }> {
+    const row = this.writableClosed(id, 'frozen');
+    const path = this.stagingPath(row.id);
+    const base = row.parent ? this.snapshotOf(row.parent) : new Map<ChunkIndex, Digest>();
+    const t0 = Date.now();
+    const { map, stored } = await mapStaged(path, row, base, (digest, data) => this.chunks.putUnsynced(digest, data));
+    const t1 = Date.now();
+    // The staged file first: the dirty pages of a removed file are dropped, not written back
+    // by the sync below (which would write the layer to disk twice).
+    await rm(path, { force: true });
+    await this.chunks.sync();
+    this.options.log?.debug({ volume: row.id, mapMs: t1 - t0, syncMs: Date.now() - t1, stored }, 'staged copy frozen');
+    this.metadata.freeze(row.id, map);
+    this.snapshots.set(row.id, map);
+    await rm(this.dataPath(row.id), { force: true });
+    return { row: this.get(id), stored };
+  }
+
+  /** Drops a staged copy (stage) without taking its content; the volume is as it was. */
+  async discardStaged(id: string): Promise<void> {
+    await rm(this.stagingPath(this.get(id).id), { force: true });
+  }
+
+  private writableClosed(id: string, what: string): VolumeRow {
+    const row = this.get(id);
+    if (row.frozen)
+      throw new ConflictError(`volume ${row.id} is frozen: it cannot be ${what}`, { context: { volume: row.id } });
+    if (this.open.has(row.id)) {
+      throw new ConflictError(`volume ${row.id} is open: it cannot be ${what}`, { context: { volume: row.id } });
+    }
+    return row;
+  }
+
+  /**
    * A frozen copy of a writable volume's current contents, as new volume `newId` (no parent: it
    * outlives the source). The source stays writable and may be open: what it has flushed is what
    * the copy holds, so callers quiesce the file system on it first.
@@ -339,6 +421,7 @@ export class VolumeManager {
     this.counters.delete(row.id);
     this.traces.delete(row.id);
     await rm(this.dataPath(row.id), { force: true });
+    await rm(this.stagingPath(row.id), { force: true });
   }
 
   stats(id: string): VolumeStats {
@@ -444,7 +527,14 @@ export class VolumeManager {
   /** A writable volume's complete chunk map as of now: flushed, its own chunks stored here. */
   private async completeMap(volume: Volume): Promise<Map<ChunkIndex, Digest>> {
     await volume.flush();
-    return volume.materialize(async (data) => (isAllZero(data) ? undefined : this.chunks.put(data)));
+    const map = await volume.materialize(async (data) => {
+      if (isAllZero(data)) return undefined;
+      const digest = digestOf(data);
+      await this.chunks.putUnsynced(digest, data);
+      return digest;
+    });
+    await this.chunks.sync(); // one sync for all of them, before the map refers to them
+    return map;
   }
 
   private countersOf(id: VolumeId): FetchCounters {
@@ -487,6 +577,15 @@ export class VolumeManager {
       this.snapshots.set(id, map);
     }
     return map;
+  }
+
+  /** Where staged copies lie (a loop device on one is this host's own work, never adopted). */
+  get stagingDir(): string {
+    return join(this.root, 'staging');
+  }
+
+  private stagingPath(id: VolumeId): string {
+    return join(this.stagingDir, `${id}.img`);
   }
 
   private dataPath(id: VolumeId): string {

@@ -53,15 +53,17 @@ export async function applyLayerTar(body: AsyncIterable<Buffer>, root: () => Pro
   if (ref) return { kind: 'marker', ref };
   if (peeked.length === 0) return { kind: 'files', size: 0, entries: 0, skippedXattrs: 0 };
   const tree = new TreeWriter(await root());
+  const applier = new Applier(tree);
   try {
-    const applier = new Applier(tree);
     for (const entry of peeked) await applier.apply(entry);
     for await (const entry of entries) await applier.apply(entry);
+    await applier.settle();
     await tree.finish().catch((err: unknown) => {
       throw entryError(err, '(directory times)');
     });
     return { kind: 'files', size: applier.size, entries: applier.entries, skippedXattrs: applier.skippedXattrs };
   } finally {
+    await applier.settle().catch(() => undefined); // no job may run on the tree once it is closed
     tree.close();
   }
 }
@@ -86,6 +88,8 @@ class Applier {
   skippedXattrs = 0;
   /** Children each directory got from this layer's own entries: an opaque whiteout keeps these. */
   private readonly created = new Map<string, Set<string>>();
+  /** The op being written on the threadpool (run). */
+  private inflight: Promise<void> = Promise.resolve();
 
   constructor(private readonly tree: TreeWriter) {}
 
@@ -137,6 +141,7 @@ class Applier {
       await this.run({ ...op, data: await entry.readAll() }, h);
     } else {
       await this.run({ ...op, stream: true }, h);
+      await this.settle(); // the file is open now
       let batch: Buffer[] = [];
       let bytes = 0;
       for await (const piece of entry.data()) {
@@ -189,12 +194,24 @@ class Applier {
     };
   }
 
+  /**
+   * Starts an entry's op and returns once the previous one is done, so the next entry is read
+   * and parsed while this one is written on the threadpool (ops still run one at a time, in tar
+   * order). A failed op surfaces at the next run or settle, named after its own entry.
+   */
   private async run(op: TreeOp, h: TarHeader): Promise<void> {
-    try {
-      this.skippedXattrs += await this.tree.apply(op);
-    } catch (err) {
-      throw entryError(err, h.name);
-    }
+    await this.inflight;
+    const done = this.tree.apply(op).then(
+      (skipped) => void (this.skippedXattrs += skipped),
+      (err: unknown) => Promise.reject(entryError(err, h.name)),
+    );
+    done.catch(() => undefined); // awaited later: not an unhandled rejection meanwhile
+    this.inflight = done;
+  }
+
+  /** Waits for the op in flight (rejects with its failure). */
+  settle(): Promise<void> {
+    return this.inflight;
   }
 }
 

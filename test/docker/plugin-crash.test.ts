@@ -60,14 +60,17 @@ describe('plugin killed mid-operation', () => {
       await imageArchive([await layerTar([{ name: 'a', data: 'a' }])], 'small:1'),
     );
     await dockerd.docker(['load', '-i', join(dir.path, 'small.tar')]);
-    const mountsSoFar = (await readFile(plugin.logFile, 'utf8')).split('"msg":"layer mounted"').length;
+    // An apply mounts a staged copy of the layer (its base is here), else the layer itself.
+    const mounts = async (): Promise<number> =>
+      (await readFile(plugin.logFile, 'utf8')).match(/"msg":"(layer|staged copy) mounted"/g)?.length ?? 0;
+    const mountsSoFar = await mounts();
     const loading = dockerd.docker(['load', '-i', archive]).then(
       () => 'loaded',
       (e: Error) => e.message,
     );
-    // Kill the plugin while it applies: after it has mounted the layer (it logs 'layer mounted').
+    // Kill the plugin while it applies: after it has mounted the layer.
     for (let i = 0; i < 600; i++) {
-      if ((await readFile(plugin.logFile, 'utf8')).split('"msg":"layer mounted"').length > mountsSoFar) break;
+      if ((await mounts()) > mountsSoFar) break;
       await new Promise((r) => setTimeout(r, 50));
     }
     await new Promise((r) => setTimeout(r, 300));

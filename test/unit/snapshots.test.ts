@@ -355,4 +355,22 @@ describe('snapshots in a dir:// store', () => {
       }
     });
   });
+
+  it('stages no copy of a clone whose base is not all here (it would fetch the whole snapshot)', async () => {
+    const ref = await published('img', [0, 5, 100]);
+    await hostB.openSnapshot(ref, 'img-b');
+    await hostB.clone('img-b', 'child');
+    expect(await hostB.stage('child')).toBeUndefined();
+    expect((await stored(hostB)).chunks).toBe(0); // nothing fetched to find out
+    const v = await hostB.acquire('img-b');
+    await v.pread(3 * CHUNK, 100 * CHUNK - CHUNK); // reads chunk 100 (99 and 101 are holes)
+    await v.pread(CHUNK, 0);
+    await v.pread(CHUNK, 5 * CHUNK);
+    await hostB.release('img-b');
+    await hostB.chunks.landed();
+    const path = await hostB.stage('child');
+    expect(path).toBeDefined(); // every chunk is here now
+    expect((await readFile(path!)).subarray(5 * CHUNK, 6 * CHUNK).equals(chunkData(5))).toBe(true);
+    await hostB.discardStaged('child');
+  });
 });

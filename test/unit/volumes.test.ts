@@ -1,5 +1,5 @@
 /** Layer volumes: the backend conformance suite, then copy-on-write, freeze, clone and lifecycle. */
-import { readdir, stat } from 'node:fs/promises';
+import { open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ConflictError, InvalidArgumentError, NotFoundError, ReadOnlyError } from '../../common/errors.js';
@@ -207,5 +207,62 @@ describe('volumes', () => {
     });
     await expect(direct.pwrite(Buffer.alloc(1), 0, { fua: false })).rejects.toBeInstanceOf(ReadOnlyError);
     meta.close();
+  });
+
+  describe('staged copies (one plain file for the kernel to work on)', () => {
+    async function baseAndChild(): Promise<void> {
+      await mgr.create('base', 8 * MiB, { chunkSize: CHUNK });
+      await write('base', randomBytes(3 * CHUNK, 21), 0); // chunks 0-2
+      await write('base', randomBytes(CHUNK, 22), 40 * CHUNK);
+      await mgr.freeze('base');
+      await mgr.clone('base', 'child');
+      await write('child', randomBytes(CHUNK, 23), 60 * CHUNK); // the child's own write
+    }
+
+    it('holds the whole content; freezing from it keeps the base digests of unchanged chunks', async () => {
+      await baseAndChild();
+      const before = await read('child', 8 * MiB, 0);
+      const path = (await mgr.stage('child'))!;
+      const file = await open(path, 'r+');
+      try {
+        expect((await file.readFile()).equals(before)).toBe(true);
+        await file.write(randomBytes(100, 24), 0, 100, CHUNK + 5); // changes base chunk 1
+        await file.write(Buffer.alloc(CHUNK), 0, CHUNK, 2 * CHUNK); // zeroes base chunk 2
+        await file.write(randomBytes(CHUNK, 25), 0, CHUNK, 70 * CHUNK); // a new chunk
+      } finally {
+        await file.close();
+      }
+      const expected = await readFile(path);
+      expect(mgr.stats('child').frozen).toBe(false); // untouched until freezeStaged
+      const { stored } = await mgr.freezeStaged('child');
+      expect(stored).toBe(3); // chunks 1, 60 and 70; 0 and 40 keep the base's digests
+      expect(mgr.diffChunks('base', 'child')).toBe(4); // 1, 60, 70 changed; 2 became a hole
+      expect(mgr.stats('child')).toMatchObject({ frozen: true, chunks: 5 });
+      expect((await read('child', 8 * MiB, 0)).equals(expected)).toBe(true);
+      expect(await readdir(join(mgr.root, 'staging'))).toEqual([]);
+    });
+
+    it('discards a staged copy without touching the volume; a restart removes a stale one', async () => {
+      await baseAndChild();
+      const before = await read('child', 8 * MiB, 0);
+      const path = (await mgr.stage('child'))!;
+      await writeFile(path, 'scribbled over', { flag: 'r+' });
+      await mgr.discardStaged('child');
+      expect((await read('child', 8 * MiB, 0)).equals(before)).toBe(true);
+      await mgr.stage('child');
+      const root = mgr.root;
+      await mgr.close();
+      mgr = await VolumeManager.open(root);
+      expect(await readdir(join(root, 'staging'))).toEqual([]);
+      expect((await read('child', 8 * MiB, 0)).equals(before)).toBe(true);
+    });
+
+    it('refuses frozen and open volumes', async () => {
+      await baseAndChild();
+      await expect(mgr.stage('base')).rejects.toThrow(ConflictError);
+      await mgr.acquire('child');
+      await expect(mgr.stage('child')).rejects.toThrow(/open/);
+      await mgr.release('child');
+    });
   });
 });

@@ -148,6 +148,19 @@ export class ChunkStore {
     return this.local.put(data);
   }
 
+  /**
+   * Stores a chunk made here, whose digest the caller computed from `data` just now, without
+   * syncing it: call sync() before anything refers to it.
+   */
+  putUnsynced(digest: Digest, data: Buffer): Promise<void> {
+    return this.local.putUnsynced(digest, data);
+  }
+
+  /** Makes the chunks stored with putUnsynced durable. */
+  sync(): Promise<void> {
+    return this.local.sync();
+  }
+
   /** A chunk made here is now in the backing store too: it may be evicted. */
   admitPublished(digest: Digest, size: number): Promise<void> {
     return this.bound.admit(digest, size);

@@ -1,0 +1,118 @@
+/**
+ * A staged copy of a writable volume: one plain sparse file holding the volume's whole content,
+ * chunk `i` at byte `i × chunkSize`, for work the kernel does on it through a loop device
+ * straight on the file (a layer tar applied to a new layer: no FUSE, no NBD, no user-space hop
+ * for every byte). Two steps, each one pass over the chunks that hold data:
+ *   - fillStaged writes the volume's chunks into the file (holes stay holes);
+ *   - mapStaged reads the file back as the volume's new complete chunk map: chunks that still
+ *     equal the base's keep its digest (nothing stored), all-zero ones become holes, and the
+ *     rest are handed to `store`.
+ * Knows nothing of the metadata or the chunk store's layout: the manager passes both ends in.
+ */
+import { open } from 'node:fs/promises';
+import { digestsOf, type Digest } from '../common/digests.js';
+import { readFully, writeFully } from '../common/file-io.js';
+import { fileOps } from '../common/fileops.js';
+import { chunkLength, isAllZero, type ChunkIndex } from './types.js';
+
+/** Chunks read, hashed or written per job, and jobs at once: enough to keep two CPUs and the disk busy. */
+const BATCH = 16;
+const JOBS = 4;
+
+export interface StagedGeometry {
+  size: number;
+  chunkSize: number;
+}
+
+/**
+ * Creates `path` (it must not exist) as a sparse file of the volume's size and writes chunk
+ * `idx` of `chunks` at its offset, reading each with `read(idx, out)`.
+ */
+export async function fillStaged(
+  path: string,
+  g: StagedGeometry,
+  chunks: ChunkIndex[],
+  read: (idx: ChunkIndex, out: Buffer) => Promise<void>,
+): Promise<void> {
+  const f = await open(path, 'wx');
+  try {
+    await f.truncate(g.size);
+    await inJobs(chunks, async (batch) => {
+      for (const idx of batch) {
+        const buf = Buffer.allocUnsafe(chunkLength(g.size, g.chunkSize, idx));
+        await read(idx, buf);
+        if (!isAllZero(buf)) await writeFully(f.fd, buf, 0, buf.length, idx * g.chunkSize);
+      }
+    });
+  } finally {
+    await f.close();
+  }
+}
+
+/**
+ * The complete chunk map of the content of staged file `path`. A chunk equal to `base`'s at
+ * the same index keeps that digest; one that is all zeroes (or a hole) is left out; any other
+ * is passed to `store` with its digest, which must keep it before resolving.
+ */
+export async function mapStaged(
+  path: string,
+  g: StagedGeometry,
+  base: ReadonlyMap<ChunkIndex, Digest>,
+  store: (digest: Digest, data: Buffer) => Promise<void>,
+): Promise<{ map: Map<ChunkIndex, Digest>; stored: number }> {
+  const f = await open(path, 'r');
+  const map = new Map<ChunkIndex, Digest>();
+  let stored = 0;
+  try {
+    const nowait = { read: true };
+    await inJobs(dataChunks(f.fd, g), async (batch) => {
+      const bufs = await Promise.all(
+        batch.map(async (idx) => {
+          const buf = Buffer.allocUnsafe(chunkLength(g.size, g.chunkSize, idx));
+          const n = await readFully(f.fd, buf, 0, buf.length, idx * g.chunkSize, nowait);
+          buf.fill(0, n); // past the end of a file cut short: zeroes, as the loop device read them
+          return buf;
+        }),
+      );
+      const kept = batch.map((idx, i) => ({ idx, buf: bufs[i]! })).filter((c) => !isAllZero(c.buf));
+      const digests = await digestsOf(kept.map((c) => c.buf));
+      for (const [i, c] of kept.entries()) {
+        const digest = digests[i]!;
+        map.set(c.idx, digest);
+        if (base.get(c.idx) === digest) continue;
+        await store(digest, c.buf);
+        stored++;
+      }
+    });
+  } finally {
+    await f.close();
+  }
+  return { map, stored };
+}
+
+/** Indices of the chunks that hold allocated data in the file (SEEK_DATA / SEEK_HOLE). */
+function dataChunks(fd: number, g: StagedGeometry): ChunkIndex[] {
+  const out: ChunkIndex[] = [];
+  let last = -1;
+  for (let at = fileOps.seekData(fd, 0); at >= 0 && at < g.size;) {
+    const end = Math.min(fileOps.seekHole(fd, at), g.size);
+    for (let idx = Math.max(Math.floor(at / g.chunkSize), last + 1); idx * g.chunkSize < end; idx++) {
+      out.push(idx);
+      last = idx;
+    }
+    at = end < g.size ? fileOps.seekData(fd, end) : -1;
+  }
+  return out;
+}
+
+/** Runs `fn` over `items` in batches of BATCH, JOBS batches at a time. */
+async function inJobs<T>(items: T[], fn: (batch: T[]) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const batch = items.slice(next, (next += BATCH));
+      await fn(batch);
+    }
+  };
+  await Promise.all(Array.from({ length: JOBS }, worker));
+}
