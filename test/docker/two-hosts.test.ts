@@ -5,11 +5,13 @@
  * during a Get gives dockerd a clear error, and everything works again once it is back.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, rename, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, stat, utimes, writeFile } from 'node:fs/promises';
 import { run } from '../../common/exec.js';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { busyboxRootfs, importRootfs } from '../../harness/images.js';
+import { busyboxRootfs, imageArchive, importRootfs, layerTar } from '../../harness/images.js';
+import { markerTar } from '../../layers/layer-tar/marker.js';
+import type { Digest } from '../../common/digests.js';
 import { mountsUnder } from '../../attach/host-state.js';
 import { callPlugin, convertImage, startSlackerHost, type SlackerHost } from '../../harness/plugin.js';
 import { sample, scrape } from '../helpers/metrics.js';
@@ -125,6 +127,56 @@ describe('two slacker hosts sharing a store and a registry', () => {
     expect(
       sample(m, 'slacker_requests_total{front_end="graphdriver",method="ApplyDiff",outcome="ok"}'),
     ).toBeGreaterThan(0);
+  });
+
+  it('an ordinary layer on a lazily opened one is applied through its NBD export: the base is not copied out', async () => {
+    const [a, b] = [hosts[0]!, hosts[1]!];
+    // A snapshot B has never read: B opens it lazily, then applies an ordinary layer on top.
+    await a.dockerd.docker([
+      'run',
+      '--name',
+      'fill3',
+      '--network',
+      'none',
+      'bb:big',
+      'sh',
+      '-c',
+      'echo three > /three',
+    ]);
+    await a.dockerd.docker(['commit', 'fill3', 'bb:three']);
+    const { snapshotRef } = await convertImage(a, 'bb:three', 'bb:three-converted', { push: false });
+    await a.dockerd.docker(['rm', 'fill3']);
+    const archive = join(dir.path, 'on-top.tar');
+    const onTop = await layerTar([
+      { name: 'srv/', type: 'directory' },
+      { name: 'srv/extra.txt', data: 'an ordinary layer\n' },
+    ]);
+    await writeFile(archive, await imageArchive([await markerTar(snapshotRef as Digest), onTop], 'ontop:1'));
+    const fetched0 = sample(await scrape(join(dir.path, 'b-metrics.sock')), 'slacker_chunk_fetched_bytes_total');
+    await b.dockerd.docker(['load', '-i', archive]);
+    const out = await b.dockerd.docker([
+      'run',
+      '--rm',
+      '--network',
+      'none',
+      'ontop:1',
+      'cat',
+      '/three',
+      '/srv/extra.txt',
+    ]);
+    expect(out.stdout).toBe('three\nan ordinary layer\n');
+    const applied = (await readFile(b.plugin.logFile, 'utf8'))
+      .split('\n')
+      .filter((l) => l.includes('"msg":"layer tar applied"'))
+      .map((l) => JSON.parse(l) as { staged: boolean; bytes: number });
+    expect(applied.at(-1)).toMatchObject({ staged: false, bytes: 'an ordinary layer\n'.length });
+    const fetched =
+      sample(await scrape(join(dir.path, 'b-metrics.sock')), 'slacker_chunk_fetched_bytes_total') - fetched0;
+    console.info(
+      `ordinary layer on a lazy base: load + run fetched ${fetched} bytes of a base of ${BIG + 2 ** 21} bytes`,
+    );
+    expect(fetched).toBeLessThan(BIG / 4); // the base stayed lazy: not copied out to stage the apply
+    await b.dockerd.docker(['rmi', 'ontop:1']);
   });
 
   it('convert --profile: a third host fetches what the image reads at start during the pull, before it runs', async () => {
