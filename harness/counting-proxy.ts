@@ -14,11 +14,21 @@ export interface CountingProxy {
   close(): Promise<void>;
 }
 
-export async function startCountingProxy(targetPort: number, targetHost = '127.0.0.1'): Promise<CountingProxy> {
+/**
+ * `cutAfter`: once the server has sent this many bytes through the proxy (in all), every
+ * connection is cut and new ones are closed at once: a registry that goes away mid-transfer.
+ */
+export async function startCountingProxy(
+  targetPort: number,
+  targetHost = '127.0.0.1',
+  options: { cutAfter?: number } = {},
+): Promise<CountingProxy> {
   let served = 0;
   let sent = 0;
   const sockets = new Set<Socket>();
+  const cut = (): boolean => options.cutAfter !== undefined && served >= options.cutAfter;
   const server = createServer((client) => {
+    if (cut()) return void client.destroy();
     const upstream = createConnection({ port: targetPort, host: targetHost });
     for (const s of [client, upstream]) {
       sockets.add(s);
@@ -28,7 +38,10 @@ export async function startCountingProxy(targetPort: number, targetHost = '127.0
         upstream.destroy();
       });
     }
-    upstream.on('data', (b: Buffer) => (served += b.length));
+    upstream.on('data', (b: Buffer) => {
+      served += b.length;
+      if (cut()) for (const s of sockets) s.destroy();
+    });
     client.on('data', (b: Buffer) => (sent += b.length));
     client.pipe(upstream);
     upstream.pipe(client);
