@@ -2,7 +2,8 @@
  * ApplyDiff cost on the same dockerd, slacker against overlay2 (the anchor), in one run:
  *   - `docker import` of HelloBench's postgres root file system (one ~480 MB layer tar);
  *   - `docker pull` of an ordinary four-layer image (~450 MB: a Debian base, a root file system
- *     ADDed on top, deletions with whiteouts, 64 MiB of random data) from a local registry;
+ *     ADDed on top, deletions with whiteouts, 64 MiB of random data) from a local registry, and
+ *     `slacker-ts convert` of it from that registry to that registry (no dockerd) against the pull;
  *   - `docker import` of layer tars that stress the per-entry path (many small files, a deep
  *     tree), the cases of issue 22.
  * The page cache is dropped before each timed run (the tar, the registry's blobs and earlier
@@ -22,7 +23,7 @@ import { parseArgs } from 'node:util';
 import { run } from '../common/exec.js';
 import { startDockerd, type Dockerd } from '../harness/dockerd.js';
 import { onInterrupt } from '../harness/interrupt.js';
-import { startPlugin } from '../harness/plugin.js';
+import { cliPath, startPlugin } from '../harness/plugin.js';
 import { nestedDirs, rawTar, type RawEntry } from '../harness/raw-tar.js';
 import { requireTools } from '../harness/tools.js';
 import { median, spread } from './hellobench/report.js';
@@ -146,6 +147,26 @@ async function main(): Promise<void> {
     await timed(`postgres root fs, one ${mb} MB layer (import)`, (d) => timedImport(d, postgres, 'bench:1'));
     const multi = await multiLayerImage(hosts.overlay2, dir, registry);
     await timed('four-layer image, 450 MB (pull from a local registry)', (d) => timedPull(d, multi));
+    // The same image converted registry to registry by slacker-ts alone (no dockerd), against
+    // overlay2's pull of it: what making an ordinary image lazily pullable costs.
+    const convertStore = join(dir, 'convert-store');
+    await mkdir(convertStore, { recursive: true });
+    const converts: number[] = [];
+    for (let rep = 0; rep < REPS; rep++) {
+      await dropCaches();
+      const t0 = process.hrtime.bigint();
+      const dst = `127.0.0.1:${registry.port}/bench/multi:lazy${rep}`;
+      await run(process.execPath, [cliPath(), 'convert', multi, dst, '--store', `dir://${convertStore}`, '--json'], {
+        timeoutMs: 1_800_000,
+      });
+      converts.push(Number(process.hrtime.bigint() - t0) / 1e9);
+      console.error(`convert from the registry: rep ${rep + 1}: ${converts.at(-1)!.toFixed(2)} s`);
+    }
+    rows.push({
+      case: 'the same, `slacker-ts convert` registry → registry (overlay2: its pull)',
+      overlay2: rows.at(-1)!.overlay2,
+      slacker: converts,
+    });
     let deep10k: number | undefined;
     if (opts.only !== 'large') {
       const cases: [string, RawEntry[]][] = [
