@@ -167,14 +167,14 @@ async function main(): Promise<void> {
   } finally {
     await stopTopology();
   }
-  const { items, medianSpeedup, medianFetched } = summarise(rows);
+  const { items, medianSpeedup, medianFetched, medianOverhead, medianCycleSpeedup } = summarise(rows);
   for (const i of items) {
     progress(
-      `${i.item.padEnd(10)} overlay2 ${i.deploy.overlay2.toFixed(2)} s, slacker ${i.deploy.slacker.toFixed(2)} s: ${i.speedup.toFixed(2)}×, fetched ${(100 * i.fetchedFraction).toFixed(1)}%`,
+      `${i.item.padEnd(10)} overlay2 ${i.deploy.overlay2.toFixed(2)} s, slacker ${i.deploy.slacker.toFixed(2)} s: ${i.speedup.toFixed(2)}×, fetched ${(100 * i.fetchedFraction).toFixed(1)}%, lazy overhead ${i.lazyOverhead.toFixed(2)}, cycle ${i.cycleSpeedup.toFixed(2)}×`,
     );
   }
   progress(
-    `median speedup ${medianSpeedup.toFixed(2)}×, median fetched ${(100 * medianFetched).toFixed(1)}% (deploy medians: ${median(rows.map((r) => r.deploy)).toFixed(2)} s)`,
+    `median speedup ${medianSpeedup.toFixed(2)}×, median fetched ${(100 * medianFetched).toFixed(1)}%, median lazy overhead ${medianOverhead.toFixed(2)}, median cycle speedup ${medianCycleSpeedup.toFixed(2)}× (deploy medians: ${median(rows.map((r) => r.deploy)).toFixed(2)} s)`,
   );
   const command = `npm run hellobench -- ${process.argv.slice(2).join(' ')}`.trim();
   await writeResults(

@@ -213,6 +213,7 @@ export class LayerStore {
   /** Freezes a layer that nobody has attached or mounted: it becomes a parent that others clone. */
   async freeze(id: string): Promise<void> {
     await this.o.mounts.lock.run(id, async () => {
+      await this.o.mounts.settleLocked(id);
       if (this.o.mounts.isMounted(id)) {
         throw new ConflictError(`layer ${id} is still attached: it cannot be frozen`, { context: { layer: id } });
       }
@@ -398,6 +399,8 @@ export class LayerStore {
   private async frozenParent(parent: string): Promise<string> {
     const row = this.manager.get(parent);
     if (row.frozen) return parent;
+    // A parent that only lingers mounted after its last Put (a container's init layer) is unmounted first.
+    await this.o.mounts.lock.run(parent, () => this.o.mounts.settleLocked(parent));
     if (this.o.mounts.isMounted(parent)) {
       throw new ConflictError(`parent layer ${parent} is mounted: it cannot be frozen for a child`, {
         context: { layer: parent },

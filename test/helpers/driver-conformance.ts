@@ -18,7 +18,7 @@ import { NbdServer } from '../../nbd-server/server.js';
 import { ChangeKind } from '../../layers/changes.js';
 import { LayerStore } from '../../layers/layer-store.js';
 import { markerTar } from '../../layers/layer-tar/marker.js';
-import { LayerMounts } from '../../layers/layer-mounts.js';
+import { DEFAULT_LINGER_MS, LayerMounts } from '../../layers/layer-mounts.js';
 import type { BackingStore } from '../../stores/backing-store.js';
 import { VolumeManager } from '../../volumes/manager.js';
 import { tempDir } from './tmp.js';
@@ -129,6 +129,27 @@ export function driverConformance(name: string, parts: DriverParts): void {
       expect(a.mounts.isMounted('nest')).toBe(true);
       await a.driver.put('nest');
       expect(a.mounts.isMounted('nest')).toBe(false);
+    });
+
+    it('after its last Put a layer stays mounted a moment: the next Get attaches nothing; a child freezes it at once', async () => {
+      await a.driver.create('lin', undefined);
+      const d1 = await a.driver.get('lin');
+      await a.driver.put('lin');
+      expect(a.mounts.isMounted('lin')).toBe(false); // no user: it only lingers
+      const attaches = a.mounts.attaches;
+      expect(await a.driver.get('lin')).toBe(d1);
+      expect(a.mounts.attaches).toBe(attaches); // the same mount, nothing attached
+      await writeFile(join(d1, 'f'), 'x');
+      await a.driver.put('lin');
+      expect(a.mounts.lingering).toBe(1);
+      await a.driver.create('lin-child', 'lin'); // freezes 'lin': its lingering mount ends first
+      expect(a.mounts.lingering).toBe(0);
+      expect(await read(a, 'lin-child', ['f'])).toEqual(['x']);
+      expect(a.mounts.lingering).toBe(1);
+      await new Promise((r) => setTimeout(r, DEFAULT_LINGER_MS + 500));
+      expect(a.mounts.lingering).toBe(0); // and by itself once the linger time is over
+      await a.driver.remove('lin-child');
+      await a.driver.remove('lin');
     });
 
     it('children see their parent; their writes stay theirs; a container init layer is frozen for its child', async () => {
