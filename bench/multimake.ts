@@ -5,7 +5,11 @@
  * rate-limited link), pulled by a worker and run: build + push + pull + run = one cycle,
  * overlay2 against slacker (whose commits are marker layers and whose pulls move metadata).
  *
- *   npm run multimake -- [--quick] [--link 1gbit] [--json FILE] [--out DIR] [--engine graphdriver|containerd]
+ *   npm run multimake -- [--quick] [--fresh-worker] [--link 1gbit] [--json FILE] [--out DIR] [--engine graphdriver|containerd]
+ *
+ * --fresh-worker: every cycle deploys on a new worker (its own dockerd and data root, as a
+ * cluster or CI picks any node), so the compiler image is pulled again each time; by default
+ * one worker per driver keeps what it pulled, as a developer's machine would.
  *
  * Writes docs/results/multimake.md and .svg (multimake-containerd.* for --engine containerd: Docker
  * 26 on the containerd image store, containerd's overlayfs snapshotter against slacker's). The compiler image is HelloBench's gcc image.
@@ -27,8 +31,10 @@ const { values: opts } = parseArgs({
     json: { type: 'string' },
     out: { type: 'string' },
     engine: { type: 'string', default: 'graphdriver' },
+    'fresh-worker': { type: 'boolean', default: false },
   },
 });
+const FRESH = opts['fresh-worker'];
 const engine = opts.engine as Engine;
 
 const PROGRAM = `#include <stdio.h>
@@ -107,10 +113,18 @@ async function main(): Promise<void> {
 
     for (const driver of ['overlay2', 'slacker'] as const) {
       const builder: Host = topo.builders[driver];
-      const worker = await topo.worker(driver);
-      const stopWorker = onInterrupt(() => worker.close());
+      // One worker for every variant, or (--fresh-worker) a new one for each.
+      let worker = FRESH ? undefined : await topo.worker(driver);
+      const stopWorker = onInterrupt(async () => worker?.close());
       try {
         for (const v of variants(opts.quick)) {
+          if (FRESH) {
+            const old = worker;
+            worker = undefined;
+            await old?.close();
+            worker = await topo.worker(driver);
+          }
+          const w = worker!;
           const image = `${topo.registryAddress}/mm/prog:${v.name}-${driver}`;
           const ctr = `build-${v.name}-${driver}`;
           let t = now();
@@ -124,10 +138,10 @@ async function main(): Promise<void> {
           const push = now() - t;
           const rx0 = await topo.link.receivedBytes();
           t = now();
-          await worker.dockerd.docker(['pull', '-q', image], { timeoutMs: 1_800_000 });
+          await w.dockerd.docker(['pull', '-q', image], { timeoutMs: 1_800_000 });
           const pull = now() - t;
           t = now();
-          const out = await worker.dockerd.docker(['run', '--rm', '--network', 'none', image]);
+          const out = await w.dockerd.docker(['run', '--rm', '--network', 'none', image]);
           const runS = now() - t;
           if (!out.stdout.includes('pi ~ 3.14')) throw new Error(`${image} printed ${JSON.stringify(out.stdout)}`);
           const linkBytes = (await topo.link.receivedBytes()) - rx0;
@@ -166,7 +180,11 @@ async function main(): Promise<void> {
     '',
     `Command: \`${command}\``,
     '',
-    `Link ${opts.link} (tbf, its own network namespace); one builder and one fresh worker per driver; the worker keeps what it pulled between variants, as a developer's machine would. 2-core VM. ` +
+    `Link ${opts.link} (tbf, its own network namespace); one builder per driver; ` +
+      (FRESH
+        ? 'a new worker for every cycle (--fresh-worker: each pull starts from nothing, as on a cluster or in CI). '
+        : "one fresh worker per driver that keeps what it pulled between variants, as a developer's machine would. ") +
+      '2-core VM. ' +
       (engine === 'containerd'
         ? "Engine: Docker 26.1 on the containerd image store (containerd 1.7); 'overlay2' is containerd's overlayfs snapshotter, 'slacker' the slacker-ts snapshotter and differ (its commits publish and write a marker)."
         : 'Engine: Docker 20.10 (graphdriver).'),
@@ -189,7 +207,7 @@ async function main(): Promise<void> {
   );
   const dir = opts.out ?? RESULTS_DIR;
   await mkdir(dir, { recursive: true });
-  const name = `multimake${engine === 'containerd' ? '-containerd' : ''}${opts.quick ? '-quick' : ''}`;
+  const name = `multimake${engine === 'containerd' ? '-containerd' : ''}${FRESH ? '-fresh' : ''}${opts.quick ? '-quick' : ''}`;
   await writeFile(join(dir, `${name}.md`), lines.join('\n'));
   const rows: Row[] = cycles.map((c) => ({
     item: c.variant,

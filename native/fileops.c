@@ -421,21 +421,30 @@ static void atomic_write_execute(napi_env env, void *arg) {
   if (w->err) unlink(w->tmp);
 }
 
-static void atomic_write_complete(napi_env env, napi_status status, void *arg) {
-  struct atomic_write *w = arg;
-  if (status != napi_ok && !w->err) {
-    w->err = ECANCELED;
-    w->syscall = "writeFileAtomic";
+/*
+ * Settles the promise of a job that resolves to nothing: rejected with "<syscall>: <strerror>"
+ * and the errno name as its code if the job failed (or was cancelled), resolved otherwise.
+ */
+static void settle_void_job(napi_env env, napi_status status, napi_deferred deferred, int err, const char *syscall,
+                            const char *job) {
+  if (status != napi_ok && !err) {
+    err = ECANCELED;
+    syscall = job;
   }
-  if (w->err) {
+  if (err) {
     char msg[128];
-    snprintf(msg, sizeof msg, "%s: %s", w->syscall, strerror(w->err));
-    reject_job(env, w->deferred, errno_name(w->err), msg);
+    snprintf(msg, sizeof msg, "%s: %s", syscall, strerror(err));
+    reject_job(env, deferred, errno_name(err), msg);
   } else {
     napi_value undefined;
     napi_get_undefined(env, &undefined);
-    napi_resolve_deferred(env, w->deferred, undefined);
+    napi_resolve_deferred(env, deferred, undefined);
   }
+}
+
+static void atomic_write_complete(napi_env env, napi_status status, void *arg) {
+  struct atomic_write *w = arg;
+  settle_void_job(env, status, w->deferred, w->err, w->syscall, "writeFileAtomic");
   napi_delete_reference(env, w->buffer);
   napi_delete_async_work(env, w->work);
   free(w);
@@ -494,19 +503,7 @@ static void sync_fs_execute(napi_env env, void *arg) {
 
 static void sync_fs_complete(napi_env env, napi_status status, void *arg) {
   struct sync_fs *w = arg;
-  if (status != napi_ok && !w->err) {
-    w->err = ECANCELED;
-    w->syscall = "syncFs";
-  }
-  if (w->err) {
-    char msg[128];
-    snprintf(msg, sizeof msg, "%s: %s", w->syscall, strerror(w->err));
-    reject_job(env, w->deferred, errno_name(w->err), msg);
-  } else {
-    napi_value undefined;
-    napi_get_undefined(env, &undefined);
-    napi_resolve_deferred(env, w->deferred, undefined);
-  }
+  settle_void_job(env, status, w->deferred, w->err, w->syscall, "syncFs");
   napi_delete_reference(env, w->keep);
   napi_delete_async_work(env, w->work);
   free(w);
