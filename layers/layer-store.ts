@@ -347,7 +347,7 @@ export class LayerStore {
    * hosts opening the snapshot fetch those at once (see volumes/read-trace.ts).
    */
   async publishWithProfile(id: string, profileFrom: string): Promise<{ ref: Digest; prefetch: number }> {
-    const trace = this.manager.readTrace(profileFrom);
+    const trace = this.startupTrace(id, profileFrom);
     if (trace.length === 0) {
       throw new ConflictError(`layer ${profileFrom} read nothing of its image since the plugin started: no profile`, {
         context: { layer: profileFrom },
@@ -355,6 +355,32 @@ export class LayerStore {
     }
     const ref = await this.o.mounts.lock.run(id, () => this.publishLocked(id, trace));
     return { ref, prefetch: trace.length };
+  }
+
+  /**
+   * What a container's start read of image layer `id`, in order: first what the layers between
+   * them read (Docker's `-init` layer, which the engine mounts and writes to set the container
+   * up: the file system's superblock, group descriptors, /etc...), then the container's own
+   * layer. Without the former, a host starting the image fetched those one round trip at a time
+   * during `docker create`, before anything of the profile was asked for.
+   */
+  private startupTrace(id: string, profileFrom: string): ChunkIndex[] {
+    const between: string[] = [];
+    let p = this.manager.get(profileFrom).parent;
+    for (; p !== null && p !== id; p = this.manager.get(p).parent) between.unshift(p);
+    // Only layers on the way down from the image: a container of another image profiles alone.
+    const layers = p === id ? [...between, profileFrom] : [profileFrom];
+    const seen = new Set<ChunkIndex>();
+    const out: ChunkIndex[] = [];
+    for (const layer of layers) {
+      for (const idx of this.manager.readTrace(layer)) {
+        if (!seen.has(idx)) {
+          seen.add(idx);
+          out.push(idx);
+        }
+      }
+    }
+    return out;
   }
 
   async changes(id: string, parent: string | undefined): Promise<{ changes: Change[]; size: number }> {

@@ -251,6 +251,23 @@ export function driverConformance(name: string, parts: DriverParts): void {
       expect(await read(a, 'bad', ['ok', 'usr/app'])).toEqual(['', 'binary']); // back to the fresh clone
     });
 
+    it('a startup profile starts with what the layers between image and container read (the -init layer)', async () => {
+      await a.driver.create('pimg', undefined);
+      await write(a, 'pimg', { 'etc/a.bin': 'a'.repeat(512 * 1024), 'srv/b.bin': 'b'.repeat(512 * 1024) });
+      await a.driver.freeze('pimg');
+      await a.driver.create('pc-init', 'pimg');
+      expect(await read(a, 'pc-init', ['etc/a.bin'])).toEqual(['a'.repeat(512 * 1024)]); // the engine sets up
+      await a.driver.create('pc', 'pc-init');
+      expect(await read(a, 'pc', ['srv/b.bin'])).toEqual(['b'.repeat(512 * 1024)]); // the container starts
+      const own = a.manager.readTrace('pc');
+      const { prefetch } = await a.driver.publishWithProfile('pimg', 'pc');
+      const init = a.manager.readTrace('pc-init');
+      expect(init.length).toBeGreaterThan(0);
+      // Every chunk either read, once each, the -init layer's first (the profile's order).
+      expect(new Set([...init, ...own]).size).toBe(prefetch);
+      expect(prefetch).toBeGreaterThanOrEqual(own.length);
+    });
+
     it('Diff publishes a marker; another host applies it and reads the same files, fetched from the store', async () => {
       await a.driver.create('base', undefined);
       await write(a, 'base', { 'data/big': 'b'.repeat(300_000), 'etc/motd': 'hello' });
