@@ -10,7 +10,7 @@
  * nothing made from the layer may be published before it resolved.
  */
 import { createHash } from 'node:crypto';
-import { Readable } from 'node:stream';
+import { pipeline, Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { IoError, NotSupportedError } from '../common/errors.js';
 import type { Digest } from '../common/digests.js';
@@ -83,7 +83,9 @@ export function openLayerBlob(registry: Registry, desc: LayerDescriptor, diffId:
   }
 
   async function* plainTar(): AsyncGenerator<Buffer> {
-    const source = gzip ? Readable.from(ranges()).pipe(createGunzip()) : Readable.from(ranges());
+    // pipeline, not pipe: a failed range must fail the gunzip stream (and so this reader), not
+    // be thrown as an uncaught error on a source nobody listens to.
+    const source = gzip ? pipeline(Readable.from(ranges()), createGunzip(), () => undefined) : Readable.from(ranges());
     try {
       for await (const piece of source as AsyncIterable<Buffer>) {
         tarBytes += piece.length;

@@ -9,6 +9,7 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { open, readdir, stat, truncate } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../../common/exec.js';
@@ -65,11 +66,13 @@ describe('convert from a registry to a registry, without dockerd', () => {
     const before = await snapshotsInStore();
     const r = await convert([src, `${reg}/bad/out:${dstTag}`]);
     expect(r.code, r.stdout).toBe(1);
-    const line = r.stderr.split('\n').find((l) => message.test(l));
+    // The CLI's own error line (a crash would print a stack instead), and nothing left behind.
+    const line = r.stderr.split('\n').find((l) => l.startsWith('slacker-ts: ') && message.test(l));
     expect(line, r.stderr).toBeDefined();
     expect(await tagExists('bad/out', dstTag)).toBe(false);
     expect(await snapshotsInStore()).toBe(before);
-    expect(await mountsUnder('/tmp').then((m) => m.filter((t) => t.includes('slacker-convert-')))).toEqual([]);
+    expect(await mountsUnder(tmpdir()).then((m) => m.filter((t) => t.includes('slacker-convert-')))).toEqual([]);
+    expect((await readdir(tmpdir())).filter((n) => n.startsWith('slacker-convert-'))).toEqual([]);
     return line!;
   };
 
