@@ -2,8 +2,8 @@
  * Turning an NBD export into a local block device: the interface. Two implementations:
  *   - nbd-client.ts: the kernel NBD driver (/dev/nbdN), where the kernel has it;
  *   - nbdfuse.ts: libnbd's FUSE file plus a loop device, which works wherever FUSE does.
- * choose-attacher.ts picks one. Both also put a loop device straight on a local file (loop.ts). Knows nothing of volumes or Docker: an attacher is given a unix
- * socket and an export name.
+ * choose-attacher.ts picks one. Both also put a loop device straight on a local file (loop.ts).
+ * Knows nothing of volumes or Docker: an attacher is given a unix socket and an export name.
  */
 
 export type AttachMethod = 'nbd-client' | 'nbdfuse';

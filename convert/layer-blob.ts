@@ -14,7 +14,7 @@ import { pipeline, Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { IoError, NotSupportedError } from '../common/errors.js';
 import type { Digest } from '../common/digests.js';
-import type { Registry } from '../stores/registry.js';
+import { MEDIA, type Registry } from '../stores/registry.js';
 
 const RANGE = 8 * 1024 * 1024;
 
@@ -26,7 +26,7 @@ export interface LayerDescriptor {
 }
 
 const GZIP = new Set([
-  'application/vnd.docker.image.rootfs.diff.tar.gzip',
+  MEDIA.dockerLayerGzip,
   'application/vnd.oci.image.layer.v1.tar+gzip',
   'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip',
 ]);

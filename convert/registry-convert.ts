@@ -21,16 +21,9 @@ import { digestOf, isDigest, type Digest } from '../common/digests.js';
 import type { Logger } from '../common/logger.js';
 import { openLayerHost } from '../layers/layer-host.js';
 import { markerTar } from '../layers/layer-tar/marker.js';
-import { Registry } from '../stores/registry.js';
+import { MEDIA, Registry } from '../stores/registry.js';
 import { formatPlatform, parseImageRef, platformMatches, type ImageRef, type Platform } from './image-ref.js';
 import { openLayerBlob, type LayerDescriptor } from './layer-blob.js';
-
-const DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json';
-const DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json';
-const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
-const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
-const DOCKER_CONFIG = 'application/vnd.docker.container.image.v1+json';
-const DOCKER_LAYER_GZIP = 'application/vnd.docker.image.rootfs.diff.tar.gzip';
 
 export interface RegistryConvertOptions {
   src: string;
@@ -179,17 +172,7 @@ export async function convertFromRegistry(o: RegistryConvertOptions): Promise<Re
         history: [{ created: new Date().toISOString(), created_by: `slacker-ts convert ${o.src}` }],
       }),
     );
-    await to.putBlob(digestOf(layer), layer);
-    await to.putBlob(digestOf(newConfig), newConfig);
-    const newManifest = Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: DOCKER_MANIFEST,
-        config: { mediaType: DOCKER_CONFIG, size: newConfig.length, digest: digestOf(newConfig) },
-        layers: [{ mediaType: DOCKER_LAYER_GZIP, size: layer.length, digest: digestOf(layer) }],
-      }),
-    );
-    await to.putManifest(dst.reference, newManifest, DOCKER_MANIFEST);
+    const pushed = await to.pushImage(dst.reference, newConfig, [layer]);
     return {
       image: o.dst,
       source: o.src,
@@ -201,7 +184,7 @@ export async function convertFromRegistry(o: RegistryConvertOptions): Promise<Re
       snapshotRef,
       chunks,
       diffId,
-      manifest: digestOf(newManifest),
+      manifest: pushed,
       seconds: (Date.now() - t0) / 1000,
     };
   } finally {
@@ -217,7 +200,7 @@ async function resolveManifest(
   src: ImageRef,
   platform: Platform,
 ): Promise<{ manifest: ImageManifest; digest: Digest }> {
-  const accept = [DOCKER_MANIFEST, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX];
+  const accept = [MEDIA.dockerManifest, MEDIA.dockerList, MEDIA.ociManifest, MEDIA.ociIndex];
   let { body, mediaType } = await registry.getManifest(src.reference, accept);
   let digest = digestOf(body);
   if (src.byDigest && digest !== src.reference) {
@@ -230,7 +213,7 @@ async function resolveManifest(
     `${src.text}: manifest`,
   );
   mediaType = parsed.mediaType ?? mediaType;
-  if (mediaType === DOCKER_LIST || mediaType === OCI_INDEX || parsed.manifests) {
+  if (mediaType === MEDIA.dockerList || mediaType === MEDIA.ociIndex || parsed.manifests) {
     const all = parsed.manifests ?? [];
     const pick = all.find((m) => m.platform && platformMatches(m.platform, platform));
     if (!pick) {

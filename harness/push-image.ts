@@ -6,7 +6,7 @@
  */
 import { gzipSync } from 'node:zlib';
 import { digestOf, type Digest } from '../common/digests.js';
-import { Registry, registryBase } from '../stores/registry.js';
+import { MEDIA, Registry, registryBase } from '../stores/registry.js';
 
 export interface PushedImage {
   manifest: Digest;
@@ -33,7 +33,6 @@ export async function pushImage(
   const registry = new Registry({ base: registryBase(host), host, repository });
   try {
     const blobs = tars.map((t) => gzipSync(t));
-    for (const b of blobs) await registry.putBlob(digestOf(b), b);
     const config = Buffer.from(
       JSON.stringify({
         architecture: o.architecture ?? 'amd64',
@@ -43,25 +42,8 @@ export async function pushImage(
         history: tars.map(() => ({ created: new Date(0).toISOString(), created_by: 'pushImage' })),
       }),
     );
-    await registry.putBlob(digestOf(config), config);
-    const manifest = Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: 'application/vnd.docker.distribution.manifest.v2+json',
-        config: {
-          mediaType: 'application/vnd.docker.container.image.v1+json',
-          size: config.length,
-          digest: digestOf(config),
-        },
-        layers: blobs.map((b) => ({
-          mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
-          size: b.length,
-          digest: digestOf(b),
-        })),
-      }),
-    );
-    await registry.putManifest(tag, manifest, 'application/vnd.docker.distribution.manifest.v2+json');
-    return { manifest: digestOf(manifest), layers: blobs.map((b) => digestOf(b)), config: digestOf(config) };
+    const manifest = await registry.pushImage(tag, config, blobs);
+    return { manifest, layers: blobs.map((b) => digestOf(b)), config: digestOf(config) };
   } finally {
     registry.close();
   }
@@ -79,19 +61,15 @@ export async function pushManifestList(
   try {
     const list = {
       schemaVersion: 2,
-      mediaType: 'application/vnd.docker.distribution.manifest.list.v2+json',
+      mediaType: MEDIA.dockerList,
       manifests: platforms.map((platform) => ({
-        mediaType: 'application/vnd.docker.distribution.manifest.v2+json',
+        mediaType: MEDIA.dockerManifest,
         digest: entry.digest,
         size: entry.size,
         platform,
       })),
     };
-    await registry.putManifest(
-      tag,
-      Buffer.from(JSON.stringify(list)),
-      'application/vnd.docker.distribution.manifest.list.v2+json',
-    );
+    await registry.putManifest(tag, Buffer.from(JSON.stringify(list)), MEDIA.dockerList);
   } finally {
     registry.close();
   }

@@ -31,7 +31,7 @@ interface Mounted {
   readOnly: boolean;
   /** Mounted by the layer core for its own work (applying a tar, making a template), not for an engine. */
   internal?: boolean;
-  /** Set while the layer stays mounted with no user (refs 0), until it runs: see LINGER_MS. */
+  /** Set while the layer stays mounted with no user (refs 0), until it runs: see DEFAULT_LINGER_MS. */
   linger?: NodeJS.Timeout;
 }
 
@@ -387,14 +387,12 @@ export class LayerMounts {
       await run('umount', ['-l', t]);
       this.o.log.warn({ mount: t }, 'recovered: stale layer mount removed');
     }
-    for (const { device, backFile } of await loopsUnder(attachDir)) {
+    // Loop devices on nbdfuse files, and on staged copies (never kept: their apply died).
+    const loops = [...(await loopsUnder(attachDir)), ...(await loopsUnder(this.o.manager.stagingDir))];
+    for (const { device, backFile } of loops) {
       if (keptLoops.has(device)) continue;
       await run('losetup', ['-d', device]);
       this.o.log.warn({ loop: device, file: backFile }, 'recovered: stale loop device detached');
-    }
-    for (const { device, backFile } of await loopsUnder(this.o.manager.stagingDir)) {
-      await run('losetup', ['-d', device]);
-      this.o.log.warn({ loop: device, file: backFile }, 'recovered: loop device of a staged copy detached');
     }
     for (const t of await mountsUnder(attachDir)) {
       if (keptFuse.has(t)) continue;

@@ -20,13 +20,12 @@ import { ConfigError } from '../common/errors.js';
 import { digestOf, type Digest } from '../common/digests.js';
 import type { BackingStore, StoredChunk } from './backing-store.js';
 import { decodeChunk, encodeChunk, type Compression } from './chunk-codec.js';
-import { isRepositoryName, Registry, registryBase, type Credentials, type RegistryTarget } from './registry.js';
+import { isRepositoryName, MEDIA, Registry, registryBase, type Credentials, type RegistryTarget } from './registry.js';
 
 export type { Credentials } from './registry.js';
 
 export const SNAPSHOT_MEDIA_TYPE = 'application/vnd.slacker.snapshot.v1+json';
 export const PACK_MEDIA_TYPE = 'application/vnd.slacker.chunk-pack.v1';
-const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 
 export interface OciStoreOptions {
   credentials?: Credentials;
@@ -194,11 +193,11 @@ export class OciStore implements BackingStore {
     const sizes = await Promise.all(packs.map((p) => this.registry.blobSize(p as Digest)));
     const oci = {
       schemaVersion: 2,
-      mediaType: OCI_MANIFEST,
+      mediaType: MEDIA.ociManifest,
       config: { mediaType: SNAPSHOT_MEDIA_TYPE, digest: ref, size: manifest.length },
       layers: packs.map((digest, i) => ({ mediaType: PACK_MEDIA_TYPE, digest, size: sizes[i] })),
     };
-    await this.registry.putManifest(ref.replace(':', '-'), Buffer.from(JSON.stringify(oci)), OCI_MANIFEST);
+    await this.registry.putManifest(ref.replace(':', '-'), Buffer.from(JSON.stringify(oci)), MEDIA.ociManifest);
     return ref;
   }
 

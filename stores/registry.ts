@@ -10,8 +10,18 @@ import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { IoError, NotFoundError } from '../common/errors.js';
-import { isDigest, type Digest } from '../common/digests.js';
+import { digestOf, isDigest, type Digest } from '../common/digests.js';
 import { HttpClient, type HttpRequest, type HttpResponse } from './http-client.js';
+
+/** The manifest, config and layer media types of Docker's schema 2 and of OCI images. */
+export const MEDIA = {
+  dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
+  dockerList: 'application/vnd.docker.distribution.manifest.list.v2+json',
+  dockerConfig: 'application/vnd.docker.container.image.v1+json',
+  dockerLayerGzip: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
+  ociManifest: 'application/vnd.oci.image.manifest.v1+json',
+  ociIndex: 'application/vnd.oci.image.index.v1+json',
+} as const;
 
 export interface Credentials {
   username: string;
@@ -85,6 +95,25 @@ export class Registry {
   async putManifest(reference: string, body: Buffer, mediaType: string): Promise<void> {
     const res = await this.request('PUT', `/manifests/${reference}`, { body, headers: { 'content-type': mediaType } });
     this.expect(res, [201], `push manifest ${reference}`);
+  }
+
+  /**
+   * Pushes an image: its gzip'ed layer blobs and its config, then a Docker schema 2 manifest
+   * naming them under `reference`. Returns the manifest's digest.
+   */
+  async pushImage(reference: string, config: Buffer, gzipLayers: Buffer[]): Promise<Digest> {
+    for (const layer of gzipLayers) await this.putBlob(digestOf(layer), layer);
+    await this.putBlob(digestOf(config), config);
+    const manifest = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: MEDIA.dockerManifest,
+        config: { mediaType: MEDIA.dockerConfig, size: config.length, digest: digestOf(config) },
+        layers: gzipLayers.map((l) => ({ mediaType: MEDIA.dockerLayerGzip, size: l.length, digest: digestOf(l) })),
+      }),
+    );
+    await this.putManifest(reference, manifest, MEDIA.dockerManifest);
+    return digestOf(manifest);
   }
 
   async putBlob(digest: Digest, data: Buffer): Promise<void> {

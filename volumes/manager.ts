@@ -293,7 +293,7 @@ export class VolumeManager {
    */
   async stage(id: string): Promise<string | undefined> {
     const row = this.writableClosed(id, 'staged');
-    const base = row.parent ? this.snapshotOf(row.parent) : new Map<ChunkIndex, Digest>();
+    const base = this.baseOf(row);
     for (const digest of base.values()) if (!this.chunks.isLocal(digest)) return undefined;
     const overrides = this.metadata.overrides(row.id);
     const indices = new Set<ChunkIndex>(base.keys());
@@ -330,7 +330,7 @@ export class VolumeManager {
   async freezeStaged(id: string): Promise<{ row: VolumeRow; stored: number }> {
     const row = this.writableClosed(id, 'frozen');
     const path = this.stagingPath(row.id);
-    const base = row.parent ? this.snapshotOf(row.parent) : new Map<ChunkIndex, Digest>();
+    const base = this.baseOf(row);
     const t0 = Date.now();
     const { map, stored } = await mapStaged(path, row, base, (digest, data) => this.chunks.putUnsynced(digest, data));
     const t1 = Date.now();
@@ -485,7 +485,7 @@ export class VolumeManager {
 
   /** A Volume backend over a row: its map, overrides and data file. */
   private async volumeOf(row: VolumeRow): Promise<Volume> {
-    const snapshot = row.frozen ? this.snapshotOf(row.id) : row.parent ? this.snapshotOf(row.parent) : new Map();
+    const snapshot = row.frozen ? this.snapshotOf(row.id) : this.baseOf(row);
     return new Volume({
       row,
       snapshot,
@@ -568,6 +568,11 @@ export class VolumeManager {
   private requireStore(): BackingStore {
     if (!this.options.store) throw new ConfigError('no backing store configured (--store URL)');
     return this.options.store;
+  }
+
+  /** The frozen map a volume was cloned from (empty for one made from nothing). */
+  private baseOf(row: VolumeRow): Map<ChunkIndex, Digest> {
+    return row.parent ? this.snapshotOf(row.parent) : new Map();
   }
 
   private snapshotOf(id: VolumeId): Map<ChunkIndex, Digest> {

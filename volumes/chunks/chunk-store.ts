@@ -143,11 +143,6 @@ export class ChunkStore {
     return n;
   }
 
-  /** Stores a chunk made here, durably (it may exist nowhere else); returns its digest. */
-  put(data: Buffer): Promise<Digest> {
-    return this.local.put(data);
-  }
-
   /**
    * Stores a chunk made here, whose digest the caller computed from `data` just now, without
    * syncing it: call sync() before anything refers to it.

@@ -1,8 +1,8 @@
 /**
  * Where chunks lie on this host, for the chunk store (chunk-store.ts): chunks made here (freeze)
  * as files named by their SHA-256, `ROOT/ab/cdef...` (first two hex digits as a fan-out
- * directory), written to a temporary name, fsync'ed and renamed, so a chunk file either is
- * complete or does not exist; chunks fetched from a backing store appended to segment files
+ * directory), written to a temporary name and renamed, and made durable by one sync() (syncfs)
+ * before anything refers to them, so a chunk file either is complete or does not exist; chunks fetched from a backing store appended to segment files
  * (cache-segments.ts), where reads look first. eviction.ts bounds both kinds of evictable chunk.
  *
  * Reads keep an LRU of open descriptors (a chunk file is opened once, not per read) and use the
@@ -21,7 +21,7 @@ import { readFully, type NoWaitState } from '../../common/file-io.js';
 import { join } from 'node:path';
 import type { StoredChunk } from '../../stores/backing-store.js';
 import type { CacheSegments } from './cache-segments.js';
-import { digestOf, hexOf, type Digest } from '../../common/digests.js';
+import { hexOf, type Digest } from '../../common/digests.js';
 
 /**
  * Chunk files kept open at once: a quarter of the process's descriptor limit, between 64 and
@@ -74,13 +74,6 @@ export class LocalStore {
     const found = statSync(this.pathOf(digest), { throwIfNoEntry: false }) !== undefined;
     if (found) this.present.add(digest);
     return found;
-  }
-
-  /** Stores `data` under its digest, durably (it may exist nowhere else), and returns the digest. */
-  async put(data: Buffer): Promise<Digest> {
-    const digest = digestOf(data);
-    await this.putFile(digest, data, { durable: true });
-    return digest;
   }
 
   /**
