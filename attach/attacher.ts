@@ -50,4 +50,10 @@ export interface Attacher {
    * work on a staged copy of a layer. Absent: the core works through NBD exports only.
    */
   attachFile?(path: string, options: { readOnly: boolean }): Promise<BlockDevice>;
+  /**
+   * Runs the programs an attach runs once, harmlessly (`--version`), so that a host that just
+   * booted does not read them and their libraries from disk during its first container's
+   * create. Never fails.
+   */
+  warm?(): Promise<void>;
 }

@@ -3,6 +3,7 @@ import { mkdir } from 'node:fs/promises';
 import { run } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
 import type { LayerFilesystem } from './filesystem.js';
+import { warmPrograms } from './warm.js';
 
 /**
  * A fresh ext4 on a blank device, one that reads as zeros (a new volume): mke2fs is told so
@@ -69,4 +70,9 @@ export const ext4: LayerFilesystem = {
   freeze: async (dir) => void (await run('fsfreeze', ['--freeze', dir])),
   unfreeze: async (dir) => void (await run('fsfreeze', ['--unfreeze', dir])),
   list: listExt4,
+  warm: () =>
+    warmPrograms([
+      ['mount', '--version'],
+      ['umount', '--version'],
+    ]),
 };

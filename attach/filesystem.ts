@@ -22,4 +22,6 @@ export interface LayerFilesystem {
    * mounting it; undefined if there is no such directory.
    */
   list?(device: string, path: string): Promise<string[] | undefined>;
+  /** Like Attacher.warm: the mount and unmount programs, run once ahead of the first mount. */
+  warm?(): Promise<void>;
 }

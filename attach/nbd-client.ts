@@ -11,6 +11,7 @@ import { readFile } from 'node:fs/promises';
 import { run } from '../common/exec.js';
 import { NotSupportedError } from '../common/errors.js';
 import { attachFile } from './loop.js';
+import { warmPrograms } from './warm.js';
 import type { Attacher, BlockDevice, DeviceRecord, NbdTarget } from './attacher.js';
 
 const KERNEL_TIMEOUT_S = 60;
@@ -18,6 +19,13 @@ const KERNEL_TIMEOUT_S = 60;
 export class NbdClientAttacher implements Attacher {
   readonly method = 'nbd-client';
   readonly attachFile = attachFile;
+
+  warm(): Promise<void> {
+    return warmPrograms([
+      ['nbd-client', '--help'],
+      ['losetup', '--version'],
+    ]);
+  }
 
   async attach(target: NbdTarget, _workDir: string, options: { readOnly: boolean }): Promise<BlockDevice> {
     const device = await freeDevice();

@@ -15,6 +15,7 @@ import type { Attacher, BlockDevice, DeviceRecord, NbdTarget } from './attacher.
 import { loopDevices } from './host-state.js';
 import { attachFile, attachLoop, detachLoop } from './loop.js';
 import { nbdUnixUri } from './uri.js';
+import { warmPrograms } from './warm.js';
 
 /** Both waits are usually a few milliseconds: poll often (each Get and Put waits once). */
 const POLL = { attempts: 500, delayMs: 10 };
@@ -25,6 +26,14 @@ export class NbdfuseAttacher implements Attacher {
 
   adopt(record: DeviceRecord): Promise<BlockDevice | undefined> {
     return adoptNbdfuse(record);
+  }
+
+  warm(): Promise<void> {
+    return warmPrograms([
+      ['nbdfuse', '--version'],
+      ['losetup', '--version'],
+      ['fusermount3', '--version'],
+    ]);
   }
 
   async attach(target: NbdTarget, workDir: string, options: { readOnly: boolean }): Promise<BlockDevice> {

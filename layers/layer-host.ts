@@ -86,6 +86,7 @@ export async function openLayerHost(o: LayerHostOptions): Promise<LayerHost> {
     abandon: (exports) => relay.abandon(exports),
   });
   await mounts.recover();
+  mounts.warm();
   const layers = new LayerStore({ manager, mounts, layerSize: o.layerSize, attachMethod: attacher.method, log: o.log });
   o.log.info({ root: o.root, store: store.url, attach: attacher.method, layerSize: o.layerSize }, 'layer host ready');
   return {

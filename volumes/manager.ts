@@ -70,11 +70,13 @@ const PUBLISH_BATCH = 64;
 
 /**
  * Chunks of a startup profile asked of the store at once (a pack store reads a wave of its
- * profile pack as one range), and waves in flight: enough to keep the link busy, few enough
- * that a demand read arriving meanwhile does not queue behind hundreds of chunks.
+ * profile pack as one range: one fetcher batch), and waves in flight. Several ranges in flight
+ * keep a 1 Gbit/s link busy: with the two waves of 32 a fetcher batch used to join, one range
+ * of 4 MB was in flight at a time and a 12 MB profile took 250 ms (docs/BENCHMARKS.md). A read
+ * arriving meanwhile does not queue behind them: the fetcher serves readers first.
  */
-const PREFETCH_WAVE = 32;
-const PREFETCH_WAVES_IN_FLIGHT = 2;
+const PREFETCH_WAVE = 64;
+const PREFETCH_WAVES_IN_FLIGHT = 3;
 
 interface OpenVolume {
   volume: Volume;

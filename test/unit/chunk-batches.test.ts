@@ -62,4 +62,40 @@ describe('chunk fetcher batches', () => {
   it('keeps arrival order for a store without request keys', async () => {
     expect(await fetchInterleaved(false)).toEqual([['A:0', 'B:1', 'A:2', 'B:3', 'A:4', 'B:5', 'A:6', 'B:7']]);
   });
+
+  it('sends what a reader waits for ahead of prefetches, also when every slot is busy', async () => {
+    // Seven packs of one chunk each. The store holds every request until released, so the
+    // slots stay as the fetcher filled them.
+    const data = Array.from({ length: 7 }, (_, i) => randomBytes(4096, 950 + i));
+    const digests = data.map(digestOf);
+    const hints = new Map(digests.map((d, i) => [d, `P${i}:0`]));
+    const store = recordingStore(new Map(digests.map((d, i) => [d, data[i]!])), true);
+    const held: (() => void)[] = [];
+    let holding = true;
+    store.getChunks = (wanted) => {
+      store.batches.push(wanted.map((w) => w.hint));
+      const answer = (): Buffer[] => wanted.map((w) => data[digests.indexOf(w.digest)]!);
+      return holding ? new Promise((resolve) => held.push(() => resolve(answer()))) : Promise.resolve(answer());
+    };
+    const fetcher = new ChunkFetcher(new LocalStore(dir.path), store, {
+      hintsOf: (ds) => ds.map((d) => hints.get(d)!),
+    });
+    const c = new FetchCounters();
+    const prefetched = digests.slice(0, 6).map((d) => fetcher.prefetch(d, c));
+    await new Promise((r) => setImmediate(r));
+    expect(store.batches).toEqual([['P0:0'], ['P1:0'], ['P2:0'], ['P3:0']]); // four slots; P4, P5 wait
+    // A reader's chunk goes out at once, and so does a queued prefetch a reader now waits for.
+    const read = fetcher.fetch(digests[6]!, c);
+    const promoted = fetcher.fetch(digests[5]!, c);
+    await new Promise((r) => setImmediate(r));
+    expect(store.batches.slice(4).flat().sort()).toEqual(['P5:0', 'P6:0']); // P4 still waits
+    holding = false;
+    for (const release of held.splice(0)) release();
+    expect((await read).equals(data[6]!)).toBe(true);
+    expect((await promoted).equals(data[5]!)).toBe(true);
+    await Promise.all(prefetched);
+    await fetcher.landed();
+    expect(store.batches.flat().sort()).toEqual(digests.map((_, i) => `P${i}:0`).sort()); // each asked once
+    await fetcher.close();
+  });
 });

@@ -43,6 +43,8 @@ interface Queued extends Location {
   resolve: (data: Buffer) => void;
   reject: (err: Error) => void;
   queuedAt: number;
+  /** A reader waits for it (not a prefetch): it goes ahead of prefetches, and may use URGENT_SLOTS. */
+  urgent: boolean;
   /** Ends the fetch's in-flight entry (once its chunk is stored locally, or failed). */
   settled: () => void;
 }
@@ -55,6 +57,12 @@ const MAX_BATCH = 64;
  * pack store coalesces more of them into one Range request.
  */
 const MAX_BATCHES_IN_FLIGHT = 4;
+/**
+ * Batches beyond MAX_BATCHES_IN_FLIGHT that chunks a reader waits for may use: a read arriving
+ * while prefetches (a startup profile, readahead) fill every slot is sent at once instead of
+ * waiting for one of them to finish.
+ */
+const URGENT_SLOTS = 2;
 
 /**
  * Receive buffers: a slab holds the largest range a pack store asks for at once (8 MiB: a
@@ -125,9 +133,12 @@ export class ChunkFetcher {
     return this.locations.hintsOf(digests).map((hint) => ({ hint, requestKey: this.store?.requestKey?.(hint) ?? '' }));
   }
 
-  /** Starts fetching a chunk (the caller knows it is not local); errors only logged. `at`: its location, if known. */
+  /**
+   * Starts fetching a chunk (the caller knows it is not local); errors only logged. `at`: its
+   * location, if known. Queued behind the chunks readers wait for.
+   */
   prefetch(digest: Digest, c: FetchCounters, at?: Location): Promise<void> {
-    return this.fetch(digest, c, at).then(
+    return this.enqueue(digest, c, at, false).then(
       () => undefined,
       (err: unknown) => this.log.debug({ err, digest }, 'prefetch failed'),
     );
@@ -137,9 +148,14 @@ export class ChunkFetcher {
    * The chunk's bytes, fetched once however many callers ask at the same time. Fetches asked
    * for in the same event-loop turn go to the store as one batch, which it may coalesce (one
    * Range request for adjacent chunks of a pack): per-request overhead, not bandwidth, is what
-   * limits small fetches.
+   * limits small fetches. A reader's fetch goes ahead of queued prefetches, also when it asks
+   * for a chunk a prefetch queued.
    */
   fetch(digest: Digest, c: FetchCounters, at?: Location): Promise<Buffer> {
+    return this.enqueue(digest, c, at, true);
+  }
+
+  private enqueue(digest: Digest, c: FetchCounters, at: Location | undefined, urgent: boolean): Promise<Buffer> {
     let p = this.inflight.get(digest);
     if (!p) {
       // The entry outlives the promise's resolution until the chunk is stored locally: readers
@@ -147,11 +163,27 @@ export class ChunkFetcher {
       const settled = (): void => void this.inflight.delete(digest);
       p = new Promise<Buffer>((resolve, reject) => {
         const { hint, requestKey } = at ?? this.locate(digest);
-        this.queue.push({ digest, hint, requestKey, counters: c, resolve, reject, queuedAt: Date.now(), settled });
+        this.queue.push({
+          digest,
+          hint,
+          requestKey,
+          counters: c,
+          resolve,
+          reject,
+          queuedAt: Date.now(),
+          urgent,
+          settled,
+        });
         this.scheduleFlush();
       });
       p.catch(settled);
       this.inflight.set(digest, p);
+    } else if (urgent) {
+      const queued = this.queue.find((q) => q.digest === digest);
+      if (queued && !queued.urgent) {
+        queued.urgent = true;
+        this.scheduleFlush();
+      }
     }
     return p;
   }
@@ -178,7 +210,11 @@ export class ChunkFetcher {
     this.flushScheduled = true;
     setImmediate(() => {
       this.flushScheduled = false;
-      while (this.queue.length > 0 && this.batchesInFlight < MAX_BATCHES_IN_FLIGHT) {
+      while (
+        this.queue.length > 0 &&
+        (this.batchesInFlight < MAX_BATCHES_IN_FLIGHT ||
+          (this.batchesInFlight < MAX_BATCHES_IN_FLIGHT + URGENT_SLOTS && this.queue.some((q) => q.urgent)))
+      ) {
         this.batchesInFlight++;
         void this.fetchBatch(this.nextBatch()).finally(() => {
           this.batchesInFlight--;
@@ -189,20 +225,23 @@ export class ChunkFetcher {
   }
 
   /**
-   * Takes the next batch from the queue: the oldest wanted chunk and the chunks queued behind it
-   * that the store fetches in the same request (its pack), up to MAX_BATCH. Cut in arrival order
-   * instead, a batch mixed the packs of every stream reading at once (nbdcopy's connections read
-   * separate regions): several Range requests per batch, and the registry spends a fixed CPU
-   * cost on each whatever its size (docs/BENCHMARKS.md, "Measurements behind the code").
+   * Takes the next batch from the queue: the oldest chunk a reader waits for (else the oldest
+   * prefetch), and the chunks queued that the store fetches in the same request (its pack), up
+   * to MAX_BATCH, those readers wait for first. Cut in arrival order instead, a batch mixed the
+   * packs of every stream reading at once (nbdcopy's connections read separate regions):
+   * several Range requests per batch, and the registry spends a fixed CPU cost on each whatever
+   * its size (docs/BENCHMARKS.md, "Measurements behind the code").
    */
   private nextBatch(): Queued[] {
-    const key = this.queue[0]!.requestKey;
+    const key = (this.queue.find((q) => q.urgent) ?? this.queue[0]!).requestKey;
     const batch: Queued[] = [];
-    const rest: Queued[] = [];
-    for (const q of this.queue) {
-      if (batch.length < MAX_BATCH && q.requestKey === key) batch.push(q);
-      else rest.push(q);
+    for (const urgent of [true, false]) {
+      for (const q of this.queue) {
+        if (batch.length < MAX_BATCH && q.urgent === urgent && q.requestKey === key) batch.push(q);
+      }
     }
+    const taken = new Set(batch);
+    const rest = this.queue.filter((q) => !taken.has(q)); // in the order they came
     this.queue.splice(0, this.queue.length, ...rest);
     return batch;
   }
