@@ -408,9 +408,18 @@ export class LayerStore {
     const row = this.manager.get(id);
     if (row.frozen) return (!prefetch && row.snapshotRef) || (await this.manager.publish(id, { prefetch }));
     const copy = `${id}.diff-${randomBytes(4).toString('hex')}`;
+    const t0 = performance.now();
     await this.o.mounts.quiescedLocked(id, () => this.manager.snapshot(id, copy));
+    const t1 = performance.now();
     try {
-      return await this.manager.publish(copy, { prefetch });
+      const ref = await this.manager.publish(copy, { prefetch });
+      // Where a commit's time goes (issue 19): the snapshot (freeze, hash, store) and the upload.
+      const snapshotMs = Math.round(t1 - t0);
+      this.o.log.debug(
+        { layer: id, ref, snapshotMs, publishMs: Math.round(performance.now() - t1) },
+        'layer published',
+      );
+      return ref;
     } finally {
       await this.manager.remove(copy); // its chunks stay local and in the store
     }
