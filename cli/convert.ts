@@ -137,6 +137,8 @@ async function registryConvert(
         line = `layer ${e.index + 1}/${e.layers}: ${mb(e.bytesRead)} of ${mb(e.size)} read, ${mb(e.tarBytes)} applied`;
         if (!e.done) return void process.stderr.write(`\r${line}\x1b[K`);
       } else if (e.kind === 'publish') line = 'publishing the snapshot to the store';
+      else if (e.kind === 'published')
+        line = `published ${e.chunks} chunks: ${e.uploaded} uploaded, ${e.skipped} already in the store`;
       else line = `pushing ${dst}`;
       process.stderr.write(`${tty ? '\r' : ''}${line}${tty ? '\x1b[K' : ''}\n`);
     },
@@ -145,7 +147,8 @@ async function registryConvert(
   else {
     process.stdout.write(
       `${dst}: ${result.layers} layers of ${src} (${mb(result.tarBytes)}) as snapshot ${result.snapshotRef} ` +
-        `(${result.chunks} chunks in the store), in ${result.seconds.toFixed(1)} s\n`,
+        `(${result.chunks} chunks in the store: ${result.uploaded} uploaded, ${result.skipped} already there), ` +
+        `in ${result.seconds.toFixed(1)} s\n`,
     );
   }
   return 0;

@@ -22,6 +22,7 @@ import type { Logger } from '../common/logger.js';
 import { openLayerHost } from '../layers/layer-host.js';
 import { markerTar } from '../layers/layer-tar/marker.js';
 import { MEDIA, Registry } from '../stores/registry.js';
+import type { PublishCounts } from '../volumes/manager.js';
 import { formatPlatform, parseImageRef, platformMatches, type ImageRef, type Platform } from './image-ref.js';
 import { openLayerBlob, type LayerDescriptor } from './layer-blob.js';
 
@@ -45,6 +46,7 @@ export type ConvertProgress =
   | { kind: 'manifest'; layers: number; platform: string; bytes: number }
   | { kind: 'layer'; index: number; layers: number; bytesRead: number; size: number; tarBytes: number; done: boolean }
   | { kind: 'publish' }
+  | { kind: 'published'; chunks: number; uploaded: number; skipped: number }
   | { kind: 'push' };
 
 export interface RegistryConvertResult {
@@ -60,6 +62,9 @@ export interface RegistryConvertResult {
   snapshotRef: Digest;
   /** Chunks of the snapshot in the store (uploaded now or already there). */
   chunks: number;
+  /** Distinct chunks stored by this conversion, and those the store already held (not taken again). */
+  uploaded: number;
+  skipped: number;
   diffId: Digest;
   manifest: Digest;
   seconds: number;
@@ -124,6 +129,8 @@ export async function convertFromRegistry(o: RegistryConvertOptions): Promise<Re
     const host = await openLayerHost({ root, store: o.store, layerSize: o.layerSize, attach: 'auto', log: o.log });
     let snapshotRef: Digest;
     let chunks: number;
+    let uploaded: number;
+    let skipped: number;
     let blobBytes = 0;
     let tarBytes = 0;
     try {
@@ -155,8 +162,12 @@ export async function convertFromRegistry(o: RegistryConvertOptions): Promise<Re
         parent = id;
       }
       o.progress?.({ kind: 'publish' });
-      snapshotRef = await host.layers.publish(parent!);
+      const counts: PublishCounts = { chunks: 0, known: 0, skipped: 0, uploaded: 0 };
+      snapshotRef = await host.layers.publish(parent!, counts);
       chunks = host.manager.stats(parent!).chunks;
+      uploaded = counts.uploaded;
+      skipped = counts.skipped + counts.known;
+      o.progress?.({ kind: 'published', chunks: counts.chunks, uploaded, skipped });
     } finally {
       await host.close({ all: true });
     }
@@ -183,6 +194,8 @@ export async function convertFromRegistry(o: RegistryConvertOptions): Promise<Re
       tarBytes,
       snapshotRef,
       chunks,
+      uploaded,
+      skipped,
       diffId,
       manifest: pushed,
       seconds: (Date.now() - t0) / 1000,

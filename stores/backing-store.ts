@@ -23,6 +23,11 @@ export interface StoredObject {
   modified: number;
 }
 
+/** What an upload found already in the store (BackingStore.putChunks). */
+export interface UploadCounts {
+  skipped: number;
+}
+
 export interface BackingStore {
   /** The store's URL, for logs and for recording where chunks were published. */
   readonly url: string;
@@ -31,8 +36,12 @@ export interface BackingStore {
    * profile is worth a pack of its own, in profile order (VolumeManager.publish).
    */
   readonly packs: boolean;
-  /** Uploads chunks; returns a location hint per digest ('' when the digest alone locates it). */
-  putChunks(chunks: StoredChunk[]): Promise<Map<Digest, string>>;
+  /**
+   * Uploads chunks; returns a location hint per digest ('' when the digest alone locates it).
+   * `counts.skipped` goes up by the chunks the store already held and did not take again (a
+   * chunk file that exists; every chunk of a pack blob the registry has).
+   */
+  putChunks(chunks: StoredChunk[], counts?: UploadCounts): Promise<Map<Digest, string>>;
   /**
    * Fetches chunks (unverified), in the order asked, in as few requests as the store's layout
    * allows (adjacent chunks of a pack in one range). A store error fails them all; honours

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { IoError } from '../common/errors.js';
 import { writeFileAtomically } from '../common/fileops.js';
 import { digestOf, type Digest } from '../common/digests.js';
-import type { BackingStore, StoredChunk, StoredObject } from './backing-store.js';
+import type { BackingStore, StoredChunk, StoredObject, UploadCounts } from './backing-store.js';
 
 export class DirStore implements BackingStore {
   constructor(readonly root: string) {}
@@ -35,10 +35,10 @@ export class DirStore implements BackingStore {
     if (!st.isDirectory()) throw new IoError(`store ${this.root} is not a directory`);
   }
 
-  async putChunks(chunks: StoredChunk[]): Promise<Map<Digest, string>> {
+  async putChunks(chunks: StoredChunk[], counts?: UploadCounts): Promise<Map<Digest, string>> {
     const out = new Map<Digest, string>();
     for (const c of chunks) {
-      await this.putFile(this.path('chunks', c.digest), c.data);
+      if (!(await this.putFile(this.path('chunks', c.digest), c.data)) && counts) counts.skipped++;
       out.set(c.digest, '');
     }
     return out;
@@ -84,7 +84,8 @@ export class DirStore implements BackingStore {
     await rm(this.path('chunks', digest), { force: true });
   }
 
-  private async putFile(path: string, data: Buffer): Promise<void> {
+  /** Writes the file unless it exists; true if it was written. */
+  private async putFile(path: string, data: Buffer): Promise<boolean> {
     if (
       await stat(path).then(
         () => true,
@@ -95,9 +96,10 @@ export class DirStore implements BackingStore {
       // running now counts it as young (its grace period) until this publish's manifest lands.
       const now = new Date();
       await utimes(path, now, now).catch(() => undefined);
-      return;
+      return false;
     }
     await mkdir(join(path, '..'), { recursive: true });
     await writeFileAtomically(path, data, { durable: true });
+    return true;
   }
 }

@@ -18,7 +18,7 @@
  */
 import { ConfigError } from '../common/errors.js';
 import { digestOf, type Digest } from '../common/digests.js';
-import type { BackingStore, StoredChunk } from './backing-store.js';
+import type { BackingStore, StoredChunk, UploadCounts } from './backing-store.js';
 import { decodeChunk, encodeChunk, type Compression } from './chunk-codec.js';
 import { isRepositoryName, MEDIA, Registry, registryBase, type Credentials, type RegistryTarget } from './registry.js';
 
@@ -100,7 +100,7 @@ export class OciStore implements BackingStore {
 
   readonly packs = true;
 
-  async putChunks(chunks: StoredChunk[]): Promise<Map<Digest, string>> {
+  async putChunks(chunks: StoredChunk[], counts?: UploadCounts): Promise<Map<Digest, string>> {
     const out = new Map<Digest, string>();
     if (chunks.length === 0) return out;
     const stored = await Promise.all(
@@ -112,7 +112,7 @@ export class OciStore implements BackingStore {
     );
     const pack = Buffer.concat(stored.map((s) => s.bytes));
     const packDigest = digestOf(pack);
-    await this.registry.putBlob(packDigest, pack);
+    if (!(await this.registry.putBlob(packDigest, pack)) && counts) counts.skipped += chunks.length;
     let offset = 0;
     chunks.forEach((c, i) => {
       const s = stored[i]!;

@@ -116,9 +116,10 @@ export class Registry {
     return digestOf(manifest);
   }
 
-  async putBlob(digest: Digest, data: Buffer): Promise<void> {
+  /** Uploads a blob unless the registry has it; true if it was uploaded. */
+  async putBlob(digest: Digest, data: Buffer): Promise<boolean> {
     const head = await this.request('HEAD', `/blobs/${digest}`);
-    if (head.status === 200) return; // content-addressed: already there
+    if (head.status === 200) return false; // content-addressed: already there
     const start = await this.request('POST', '/blobs/uploads/');
     this.expect(start, [202], 'start blob upload');
     const location = start.header('location');
@@ -131,6 +132,7 @@ export class Registry {
       headers: { 'content-type': 'application/octet-stream' },
     });
     this.expect(res, [201], `upload blob ${digest}`);
+    return true;
   }
 
   /**

@@ -19,7 +19,7 @@ import { mkdir, open as openFile, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConfigError, ConflictError, InvalidArgumentError, IoError, NotFoundError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
-import type { BackingStore } from '../stores/backing-store.js';
+import type { BackingStore, UploadCounts } from '../stores/backing-store.js';
 import { ChunkStore } from './chunks/chunk-store.js';
 import { FetchCounters } from './chunks/fetch-counters.js';
 import type { FetchPolicy } from './chunks/fetcher.js';
@@ -63,6 +63,18 @@ export interface VolumeManagerOptions {
   /** Bytes of evictable chunks (fetched or published) kept locally (default 10 GiB). */
   cacheBytes?: number;
   log?: Logger;
+}
+
+/** What a publish sent (VolumeManager.publish `counts`), by distinct chunk. */
+export interface PublishCounts {
+  /** Distinct chunks of the snapshot. */
+  chunks: number;
+  /** Known here to be in the store already (an earlier publish or an opened snapshot): not sent. */
+  known: number;
+  /** Sent, and found already in the store (a chunk file, or a pack blob, that existed). */
+  skipped: number;
+  /** Sent and stored now. */
+  uploaded: number;
 }
 
 /** Chunks uploaded per batch when publishing: bounds memory to batch × chunk size. */
@@ -143,7 +155,7 @@ export class VolumeManager {
    * `prefetch` is a startup profile (readTrace of a volume cloned from this one): the chunks
    * among them that the snapshot holds are fetched first wherever it is opened.
    */
-  async publish(id: string, options: { prefetch?: ChunkIndex[] } = {}): Promise<Digest> {
+  async publish(id: string, options: { prefetch?: ChunkIndex[]; counts?: PublishCounts } = {}): Promise<Digest> {
     const store = this.requireStore();
     const row = this.get(id);
     if (!row.frozen)
@@ -157,7 +169,15 @@ export class VolumeManager {
     for (const [idx, digest] of [...map].sort((a, b) => a[0] - b[0]))
       lengthOf.set(digest, chunkLength(row.size, row.chunkSize, idx));
     const missing = [...lengthOf.keys()].filter((d) => this.metadata.locationOf(store.url, d) === undefined);
-    for await (const stored of this.upload(store, missing, lengthOf)) this.metadata.recordLocations(store.url, stored);
+    const upload = { skipped: 0 };
+    for await (const stored of this.upload(store, missing, lengthOf, upload))
+      this.metadata.recordLocations(store.url, stored);
+    if (options.counts) {
+      options.counts.chunks = lengthOf.size;
+      options.counts.known = lengthOf.size - missing.length;
+      options.counts.skipped = upload.skipped;
+      options.counts.uploaded = missing.length - upload.skipped;
+    }
     // What was only here is in the store now: the cache may evict it.
     for (const digest of missing) await this.chunks.admitPublished(digest, lengthOf.get(digest)!);
     const hints = new Map([...lengthOf.keys()].map((d) => [d, this.metadata.locationOf(store.url, d) ?? '']));
@@ -180,6 +200,7 @@ export class VolumeManager {
     store: BackingStore,
     digests: Digest[],
     lengthOf: Map<Digest, number>,
+    counts?: UploadCounts,
   ): AsyncGenerator<Map<Digest, string>> {
     const counters = new FetchCounters();
     for (let i = 0; i < digests.length; i += PUBLISH_BATCH) {
@@ -190,7 +211,7 @@ export class VolumeManager {
           return { digest, data };
         }),
       );
-      yield await store.putChunks(batch);
+      yield await store.putChunks(batch, counts);
     }
   }
 

@@ -117,9 +117,17 @@ describe('convert from a registry to a registry, without dockerd', () => {
   it('converts a three-layer image; a slacker host pulls it and runs it lazily', async () => {
     const r = await convert([`${reg}/src/app:1`, `${reg}/slacker/app:1`, '--size', '1G', '--json']);
     expect(r.code, r.stderr).toBe(0);
-    const result = JSON.parse(r.stdout) as { layers: number; chunks: number; snapshotRef: string; tarBytes: number };
+    const result = JSON.parse(r.stdout) as {
+      layers: number;
+      chunks: number;
+      snapshotRef: string;
+      tarBytes: number;
+      uploaded: number;
+      skipped: number;
+    };
     console.info(`convert from the registry: ${r.stdout.trim()}`);
-    expect(result).toMatchObject({ layers: 3, snapshotRef: expect.stringMatching(/^sha256:/) });
+    expect(result).toMatchObject({ layers: 3, snapshotRef: expect.stringMatching(/^sha256:/), skipped: 0 });
+    expect(result.uploaded).toBe(await chunksInStore()); // an empty store took every chunk
     expect(result.tarBytes).toBe(layers.reduce((n, l) => n + l.length, 0));
     expect(await snapshotsInStore()).toBe(1);
 
@@ -159,13 +167,21 @@ describe('convert from a registry to a registry, without dockerd', () => {
     const chunks0 = await chunksInStore();
     const r = await convert([`${reg}/src/app:1`, `${reg}/slacker/app:2`, '--size', '1G']);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/slacker\/app:2: 3 layers of .* as snapshot sha256:[0-9a-f]{64} \(\d+ chunks/);
+    const summary =
+      /slacker\/app:2: 3 layers of .* as snapshot sha256:[0-9a-f]{64} \(\d+ chunks in the store: (\d+) uploaded, (\d+) already there\)/.exec(
+        r.stdout,
+      );
+    expect(summary, r.stdout).not.toBeNull();
     expect(r.stderr).toMatch(/layer 3\/3: .* applied/);
+    expect(r.stderr).toMatch(/published \d+ chunks: \d+ uploaded, \d+ already in the store/);
     // A new snapshot (inode times differ), whose data chunks the store has already.
     expect(await snapshotsInStore()).toBe(2);
     const added = (await chunksInStore()) - chunks0;
-    console.info(`converting again added ${added} chunks to the ${chunks0} in the store`);
+    console.info(`converting again added ${added} chunks to the ${chunks0} in the store: ${summary![0]}`);
     expect(added).toBeLessThan(chunks0 / 4);
+    // What convert says it uploaded and skipped is what the store got.
+    expect(Number(summary![1])).toBe(added);
+    expect(Number(summary![2])).toBeGreaterThan(added);
   }, 300_000);
 
   it('refuses an image for another platform, naming the ones it has', async () => {

@@ -4,7 +4,7 @@
  */
 import { digestOf, type Digest } from '../../common/digests.js';
 import { NotFoundError } from '../../common/errors.js';
-import type { BackingStore, StoredChunk } from '../../stores/backing-store.js';
+import type { BackingStore, StoredChunk, UploadCounts } from '../../stores/backing-store.js';
 
 export class MemoryStore implements BackingStore {
   readonly url = `memory://${Math.random().toString(36).slice(2)}`;
@@ -13,8 +13,11 @@ export class MemoryStore implements BackingStore {
   readonly manifests = new Map<Digest, Buffer>();
   bytesServed = 0;
 
-  async putChunks(chunks: StoredChunk[]): Promise<Map<Digest, string>> {
-    for (const c of chunks) this.chunks.set(c.digest, Buffer.from(c.data));
+  async putChunks(chunks: StoredChunk[], counts?: UploadCounts): Promise<Map<Digest, string>> {
+    for (const c of chunks) {
+      if (this.chunks.has(c.digest) && counts) counts.skipped++;
+      this.chunks.set(c.digest, Buffer.from(c.data));
+    }
     return new Map(chunks.map((c) => [c.digest, '']));
   }
 

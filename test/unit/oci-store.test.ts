@@ -228,6 +228,16 @@ describe('oci:// store chunk compression', () => {
     expect(hints.get(digestOf(data))).not.toMatch(/:br$/);
   });
 
+  it('counts the chunks of a pack the registry already has as skipped, and uploads nothing again', async () => {
+    const store = new OciStore(registry.url('z/again'));
+    const chunks = [6, 7].map((i) => ({ data: text(i), digest: digestOf(text(i)) }));
+    const first = { skipped: 0 };
+    const hints = await store.putChunks(chunks, first);
+    const second = { skipped: 0 };
+    expect(await store.putChunks(chunks, second)).toEqual(hints); // the same pack, where it was
+    expect([first.skipped, second.skipped]).toEqual([0, 2]);
+  });
+
   it('refuses a tampered compressed chunk at once, as a verification failure', async () => {
     const dir = await tempDir('slacker-oci-z-');
     const url = registry.url('z/tamper');
