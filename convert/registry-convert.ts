@@ -129,8 +129,7 @@ export async function convertFromRegistry(o: RegistryConvertOptions): Promise<Re
     const host = await openLayerHost({ root, store: o.store, layerSize: o.layerSize, attach: 'auto', log: o.log });
     let snapshotRef: Digest;
     let chunks: number;
-    let uploaded: number;
-    let skipped: number;
+    const counts: PublishCounts = { chunks: 0, known: 0, skipped: 0, uploaded: 0 };
     let blobBytes = 0;
     let tarBytes = 0;
     try {
@@ -162,12 +161,9 @@ export async function convertFromRegistry(o: RegistryConvertOptions): Promise<Re
         parent = id;
       }
       o.progress?.({ kind: 'publish' });
-      const counts: PublishCounts = { chunks: 0, known: 0, skipped: 0, uploaded: 0 };
       snapshotRef = await host.layers.publish(parent!, counts);
       chunks = host.manager.stats(parent!).chunks;
-      uploaded = counts.uploaded;
-      skipped = counts.skipped + counts.known;
-      o.progress?.({ kind: 'published', chunks: counts.chunks, uploaded, skipped });
+      o.progress?.({ kind: 'published', chunks: counts.chunks, ...uploadedAndSkipped(counts) });
     } finally {
       await host.close({ all: true });
     }
@@ -194,8 +190,7 @@ export async function convertFromRegistry(o: RegistryConvertOptions): Promise<Re
       tarBytes,
       snapshotRef,
       chunks,
-      uploaded,
-      skipped,
+      ...uploadedAndSkipped(counts),
       diffId,
       manifest: pushed,
       seconds: (Date.now() - t0) / 1000,
@@ -208,6 +203,11 @@ export async function convertFromRegistry(o: RegistryConvertOptions): Promise<Re
 }
 
 /** SRC's image manifest for the platform (through a manifest list or index), and its digest. */
+/** What convert reports of a publish: chunks stored now, and those the store had (known here or found there). */
+function uploadedAndSkipped(c: PublishCounts): { uploaded: number; skipped: number } {
+  return { uploaded: c.uploaded, skipped: c.skipped + c.known };
+}
+
 async function resolveManifest(
   registry: Registry,
   src: ImageRef,

@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { ConflictError, InvalidArgumentError, NoSpaceError, NotFoundError, systemErrorCode } from '../common/errors.js';
 import { formatSize } from '../common/units.js';
 import type { Logger } from '../common/logger.js';
-import type { PublishCounts, VolumeManager } from '../volumes/manager.js';
+import type { PublishCounts, PublishOptions, VolumeManager } from '../volumes/manager.js';
 import { changes, type Change } from './changes.js';
 import { applyLayerTar } from './layer-tar/apply.js';
 import type { LayerMounts } from './layer-mounts.js';
@@ -341,7 +341,7 @@ export class LayerStore {
    * says what this publish sent (left as it is when the layer was published before).
    */
   publish(id: string, counts?: PublishCounts): Promise<Digest> {
-    return this.o.mounts.lock.run(id, () => this.publishLocked(id, undefined, counts));
+    return this.o.mounts.lock.run(id, () => this.publishLocked(id, { counts }));
   }
 
   /**
@@ -356,7 +356,7 @@ export class LayerStore {
         context: { layer: profileFrom },
       });
     }
-    const ref = await this.o.mounts.lock.run(id, () => this.publishLocked(id, trace));
+    const ref = await this.o.mounts.lock.run(id, () => this.publishLocked(id, { prefetch: trace }));
     return { ref, prefetch: trace.length };
   }
 
@@ -407,15 +407,15 @@ export class LayerStore {
   }
 
   /** Publishes the layer: a writable one through a frozen copy of what it holds now. */
-  private async publishLocked(id: string, prefetch?: ChunkIndex[], counts?: PublishCounts): Promise<Digest> {
+  private async publishLocked(id: string, options: PublishOptions = {}): Promise<Digest> {
     const row = this.manager.get(id);
-    if (row.frozen) return (!prefetch && row.snapshotRef) || (await this.manager.publish(id, { prefetch, counts }));
+    if (row.frozen) return (!options.prefetch && row.snapshotRef) || (await this.manager.publish(id, options));
     const copy = `${id}.diff-${randomBytes(4).toString('hex')}`;
     const t0 = performance.now();
     await this.o.mounts.quiescedLocked(id, () => this.manager.snapshot(id, copy));
     const t1 = performance.now();
     try {
-      const ref = await this.manager.publish(copy, { prefetch, counts });
+      const ref = await this.manager.publish(copy, options);
       // Where a commit's time goes (issue 19): the snapshot (freeze, hash, store) and the upload.
       const snapshotMs = Math.round(t1 - t0);
       this.o.log.debug(

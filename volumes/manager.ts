@@ -77,6 +77,13 @@ export interface PublishCounts {
   uploaded: number;
 }
 
+export interface PublishOptions {
+  /** A startup profile: chunk indices in the order a container first read them. */
+  prefetch?: ChunkIndex[];
+  /** Filled with what this publish sent. */
+  counts?: PublishCounts;
+}
+
 /** Chunks uploaded per batch when publishing: bounds memory to batch × chunk size. */
 const PUBLISH_BATCH = 64;
 
@@ -155,7 +162,7 @@ export class VolumeManager {
    * `prefetch` is a startup profile (readTrace of a volume cloned from this one): the chunks
    * among them that the snapshot holds are fetched first wherever it is opened.
    */
-  async publish(id: string, options: { prefetch?: ChunkIndex[]; counts?: PublishCounts } = {}): Promise<Digest> {
+  async publish(id: string, options: PublishOptions = {}): Promise<Digest> {
     const store = this.requireStore();
     const row = this.get(id);
     if (!row.frozen)

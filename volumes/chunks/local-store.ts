@@ -2,8 +2,9 @@
  * Where chunks lie on this host, for the chunk store (chunk-store.ts): chunks made here (freeze)
  * as files named by their SHA-256, `ROOT/ab/cdef...` (first two hex digits as a fan-out
  * directory), written to a temporary name and renamed, and made durable by one sync() (syncfs)
- * before anything refers to them, so a chunk file either is complete or does not exist; chunks fetched from a backing store appended to segment files
- * (cache-segments.ts), where reads look first. eviction.ts bounds both kinds of evictable chunk.
+ * before anything refers to them, so a chunk file either is complete or does not exist; chunks
+ * fetched from a backing store appended to segment files (cache-segments.ts), where reads look
+ * first. eviction.ts bounds both kinds of evictable chunk.
  *
  * Reads keep an LRU of open descriptors (a chunk file is opened once, not per read) and use the
  * RWF_NOWAIT fast path: a cached chunk costs one syscall. A descriptor is pinned while a read
