@@ -135,6 +135,7 @@ export class VolumeManager {
     try {
       chunks = await ChunkStore.open(join(root, 'chunks'), {
         catalog: metadata,
+        packCatalog: metadata.packCatalog,
         store,
         // Where the store has each chunk, as earlier publishes and opened manifests recorded it.
         locations: {
@@ -352,23 +353,37 @@ export class VolumeManager {
   }
 
   /**
-   * Freezes writable volume `id` with the content of its staged copy (stage), which is then
-   * removed: chunks equal to the base's keep their digests, the others are stored here durably
-   * first, then the complete map lands in one transaction. A crash before that leaves the
-   * volume as it was before stage.
+   * Freezes writable volume `id` with the content of its staged copy (stage): chunks equal to
+   * the base's keep their digests, the others are kept here durably first, then the complete
+   * map lands in one transaction. The new chunks stay where they are: the staged file becomes
+   * their pack (chunk-store.ts keepPack), so an apply's data is not copied again. Without the
+   * packs (another process owns them), they are stored as files and the staged file removed.
+   * A crash before the map lands leaves the volume as it was before stage.
    */
   async freezeStaged(id: string): Promise<{ row: VolumeRow; stored: number }> {
     const row = this.writableClosed(id, 'frozen');
     const path = this.stagingPath(row.id);
     const base = this.baseOf(row);
     const t0 = Date.now();
-    const { map, stored } = await mapStaged(path, row, base, (digest, data) => this.chunks.putUnsynced(digest, data));
+    const packed: { digest: Digest; offset: number; length: number }[] = [];
+    const keepsPacks = this.chunks.keepsPacks;
+    const { map, stored } = await mapStaged(path, row, base, async (digest, data, offset) => {
+      if (!keepsPacks) return this.chunks.putUnsynced(digest, data);
+      if (!this.chunks.isLocal(digest)) packed.push({ digest, offset, length: data.length });
+    });
     const t1 = Date.now();
-    // The staged file first: the dirty pages of a removed file are dropped, not written back
-    // by the sync below (which would write the layer to disk twice).
-    await rm(path, { force: true });
-    await this.chunks.sync();
-    this.options.log?.debug({ volume: row.id, mapMs: t1 - t0, syncMs: Date.now() - t1, stored }, 'staged copy frozen');
+    if (keepsPacks) {
+      await this.chunks.keepPack(path, packed);
+    } else {
+      // The staged file first: the dirty pages of a removed file are dropped, not written back
+      // by the sync below (which would write the layer to disk twice).
+      await rm(path, { force: true });
+      await this.chunks.sync();
+    }
+    this.options.log?.debug(
+      { volume: row.id, mapMs: t1 - t0, syncMs: Date.now() - t1, stored, packed: packed.length },
+      'staged copy frozen',
+    );
     this.metadata.freeze(row.id, map);
     this.snapshots.set(row.id, map);
     await rm(this.dataPath(row.id), { force: true });

@@ -30,7 +30,7 @@
  * so after a crash the map never points at bytes that did not reach the disk. Freeze is one
  * transaction. Migrations run in a transaction keyed on schema_version.
  */
-import type { SegmentChunk } from './chunks/cache-segments.js';
+import type { SegmentCatalog, SegmentChunk } from './chunks/cache-segments.js';
 import { ConfigError } from '../common/errors.js';
 import Database from 'better-sqlite3';
 import type { Digest } from '../common/digests.js';
@@ -100,6 +100,13 @@ const MIGRATIONS: string[] = [
    ) WITHOUT ROWID;`,
   // 5: fetched chunks kept in segment files rather than a file each
   `CREATE TABLE segment_chunks (
+     digest TEXT PRIMARY KEY,
+     segment INTEGER NOT NULL,
+     offset INTEGER NOT NULL,
+     length INTEGER NOT NULL
+   ) WITHOUT ROWID;`,
+  // 6: chunks made by a staged freeze kept in the staged file (a pack) rather than a file each
+  `CREATE TABLE pack_chunks (
      digest TEXT PRIMARY KEY,
      segment INTEGER NOT NULL,
      offset INTEGER NOT NULL,
@@ -329,22 +336,41 @@ export class Metadata {
 
   /** Where recorded fetched chunks lie in the cache's segment files. */
   segmentChunks(): SegmentChunk[] {
-    return this.sql('SELECT digest, segment, offset, length FROM segment_chunks').all() as SegmentChunk[];
+    return this.placesIn('segment_chunks');
   }
 
   /** Records chunks whose segment files were synced. */
   recordSegmentChunks(entries: readonly SegmentChunk[]): void {
-    const insert = this.sql(
-      'INSERT OR REPLACE INTO segment_chunks (digest, segment, offset, length) VALUES (?, ?, ?, ?)',
-    );
-    this.db.transaction(() => {
-      for (const e of entries) insert.run(e.digest, e.segment, e.offset, e.length);
-    })();
+    this.recordPlaces('segment_chunks', entries);
   }
 
   /** Forgets where chunks lay in the segments, in one transaction (one sync, however many). */
   forgetSegmentChunks(digests: readonly Digest[]): void {
     this.runForEach('DELETE FROM segment_chunks WHERE digest = ?', digests);
+  }
+
+  /**
+   * The packs' catalog (chunks a staged freeze made, in the files they were frozen from): the
+   * same shape as the segments', another table, so a pack's chunks are never taken for
+   * fetched ones (which are all evictable).
+   */
+  get packCatalog(): SegmentCatalog {
+    return {
+      segmentChunks: () => this.placesIn('pack_chunks'),
+      recordSegmentChunks: (entries) => this.recordPlaces('pack_chunks', entries),
+      forgetSegmentChunks: (digests) => this.runForEach('DELETE FROM pack_chunks WHERE digest = ?', digests),
+    };
+  }
+
+  private placesIn(table: 'segment_chunks' | 'pack_chunks'): SegmentChunk[] {
+    return this.sql(`SELECT digest, segment, offset, length FROM ${table}`).all() as SegmentChunk[];
+  }
+
+  private recordPlaces(table: 'segment_chunks' | 'pack_chunks', entries: readonly SegmentChunk[]): void {
+    const insert = this.sql(`INSERT OR REPLACE INTO ${table} (digest, segment, offset, length) VALUES (?, ?, ?, ?)`);
+    this.db.transaction(() => {
+      for (const e of entries) insert.run(e.digest, e.segment, e.offset, e.length);
+    })();
   }
 
   fetchStats(

@@ -6,7 +6,7 @@
  *   - fillStaged writes the volume's chunks into the file (holes stay holes);
  *   - mapStaged reads the file back as the volume's new complete chunk map: chunks that still
  *     equal the base's keep its digest (nothing stored), all-zero ones become holes, and the
- *     rest are handed to `store`.
+ *     rest are handed to `store` (which may keep the file itself as their pack).
  * Knows nothing of the metadata or the chunk store's layout: the manager passes both ends in.
  */
 import { open } from 'node:fs/promises';
@@ -52,13 +52,14 @@ export async function fillStaged(
 /**
  * The complete chunk map of the content of staged file `path`. A chunk equal to `base`'s at
  * the same index keeps that digest; one that is all zeroes (or a hole) is left out; any other
- * is passed to `store` with its digest, which must keep it before resolving.
+ * is passed to `store` with its digest and its offset in the file, which must keep it (or
+ * where it lies) before resolving.
  */
 export async function mapStaged(
   path: string,
   g: StagedGeometry,
   base: ReadonlyMap<ChunkIndex, Digest>,
-  store: (digest: Digest, data: Buffer) => Promise<void>,
+  store: (digest: Digest, data: Buffer, offset: number) => Promise<void>,
 ): Promise<{ map: Map<ChunkIndex, Digest>; stored: number }> {
   const f = await open(path, 'r');
   const map = new Map<ChunkIndex, Digest>();
@@ -80,7 +81,7 @@ export async function mapStaged(
         const digest = digests[i]!;
         map.set(c.idx, digest);
         if (base.get(c.idx) === digest) continue;
-        await store(digest, c.buf);
+        await store(digest, c.buf, c.idx * g.chunkSize);
         stored++;
       }
     });

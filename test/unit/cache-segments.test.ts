@@ -2,7 +2,7 @@
  * The fetched-chunk cache's segment files (volumes/cache-segments.ts) on a real file system:
  * appends (one by one and in batches), records only what was synced, rolls over to new
  * segments, punches evicted chunks out (only once the metadata forgot them and no read uses
- * them), deletes emptied segments, and has one owner at a time.
+ * them), deletes emptied segments, adopts a staged file as a pack, and has one owner at a time.
  */
 import { appendFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -133,6 +133,52 @@ describe('cache segments', () => {
       expect.arrayContaining([digestOf(chunk(4)), digestOf(chunk(5))]),
     );
     expect(metadata.segmentChunks()).toHaveLength(2);
+    await s.close();
+  });
+
+  it('adopts a file as a pack: keeps the chunks listed, punches the rest, records them before resolving', async () => {
+    const s = await open();
+    await s.put(digestOf(chunk(7)), chunk(7));
+    // A staged file: chunks 0 and 1 at 0 and 2 CHUNK, a stale range between, chunk 7 (held
+    // already) at 3 CHUNK, chunk 0 again at 4 CHUNK, then a stale tail.
+    const staged = join(dir.path, 'staged.img');
+    const file = Buffer.concat([chunk(0), chunk(50), chunk(1), chunk(7), chunk(0), chunk(51)]);
+    await writeFile(staged, file);
+    const listed = [0, 2, 3, 4].map((k) => ({
+      digest: digestOf(file.subarray(k * CHUNK, (k + 1) * CHUNK)),
+      offset: k * CHUNK,
+      length: CHUNK,
+    }));
+    expect(await s.adopt(staged, listed)).toBe(2); // 0 and 1; 7 is held, 0 listed twice
+    await expect(stat(staged)).rejects.toThrow(/ENOENT/); // moved in
+    expect(
+      metadata
+        .segmentChunks()
+        .map((c) => c.offset)
+        .sort((a, b) => a - b),
+    ).toEqual([0, 2 * CHUNK]); // chunk 7's append is not synced yet
+    expect((await readBack(s, 0)).equals(chunk(0))).toBe(true);
+    expect((await readBack(s, 1)).equals(chunk(1))).toBe(true);
+    // The pack: cut after chunk 1, the stale range punched out.
+    const pack = join(segDir, '00000002.seg');
+    expect((await stat(pack)).size).toBe(3 * CHUNK);
+    expect((await stat(pack)).blocks * 512).toBe(2 * CHUNK);
+    await s.close();
+
+    const again = await open(); // recorded, so kept across a restart
+    expect((await readBack(again, 1)).equals(chunk(1))).toBe(true);
+    again.remove(digestOf(chunk(0)));
+    again.remove(digestOf(chunk(1)));
+    await again.sync();
+    expect(await readdir(segDir)).not.toContain('00000002.seg'); // emptied: deleted
+    await again.close();
+  });
+
+  it('leaves a file it could not adopt where it was', async () => {
+    const s = await open();
+    const missing = join(dir.path, 'no-such.img');
+    await expect(s.adopt(missing, [])).rejects.toThrow(/ENOENT/);
+    expect(s.counts).toEqual({ chunks: 0, segments: 0 });
     await s.close();
   });
 

@@ -27,16 +27,16 @@ async function countFiles(dir: string): Promise<number> {
 }
 
 /**
- * What a host stores: chunks in files of their own plus chunks in cache segments, and the disk
- * blocks the segment files take (evicted chunks are punched out of them).
+ * What a host stores: chunks in files of their own plus chunks in cache segments and packs,
+ * and the disk blocks the segment files take (evicted chunks are punched out of them).
  */
 async function stored(m: VolumeManager): Promise<{ chunks: number; segmentBytes: number }> {
-  const segments = m.chunks.segments!;
+  const { segments, packs } = m.chunks;
   const entries = await readdir(join(m.root, 'chunks'), { recursive: true, withFileTypes: true });
-  const own = entries.filter((e) => e.isFile() && e.parentPath !== segments.dir).length;
+  const own = entries.filter((e) => e.isFile() && e.parentPath !== segments!.dir && e.parentPath !== packs!.dir).length;
   let segmentBytes = 0;
-  for (const name of await readdir(segments.dir)) segmentBytes += (await stat(join(segments.dir, name))).blocks * 512;
-  return { chunks: own + segments.counts.chunks, segmentBytes };
+  for (const name of await readdir(segments!.dir)) segmentBytes += (await stat(join(segments!.dir, name))).blocks * 512;
+  return { chunks: own + segments!.counts.chunks + packs!.counts.chunks, segmentBytes };
 }
 
 describe('snapshots in a dir:// store', () => {

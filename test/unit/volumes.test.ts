@@ -1,9 +1,11 @@
 /** Layer volumes: the backend conformance suite, then copy-on-write, freeze, clone and lifecycle. */
+import { closeSync, openSync } from 'node:fs';
 import { open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ConflictError, InvalidArgumentError, NotFoundError, ReadOnlyError } from '../../common/errors.js';
 import { capabilitiesOf } from '../../block/backend.js';
+import { fileOps } from '../../common/fileops.js';
 import { FetchCounters } from '../../volumes/chunks/fetch-counters.js';
 import { VolumeManager } from '../../volumes/manager.js';
 import { SCHEMA_VERSION } from '../../volumes/metadata.js';
@@ -123,7 +125,8 @@ describe('volumes', () => {
     await write('v', Buffer.alloc(CHUNK), 20 * CHUNK); // written, but all zeroes
     await mgr.freeze('v');
     const files = (await readdir(join(mgr.root, 'chunks'), { recursive: true, withFileTypes: true })).filter(
-      (e) => e.isFile() && e.parentPath !== mgr.chunks.segments!.dir, // chunk files, not the fetched-chunk cache
+      // chunk files, not the fetched-chunk cache or the packs
+      (e) => e.isFile() && e.parentPath !== mgr.chunks.segments!.dir && !e.parentPath.endsWith('/packs'),
     );
     expect(files).toHaveLength(1);
     expect(mgr.stats('v')).toMatchObject({ frozen: true, chunks: 2 });
@@ -240,6 +243,41 @@ describe('volumes', () => {
       expect(mgr.stats('child')).toMatchObject({ frozen: true, chunks: 5 });
       expect((await read('child', 8 * MiB, 0)).equals(expected)).toBe(true);
       expect(await readdir(join(mgr.root, 'staging'))).toEqual([]);
+      // The staged file became the new chunks' pack (no chunk file was written), durable
+      // across a restart.
+      expect(await readdir(join(mgr.root, 'chunks/packs'))).toContain('00000001.seg');
+      const root = mgr.root;
+      await mgr.close();
+      mgr = await VolumeManager.open(root);
+      expect((await read('child', 8 * MiB, 0)).equals(expected)).toBe(true);
+    });
+
+    it('stores the new chunks as files when another process owns the packs', async () => {
+      await baseAndChild();
+      const path = (await mgr.stage('child'))!;
+      await writeFile(path, randomBytes(CHUNK, 26), { flag: 'r+' });
+      const expected = await readFile(path);
+      const lock = openSync(join(mgr.root, 'chunks/packs/lock'), 'r');
+      expect(fileOps.lockExclusive(lock)).toBe(false); // the manager holds it
+      closeSync(lock);
+      const root = mgr.root;
+      await mgr.close();
+      // Another owner of the packs (a server beside a CLI command) while this manager opens.
+      const owner = openSync(join(root, 'chunks/packs/lock'), 'r');
+      expect(fileOps.lockExclusive(owner)).toBe(true);
+      try {
+        mgr = await VolumeManager.open(root);
+        // stage again: a restart removes staged copies
+        const again = (await mgr.stage('child'))!;
+        await writeFile(again, randomBytes(CHUNK, 26), { flag: 'r+' });
+        expect(mgr.chunks.keepsPacks).toBe(false);
+        const { stored } = await mgr.freezeStaged('child');
+        expect(stored).toBe(2); // chunk 0 (rewritten) and the child's own chunk 60
+        expect((await read('child', 8 * MiB, 0)).equals(expected)).toBe(true);
+        expect(await readdir(join(root, 'staging'))).toEqual([]);
+      } finally {
+        closeSync(owner);
+      }
     });
 
     it('discards a staged copy without touching the volume; a restart removes a stale one', async () => {

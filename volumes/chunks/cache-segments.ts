@@ -17,11 +17,17 @@
  * event loop each time), so the metadata never points at a hole. A chunk is pinned while a read
  * uses it, and punched only when the last reader is done.
  *
+ * The same structure holds packs (adopt): a staged freeze's file taken in whole as a segment,
+ * its new chunks where the freeze found them, so hundreds of megabytes made by an apply are not
+ * copied into chunk files. Those are made here, so synced and recorded before anything refers
+ * to them; the chunk store keeps them in an instance of their own (DIR/../packs, its own
+ * catalog) that takes no appends, and evicts them only once they are published.
+ *
  * One process owns the segments (an flock on DIR/lock, released when it dies): another one
  * opening the same state root (a CLI command beside a running server) would otherwise reclaim
  * chunks the owner has not recorded yet, or punch out chunks the owner is serving.
  */
-import { closeSync, fstatSync, openSync, readdirSync, rmSync } from 'node:fs';
+import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileOps } from '../../common/fileops.js';
@@ -240,6 +246,61 @@ export class CacheSegments {
     if (failures.length > 0) throw failures[0];
   }
 
+  /**
+   * Takes the file at `path` (on this file system; it is moved) in as a segment of its own,
+   * keeping the chunks listed, whose digests the caller computed from the file's bytes at
+   * those places: a staged freeze's pack, so its new chunks are not written a second time.
+   * Ranges no kept chunk occupies are punched out and the file cut after the last one; the
+   * file is synced, moved in (its directory synced too) and its chunks recorded before this
+   * resolves, so a map committed afterwards never points at bytes a crash could lose. A chunk
+   * held here already is not kept twice. Resolves with the chunks kept; on a failure the file
+   * is left where it was, or removed once moved.
+   */
+  async adopt(path: string, chunks: readonly { digest: Digest; offset: number; length: number }[]): Promise<number> {
+    const keep: { digest: Digest; offset: number; length: number }[] = [];
+    const taking = new Set<Digest>();
+    for (const c of chunks) {
+      if (this.chunks.has(c.digest) || taking.has(c.digest)) continue;
+      taking.add(c.digest);
+      keep.push(c);
+    }
+    keep.sort((a, b) => a.offset - b.offset);
+    const n = this.nextSegment++;
+    const target = join(this.dir, segmentName(n));
+    const fd = openSync(path, 'r+');
+    let moved = false;
+    try {
+      let covered = 0;
+      for (const c of keep) {
+        if (c.offset > covered) this.free(fd, covered, c.offset - covered);
+        covered = c.offset + c.length;
+      }
+      ftruncateSync(fd, covered);
+      await fdatasyncAsync(fd);
+      renameSync(path, target);
+      moved = true;
+      syncDirectory(this.dir);
+      const seg: Segment = { n, fd, end: covered, live: 0, unrecorded: [] };
+      const placed = keep.map((c): Placed => {
+        return { ...c, segment: n, fd, seg, users: 0, recorded: true, doomed: false };
+      });
+      this.catalog.recordSegmentChunks(
+        placed.map(({ digest, segment, offset, length }) => ({ digest, segment, offset, length })),
+      );
+      this.segments.set(n, seg);
+      for (const p of placed) this.chunks.set(p.digest, p);
+      seg.live = placed.length;
+      this.dropIfEmpty(seg);
+      return placed.length;
+    } catch (err) {
+      if (!this.segments.has(n)) {
+        closeSync(fd);
+        if (moved) rmSync(target, { force: true });
+      }
+      throw err;
+    }
+  }
+
   /** Pins a chunk's bytes for a read; pair with release(). */
   acquire(digest: Digest): SegmentSlice | undefined {
     const p = this.chunks.get(digest);
@@ -388,5 +449,15 @@ export class CacheSegments {
     this.segments.delete(seg.n);
     closeSync(seg.fd);
     rmSync(join(this.dir, segmentName(seg.n)), { force: true }); // already gone: just as well
+  }
+}
+
+/** Makes a rename into `dir` durable. */
+function syncDirectory(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
   }
 }

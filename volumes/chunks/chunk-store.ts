@@ -6,11 +6,12 @@
  * `follow` is where the store's request structure (a pack, one Range request) is used for a
  * sequential reader.
  *
- * Layout under DIR: chunk files `ab/cdef...`, cache segments in `segments/` (owned by one
- * process at a time: see cache-segments.ts). Where the store has each chunk comes through
+ * Layout under DIR: chunk files `ab/cdef...`, cache segments in `segments/` and the packs of
+ * staged freezes in `packs/` (each owned by one process at a time: see cache-segments.ts). Where the store has each chunk comes through
  * `ChunkLocations` (the manager's metadata).
  */
 import { join } from 'node:path';
+import { NotSupportedError } from '../../common/errors.js';
 import type { Digest } from '../../common/digests.js';
 import { silentLogger, type Logger } from '../../common/logger.js';
 import type { BackingStore } from '../../stores/backing-store.js';
@@ -23,6 +24,8 @@ import { LocalStore } from './local-store.js';
 export interface ChunkStoreOptions {
   /** Where segment places and the eviction order are recorded (the volume metadata). */
   catalog: SegmentCatalog & EvictionCatalog;
+  /** Where pack places are recorded; without it, chunks made here are all files of their own. */
+  packCatalog?: SegmentCatalog;
   /** Where missing chunks come from; without one, only local chunks can be read. */
   store?: BackingStore;
   locations: ChunkLocations;
@@ -54,7 +57,9 @@ export class ChunkStore {
         'another process owns the fetched-chunk cache of this state root: chunks this one fetches are kept as files of their own',
       );
     }
-    const local = new LocalStore(dir, segments);
+    // Pack chunks exist only here until published: never adopted by the eviction bound.
+    const packs = o.packCatalog ? await CacheSegments.open(join(dir, 'packs'), o.packCatalog, { log }) : undefined;
+    const local = new LocalStore(dir, segments, packs);
     const bound = new EvictionBound(o.catalog, local, o.cacheBytes ?? 10 * 2 ** 30);
     // Fetched chunks are all evictable: also those a crash kept the bound from saving.
     for (const { digest, length } of segments?.entries() ?? []) bound.adopt(digest, length);
@@ -70,6 +75,11 @@ export class ChunkStore {
   /** The cache segments, for inspection (undefined when another process owns them). */
   get segments(): CacheSegments | undefined {
     return this.local.segments;
+  }
+
+  /** The packs of staged freezes, for inspection (undefined when another process owns them). */
+  get packs(): CacheSegments | undefined {
+    return this.local.packs;
   }
 
   /** Evictable bytes held, the limit, evictions so far. */
@@ -149,6 +159,23 @@ export class ChunkStore {
    */
   putUnsynced(digest: Digest, data: Buffer): Promise<void> {
     return this.local.putUnsynced(digest, data);
+  }
+
+  /** Whether keepPack can take a staged file in (this process owns the packs). */
+  get keepsPacks(): boolean {
+    return this.local.packs !== undefined;
+  }
+
+  /**
+   * Keeps the chunks listed where they lie in file `path` (a staged freeze's file, moved in as
+   * a pack: see cache-segments.ts adopt), durably, before resolving; chunks stored here
+   * already are not kept twice. Only when keepsPacks. Resolves with the chunks kept.
+   */
+  keepPack(path: string, chunks: readonly { digest: Digest; offset: number; length: number }[]): Promise<number> {
+    if (!this.local.packs) {
+      return Promise.reject(new NotSupportedError('another process owns the chunk packs of this state root'));
+    }
+    return this.local.packs.adopt(path, chunks);
   }
 
   /** Makes the chunks stored with putUnsynced durable. */

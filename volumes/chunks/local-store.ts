@@ -1,6 +1,7 @@
 /**
- * Where chunks lie on this host, for the chunk store (chunk-store.ts): chunks made here (freeze)
- * as files named by their SHA-256, `ROOT/ab/cdef...` (first two hex digits as a fan-out
+ * Where chunks lie on this host, for the chunk store (chunk-store.ts): chunks a staged freeze
+ * made in the pack it froze them from (the staged file, kept: cache-segments.ts adopt); other
+ * chunks made here (freeze) as files named by their SHA-256, `ROOT/ab/cdef...` (first two hex digits as a fan-out
  * directory), written to a temporary name and renamed, and made durable by one sync() (syncfs)
  * before anything refers to them, so a chunk file either is complete or does not exist; chunks
  * fetched from a backing store appended to segment files (cache-segments.ts), where reads look
@@ -62,6 +63,8 @@ export class LocalStore {
     readonly root: string,
     /** Where chunks the backing store also has are kept; without it, in files of their own. */
     readonly segments?: CacheSegments,
+    /** Packs of chunks made by staged freezes; without them, such chunks are files too. */
+    readonly packs?: CacheSegments,
   ) {}
 
   pathOf(digest: Digest): string {
@@ -71,7 +74,7 @@ export class LocalStore {
 
   /** Whether the chunk is stored here: from memory once known, else one cheap stat (no throw). */
   has(digest: Digest): boolean {
-    if (this.present.has(digest) || this.segments?.has(digest)) return true;
+    if (this.present.has(digest) || this.segments?.has(digest) || this.packs?.has(digest)) return true;
     const found = statSync(this.pathOf(digest), { throwIfNoEntry: false }) !== undefined;
     if (found) this.present.add(digest);
     return found;
@@ -127,6 +130,8 @@ export class LocalStore {
       this.segments.remove(digest); // its segment was cut short: fetch it again
       return false;
     }
+    // A pack's chunk that reads short is left recorded: it may be the only copy.
+    if (this.packs?.has(digest)) return this.packs.read(digest, offset, length, into, at);
     const f = this.acquire(digest);
     if (!f) return false;
     try {
@@ -148,7 +153,7 @@ export class LocalStore {
    * aside). It stays valid until the current task returns to the event loop.
    */
   descriptor(digest: Digest, length: number): { fd: number; position: number } | undefined {
-    const slice = this.segments?.lend(digest);
+    const slice = this.segments?.lend(digest) ?? this.packs?.lend(digest);
     if (slice) return slice.length >= length ? { fd: slice.fd, position: slice.offset } : undefined;
     const f = this.acquire(digest);
     if (!f) return undefined;
@@ -174,6 +179,7 @@ export class LocalStore {
   /** Records the segments' chunks and closes every descriptor (none may be in use). */
   async close(): Promise<void> {
     await this.segments?.close();
+    await this.packs?.close();
     for (const [digest, f] of this.fds) {
       closeSync(f.fd);
       this.fds.delete(digest);
@@ -223,11 +229,12 @@ export class LocalStore {
   }
 
   /**
-   * Deletes a chunk, from the segments or as a file; a reader using it finishes its read (the
+   * Deletes a chunk, from the segments, a pack or as a file; a reader using it finishes its read (the
    * segments punch it out afterwards; a deleted file stays readable through an open descriptor).
    */
   async remove(digest: Digest): Promise<void> {
     this.segments?.remove(digest);
+    this.packs?.remove(digest);
     this.forget(digest);
     await unlink(this.pathOf(digest)).catch(() => undefined);
   }
