@@ -47,9 +47,11 @@ export interface Attacher {
   adopt?(record: DeviceRecord): Promise<BlockDevice | undefined>;
   /**
    * A local file as a block device, with no NBD in the way (loop.ts), for the layer core's own
-   * work on a staged copy of a layer. Absent: the core works through NBD exports only.
+   * work on a staged copy of a layer. `fill`, if given, writes the file's content once the
+   * device is configured on it and before anything may read the device (loop.ts says why).
+   * Absent: the core works through NBD exports only.
    */
-  attachFile?(path: string, options: { readOnly: boolean }): Promise<BlockDevice>;
+  attachFile?(path: string, options: { readOnly: boolean; fill?: () => Promise<void> }): Promise<BlockDevice>;
   /**
    * Runs the programs an attach runs once, harmlessly (`--version`), so that a host that just
    * booted does not read them and their libraries from disk during its first container's

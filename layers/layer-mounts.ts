@@ -223,12 +223,14 @@ export class LayerMounts {
    */
   async mountStagedLocked(id: string): Promise<string | undefined> {
     if (!this.o.attacher.attachFile || this.mounted.has(id) || this.staged.has(id)) return undefined;
-    const file = await this.o.manager.stage(id);
-    if (!file) return undefined;
+    const staged = await this.o.manager.prepareStage(id);
+    if (!staged) return undefined;
     const dir = this.mountPoint(id);
     let device: BlockDevice | undefined;
     try {
-      device = await this.o.attacher.attachFile(file, { readOnly: false });
+      // The device goes on the empty file, then the content is written: configured on a file
+      // full of dirty pages, it would write them all to disk first (attach/loop.ts).
+      device = await this.o.attacher.attachFile(staged.path, { readOnly: false, fill: staged.fill });
       await this.fs.mount(device.path, dir, { readOnly: false, scratch: true });
     } catch (err) {
       await device?.detach().catch(() => undefined);

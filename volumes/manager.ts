@@ -32,7 +32,7 @@ import { digestOf, isDigest, type Digest } from '../common/digests.js';
 import { DEFAULT_CHUNK_SIZE, chunkLength, isAllZero, isVolumeId, type ChunkIndex, type VolumeId } from './types.js';
 import { ReadTrace } from './read-trace.js';
 import { Volume } from './volume.js';
-import { fillStaged, mapStaged } from './staged-copy.js';
+import { createStaged, fillStaged, mapStaged } from './staged-copy.js';
 
 export interface VolumeStats {
   id: VolumeId;
@@ -66,6 +66,12 @@ export interface VolumeManagerOptions {
 }
 
 /** What a publish sent (VolumeManager.publish `counts`), by distinct chunk. */
+/** A staged copy made by prepareStage: its file, empty until `fill` writes the volume's content. */
+export interface StagedCopy {
+  path: string;
+  fill(): Promise<void>;
+}
+
 export interface PublishCounts {
   /** Distinct chunks of the snapshot. */
   chunks: number;
@@ -323,6 +329,17 @@ export class VolumeManager {
    * freezeStaged takes the file's content; discardStaged drops the file. Not while it is open.
    */
   async stage(id: string): Promise<string | undefined> {
+    const staged = await this.prepareStage(id);
+    await staged?.fill();
+    return staged?.path;
+  }
+
+  /**
+   * stage in two steps: the file is made now, empty and sparse, and `fill` writes the content,
+   * so that a loop device can be configured on the file in between, while it has no dirty
+   * pages (attach/loop.ts says why). A fill that fails removes the file.
+   */
+  async prepareStage(id: string): Promise<StagedCopy | undefined> {
     const row = this.writableClosed(id, 'staged');
     const base = this.baseOf(row);
     for (const digest of base.values()) if (!this.chunks.isLocal(digest)) return undefined;
@@ -331,25 +348,28 @@ export class VolumeManager {
     for (const [idx, kind] of overrides) if (kind === 'data') indices.add(idx);
     const path = this.stagingPath(row.id);
     await rm(path, { force: true });
-    const data =
-      overrides.size > 0 ? await FileBackend.open({ path: this.dataPath(row.id), readOnly: true }) : undefined;
-    const counters = new FetchCounters(); // copying out is not a read of the volume
-    const t0 = Date.now();
-    try {
-      await fillStaged(path, row, [...indices], async (idx, out) => {
-        const kind = overrides.get(idx);
-        if (kind === 'zero') out.fill(0);
-        else if (kind === 'data') (await data!.pread(out.length, idx * row.chunkSize)).copy(out);
-        else await this.chunks.read(base.get(idx)!, 0, out.length, out, 0, counters);
-      });
-    } catch (err) {
-      await rm(path, { force: true });
-      throw err;
-    } finally {
-      await data?.close();
-    }
-    this.options.log?.debug({ volume: row.id, chunks: indices.size, ms: Date.now() - t0 }, 'staged copy made');
-    return path;
+    await createStaged(path, row);
+    const fill = async (): Promise<void> => {
+      const data =
+        overrides.size > 0 ? await FileBackend.open({ path: this.dataPath(row.id), readOnly: true }) : undefined;
+      const counters = new FetchCounters(); // copying out is not a read of the volume
+      const t0 = Date.now();
+      try {
+        await fillStaged(path, row, [...indices], async (idx, out) => {
+          const kind = overrides.get(idx);
+          if (kind === 'zero') out.fill(0);
+          else if (kind === 'data') (await data!.pread(out.length, idx * row.chunkSize)).copy(out);
+          else await this.chunks.read(base.get(idx)!, 0, out.length, out, 0, counters);
+        });
+      } catch (err) {
+        await rm(path, { force: true });
+        throw err;
+      } finally {
+        await data?.close();
+      }
+      this.options.log?.debug({ volume: row.id, chunks: indices.size, ms: Date.now() - t0 }, 'staged copy made');
+    };
+    return { path, fill };
   }
 
   /**

@@ -3,7 +3,9 @@
  * chunk `i` at byte `i × chunkSize`, for work the kernel does on it through a loop device
  * straight on the file (a layer tar applied to a new layer: no FUSE, no NBD, no user-space hop
  * for every byte). Two steps, each one pass over the chunks that hold data:
- *   - fillStaged writes the volume's chunks into the file (holes stay holes);
+ *   - createStaged makes the empty sparse file, fillStaged writes the volume's chunks into it
+ *     (holes stay holes): two steps, so that a loop device can be put on the file while it
+ *     has no dirty pages (configuring one writes the file's dirty pages back: attach/loop.ts);
  *   - mapStaged reads the file back as the volume's new complete chunk map: chunks that still
  *     equal the base's keep its digest (nothing stored), all-zero ones become holes, and the
  *     rest are handed to `store` (which may keep the file itself as their pack).
@@ -24,9 +26,19 @@ export interface StagedGeometry {
   chunkSize: number;
 }
 
+/** Creates `path` (it must not exist) as an empty sparse file of the volume's size. */
+export async function createStaged(path: string, g: StagedGeometry): Promise<void> {
+  const f = await open(path, 'wx');
+  try {
+    await f.truncate(g.size);
+  } finally {
+    await f.close();
+  }
+}
+
 /**
- * Creates `path` (it must not exist) as a sparse file of the volume's size and writes chunk
- * `idx` of `chunks` at its offset, reading each with `read(idx, out)`.
+ * Writes chunk `idx` of `chunks` at its offset in staged file `path` (made by createStaged),
+ * reading each with `read(idx, out)`; all-zero chunks stay holes.
  */
 export async function fillStaged(
   path: string,
@@ -34,9 +46,8 @@ export async function fillStaged(
   chunks: ChunkIndex[],
   read: (idx: ChunkIndex, out: Buffer) => Promise<void>,
 ): Promise<void> {
-  const f = await open(path, 'wx');
+  const f = await open(path, 'r+');
   try {
-    await f.truncate(g.size);
     await inJobs(chunks, async (batch) => {
       for (const idx of batch) {
         const buf = Buffer.allocUnsafe(chunkLength(g.size, g.chunkSize, idx));
