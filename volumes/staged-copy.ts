@@ -48,9 +48,9 @@ export async function fillStaged(
 ): Promise<void> {
   const f = await open(path, 'r+');
   try {
-    await inJobs(chunks, async (batch) => {
-      for (const idx of batch) {
-        const buf = Buffer.allocUnsafe(chunkLength(g.size, g.chunkSize, idx));
+    await inJobs(chunks, g.chunkSize, async (batch, slab) => {
+      for (const [i, idx] of batch.entries()) {
+        const buf = slab.subarray(i * g.chunkSize, i * g.chunkSize + chunkLength(g.size, g.chunkSize, idx));
         await read(idx, buf);
         if (!isAllZero(buf)) await writeFully(f.fd, buf, 0, buf.length, idx * g.chunkSize);
       }
@@ -64,7 +64,7 @@ export async function fillStaged(
  * The complete chunk map of the content of staged file `path`. A chunk equal to `base`'s at
  * the same index keeps that digest; one that is all zeroes (or a hole) is left out; any other
  * is passed to `store` with its digest and its offset in the file, which must keep it (or
- * where it lies) before resolving.
+ * where it lies) before resolving: `data` is reused once `store` resolves.
  */
 export async function mapStaged(
   path: string,
@@ -77,10 +77,10 @@ export async function mapStaged(
   let stored = 0;
   try {
     const nowait = { read: true };
-    await inJobs(dataChunks(f.fd, g), async (batch) => {
+    await inJobs(dataChunks(f.fd, g), g.chunkSize, async (batch, slab) => {
       const bufs = await Promise.all(
-        batch.map(async (idx) => {
-          const buf = Buffer.allocUnsafe(chunkLength(g.size, g.chunkSize, idx));
+        batch.map(async (idx, i) => {
+          const buf = slab.subarray(i * g.chunkSize, i * g.chunkSize + chunkLength(g.size, g.chunkSize, idx));
           const n = await readFully(f.fd, buf, 0, buf.length, idx * g.chunkSize, nowait);
           buf.fill(0, n); // past the end of a file cut short: zeroes, as the loop device read them
           return buf;
@@ -117,13 +117,23 @@ function dataChunks(fd: number, g: StagedGeometry): ChunkIndex[] {
   return out;
 }
 
-/** Runs `fn` over `items` in batches of BATCH, JOBS batches at a time. */
-async function inJobs<T>(items: T[], fn: (batch: T[]) => Promise<void>): Promise<void> {
+/**
+ * Runs `fn` over `items` in batches of BATCH, JOBS batches at a time. Each job reuses one slab of
+ * BATCH chunks for all its batches: a fresh buffer per chunk is fresh memory whose every page
+ * faults on first touch, which cost more than the copy itself (fill and map of 400 MB: see
+ * docs/BENCHMARKS.md). `fn` must be done with the slab when its promise settles.
+ */
+async function inJobs<T>(
+  items: T[],
+  chunkSize: number,
+  fn: (batch: T[], slab: Buffer) => Promise<void>,
+): Promise<void> {
   let next = 0;
   const worker = async (): Promise<void> => {
+    const slab = Buffer.allocUnsafeSlow(BATCH * chunkSize);
     while (next < items.length) {
       const batch = items.slice(next, (next += BATCH));
-      await fn(batch);
+      await fn(batch, slab);
     }
   };
   await Promise.all(Array.from({ length: JOBS }, worker));
