@@ -12,6 +12,11 @@
  * ranges and the ratio slacker / overlay2.
  *
  *   npm run bench:apply -- [--reps 3] [--files 100000] [--depth 1500] [--only large] [--json FILE]
+ *                          [--engine graphdriver|containerd] [--differ slacker|walking]
+ *
+ * `--engine containerd` runs Docker 26 on the containerd image store: containerd's overlayfs
+ * snapshotter is the anchor, and slacker's snapshotter applies ordinary layers with its differ
+ * (or, with `--differ walking`, leaves them to containerd's walking differ, through NBD).
  *
  * The deep tree stays at a depth overlay2 can apply (its mkdir fails past PATH_MAX, about
  * 2,000 one-letter levels under its data root); a row for slacker alone at 10,000 levels follows.
@@ -24,6 +29,7 @@ import { run } from '../common/exec.js';
 import { startDockerd, type Dockerd } from '../harness/dockerd.js';
 import { onInterrupt } from '../harness/interrupt.js';
 import { cliPath, startPlugin } from '../harness/plugin.js';
+import { startContainerd, startDockerd26, startSlackerContainerd } from '../harness/containerd.js';
 import { nestedDirs, rawTar, type RawEntry } from '../harness/raw-tar.js';
 import { requireTools } from '../harness/tools.js';
 import { median, spread } from './hellobench/report.js';
@@ -41,8 +47,12 @@ const { values: opts } = parseArgs({
     json: { type: 'string' },
     /** `large`: only the postgres import and the multi-layer pull. */
     only: { type: 'string' },
-    /** Keep a copy of the plugin's log here (it is removed with the run's directory otherwise). */
+    /** Keep a copy of the plugin's (or snapshotter's) log here (removed with the run's directory otherwise). */
     'plugin-log': { type: 'string' },
+    /** `graphdriver` (Docker 20.10) or `containerd` (Docker 26, containerd image store). */
+    engine: { type: 'string', default: 'graphdriver' },
+    /** With --engine containerd: `walking` leaves every layer to containerd's own differ. */
+    differ: { type: 'string', default: 'slacker' },
   },
 });
 const REPS = Number(opts.reps);
@@ -103,23 +113,76 @@ async function multiLayerImage(d: Dockerd, dir: string, registry: TestRegistry):
   await d.docker(['build', '--network', 'none', '-q', '-t', image, ctx], { timeoutMs: 900_000 });
   await d.docker(['push', image], { timeoutMs: 900_000 });
   await d.docker(['rmi', image, 'bench-base:1']);
+  // On the containerd image store, content and snapshots outlive rmi while anything (the build
+  // cache) references them: without this, the builder host would "pull" from its own cache.
+  await d.docker(['system', 'prune', '-af']);
   return image;
+}
+
+/** The two hosts of a run, each driver on the same engine, and how to stop them. */
+interface Hosts {
+  hosts: Record<'overlay2' | 'slacker', Dockerd>;
+  /** The slacker side's log (the plugin's or the snapshotter's). */
+  logFile: string;
+  stop(): Promise<void>;
+}
+
+/** Docker 20.10: overlay2 against the slacker graphdriver plugin. */
+async function graphdriverHosts(dir: string): Promise<Hosts> {
+  const plugin = await startPlugin({ root: join(dir, 'state'), logFile: join(dir, 'plugin.log') });
+  const overlay2 = await startDockerd(join(dir, 'overlay'), { storageDriver: 'overlay2' });
+  const slacker = await startDockerd(join(dir, 'slacker'), { storageDriver: plugin.name });
+  return {
+    hosts: { overlay2, slacker },
+    logFile: plugin.logFile,
+    stop: async () => {
+      await slacker.stop();
+      await overlay2.stop();
+      await plugin.stop();
+    },
+  };
+}
+
+/**
+ * Docker 26 on the containerd image store: containerd's overlayfs snapshotter against slacker's
+ * snapshotter, with slacker's differ (`--differ walking`: without it, so that containerd's own
+ * walking differ applies the layers through the snapshot's NBD device, as before the differ
+ * applied ordinary layers).
+ */
+async function containerdHosts(dir: string, differ: boolean): Promise<Hosts> {
+  const containerd = await startContainerd(join(dir, 'overlay', 'containerd'));
+  const overlay2 = await startDockerd26(join(dir, 'overlay', 'docker'), { containerd, snapshotter: 'overlayfs' });
+  const slacker = await startSlackerContainerd(join(dir, 'slacker'), { name: 'slacker', size: '10G', differ });
+  const dockerd = await startDockerd26(join(dir, 'slacker', 'docker'), {
+    containerd: slacker.containerd,
+    snapshotter: 'slacker',
+  });
+  return {
+    hosts: { overlay2, slacker: dockerd },
+    logFile: slacker.snap.logFile,
+    stop: async () => {
+      await dockerd.stop();
+      await slacker.stop();
+      await overlay2.stop();
+      await containerd.stop();
+    },
+  };
 }
 
 async function main(): Promise<void> {
   await requireTools('dockerd', 'nbdfuse', 'losetup', 'mkfs.ext4', 'docker-registry');
+  const engine = opts.engine;
+  if (engine !== 'graphdriver' && engine !== 'containerd') throw new Error(`unknown --engine ${engine}`);
   const dir = await mkdtemp(join(tmpdir(), 'slacker-bench-apply-'));
-  const plugin = await startPlugin({ root: join(dir, 'state'), logFile: join(dir, 'plugin.log') });
-  const hosts: Record<'overlay2' | 'slacker', Dockerd> = {
-    overlay2: await startDockerd(join(dir, 'overlay'), { storageDriver: 'overlay2' }),
-    slacker: await startDockerd(join(dir, 'slacker'), { storageDriver: plugin.name }),
-  };
+  const {
+    hosts,
+    logFile,
+    stop: stopHosts,
+  } = engine === 'containerd' ? await containerdHosts(dir, opts.differ !== 'walking') : await graphdriverHosts(dir);
   const registry = await startRegistry();
   const stop = onInterrupt(async () => {
-    await hosts.slacker.stop();
-    await hosts.overlay2.stop();
-    await plugin.stop();
-    if (opts['plugin-log']) await copyFile(plugin.logFile, opts['plugin-log']);
+    await stopHosts();
+    if (opts['plugin-log']) await copyFile(logFile, opts['plugin-log']);
     await registry.close();
     await run('rm', ['-rf', dir]); // GNU rm: the deep tree is deeper than node:fs removes
   });
@@ -184,7 +247,8 @@ async function main(): Promise<void> {
     }
 
     const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}`;
-    console.log(`\nbench:apply — one dockerd 20.10 per driver, median of ${REPS} (range); ${machine}\n`);
+    const engineName = engine === 'containerd' ? `dockerd 26 on containerd (differ: ${opts.differ})` : 'dockerd 20.10';
+    console.log(`\nbench:apply — one ${engineName} per driver, median of ${REPS} (range); ${machine}\n`);
     console.log('| layer tar | overlay2 | slacker | slacker / overlay2 |');
     console.log('|---|---:|---:|---:|');
     for (const r of rows) {
