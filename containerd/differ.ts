@@ -4,10 +4,8 @@
  * diff service's `default` list):
  *   - Apply: a marker layer (layers/layer-tar/marker.ts) applied to one of our active
  *     snapshots makes it the published snapshot the marker names, opened lazily: no file is
- *     written, nothing but metadata is fetched. An ordinary tar or tar+gzip layer being
- *     extracted is applied by the layer core, as the graphdriver's ApplyDiff is (a staged copy
- *     when the parent is all here). Anything else is not ours to apply (NotSupported, which
- *     containerd reads as "try the next differ": its own walking differ).
+ *     written, nothing but metadata is fetched. Any other layer is not ours to apply
+ *     (NotSupported, which containerd reads as "try the next differ": its own walking differ).
  *   - Compare: the upper snapshot is published to the backing store and the answer is its
  *     marker, written to containerd's content store: `docker commit` and build steps push a
  *     layer of a few hundred bytes whatever the container wrote.
@@ -21,11 +19,9 @@ import { InvalidArgumentError, NotSupportedError } from '../common/errors.js';
 import { digestOf, isDigest, type Digest } from '../common/digests.js';
 import type { Logger } from '../common/logger.js';
 import { markerTar, readMarker } from '../layers/layer-tar/marker.js';
-import { openLayerBlob } from '../layers/layer-tar/layer-blob.js';
 import { readTar } from '../layers/layer-tar/tar-reader.js';
 import type { ContentContext, ContentStore } from './containerd-client.js';
 import type { MountSpec, Snapshotter } from './snapshotter.js';
-import type { SnapshotInfo } from './snapshot-metastore.js';
 
 /** containerd.types.Descriptor */
 export interface Descriptor {
@@ -83,9 +79,9 @@ export class Differ {
     if (!s) throw notOurs('the mounts are not a slacker snapshot');
     const gzip = gzipped(diff.media_type);
     if (gzip === undefined) throw notOurs(`media type ${diff.media_type}`);
+    if (diff.size > MARKER_MAX_BLOB) throw notOurs('an ordinary layer');
     if (!isDigest(diff.digest)) throw new InvalidArgumentError(`bad layer digest ${JSON.stringify(diff.digest)}`);
     const context: ContentContext = { namespace: namespaceOf(s.key, call.namespace) };
-    if (diff.size > MARKER_MAX_BLOB) return this.applyOrdinary(s, diff, context);
     const blob = await this.content.read(diff.digest, 0, 0, context);
     if (blob.length !== diff.size || digestOf(blob) !== diff.digest) {
       throw new InvalidArgumentError(
@@ -96,36 +92,9 @@ export class Differ {
     }
     const tar = gzip ? gunzipSync(blob, { maxOutputLength: MARKER_MAX_TAR }) : blob;
     const ref = await markerOf(tar);
-    if (!ref) return this.applyOrdinary(s, diff, context);
+    if (!ref) throw notOurs('an ordinary layer');
     await this.snapshotter.applyMarker(s.key, ref);
     return { media_type: MEDIA_TAR, digest: digestOf(tar), size: tar.length };
-  }
-
-  /**
-   * An ordinary layer, applied by the layer core (staged when its parent is all here: the same
-   * fast path as the graphdriver's ApplyDiff), its blob streamed from containerd's content
-   * store and checked against its digest. Only to a snapshot being extracted (containerd's
-   * unpack); any other is left to containerd's own differ. The answer's digest is the tar's,
-   * which containerd checks against the image config's diff ID.
-   */
-  private async applyOrdinary(s: SnapshotInfo, diff: Descriptor, context: ContentContext): Promise<Descriptor> {
-    if (!this.snapshotter.appliesLayers(s.key)) throw notOurs('an ordinary layer outside an extraction');
-    const desc = { mediaType: diff.media_type, digest: diff.digest as Digest, size: diff.size };
-    const blob = openLayerBlob(
-      (offset, length) => this.content.read(desc.digest, offset, length, context),
-      desc,
-      undefined,
-      `snapshot ${s.key}`,
-    );
-    // The content store answers before the snapshot's device is given up for the apply.
-    await this.content.read(desc.digest, 0, Math.min(1, desc.size), context);
-    const t0 = Date.now();
-    const digest = await this.snapshotter.applyLayer(s.key, blob.tar, () => blob.verified());
-    this.log.info(
-      { snapshot: s.key, layer: diff.digest, bytes: blob.tarBytes, ms: Date.now() - t0 },
-      'diff: ordinary layer applied',
-    );
-    return { media_type: MEDIA_TAR, digest, size: blob.tarBytes };
   }
 
   async compare(

@@ -72,8 +72,7 @@ export class Snapshotter {
     const ref = written ? await this.layers.writtenMarker(s.layer) : undefined;
     if (ref) await this.layers.replaceWithSnapshot(s.layer, ref);
     await this.layers.detach(s.layer); // containerd has unmounted it
-    // Frozen already when our differ applied an ordinary layer to it (applyLayer).
-    if (!this.layers.manager.get(s.layer).frozen) await this.layers.freeze(s.layer);
+    await this.layers.freeze(s.layer);
     this.meta.commit(key, name, labels);
     this.log.info({ key, name, layer: s.layer }, 'snapshot committed');
   }
@@ -118,40 +117,6 @@ export class Snapshotter {
     if (mounts.length !== 1 || mounts[0]!.type !== 'ext4') return undefined;
     const layer = this.layers.layerOfDevice(mounts[0]!.source);
     return layer === undefined ? undefined : this.meta.byLayer(layer);
-  }
-
-  /** Whether the differ applies ordinary layers to snapshot `key` itself: an active one being extracted. */
-  appliesLayers(key: string): boolean {
-    return isExtraction(key) && this.meta.get(key).kind === 'active';
-  }
-
-  /**
-   * An ordinary layer tar applied to active snapshot `key` being extracted (appliesLayers), by
-   * the layer core: the snapshot's device, handed to the differ and not mounted by containerd,
-   * is detached so that the core can apply through a staged copy, and the layer is frozen;
-   * containerd commits it next. `verified` (the blob's checks, once the tar was read) decides:
-   * if it rejects, so does this, and containerd removes the snapshot. Resolves with what
-   * `verified` resolves with.
-   */
-  async applyLayer<T>(key: string, tar: AsyncIterable<Buffer>, verified: () => Promise<T>): Promise<T> {
-    const s = this.meta.get(key);
-    if (s.kind !== 'active') {
-      throw new ConflictError(`snapshot ${JSON.stringify(key)} is ${s.kind}: a layer applies to an active one`, {
-        context: { key },
-      });
-    }
-    await this.layers.detach(s.layer);
-    try {
-      await this.layers.applyTar(s.layer, s.parent ? this.meta.get(s.parent).layer : undefined, tar);
-    } catch (err) {
-      // applyTar put the layer back as Create made it: attached again, it is the snapshot
-      // Prepare made (on a device of its own: containerd removes a snapshot whose apply failed).
-      await this.layers.attach(s.layer, { readOnly: false }).catch(() => undefined);
-      throw err;
-    }
-    const result = await verified();
-    this.log.info({ key, layer: s.layer }, 'layer applied');
-    return result;
   }
 
   /**

@@ -5,7 +5,7 @@
  *   1. SRC's manifest (from a manifest list or index: the asked platform's), its config;
  *   2. every layer applied in order, as a layer volume of a private layer host, straight from
  *      the registry: each blob verified against its digest and each tar against its diff ID
- *      (layers/layer-tar/layer-blob.ts), whiteouts, links and owners as on any slacker host (the staged apply);
+ *      (layer-blob.ts), whiteouts, links and owners as on any slacker host (the staged apply);
  *   3. the top layer published to the backing store (its chunks, then its manifest);
  *   4. DST pushed: SRC's config with one marker layer (layers/layer-tar/marker.ts).
  * Nothing is published before every layer has been applied and verified, and DST is pushed
@@ -24,7 +24,7 @@ import { markerTar } from '../layers/layer-tar/marker.js';
 import { MEDIA, Registry } from '../stores/registry.js';
 import type { PublishCounts } from '../volumes/manager.js';
 import { formatPlatform, parseImageRef, platformMatches, type ImageRef, type Platform } from './image-ref.js';
-import { openLayerBlob, type LayerDescriptor } from '../layers/layer-tar/layer-blob.js';
+import { openLayerBlob, type LayerDescriptor } from './layer-blob.js';
 
 export interface RegistryConvertOptions {
   src: string;
@@ -137,12 +137,7 @@ export async function convertFromRegistry(o: RegistryConvertOptions): Promise<Re
       for (const [i, desc] of manifest.layers.entries()) {
         const id = `layer-${i}`;
         await host.layers.create(id, parent);
-        const blob = openLayerBlob(
-          (offset, length) => from.getBlob(desc.digest, { offset, length }),
-          desc,
-          diffIds[i] as Digest,
-          src.text,
-        );
+        const blob = openLayerBlob(from, desc, diffIds[i] as Digest, src.text);
         const report = (done: boolean): void =>
           o.progress?.({
             kind: 'layer',

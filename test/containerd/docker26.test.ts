@@ -3,7 +3,6 @@
  * proxy snapshotter): import, run, a container's writes, commit, save, rmi, and containerd's
  * garbage collection removing the layers nobody uses any more.
  */
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../../common/exec.js';
@@ -80,11 +79,6 @@ describe('Docker 26 with the slacker snapshotter (containerd image store)', () =
   it('imports, runs, commits a container that wrote 16 MiB, saves, and removes: GC leaves no layer', async () => {
     const rootfs = await busyboxRootfs(join(dir.path, 'rootfs'));
     await importRootfs(docker, rootfs, 'bb:1');
-    // An ordinary layer: applied by our differ (the layer core's staged apply), not containerd's.
-    const applied = (await readFile(host.snap.logFile, 'utf8'))
-      .split('\n')
-      .filter((l) => l.includes('ordinary layer applied'));
-    expect(applied).toHaveLength(1);
     const hello = await docker.docker(['run', '--rm', '--network', 'none', 'bb:1', 'sh', '-c', 'cat /etc/motd']);
     expect(hello.stdout).toBe('slacker-ts test image\n');
     await docker.docker([

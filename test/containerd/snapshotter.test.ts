@@ -246,26 +246,16 @@ describe('containerd snapshotter (containerd 1.7, ctr)', () => {
       const tar = 'application/vnd.oci.image.layer.v1.tar';
       const blob = { media_type: tar, digest: `sha256:${'1'.repeat(64)}`, size: 2048 };
       try {
-        // Mounts that are not ours, an ordinary layer outside an extraction, a media type we
-        // leave alone: the next differ's.
+        // Mounts that are not ours, a large layer, a media type we leave alone: the next differ's.
         const overlay = [{ type: 'overlay', source: 'overlay', target: '', options: ['lowerdir=/a'] }];
         expect((await error(ask(diff, 'Apply', { diff: blob, mounts: overlay }))).code).toBe(grpc.status.UNIMPLEMENTED);
         expect((await error(ask(diff, 'Diff', { left: overlay, right: overlay }))).code).toBe(
           grpc.status.UNIMPLEMENTED,
         );
-        const big = { ...blob, size: 10 * 2 ** 20 };
-        const notExtracting = (await call('Prepare', { key: 'ns1/8/work', parent: '' })) as { mounts: unknown[] };
-        expect((await error(ask(diff, 'Apply', { diff: big, mounts: notExtracting.mounts }))).code).toBe(
-          grpc.status.UNIMPLEMENTED,
-        );
-        await call('Remove', { key: 'ns1/8/work' });
         const key = 'ns1/7/extract-1 sha256:x';
         const { mounts } = (await call('Prepare', { key, parent: '' })) as { mounts: unknown[] };
-        // An ordinary layer being extracted is ours, read from containerd's content store: not
-        // there, it says where it was looked for.
-        const unreadable = await error(ask(diff, 'Apply', { diff: big, mounts }));
-        expect(unreadable.code).toBe(grpc.status.UNAVAILABLE);
-        expect(unreadable.details).toContain('no-containerd.sock');
+        const big = { ...blob, size: 10 * 2 ** 20 };
+        expect((await error(ask(diff, 'Apply', { diff: big, mounts }))).code).toBe(grpc.status.UNIMPLEMENTED);
         const zstd = { ...blob, media_type: `${tar}+zstd` };
         expect((await error(ask(diff, 'Apply', { diff: zstd, mounts }))).code).toBe(grpc.status.UNIMPLEMENTED);
         // A small layer, but containerd's content store is not there: say where it was looked for.

@@ -1,10 +1,9 @@
 /**
- * A layer blob as the plain tar it holds, verified: the blob's bytes against its descriptor's
- * digest and size, and the uncompressed tar against the diff ID an image config gives (when the
- * caller has one; the tar's digest is returned either way). The blob comes in ranges of RANGE
- * bytes from `read` (a registry's blob, containerd's content store), the next one asked for while
- * the current one is consumed, so no more than two ranges are held at once (a 1 GB layer is not
- * held in memory) and a source that drops the connection fails one range, with a clear error.
+ * A layer blob from a registry as the plain tar it holds, verified twice: the blob's bytes
+ * against its descriptor's digest and size, and the uncompressed tar against the image
+ * config's diff ID. The blob comes in ranges of RANGE bytes, the next one asked for while the
+ * current one is consumed, so no more than two ranges are held at once (a 1 GB layer is not
+ * held in memory) and a registry that drops the connection fails one range, with a clear error.
  *
  * The checks finish only once the whole blob has passed: `verified()` must be awaited after
  * the consumer stopped reading (it drains what is left, e.g. the tar's trailing padding), and
@@ -13,8 +12,9 @@
 import { createHash } from 'node:crypto';
 import { pipeline, Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
-import { IoError, NotSupportedError } from '../../common/errors.js';
-import type { Digest } from '../../common/digests.js';
+import { IoError, NotSupportedError } from '../common/errors.js';
+import type { Digest } from '../common/digests.js';
+import { MEDIA, type Registry } from '../stores/registry.js';
 
 const RANGE = 8 * 1024 * 1024;
 
@@ -26,12 +26,11 @@ export interface LayerDescriptor {
 }
 
 const GZIP = new Set([
-  'application/vnd.docker.image.rootfs.diff.tar.gzip',
+  MEDIA.dockerLayerGzip,
   'application/vnd.oci.image.layer.v1.tar+gzip',
   'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip',
 ]);
 const PLAIN = new Set([
-  'application/vnd.docker.image.rootfs.diff.tar',
   'application/vnd.oci.image.layer.v1.tar',
   'application/vnd.oci.image.layer.nondistributable.v1.tar',
 ]);
@@ -43,35 +42,16 @@ export interface LayerBlob {
   readonly bytesRead: number;
   /** Tar bytes produced so far (uncompressed). */
   readonly tarBytes: number;
-  /**
-   * Drains the rest and checks the digests; resolves with the tar's digest, rejects with an
-   * IoError naming what did not match.
-   */
-  verified(): Promise<Digest>;
+  /** Drains the rest and checks both digests; rejects with an IoError naming what did not match. */
+  verified(): Promise<void>;
 }
 
-/** Reads `length` bytes of the blob at `offset`. */
-export type BlobRangeReader = (offset: number, length: number) => Promise<Buffer>;
-
-/** Whether blobs of this media type can be read here (tar, tar+gzip). */
-export function isReadableLayer(mediaType: string): boolean {
-  return GZIP.has(mediaType) || PLAIN.has(mediaType);
-}
-
-/**
- * Opens layer `desc` of image `label` (for messages), read with `read`; its tar must have digest
- * `diffId` when one is given.
- */
-export function openLayerBlob(
-  read: BlobRangeReader,
-  desc: LayerDescriptor,
-  diffId: Digest | undefined,
-  label: string,
-): LayerBlob {
+/** Opens layer `desc` of image `label` (for messages), whose config says its tar is `diffId`. */
+export function openLayerBlob(registry: Registry, desc: LayerDescriptor, diffId: Digest, label: string): LayerBlob {
   const gzip = GZIP.has(desc.mediaType);
   if (!gzip && !PLAIN.has(desc.mediaType)) {
     throw new NotSupportedError(
-      `${label}: layer ${desc.digest} has media type ${desc.mediaType}; only tar and tar+gzip layers are read here ` +
+      `${label}: layer ${desc.digest} has media type ${desc.mediaType}; convert reads tar and tar+gzip layers ` +
         '(zstd is not supported yet)',
       { context: { image: label, layer: desc.digest, mediaType: desc.mediaType } },
     );
@@ -83,7 +63,7 @@ export function openLayerBlob(
 
   async function* ranges(): AsyncGenerator<Buffer> {
     const fetchRange = (offset: number): Promise<Buffer> =>
-      read(offset, Math.min(RANGE, desc.size - offset)).catch((err: unknown) => {
+      registry.getBlob(desc.digest, { offset, length: Math.min(RANGE, desc.size - offset) }).catch((err: unknown) => {
         throw new IoError(
           `${label}: reading layer ${desc.digest} at byte ${offset} of ${desc.size} failed: ${(err as Error).message}`,
           { cause: err, context: { image: label, layer: desc.digest, offset } },
@@ -150,14 +130,13 @@ export function openLayerBlob(
           { context: { image: label, layer: desc.digest, got: blob } },
         );
       }
-      const tarDigest = `sha256:${tarHash.digest('hex')}` as Digest;
-      if (diffId !== undefined && tarDigest !== diffId) {
+      const tarDigest = `sha256:${tarHash.digest('hex')}`;
+      if (tarDigest !== diffId) {
         throw new IoError(
           `${label}: layer ${desc.digest} unpacks to a tar with digest ${tarDigest}, but the image config says ${diffId}`,
           { context: { image: label, layer: desc.digest, diffId, got: tarDigest } },
         );
       }
-      return tarDigest;
     },
   };
 }
