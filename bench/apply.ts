@@ -15,8 +15,8 @@
  *                          [--engine graphdriver|containerd] [--differ slacker|walking]
  *
  * `--engine containerd` runs Docker 26 on the containerd image store: containerd's overlayfs
- * snapshotter is the anchor, and slacker's snapshotter applies ordinary layers with its differ
- * (or, with `--differ walking`, leaves them to containerd's walking differ, through NBD).
+ * snapshotter is the anchor; slacker's snapshotter gets its layers from containerd's walking
+ * differ, through NBD (`--differ walking` leaves slacker's differ out of containerd's config).
  *
  * The deep tree stays at a depth overlay2 can apply (its mkdir fails past PATH_MAX, about
  * 2,000 one-letter levels under its data root); a row for slacker alone at 10,000 levels follows.
@@ -51,7 +51,7 @@ const { values: opts } = parseArgs({
     'plugin-log': { type: 'string' },
     /** `graphdriver` (Docker 20.10) or `containerd` (Docker 26, containerd image store). */
     engine: { type: 'string', default: 'graphdriver' },
-    /** With --engine containerd: `walking` leaves every layer to containerd's own differ. */
+    /** With --engine containerd: `walking` leaves slacker's differ out of containerd's config. */
     differ: { type: 'string', default: 'slacker' },
   },
 });
@@ -145,9 +145,9 @@ async function graphdriverHosts(dir: string): Promise<Hosts> {
 
 /**
  * Docker 26 on the containerd image store: containerd's overlayfs snapshotter against slacker's
- * snapshotter, with slacker's differ (`--differ walking`: without it, so that containerd's own
- * walking differ applies the layers through the snapshot's NBD device, as before the differ
- * applied ordinary layers).
+ * snapshotter, with slacker's differ configured (markers, metadata-only commits) or not
+ * (`--differ walking`). Ordinary layers are applied by containerd's walking differ either way,
+ * through the snapshot's NBD device.
  */
 async function containerdHosts(dir: string, differ: boolean): Promise<Hosts> {
   const containerd = await startContainerd(join(dir, 'overlay', 'containerd'));
