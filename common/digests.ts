@@ -27,7 +27,7 @@ export function hexOf(digest: Digest): string {
 }
 
 interface DigestsAddon {
-  sha256Batch(buffers: Buffer[]): Promise<Buffer>;
+  sha256Batch(buffers: Buffer[], originals?: number[]): Promise<Buffer>;
 }
 
 const addon = loadAddon<DigestsAddon>('digests');
@@ -40,6 +40,30 @@ const DIGEST_BYTES = 32;
 export async function digestsOf(buffers: Buffer[]): Promise<Digest[]> {
   const raw = await addon.sha256Batch(buffers);
   return buffers.map((_, i) => `${PREFIX}${raw.toString('hex', i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)}` as Digest);
+}
+
+/** Where a buffer's original bytes lie: an open file and the position in it. */
+export interface OriginalBytes {
+  fd: number;
+  position: number;
+}
+
+/**
+ * digestsOf, except that a buffer equal to its original bytes (at hand in the page cache) is
+ * not hashed: its entry is undefined ("unchanged"). The descriptors need to stay open only
+ * until this returns its promise (the addon duplicates them).
+ */
+export async function digestsUnlessSame(
+  buffers: Buffer[],
+  originals: readonly (OriginalBytes | undefined)[],
+): Promise<(Digest | undefined)[]> {
+  const pairs = originals.flatMap((o) => (o ? [o.fd, o.position] : [-1, 0]));
+  const raw = await addon.sha256Batch(buffers, pairs);
+  return buffers.map((_, i) => {
+    const at = i * DIGEST_BYTES;
+    if (raw.subarray(at, at + DIGEST_BYTES).every((b) => b === 0)) return undefined;
+    return `${PREFIX}${raw.toString('hex', at, at + DIGEST_BYTES)}` as Digest;
+  });
 }
 
 /**

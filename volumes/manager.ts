@@ -387,10 +387,16 @@ export class VolumeManager {
     const t0 = Date.now();
     const packed: { digest: Digest; offset: number; length: number }[] = [];
     const keepsPacks = this.chunks.keepsPacks;
-    const { map, stored } = await mapStaged(path, row, base, async (digest, data, offset) => {
-      if (!keepsPacks) return this.chunks.putUnsynced(digest, data);
-      if (!this.chunks.isLocal(digest)) packed.push({ digest, offset, length: data.length });
-    });
+    const { map, stored } = await mapStaged(
+      path,
+      row,
+      base,
+      async (digest, data, offset) => {
+        if (!keepsPacks) return this.chunks.putUnsynced(digest, data);
+        if (!this.chunks.isLocal(digest)) packed.push({ digest, offset, length: data.length });
+      },
+      (idx) => this.chunks.lend(base.get(idx)!, chunkLength(row.size, row.chunkSize, idx)),
+    );
     const t1 = Date.now();
     if (keepsPacks) {
       await this.chunks.keepPack(path, packed);

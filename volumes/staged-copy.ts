@@ -12,7 +12,7 @@
  * Knows nothing of the metadata or the chunk store's layout: the manager passes both ends in.
  */
 import { open } from 'node:fs/promises';
-import { digestsOf, type Digest } from '../common/digests.js';
+import { digestsUnlessSame, type Digest, type OriginalBytes } from '../common/digests.js';
 import { readFully, writeFully } from '../common/file-io.js';
 import { fileOps } from '../common/fileops.js';
 import { chunkLength, isAllZero, type ChunkIndex } from './types.js';
@@ -62,7 +62,8 @@ export async function fillStaged(
 
 /**
  * The complete chunk map of the content of staged file `path`. A chunk equal to `base`'s at
- * the same index keeps that digest; one that is all zeroes (or a hole) is left out; any other
+ * the same index keeps that digest (compared with the bytes `original` says where to find, when
+ * it does, rather than hashed); one that is all zeroes (or a hole) is left out; any other
  * is passed to `store` with its digest and its offset in the file, which must keep it (or
  * where it lies) before resolving: `data` is reused once `store` resolves.
  */
@@ -71,6 +72,7 @@ export async function mapStaged(
   g: StagedGeometry,
   base: ReadonlyMap<ChunkIndex, Digest>,
   store: (digest: Digest, data: Buffer, offset: number) => Promise<void>,
+  original?: (idx: ChunkIndex) => OriginalBytes | undefined,
 ): Promise<{ map: Map<ChunkIndex, Digest>; stored: number }> {
   const f = await open(path, 'r');
   const map = new Map<ChunkIndex, Digest>();
@@ -87,9 +89,15 @@ export async function mapStaged(
         }),
       );
       const kept = batch.map((idx, i) => ({ idx, buf: bufs[i]! })).filter((c) => !isAllZero(c.buf));
-      const digests = await digestsOf(kept.map((c) => c.buf));
+      // A chunk the base has is compared with the base's bytes where they are at hand, and
+      // hashed only if it changed: most of a layer's chunks are its parent's, unchanged.
+      const originals = kept.map((c) => (base.has(c.idx) ? original?.(c.idx) : undefined));
+      const digests = await digestsUnlessSame(
+        kept.map((c) => c.buf),
+        originals,
+      );
       for (const [i, c] of kept.entries()) {
-        const digest = digests[i]!;
+        const digest = digests[i] ?? base.get(c.idx)!;
         map.set(c.idx, digest);
         if (base.get(c.idx) === digest) continue;
         await store(digest, c.buf, c.idx * g.chunkSize);

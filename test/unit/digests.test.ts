@@ -4,7 +4,10 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { digestOf, digestsOf, hexOf, isDigest } from '../../common/digests.js';
+import { closeSync, openSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { digestOf, digestsOf, digestsUnlessSame, hexOf, isDigest } from '../../common/digests.js';
+import { tempDir } from '../helpers/tmp.js';
 
 const reference = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
@@ -53,4 +56,42 @@ describe('digestOf, isDigest, hexOf', () => {
     'isDigest refuses %j',
     (s) => expect(isDigest(s)).toBe(false),
   );
+});
+
+describe('digestsUnlessSame (a staged freeze compares chunks with their originals)', () => {
+  it('leaves out the buffers equal to their original bytes, hashes the rest, and needs the descriptors only at the call', async () => {
+    const dir = await tempDir('slacker-digests-');
+    try {
+      const file = join(dir.path, 'originals');
+      const original = randomBytes(3 * 64 * 1024);
+      writeFileSync(file, original); // in the page cache
+      const same = Buffer.from(original.subarray(64 * 1024, 128 * 1024));
+      const changed = Buffer.from(original.subarray(0, 64 * 1024));
+      changed[100] = changed[100]! ^ 1;
+      const none = randomBytes(1000);
+      const short = Buffer.from(original.subarray(128 * 1024)); // its original ends early
+      const fd = openSync(file, 'r');
+      const pending = digestsUnlessSame(
+        [same, changed, none, short, Buffer.from(same)],
+        [
+          { fd, position: 64 * 1024 },
+          { fd, position: 0 },
+          undefined,
+          { fd, position: 128 * 1024 + 10 },
+          { fd: 123456, position: 0 }, // not a descriptor: hashed
+        ],
+      );
+      closeSync(fd); // the addon holds its own copies
+      const got = await pending;
+      expect(got).toEqual([undefined, reference(changed), reference(none), reference(short), reference(same)]);
+    } finally {
+      await dir.cleanup();
+    }
+  });
+
+  it('refuses originals that do not pair with the buffers', async () => {
+    const { loadAddon } = await import('../../common/native-addon.js');
+    const addon = loadAddon<{ sha256Batch(b: Buffer[], o?: number[]): Promise<Buffer> }>('digests');
+    expect(() => addon.sha256Batch([Buffer.from('a')], [3])).toThrow(/expected/);
+  });
 });
