@@ -28,11 +28,16 @@ export async function attachLoop(file: string, readOnly: boolean): Promise<strin
     try {
       return (await run('losetup', ['-f', '--show', ...(readOnly ? ['-r'] : []), file])).stdout.trim();
     } catch (err) {
-      const busy = err instanceof CommandError && /Device or resource busy/.test(err.stderr);
+      const busy = lostTheRace(err);
       if (!busy || attempt >= LOOP_ATTEMPTS) throw err;
       await new Promise((r) => setTimeout(r, 20 * attempt));
     }
   }
+}
+
+/** Whether losetup failed because another took the device it picked (EBUSY). */
+function lostTheRace(err: unknown): boolean {
+  return err instanceof CommandError && /Device or resource busy/.test(err.stderr);
 }
 
 /** Detaches a loop device and waits until it no longer holds its file (`losetup -d` only marks it). */
@@ -91,7 +96,7 @@ async function attachThenFill(file: string, readOnly: boolean, fill: () => Promi
         try {
           await run('losetup', [...(readOnly ? ['-r'] : []), loop, file]);
         } catch (err) {
-          busy = err instanceof CommandError && /Device or resource busy/.test(err.stderr);
+          busy = lostTheRace(err);
           if (!busy || attempt >= LOOP_ATTEMPTS) throw err;
         }
       }

@@ -39,7 +39,12 @@ const DIGEST_BYTES = 32;
  */
 export async function digestsOf(buffers: Buffer[]): Promise<Digest[]> {
   const raw = await addon.sha256Batch(buffers);
-  return buffers.map((_, i) => `${PREFIX}${raw.toString('hex', i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)}` as Digest);
+  return buffers.map((_, i) => digestAt(raw, i));
+}
+
+/** The i-th digest of a batch's raw result. */
+function digestAt(raw: Buffer, i: number): Digest {
+  return `${PREFIX}${raw.toString('hex', i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)}` as Digest;
 }
 
 /** Where a buffer's original bytes lie: an open file and the position in it. */
@@ -59,11 +64,9 @@ export async function digestsUnlessSame(
 ): Promise<(Digest | undefined)[]> {
   const pairs = originals.flatMap((o) => (o ? [o.fd, o.position] : [-1, 0]));
   const raw = await addon.sha256Batch(buffers, pairs);
-  return buffers.map((_, i) => {
-    const at = i * DIGEST_BYTES;
-    if (raw.subarray(at, at + DIGEST_BYTES).every((b) => b === 0)) return undefined;
-    return `${PREFIX}${raw.toString('hex', at, at + DIGEST_BYTES)}` as Digest;
-  });
+  return buffers.map((_, i) =>
+    raw.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES).every((b) => b === 0) ? undefined : digestAt(raw, i),
+  );
 }
 
 /**

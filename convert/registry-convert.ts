@@ -202,12 +202,12 @@ export async function convertFromRegistry(o: RegistryConvertOptions): Promise<Re
   }
 }
 
-/** SRC's image manifest for the platform (through a manifest list or index), and its digest. */
 /** What convert reports of a publish: chunks stored now, and those the store had (known here or found there). */
 function uploadedAndSkipped(c: PublishCounts): { uploaded: number; skipped: number } {
   return { uploaded: c.uploaded, skipped: c.skipped + c.known };
 }
 
+/** SRC's image manifest for the platform (through a manifest list or index), and its digest. */
 async function resolveManifest(
   registry: Registry,
   src: ImageRef,

@@ -20,6 +20,7 @@ import { join } from 'node:path';
 import { ConfigError, ConflictError, InvalidArgumentError, IoError, NotFoundError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { BackingStore, UploadCounts } from '../stores/backing-store.js';
+import type { PackChunk } from './chunks/cache-segments.js';
 import { ChunkStore } from './chunks/chunk-store.js';
 import { FetchCounters } from './chunks/fetch-counters.js';
 import type { FetchPolicy } from './chunks/fetcher.js';
@@ -65,13 +66,13 @@ export interface VolumeManagerOptions {
   log?: Logger;
 }
 
-/** What a publish sent (VolumeManager.publish `counts`), by distinct chunk. */
 /** A staged copy made by prepareStage: its file, empty until `fill` writes the volume's content. */
 export interface StagedCopy {
   path: string;
   fill(): Promise<void>;
 }
 
+/** What a publish sent (VolumeManager.publish `counts`), by distinct chunk. */
 export interface PublishCounts {
   /** Distinct chunks of the snapshot. */
   chunks: number;
@@ -385,7 +386,7 @@ export class VolumeManager {
     const path = this.stagingPath(row.id);
     const base = this.baseOf(row);
     const t0 = Date.now();
-    const packed: { digest: Digest; offset: number; length: number }[] = [];
+    const packed: PackChunk[] = [];
     const keepsPacks = this.chunks.keepsPacks;
     const { map, stored } = await mapStaged(
       path,

@@ -49,6 +49,9 @@ export interface SegmentChunk {
   length: number;
 }
 
+/** A chunk a pack keeps where it lies in the file adopted (cache-segments' adopt). */
+export type PackChunk = Omit<SegmentChunk, 'segment'>;
+
 /** Where the segments' places are recorded (the volume metadata). */
 export interface SegmentCatalog {
   segmentChunks(): SegmentChunk[];
@@ -256,8 +259,8 @@ export class CacheSegments {
    * held here already is not kept twice. Resolves with the chunks kept; on a failure the file
    * is left where it was, or removed once moved.
    */
-  async adopt(path: string, chunks: readonly { digest: Digest; offset: number; length: number }[]): Promise<number> {
-    const keep: { digest: Digest; offset: number; length: number }[] = [];
+  async adopt(path: string, chunks: readonly PackChunk[]): Promise<number> {
+    const keep: PackChunk[] = [];
     const taking = new Set<Digest>();
     for (const c of chunks) {
       if (this.chunks.has(c.digest) || taking.has(c.digest)) continue;

@@ -7,15 +7,15 @@
  * sequential reader.
  *
  * Layout under DIR: chunk files `ab/cdef...`, cache segments in `segments/` and the packs of
- * staged freezes in `packs/` (each owned by one process at a time: see cache-segments.ts). Where the store has each chunk comes through
- * `ChunkLocations` (the manager's metadata).
+ * staged freezes in `packs/` (each owned by one process at a time: see cache-segments.ts).
+ * Where the store has each chunk comes through `ChunkLocations` (the manager's metadata).
  */
 import { join } from 'node:path';
 import { NotSupportedError } from '../../common/errors.js';
 import type { Digest } from '../../common/digests.js';
 import { silentLogger, type Logger } from '../../common/logger.js';
 import type { BackingStore } from '../../stores/backing-store.js';
-import { CacheSegments, type SegmentCatalog } from './cache-segments.js';
+import { CacheSegments, type PackChunk, type SegmentCatalog } from './cache-segments.js';
 import { EvictionBound, type EvictionCatalog } from './eviction.js';
 import type { FetchCounters } from './fetch-counters.js';
 import { ChunkFetcher, DEFAULT_FETCH_POLICY, type ChunkLocations, type FetchPolicy } from './fetcher.js';
@@ -171,7 +171,7 @@ export class ChunkStore {
    * a pack: see cache-segments.ts adopt), durably, before resolving; chunks stored here
    * already are not kept twice. Only when keepsPacks. Resolves with the chunks kept.
    */
-  keepPack(path: string, chunks: readonly { digest: Digest; offset: number; length: number }[]): Promise<number> {
+  keepPack(path: string, chunks: readonly PackChunk[]): Promise<number> {
     if (!this.local.packs) {
       return Promise.reject(new NotSupportedError('another process owns the chunk packs of this state root'));
     }

@@ -1,9 +1,9 @@
 /**
  * Where chunks lie on this host, for the chunk store (chunk-store.ts): chunks a staged freeze
  * made in the pack it froze them from (the staged file, kept: cache-segments.ts adopt); other
- * chunks made here (freeze) as files named by their SHA-256, `ROOT/ab/cdef...` (first two hex digits as a fan-out
- * directory), written to a temporary name and renamed, and made durable by one sync() (syncfs)
- * before anything refers to them, so a chunk file either is complete or does not exist; chunks
+ * chunks made here (freeze) as files named by their SHA-256, `ROOT/ab/cdef...` (first two hex
+ * digits as a fan-out directory), written to a temporary name and renamed, and made durable by
+ * one sync() (syncfs) before anything refers to them, so a chunk file either is complete or does not exist; chunks
  * fetched from a backing store appended to segment files (cache-segments.ts), where reads look
  * first. eviction.ts bounds both kinds of evictable chunk.
  *
@@ -229,8 +229,9 @@ export class LocalStore {
   }
 
   /**
-   * Deletes a chunk, from the segments, a pack or as a file; a reader using it finishes its read (the
-   * segments punch it out afterwards; a deleted file stays readable through an open descriptor).
+   * Deletes a chunk, from the segments, a pack or as a file; a reader using it finishes its read
+   * (the segments punch it out afterwards; a deleted file stays readable through an open
+   * descriptor).
    */
   async remove(digest: Digest): Promise<void> {
     this.segments?.remove(digest);
