@@ -22,3 +22,32 @@ export function blockPieces(offset: number, length: number, blockSize: number): 
   }
   return out;
 }
+
+/**
+ * The bytes [pos, pos + length) of a vector of buffers (a write payload as it arrived in pieces),
+ * as views: nothing is copied.
+ */
+export function vectorSlice(vector: readonly Buffer[], pos: number, length: number): Buffer[] {
+  const out: Buffer[] = [];
+  let skip = pos;
+  let left = length;
+  for (const b of vector) {
+    if (left === 0) break;
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    const n = Math.min(b.length - skip, left);
+    out.push(n === b.length ? b : b.subarray(skip, skip + n));
+    skip = 0;
+    left -= n;
+  }
+  if (left > 0) throw new RangeError(`vector of ${vectorLength(vector)} bytes has no [${pos}, ${pos + length})`);
+  return out;
+}
+
+export function vectorLength(vector: readonly Buffer[]): number {
+  let n = 0;
+  for (const b of vector) n += b.length;
+  return n;
+}

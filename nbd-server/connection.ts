@@ -30,7 +30,7 @@ import {
 import * as replies from './replies.js';
 import { fileOps } from '../common/fileops.js';
 import { allCached, sendDirect, socketFd } from './direct-reply.js';
-import { PeerClosedError, SocketReader } from './socket-reader.js';
+import { PeerClosedError, SocketReader, type Lent } from './socket-reader.js';
 import { validateRequest, type ExportState, type Request } from './validate.js';
 
 export interface ConnectionLimits {
@@ -109,9 +109,10 @@ export class Connection {
     private readonly socket: Socket,
     private readonly deps: ConnectionDeps,
     readonly id: number,
+    reader?: SocketReader,
   ) {
     socket.setNoDelay(true);
-    this.reader = new SocketReader(socket);
+    this.reader = reader ?? new SocketReader(socket);
     this.budget = new ByteBudget(deps.limits.budgetBytes);
     this.log = deps.log.child({ conn: id, peer: socket.remoteAddress ?? 'unix' });
     this.closed = new Promise((resolve) =>
@@ -208,7 +209,7 @@ export class Connection {
       if (req.type === CMD.DISC) return;
 
       const error = validateRequest(req, state);
-      let payload: Buffer[] | undefined;
+      let payload: Lent | undefined;
       if (req.type === CMD.WRITE) {
         if (error !== 0) {
           // Keep the stream in step without holding the payload: even 4 GiB costs nothing.
@@ -216,9 +217,10 @@ export class Connection {
         } else {
           await this.reserve(req.length);
           try {
+            // Lent where it landed in the receive slab, and released once written.
             payload = e.backend.pwritev
-              ? await this.reader.readChunks(req.length)
-              : [await this.reader.read(req.length)];
+              ? await this.reader.lendChunks(req.length)
+              : { chunks: [await this.reader.read(req.length)], release: () => undefined };
           } catch (err) {
             this.unreserve(req.length);
             throw err;
@@ -241,9 +243,10 @@ export class Connection {
     }
   }
 
-  private start(e: Export, n: Negotiated, req: Request, payload: Buffer[] | undefined, reserved: number): void {
+  private start(e: Export, n: Negotiated, req: Request, payload: Lent | undefined, reserved: number): void {
     this.inflight++;
-    this.execute(e, n, req, payload)
+    this.execute(e, n, req, payload?.chunks)
+      .finally(() => payload?.release())
       .catch((err: unknown) => {
         const errno = toNbdErrno(err);
         this.logRequestError(e, req, errno, 'failed', err);

@@ -11,6 +11,7 @@ import { ByteBudget } from './budget.js';
 import { Connection, type ConnectionLimits } from './connection.js';
 import { ExportRegistry, type Export, type ExportSpec } from './exports.js';
 import { formatListenAddress, isLoopback, parseListenAddress, type ListenAddress } from './listen-address.js';
+import { receiveIntoSlabs } from './socket-reader.js';
 
 export interface NbdServerOptions {
   log?: Logger;
@@ -95,7 +96,8 @@ export class NbdServer {
       );
     }
     if (addr.kind === 'unix') await removeStaleSocket(addr.path);
-    const server = createServer({ pauseOnConnect: false }, (socket) => this.accept(socket));
+    // Paused, so that no byte is read before the connection moves onto its receive slabs.
+    const server = createServer({ pauseOnConnect: true }, (socket) => this.accept(socket));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       if (addr.kind === 'unix') server.listen(addr.path, resolve);
@@ -146,12 +148,21 @@ export class NbdServer {
     this.log.info('nbd server stopped');
   }
 
-  private accept(socket: Socket): void {
+  private accept(accepted: Socket): void {
     if (this.closing || this.connections.size >= this.maxConnections) {
       this.log.warn({ connections: this.connections.size }, 'connection refused: server full or closing');
-      socket.destroy();
+      accepted.destroy();
       return;
     }
+    let moved: ReturnType<typeof receiveIntoSlabs>;
+    try {
+      moved = receiveIntoSlabs(accepted);
+    } catch (err) {
+      this.log.debug({ err }, 'connection lost before it was set up');
+      accepted.destroy();
+      return;
+    }
+    const { socket, reader } = moved;
     const conn = new Connection(
       socket,
       {
@@ -164,6 +175,7 @@ export class NbdServer {
         stats: this.readReplies,
       },
       this.nextId++,
+      reader,
     );
     this.connections.add(conn);
     socket.on('close', () => this.connections.delete(conn));

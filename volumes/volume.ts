@@ -11,7 +11,7 @@
  */
 import { NotSupportedError, ReadOnlyError } from '../common/errors.js';
 import { KeyedLock } from '../common/keyed-lock.js';
-import { blockPieces, type BlockPiece } from '../block/ranges.js';
+import { blockPieces, vectorLength, vectorSlice, type BlockPiece } from '../block/ranges.js';
 import type { Backend, BlockSizes, ByteCount, Extent, Slice, WriteFlags, ZeroFlags } from '../block/backend.js';
 import type { FileBackend } from '../block/backends/file.js';
 import type { ChunkStore } from './chunks/chunk-store.js';
@@ -171,26 +171,37 @@ export class Volume implements Backend {
     return digests;
   }
 
-  async pwrite(data: Buffer, offset: ByteCount, flags: WriteFlags): Promise<void> {
+  pwrite(data: Buffer, offset: ByteCount, flags: WriteFlags): Promise<void> {
+    return this.pwritev([data], offset, flags);
+  }
+
+  /**
+   * A write given as the pieces it arrived in (views of the NBD server's receive slabs). Resolves
+   * or rejects only once no piece is being written any more: the caller reuses the memory then.
+   */
+  async pwritev(data: readonly Buffer[], offset: ByteCount, flags: WriteFlags): Promise<void> {
     const file = this.writable();
-    await Promise.all(
-      this.pieces(offset, data.length).map((p) =>
+    const settled = await Promise.allSettled(
+      this.pieces(offset, vectorLength(data)).map((p) =>
         this.withChunkLock(p.index, async () => {
-          const slice = data.subarray(p.pos, p.pos + p.length);
+          const part = vectorSlice(data, p.pos, p.length);
           const start = p.index * this.chunkSize;
           if (this.parts.overrides.get(p.index) === 'data' || p.length === this.chunkLength(p.index)) {
-            await file.pwrite(slice, start + p.at, { fua: false });
+            await file.pwritev(part, start + p.at, { fua: false });
           } else {
             // Copy-on-write: the chunk's current content, overlaid with the write, lands whole.
             const whole = Buffer.allocUnsafe(this.chunkLength(p.index));
             await this.readPiece({ index: p.index, at: 0, length: whole.length, pos: 0 }, whole, 0);
-            slice.copy(whole, p.at);
+            let at = p.at;
+            for (const b of part) at += b.copy(whole, at);
             await file.pwrite(whole, start, { fua: false });
           }
           this.setOverride(p.index, 'data');
         }),
       ),
     );
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
     if (flags.fua) await this.flush();
   }
 
