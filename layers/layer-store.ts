@@ -269,6 +269,7 @@ export class LayerStore {
             layer: id,
             bytes: result.size,
             entries: result.entries,
+            writeWaitMs: result.writeWaitMs,
             staged: stored !== undefined,
             chunksStored: stored,
             freezeMs: Date.now() - t0,

@@ -52,7 +52,7 @@ describe('applyLayerTar', () => {
         { name: 'etc/old/b', data: 'upper' },
       ]),
     );
-    expect(r).toEqual({ kind: 'files', size: 5, entries: 4, skippedXattrs: 0 });
+    expect(r).toMatchObject({ kind: 'files', size: 5, entries: 4, skippedXattrs: 0 });
     expect((await readdir(join(root, 'etc'))).sort()).toEqual(['keep', 'old']);
     expect(await readdir(join(root, 'etc/old'))).toEqual(['b']);
   });
@@ -122,5 +122,34 @@ describe('applyLayerTar', () => {
     });
     expect(r).toEqual({ kind: 'marker', ref });
     expect(asked).toBe(false);
+  });
+
+  it('queues the file system work behind the reading, in tar order: streamed files, then what follows', async () => {
+    const big = Buffer.alloc(5 * 1024 * 1024 + 123);
+    for (let i = 0; i < big.length; i += 4096) big.writeUInt32BE(i, i);
+    const entries = [
+      { name: 'd/', type: 'directory' as const },
+      { name: 'd/big', data: big },
+      { name: 'd/big2', type: 'link' as const, linkname: 'd/big' },
+      ...Array.from({ length: 300 }, (_, i) => ({ name: `d/f${i}`, data: `file ${i}` })),
+      { name: 'd/.wh.f7' },
+    ];
+    const r = await apply(await tarOf(entries));
+    expect(r).toMatchObject({ kind: 'files', entries: 304 });
+    expect((await readFile(join(root, 'd/big2'))).equals(big)).toBe(true);
+    expect((await lstat(join(root, 'd/big'))).nlink).toBe(2);
+    expect(await readFile(join(root, 'd/f299'), 'utf8')).toBe('file 299');
+    expect((await readdir(join(root, 'd'))).length).toBe(2 + 299);
+  });
+
+  it('stops at the first entry the file system refuses, names it, and applies nothing after it', async () => {
+    await writeFile(join(root, 'plain'), 'a file, not a directory');
+    const entries = [
+      { name: 'a', data: 'before' },
+      { name: 'plain/inside', data: 'cannot be made' },
+      ...Array.from({ length: 200 }, (_, i) => ({ name: `after${i}`, data: 'x' })),
+    ];
+    await expect(apply(await tarOf(entries))).rejects.toThrow(/plain\/inside/);
+    expect((await readdir(root)).sort()).toEqual(['a', 'plain']);
   });
 });
