@@ -21,8 +21,6 @@ export interface FileOps {
    * would block on the disk, -2 if RWF_NOWAIT is unsupported here.
    */
   preadNoWait(fd: number, buffer: Buffer, bufOffset: number, length: number, position: number): number;
-  /** Write without blocking (pwritev2 RWF_NOWAIT); same results as preadNoWait. */
-  pwriteNoWait(fd: number, buffer: Buffer, bufOffset: number, length: number, position: number): number;
   /** Ask the kernel to read a range ahead into the page cache. */
   fadviseWillNeed(fd: number, offset: number, length: number): void;
   /** Set an extended attribute on a path, not following a final symlink. */

@@ -11,8 +11,7 @@
  *   lsetxattr(path, name, value)   set an extended attribute on a path, not following a symlink
  *   mknod(path, mode, major, minor)  create a device node or FIFO (mode carries the file type)
  *   preadNoWait(fd, buffer, bufOffset, length, position)
- *   pwriteNoWait(fd, buffer, bufOffset, length, position)
- *       preadv2/pwritev2 with RWF_NOWAIT: transfer only what can be done without blocking
+ *       preadv2 with RWF_NOWAIT: read only what can be read without blocking
  *       (data in the page cache). Return the bytes transferred, -1 if it would block (EAGAIN),
  *       -2 if the kernel or file system does not support RWF_NOWAIT. This is the fast path
  *       that spares a libuv threadpool round trip for cached data, without ever blocking
@@ -213,21 +212,19 @@ static napi_value nowait_result(napi_env env, ssize_t r, const char *syscall) {
   return throw_errno(env, syscall, errno);
 }
 
-static napi_value do_nowait(napi_env env, napi_callback_info info, int write) {
+/* Writes have no such path: ext4 refuses RWF_NOWAIT for buffered writes (block/backends/file.ts). */
+static napi_value pread_nowait(napi_env env, napi_callback_info info) {
   int fd;
   struct iovec iov;
   off_t pos;
   if (!get_io_args(env, info, &fd, &iov, &pos)) return NULL;
   ssize_t r;
   do {
-    r = write ? pwritev2(fd, &iov, 1, pos, RWF_NOWAIT) : preadv2(fd, &iov, 1, pos, RWF_NOWAIT);
+    r = preadv2(fd, &iov, 1, pos, RWF_NOWAIT);
   } while (r < 0 && errno == EINTR);
   if (r < 0 && (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL)) return make_int64(env, -2);
-  return nowait_result(env, r, write ? "pwritev2" : "preadv2");
+  return nowait_result(env, r, "preadv2");
 }
-
-static napi_value pread_nowait(napi_env env, napi_callback_info info) { return do_nowait(env, info, 0); }
-static napi_value pwrite_nowait(napi_env env, napi_callback_info info) { return do_nowait(env, info, 1); }
 
 /* sendfile(outFd, inFd, position, length) to a non-blocking socket: bytes sent (the kernel takes
  * page references, no copy through user space), -1 if the socket has no room now (EAGAIN). The
@@ -537,7 +534,6 @@ static napi_value init(napi_env env, napi_value exports) {
     {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_enumerable, NULL},
     {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_enumerable, NULL},
     {"preadNoWait", NULL, pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"pwriteNoWait", NULL, pwrite_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
     {"fadviseWillNeed", NULL, fadvise_willneed, NULL, NULL, NULL, napi_enumerable, NULL},
     {"lsetxattr", NULL, lsetxattr_path, NULL, NULL, NULL, napi_enumerable, NULL},
     {"mknod", NULL, mknod_path, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -62,3 +62,29 @@ describe('capabilities are inferred from the operations a backend has', () => {
     }
   });
 });
+
+describe('file backend writes', () => {
+  it('run on the event loop while quick, and on the threadpool for a while after a slow one', async () => {
+    const f = await sparseFile();
+    const b = await FileBackend.open({ path: f.path });
+    try {
+      expect(b.writesInline).toBe(true);
+      const small = Buffer.alloc(4096, 7);
+      const p = b.pwrite(small, 0, { fua: false });
+      // Inline: the bytes are in the file before the promise is even awaited.
+      expect((await b.pread(4096, 0)).equals(small)).toBe(true);
+      await p;
+      expect(b.writesInline).toBe(true);
+      // 48 MiB of fresh page cache takes well over the 2 ms an inline write may take.
+      const big = Buffer.alloc(48 * 1024 * 1024, 1);
+      await b.pwritev([big.subarray(0, 1000), big.subarray(1000)], 0, { fua: false });
+      expect(b.writesInline).toBe(false);
+      await b.pwrite(small, 8192, { fua: false }); // offloaded writes land all the same
+      expect((await b.pread(4096, 8192)).equals(small)).toBe(true);
+      expect((await b.pread(4096, 4 * 1024 * 1024)).every((x) => x === 1)).toBe(true);
+    } finally {
+      await b.close();
+      await f.cleanup();
+    }
+  });
+});
