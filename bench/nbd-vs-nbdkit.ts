@@ -1,13 +1,18 @@
 /**
  * slacker-ts NBD server vs nbdkit's file plugin, same files, same clients, one run.
  *
- *   npm run bench:nbd -- [--size-mib 1024] [--reps 3] [--runtime 5] [--json FILE] [--quick]
+ *   npm run bench:nbd -- [--size-mib 1024] [--reps 3] [--warmup 1] [--runtime 5] [--json FILE] [--quick]
  *
  * Workloads (each with 1 and 4 connections): sequential read (nbdcopy URI null:), sequential
  * write (nbdcopy FILE URI), 4 KiB random read (fio, libnbd engine, iodepth 32 per connection).
  * Both servers listen on unix sockets and serve files that are warm in the page cache, so the
  * figures compare the servers, not the disk. Servers alternate within each repetition; the
  * median is reported with the ratio slacker-ts/nbdkit and each server's CPU time per run.
+ * Before its timed repetitions, each row runs --warmup times untimed on both servers: the figures
+ * are those of a server that has been serving, as a storage daemon is. A fresh Node process
+ * compiles its request path while it serves the first ~1 GiB (V8's optimising compiler: server
+ * CPU per 512 MiB written 0.44 s in the first copy, 0.17 s from the third, docs/BENCHMARKS.md);
+ * nbdkit, compiled ahead of time, has no such start. `--warmup 0` measures from cold.
  */
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -22,6 +27,7 @@ const { values: opts } = parseArgs({
   options: {
     'size-mib': { type: 'string', default: '1024' },
     reps: { type: 'string', default: '3' },
+    warmup: { type: 'string', default: '1' },
     runtime: { type: 'string', default: '5' },
     json: { type: 'string' },
     quick: { type: 'boolean', default: false },
@@ -29,6 +35,7 @@ const { values: opts } = parseArgs({
 });
 const SIZE_MIB = opts.quick ? 256 : Number(opts['size-mib']);
 const REPS = opts.quick ? 1 : Number(opts.reps);
+const WARMUP = opts.quick ? 0 : Number(opts.warmup);
 const FIO_RUNTIME = opts.quick ? 2 : Number(opts.runtime);
 const CLI = join(import.meta.dirname, '../cli/main.js');
 
@@ -177,6 +184,7 @@ async function main(): Promise<void> {
       for (const connections of [1, 4]) {
         const results: Record<ServerName, number[]> = { 'slacker-ts': [], nbdkit: [] };
         const cpu: Record<ServerName, number[]> = { 'slacker-ts': [], nbdkit: [] };
+        for (let i = 0; i < WARMUP; i++) for (const s of servers) await w.measure(s, connections, dir);
         for (let rep = 0; rep < REPS; rep++) {
           const order = rep % 2 === 0 ? [slacker, nbdkit] : [nbdkit, slacker];
           for (const s of order) {
@@ -204,7 +212,7 @@ async function main(): Promise<void> {
 
     const machine = `${cpus().length} × ${cpus()[0]?.model.trim()}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, ${(await run('nbdkit', ['--version'])).stdout.trim()}`;
     const lines = [
-      `Machine: ${machine}. File: ${SIZE_MIB} MiB random data, page cache warm; unix sockets; median of ${REPS}.`,
+      `Machine: ${machine}. File: ${SIZE_MIB} MiB random data, page cache warm; unix sockets; median of ${REPS} after ${WARMUP} untimed run(s) per row.`,
       '',
       '| workload | conns | slacker-ts | nbdkit | ratio | server CPU s (slacker-ts / nbdkit) |',
       '|---|---:|---:|---:|---:|---:|',
