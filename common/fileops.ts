@@ -52,6 +52,12 @@ export interface FileOps {
    * written without one each (a frozen layer's new chunks).
    */
   syncFs(path: string): Promise<void>;
+  /**
+   * copy_file_range(2) of each range (`inFd, inPosition, outPosition, length`, flattened) into
+   * `outFd`, in one threadpool job; every descriptor is duplicated at the call. Rejects with the
+   * first failure (EIO if a source ends inside its range); ranges before it were copied.
+   */
+  copyRanges(outFd: number, ranges: number[]): Promise<void>;
 }
 
 export const fileOps: FileOps = loadAddon<FileOps>('fileops');

@@ -351,17 +351,22 @@ export class VolumeManager {
     await rm(path, { force: true });
     await createStaged(path, row);
     const fill = async (): Promise<void> => {
-      const data =
-        overrides.size > 0 ? await FileBackend.open({ path: this.dataPath(row.id), readOnly: true }) : undefined;
+      const data = overrides.size > 0 ? await openFile(this.dataPath(row.id), 'r') : undefined;
       const counters = new FetchCounters(); // copying out is not a read of the volume
       const t0 = Date.now();
       try {
-        await fillStaged(path, row, [...indices], async (idx, out) => {
-          const kind = overrides.get(idx);
-          if (kind === 'zero') out.fill(0);
-          else if (kind === 'data') (await data!.pread(out.length, idx * row.chunkSize)).copy(out);
-          else await this.chunks.read(base.get(idx)!, 0, out.length, out, 0, counters);
-        });
+        await fillStaged(
+          path,
+          row,
+          [...indices],
+          (idx) => {
+            const kind = overrides.get(idx);
+            if (kind === 'zero') return 'hole';
+            if (kind === 'data') return { fd: data!.fd, position: idx * row.chunkSize };
+            return this.chunks.lend(base.get(idx)!, chunkLength(row.size, row.chunkSize, idx));
+          },
+          (idx, out) => this.chunks.read(base.get(idx)!, 0, out.length, out, 0, counters).then(() => undefined),
+        );
       } catch (err) {
         await rm(path, { force: true });
         throw err;

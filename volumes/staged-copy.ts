@@ -3,8 +3,8 @@
  * chunk `i` at byte `i × chunkSize`, for work the kernel does on it through a loop device
  * straight on the file (a layer tar applied to a new layer: no FUSE, no NBD, no user-space hop
  * for every byte). Two steps, each one pass over the chunks that hold data:
- *   - createStaged makes the empty sparse file, fillStaged writes the volume's chunks into it
- *     (holes stay holes): two steps, so that a loop device can be put on the file while it
+ *   - createStaged makes the empty sparse file, fillStaged has the kernel copy the volume's
+ *     chunks into it (holes stay holes): two steps, so that a loop device can be put on the file while it
  *     has no dirty pages (configuring one writes the file's dirty pages back: attach/loop.ts);
  *   - mapStaged reads the file back as the volume's new complete chunk map: chunks that still
  *     equal the base's keep its digest (nothing stored), all-zero ones become holes, and the
@@ -20,6 +20,9 @@ import { chunkLength, isAllZero, type ChunkIndex } from './types.js';
 /** Chunks read, hashed or written per job, and jobs at once: enough to keep two CPUs and the disk busy. */
 const BATCH = 16;
 const JOBS = 4;
+/** Chunks per copy_file_range job, and jobs at once (each holds its batch's descriptors, duplicated). */
+const COPY_BATCH = 256;
+const COPY_JOBS = 2;
 
 export interface StagedGeometry {
   size: number;
@@ -36,19 +39,42 @@ export async function createStaged(path: string, g: StagedGeometry): Promise<voi
   }
 }
 
+/** Where a chunk's bytes are for a fill: a file range, a hole (all zeroes), or unknown (read it). */
+export type ChunkSource = OriginalBytes | 'hole' | undefined;
+
 /**
- * Writes chunk `idx` of `chunks` at its offset in staged file `path` (made by createStaged),
- * reading each with `read(idx, out)`; all-zero chunks stay holes.
+ * Writes chunk `idx` of `chunks` at its offset in staged file `path` (made by createStaged). A
+ * chunk `locate` finds in a file is copied by the kernel (copy_file_range, page cache to page
+ * cache, many chunks per threadpool job: no JavaScript per chunk); a hole stays a hole; any
+ * other is read with `read(idx, out)` and written unless all zeroes. `locate`'s descriptors need
+ * only be open while it runs (they are duplicated at once).
  */
 export async function fillStaged(
   path: string,
   g: StagedGeometry,
   chunks: ChunkIndex[],
+  locate: (idx: ChunkIndex) => ChunkSource,
   read: (idx: ChunkIndex, out: Buffer) => Promise<void>,
 ): Promise<void> {
   const f = await open(path, 'r+');
   try {
-    await inJobs(chunks, g.chunkSize, async (batch, slab) => {
+    const unknown: ChunkIndex[] = [];
+    let next = 0;
+    // Each batch's ranges are found and handed over in one synchronous step.
+    const copier = async (): Promise<void> => {
+      while (next < chunks.length) {
+        const ranges: number[] = [];
+        for (const idx of chunks.slice(next, (next += COPY_BATCH))) {
+          const src = locate(idx);
+          if (src === 'hole') continue;
+          if (!src) unknown.push(idx);
+          else ranges.push(src.fd, src.position, idx * g.chunkSize, chunkLength(g.size, g.chunkSize, idx));
+        }
+        if (ranges.length > 0) await fileOps.copyRanges(f.fd, ranges);
+      }
+    };
+    await Promise.all(Array.from({ length: COPY_JOBS }, copier));
+    await inJobs(unknown, g.chunkSize, async (batch, slab) => {
       for (const [i, idx] of batch.entries()) {
         const buf = slab.subarray(i * g.chunkSize, i * g.chunkSize + chunkLength(g.size, g.chunkSize, idx));
         await read(idx, buf);

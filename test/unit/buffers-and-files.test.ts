@@ -1,8 +1,9 @@
 /**
  * Two small parts of the cold read path: the receive-buffer pool (reuse, what it must not take
- * back, huge pages) and the native atomic file write (one threadpool job: all or nothing).
+ * back, huge pages) and the native atomic file write (one threadpool job: all or nothing); and
+ * the native range copy a staged copy is filled with.
  */
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -100,5 +101,45 @@ describe('fileOps.writeFileAtomic', () => {
     expect(() => fileOps.writeFileAtomic(join(dir.path, 'e'), join(dir.path, 'e.tmp'), 'text' as never, false)).toThrow(
       /expected \(path, tmpPath, Buffer, durable\)/,
     );
+  });
+});
+
+describe('fileOps.copyRanges', () => {
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  beforeEach(async () => (dir = await tempDir('slacker-copy-')));
+  afterEach(() => dir.cleanup());
+
+  it('copies ranges from several files into one, with descriptors the caller closed at once', async () => {
+    const a = Buffer.alloc(200_000, 1);
+    const b = Buffer.from('0123456789');
+    await writeFile(join(dir.path, 'a'), a);
+    await writeFile(join(dir.path, 'b'), b);
+    await writeFile(join(dir.path, 'out'), Buffer.alloc(0));
+    const fa = openSync(join(dir.path, 'a'), 'r');
+    const fb = openSync(join(dir.path, 'b'), 'r');
+    const out = openSync(join(dir.path, 'out'), 'r+');
+    const copied = fileOps.copyRanges(out, [fa, 0, 1000, 200_000, fb, 3, 0, 4, fb, 0, 300_000, 10]);
+    [fa, fb, out].forEach((fd) => closeSync(fd)); // duplicated at the call: the job still has them
+    await copied;
+    const got = await readFile(join(dir.path, 'out'));
+    expect(got.length).toBe(300_010);
+    expect(got.subarray(0, 4).toString()).toBe('3456');
+    expect(got.subarray(4, 1000).every((x) => x === 0)).toBe(true);
+    expect(got.subarray(1000, 201_000).equals(a)).toBe(true);
+    expect(got.subarray(300_000).toString()).toBe('0123456789');
+  });
+
+  it('fails with EIO when a source ends inside its range, and refuses malformed ranges', async () => {
+    await writeFile(join(dir.path, 'short'), 'abc');
+    const fd = openSync(join(dir.path, 'short'), 'r');
+    const out = openSync(join(dir.path, 'out'), 'w');
+    try {
+      expect((await failure(fileOps.copyRanges(out, [fd, 0, 0, 10]))).code).toBe('EIO');
+      expect(() => fileOps.copyRanges(out, [fd, 0, 0])).toThrow(/expected/);
+      expect(() => fileOps.copyRanges(out, [fd, -1, 0, 3])).toThrow(/non-negative/);
+    } finally {
+      closeSync(fd);
+      closeSync(out);
+    }
   });
 });

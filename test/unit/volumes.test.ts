@@ -9,6 +9,7 @@ import { fileOps } from '../../common/fileops.js';
 import { FetchCounters } from '../../volumes/chunks/fetch-counters.js';
 import { VolumeManager } from '../../volumes/manager.js';
 import { SCHEMA_VERSION } from '../../volumes/metadata.js';
+import { createStaged, fillStaged } from '../../volumes/staged-copy.js';
 import { backendConformance, CONFORMANCE_SIZE } from '../helpers/backend-conformance.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
 
@@ -250,6 +251,51 @@ describe('volumes', () => {
       await mgr.close();
       mgr = await VolumeManager.open(root);
       expect((await read('child', 8 * MiB, 0)).equals(expected)).toBe(true);
+    });
+
+    it('fills from file ranges, holes and reads alike (fillStaged)', async () => {
+      const dir = await tempDir('slacker-fill-');
+      try {
+        const src = join(dir.path, 'src');
+        const srcData = randomBytes(2 * CHUNK, 31);
+        await writeFile(src, srcData);
+        const staged = join(dir.path, 'staged');
+        const g = { size: 6 * CHUNK - 100, chunkSize: CHUNK };
+        await createStaged(staged, g);
+        const fd = openSync(src, 'r');
+        const read = randomBytes(CHUNK, 32);
+        try {
+          // 0: a file range; 1: a hole; 2: read; 3: read, all zeroes (stays a hole); 5: a short last chunk.
+          const locate = (idx: number) =>
+            idx === 0
+              ? { fd, position: CHUNK }
+              : idx === 5
+                ? { fd, position: 0 }
+                : idx === 1
+                  ? ('hole' as const)
+                  : undefined;
+          await fillStaged(staged, g, [0, 1, 2, 3, 5], locate, async (idx, out) => {
+            (idx === 2 ? read : Buffer.alloc(CHUNK)).copy(out, 0, 0, out.length);
+          });
+        } finally {
+          closeSync(fd);
+        }
+        const got = await readFile(staged);
+        expect(got.length).toBe(g.size);
+        expect(got.subarray(0, CHUNK).equals(srcData.subarray(CHUNK))).toBe(true);
+        expect(got.subarray(CHUNK, 2 * CHUNK).every((x) => x === 0)).toBe(true);
+        expect(got.subarray(2 * CHUNK, 3 * CHUNK).equals(read)).toBe(true);
+        expect(got.subarray(5 * CHUNK).equals(srcData.subarray(0, CHUNK - 100))).toBe(true);
+        const f = openSync(staged, 'r');
+        try {
+          expect(fileOps.seekData(f, CHUNK)).toBe(2 * CHUNK); // chunk 1 stayed a hole
+          expect(fileOps.seekData(f, 3 * CHUNK)).toBe(5 * CHUNK); // and so did the zero chunk 3
+        } finally {
+          closeSync(f);
+        }
+      } finally {
+        await dir.cleanup();
+      }
     });
 
     it('stores the new chunks as files when another process owns the packs', async () => {
