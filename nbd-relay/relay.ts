@@ -43,7 +43,7 @@ import {
   SIMPLE_REPLY_SIZE,
   TFLAG,
 } from '../nbd-server/protocol.js';
-import { SocketReader } from '../nbd-server/socket-reader.js';
+import { SocketReader, type Lent } from '../nbd-server/socket-reader.js';
 
 export interface RelayOptions {
   /** Unix socket the clients connect to. */
@@ -267,7 +267,8 @@ class ExportLink {
         const handle = r.readBigUInt64BE(8);
         const p = this.inflight.get(handle);
         if (!p) throw new ProtocolError(`relay: reply for unknown handle ${handle}`);
-        const data = p.type === CMD.READ && error === 0 ? await reader.readChunks(p.length) : undefined;
+        // Read data is lent where it landed in the receive slab until the client has it.
+        const data = p.type === CMD.READ && error === 0 ? await reader.lendChunks(p.length) : undefined;
         this.inflight.delete(handle);
         this.completed(p, error, data);
       }
@@ -289,7 +290,7 @@ class ExportLink {
     }
   }
 
-  private completed(p: Pending, error: number, data: Buffer[] | undefined): void {
+  private completed(p: Pending, error: number, data: Lent | undefined): void {
     const at = ++this.events;
     if (error === 0 && CHANGES.has(p.type) && !p.replay) {
       this.writeLog.push({
@@ -313,6 +314,7 @@ class ExportLink {
     if (p.type === CMD.FLUSH && !p.client) this.flushing = false;
     p.done?.(error);
     if (p.client) p.client.conn.reply(p.client.handle, error, data);
+    else data?.release();
     if (this.logBytes > (this.o.logLimitBytes ?? 64 * 2 ** 20) && !this.flushing && this.state === 'up') {
       this.flushing = true;
       this.submit({ type: CMD.FLUSH, flags: 0, offset: 0n, length: 0, askedAt: 0 });
@@ -320,15 +322,19 @@ class ExportLink {
   }
 }
 
-/** A header and its data in one go, without joining them (cork: one writev). */
-function writeAll(socket: Socket, header: Buffer, data: Buffer[] | undefined): void {
+/**
+ * A header and its data in one go, without joining them (cork: one writev); `written` runs once
+ * the socket is done with the data (sent, or the socket gone).
+ */
+function writeAll(socket: Socket, header: Buffer, data: Buffer[] | undefined, written?: () => void): void {
   if (!data || data.length === 0) {
     socket.write(header);
+    written?.();
     return;
   }
   socket.cork();
   socket.write(header);
-  for (const piece of data) socket.write(piece);
+  data.forEach((piece, i) => socket.write(piece, i === data.length - 1 ? () => written?.() : undefined));
   socket.uncork();
 }
 
@@ -386,14 +392,18 @@ class ClientConn {
     this.socket.destroy();
   }
 
-  reply(handle: Buffer, error: number, data: Buffer[] | undefined): void {
+  /** Answers a request; lent read data is released once the client's socket is done with it. */
+  reply(handle: Buffer, error: number, data: Lent | undefined): void {
     this.inflight--;
-    if (this.socket.destroyed) return;
+    if (this.socket.destroyed) {
+      data?.release();
+      return;
+    }
     const r = Buffer.alloc(SIMPLE_REPLY_SIZE);
     r.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
     r.writeUInt32BE(error < 0 ? NBD_ERR.EIO : error, 4);
     handle.copy(r, 8);
-    writeAll(this.socket, r, data);
+    writeAll(this.socket, r, data?.chunks, data?.release);
     if (this.disconnecting && this.inflight === 0) this.socket.end();
   }
 
@@ -464,12 +474,14 @@ async function handshakeUpstream(
   path: string,
   name: string,
 ): Promise<{ socket: Socket; reader: SocketReader; size: bigint; flags: number }> {
-  const socket = createConnection(path);
+  // Replies land in receive slabs (nbd-server/receive-slabs.ts): read data is passed on from there.
+  const reader = new SocketReader();
+  const socket = createConnection({ path, onread: reader.onread });
+  reader.attach(socket);
   await new Promise<void>((resolve, reject) => {
     socket.once('connect', resolve);
     socket.once('error', reject);
   });
-  const reader = new SocketReader(socket);
   try {
     const greeting = await reader.read(18);
     if (greeting.readBigUInt64BE(0) !== NBD_MAGIC || greeting.readBigUInt64BE(8) !== IHAVEOPT) {
