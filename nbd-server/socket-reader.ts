@@ -21,10 +21,15 @@ export interface Lent {
   release(): void;
 }
 
+/** The outstanding read (`take` gives its bytes in the form asked for), or skip. */
 type Waiter =
-  | { kind: 'read'; need: number; resolve: (buf: Buffer) => void; reject: (err: Error) => void }
-  | { kind: 'chunks'; need: number; resolve: (bufs: Buffer[]) => void; reject: (err: Error) => void }
-  | { kind: 'lend'; need: number; resolve: (lent: Lent) => void; reject: (err: Error) => void }
+  | {
+      kind: 'take';
+      need: number;
+      take: (n: number) => unknown;
+      resolve: (v: never) => void;
+      reject: (err: Error) => void;
+    }
   | { kind: 'skip'; resolve: () => void; reject: (err: Error) => void };
 
 /** A received piece, and the slab it lies in (undefined: a buffer of its own). */
@@ -96,12 +101,7 @@ export class SocketReader {
 
   /** Resolves with exactly `n` bytes, the caller's to keep. Only one read or skip may be outstanding. */
   read(n: number): Promise<Buffer> {
-    if (this.buffered >= n) return Promise.resolve(this.take(n));
-    if (this.failure) return Promise.reject(this.failure);
-    return new Promise((resolve, reject) => {
-      this.waiter = { kind: 'read', need: n, resolve, reject };
-      this.updateFlow();
-    });
+    return this.when(n, (k) => this.take(k));
   }
 
   /**
@@ -109,12 +109,7 @@ export class SocketReader {
    * to join them, for consumers that keep the bytes and can write a vector.
    */
   readChunks(n: number): Promise<Buffer[]> {
-    if (this.buffered >= n) return Promise.resolve(this.takeOwned(n));
-    if (this.failure) return Promise.reject(this.failure);
-    return new Promise((resolve, reject) => {
-      this.waiter = { kind: 'chunks', need: n, resolve, reject };
-      this.updateFlow();
-    });
+    return this.when(n, (k) => this.takeOwned(k));
   }
 
   /**
@@ -122,10 +117,15 @@ export class SocketReader {
    * caller writes them out and then releases them (their slab is reused after that).
    */
   lendChunks(n: number): Promise<Lent> {
-    if (this.buffered >= n) return Promise.resolve(this.lend(n));
+    return this.when(n, (k) => this.lend(k));
+  }
+
+  /** `take(n)` of the next `n` bytes, now if they are here, else once they have arrived. */
+  private when<T>(n: number, take: (n: number) => T): Promise<T> {
+    if (this.buffered >= n) return Promise.resolve(take(n));
     if (this.failure) return Promise.reject(this.failure);
-    return new Promise((resolve, reject) => {
-      this.waiter = { kind: 'lend', need: n, resolve, reject };
+    return new Promise<T>((resolve, reject) => {
+      this.waiter = { kind: 'take', need: n, take, resolve: resolve as (v: never) => void, reject };
       this.updateFlow();
     });
   }
@@ -188,18 +188,16 @@ export class SocketReader {
     this.pieces.push(p);
     this.buffered += p.buf.length;
     const w = this.waiter;
-    if (w && w.kind !== 'skip' && this.buffered >= w.need) {
+    if (w?.kind === 'take' && this.buffered >= w.need) {
       this.waiter = undefined;
-      if (w.kind === 'read') w.resolve(this.take(w.need));
-      else if (w.kind === 'chunks') w.resolve(this.takeOwned(w.need));
-      else w.resolve(this.lend(w.need));
+      w.resolve(w.take(w.need) as never);
     }
     this.updateFlow();
   }
 
   private updateFlow(): void {
     if (!this.socket) return;
-    const need = this.waiter && this.waiter.kind !== 'skip' ? this.waiter.need : 0;
+    const need = this.waiter?.kind === 'take' ? this.waiter.need : 0;
     const full = this.skipping === 0 && this.buffered >= Math.max(this.highWaterMark, need);
     if (full && !this.paused) {
       this.paused = true;
