@@ -15,7 +15,9 @@
  * sequential writes: server CPU 0.21-0.26 s per 512 MiB through the threadpool, 0.15 s on the
  * event loop, nbdkit's 0.15-0.18). ext4 refuses RWF_NOWAIT for buffered writes, so a write cannot
  * be told not to block: one that took longer than INLINE_WRITE_LIMIT_MS (dirty-page throttling,
- * a slow device) sends this file's writes to the threadpool for OFFLOAD_MS.
+ * a slow device) sends this file's writes to the threadpool for a while: a second, doubled each
+ * time the next inline write is slow too (up to a minute), so that a file under lasting pressure
+ * stalls the event loop at most once a minute; a quick inline write resets it.
  */
 import { promises as fsp, writeSync, writev, writevSync } from 'node:fs';
 import { NotSupportedError, systemErrorCode } from '../../common/errors.js';
@@ -31,8 +33,9 @@ function writevAsync(fd: number, bufs: readonly Buffer[], pos: number): Promise<
 const ZERO_WRITE_PIECE = 1024 * 1024;
 /** A write on the event loop slower than this sends the next ones to the threadpool... */
 const INLINE_WRITE_LIMIT_MS = 2;
-/** ...for this long. */
+/** ...for this long at first, doubling while they stay slow, up to the maximum. */
 const OFFLOAD_MS = 1000;
+const MAX_OFFLOAD_MS = 60_000;
 let zeroPiece: Buffer | undefined;
 
 export interface FileBackendOptions {
@@ -50,6 +53,8 @@ export class FileBackend implements Backend {
   private readonly nowait: NoWaitState = { read: true };
   /** Writes go to the threadpool until then (Date.now()): one on the event loop was slow. */
   private offloadUntil = 0;
+  /** How long the next slow inline write sends writes to the threadpool. */
+  private offloadMs = OFFLOAD_MS;
 
   private constructor(
     private readonly handle: fsp.FileHandle,
@@ -118,8 +123,18 @@ export class FileBackend implements Backend {
       while (i < pending.length && n >= pending[i]!.length) n -= pending[i++]!.length;
       pending = i < pending.length ? [pending[i]!.subarray(n), ...pending.slice(i + 1)] : [];
     }
-    if (inline && performance.now() - t0 > INLINE_WRITE_LIMIT_MS) this.offloadUntil = Date.now() + OFFLOAD_MS;
+    if (inline) this.timedInlineWrite(performance.now() - t0);
     if (flags.fua) await this.flush();
+  }
+
+  /** Chooses where the next writes run after an inline write that took `ms`. */
+  private timedInlineWrite(ms: number): void {
+    if (ms <= INLINE_WRITE_LIMIT_MS) {
+      this.offloadMs = OFFLOAD_MS;
+      return;
+    }
+    this.offloadUntil = Date.now() + this.offloadMs;
+    this.offloadMs = Math.min(2 * this.offloadMs, MAX_OFFLOAD_MS);
   }
 
   async flush(): Promise<void> {

@@ -1,6 +1,6 @@
 import { writeFile, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { FileBackend } from '../../block/backends/file.js';
 import { MemoryBackend } from '../../block/backends/memory.js';
 import { readOnly } from '../../block/filters/read-only.js';
@@ -83,6 +83,34 @@ describe('file backend writes', () => {
       expect((await b.pread(4096, 8192)).equals(small)).toBe(true);
       expect((await b.pread(4096, 4 * 1024 * 1024)).every((x) => x === 1)).toBe(true);
     } finally {
+      await b.close();
+      await f.cleanup();
+    }
+  });
+
+  it('stay on the threadpool longer each time the next inline write is slow too, and come back after a quick one', async () => {
+    const f = await sparseFile();
+    const b = await FileBackend.open({ path: f.path });
+    const timed = (ms: number) => (b as unknown as { timedInlineWrite(ms: number): void }).timedInlineWrite(ms);
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      const t0 = Date.now();
+      const at = (ms: number) => vi.setSystemTime(t0 + ms);
+      timed(5); // slow: 1 s on the threadpool
+      expect(b.writesInline).toBe(false);
+      at(1_001);
+      expect(b.writesInline).toBe(true);
+      timed(5); // slow again: 2 s
+      at(2_500);
+      expect(b.writesInline).toBe(false);
+      at(3_002);
+      expect(b.writesInline).toBe(true);
+      timed(0.1); // quick: the next slow one costs 1 s again
+      timed(5);
+      at(4_003);
+      expect(b.writesInline).toBe(true);
+    } finally {
+      vi.useRealTimers();
       await b.close();
       await f.cleanup();
     }
