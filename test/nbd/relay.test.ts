@@ -104,6 +104,29 @@ describe('NBD relay', () => {
     await c.ping();
   });
 
+  it('passes read data on intact while the client is slow to take it (lent receive slabs)', async () => {
+    const backend = new MemoryBackend({ size: SIZE });
+    const BLOCK = 128 * 1024;
+    const blocks = SIZE / BLOCK;
+    for (let i = 0; i < blocks; i++) await backend.pwrite(Buffer.alloc(BLOCK, i + 1), i * BLOCK);
+    await startServer(backend);
+    await relay.listen();
+    const c = await client();
+    await c.go('disk');
+    // Every block asked for at once, then nothing read for a while: the replies back up in the
+    // relay's socket to the client while later ones keep landing in its receive slabs.
+    c.socket.pause();
+    for (let i = 0; i < blocks; i++)
+      c.sendRequest({ type: CMD.READ, offset: i * BLOCK, length: BLOCK, handle: BigInt(i) });
+    await new Promise((r) => setTimeout(r, 300));
+    c.socket.resume();
+    for (let k = 0; k < blocks; k++) {
+      const r = await c.simpleReply(BLOCK);
+      expect(r.error).toBe(0);
+      expect(r.data.every((b) => b === Number(r.handle) + 1)).toBe(true);
+    }
+  });
+
   it('holds requests while the server is gone and answers them from the restarted one, replaying unflushed writes', async () => {
     const memory = new MemoryBackend({ size: SIZE });
     const backend = new ForgetfulBackend(memory);
