@@ -19,7 +19,7 @@
  * time the next inline write is slow too (up to a minute), so that a file under lasting pressure
  * stalls the event loop at most once a minute; a quick inline write resets it.
  */
-import { promises as fsp, writeSync, writev, writevSync } from 'node:fs';
+import { promises as fsp, writev, writevSync } from 'node:fs';
 import { NotSupportedError, systemErrorCode } from '../../common/errors.js';
 import { fdatasyncAsync, readFully, type NoWaitState } from '../../common/file-io.js';
 import { fileOps } from '../../common/fileops.js';
@@ -110,13 +110,7 @@ export class FileBackend implements Backend {
     const inline = this.writesInline;
     const t0 = inline ? performance.now() : 0;
     while (pending.length > 0) {
-      let n: number;
-      if (inline)
-        n =
-          pending.length === 1
-            ? writeSync(this.fd, pending[0]!, 0, pending[0]!.length, pos)
-            : writevSync(this.fd, pending as Buffer[], pos);
-      else n = await writevAsync(this.fd, pending, pos);
+      let n = inline ? writevSync(this.fd, pending as Buffer[], pos) : await writevAsync(this.fd, pending, pos);
       pos += n;
       // A short write leaves a tail: drop what was written and go on with the rest.
       let i = 0;

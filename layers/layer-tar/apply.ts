@@ -164,21 +164,19 @@ class Applier {
       await this.run({ ...op, data }, h, data.length);
     } else {
       await this.run({ ...op, stream: true }, h);
+      const write = (batch: Buffer[], bytes: number) =>
+        this.enqueue(() => this.tree.write(batch).then(() => 0), h, bytes);
       let batch: Buffer[] = [];
       let bytes = 0;
       for await (const piece of entry.data()) {
         batch.push(piece);
         bytes += piece.length;
         if (bytes < WRITE_BATCH) continue;
-        const b = batch;
-        await this.enqueue(() => this.tree.write(b).then(() => 0), h, bytes);
+        await write(batch, bytes);
         batch = [];
         bytes = 0;
       }
-      if (batch.length > 0) {
-        const b = batch;
-        await this.enqueue(() => this.tree.write(b).then(() => 0), h, bytes);
-      }
+      if (batch.length > 0) await write(batch, bytes);
       await this.enqueue(() => this.tree.finishFile(op), h);
     }
     this.size += h.size;
@@ -223,10 +221,10 @@ class Applier {
   }
 
   /**
-   * Queues a tree job (resolving with the extended attributes it skipped) behind the others and returns at once while the queue has room, so that
-   * reading and parsing the tar goes on while the jobs run on the threadpool, one at a time and
-   * in tar order. After a failure no job runs any more: the failure surfaces at the next
-   * enqueue or settle, named after its own entry.
+   * Queues a tree job (resolving with the extended attributes it skipped) behind the others and
+   * returns at once while the queue has room, so that reading and parsing the tar goes on while
+   * the jobs run on the threadpool, one at a time and in tar order. After a failure no job runs
+   * any more: the failure surfaces at the next enqueue or settle, named after its own entry.
    */
   private async enqueue(job: () => Promise<number>, h: TarHeader, bytes = 0): Promise<void> {
     while (!this.failed && (this.queuedBytes + bytes > QUEUE_BYTES || this.queuedJobs >= QUEUE_JOBS)) {
