@@ -32,6 +32,17 @@
         "-Wall",
         "-Wextra"
       ]
+    },
+    {
+      "target_name": "blockdevices",
+      "sources": [
+        "native/block-devices.c"
+      ],
+      "cflags": [
+        "-O2",
+        "-Wall",
+        "-Wextra"
+      ]
     }
   ]
 }

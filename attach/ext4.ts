@@ -1,9 +1,9 @@
 /** ext4 on an attached block device: make, mount, unmount. */
 import { mkdir } from 'node:fs/promises';
+import { IoError } from '../common/errors.js';
 import { run } from '../common/exec.js';
-import { retryUntil } from '../common/retry.js';
+import { blockDevices, MOUNT_FLAGS, unmountRetrying } from './block-devices.js';
 import type { LayerFilesystem } from './filesystem.js';
-import { warmPrograms } from './warm.js';
 
 /**
  * A fresh ext4 on a blank device, one that reads as zeros (a new volume): mke2fs is told so
@@ -31,8 +31,16 @@ export async function mountExt4(
   // barrier=0 on a scratch mount: no FLUSH per journal commit, which on a loop device is an
   // fsync of the whole staged file to disk (0.2-0.5 s of a 480 MB layer's apply), of a file
   // that is deleted once read.
-  const o = options.readOnly ? 'ro,noatime' : options.scratch ? 'noatime,barrier=0' : 'noatime';
-  await run('mount', ['-t', 'ext4', '-o', o, device, dir]);
+  const flags = MOUNT_FLAGS.noAtime | (options.readOnly ? MOUNT_FLAGS.readOnly : 0);
+  const data = !options.readOnly && options.scratch ? 'barrier=0' : '';
+  try {
+    await blockDevices.mount(device, dir, 'ext4', flags, data);
+  } catch (err) {
+    throw new IoError(`cannot mount ${device} (ext4) on ${dir}: ${(err as Error).message}`, {
+      cause: err,
+      context: { device, dir },
+    });
+  }
 }
 
 /**
@@ -43,9 +51,10 @@ export async function mountExt4(
  * FUSE and NBD into the server that serves the layer, would run in the thread that called rmdir.
  * In the plugin that is a libuv threadpool thread, and the NBD server's file I/O needs those
  * same threads: 64 containers at once deadlocked that way (all four threads in cleanup_mnt).
+ * The unmount itself runs on a thread of its own for the same reason (native/block-devices.c).
  */
 export async function unmount(dir: string): Promise<void> {
-  await retryUntil(`umount ${dir}`, () => run('umount', [dir]), { attempts: 30, delayMs: 200 });
+  await unmountRetrying(dir, { attempts: 30, delayMs: 200 });
 }
 
 /**
@@ -70,9 +79,4 @@ export const ext4: LayerFilesystem = {
   freeze: async (dir) => void (await run('fsfreeze', ['--freeze', dir])),
   unfreeze: async (dir) => void (await run('fsfreeze', ['--unfreeze', dir])),
   list: listExt4,
-  warm: () =>
-    warmPrograms([
-      ['mount', '--version'],
-      ['umount', '--version'],
-    ]),
 };

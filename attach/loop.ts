@@ -3,53 +3,95 @@
  * one straight on a local file, for the layer core's own work on a layer that no NBD client
  * needs to see (applying a layer tar to a staged copy: layers/layer-store.ts). The kernel then
  * writes the file through its page cache, with no FUSE, no NBD and no user-space hop.
+ *
+ * The devices are found, bound and unbound with the ioctls losetup makes (native/block-devices.c),
+ * not by running losetup: a process per call cost 5-7 ms, and each Get and Put of a layer makes one.
  */
-import { closeSync, openSync } from 'node:fs';
-import { CommandError, ConflictError } from '../common/errors.js';
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { basename } from 'node:path';
+import { ConflictError, IoError, systemErrorCode } from '../common/errors.js';
 import { fileOps } from '../common/fileops.js';
 import { run } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
 import type { BlockDevice } from './attacher.js';
-import { loopDevices } from './host-state.js';
+import { blockDevices } from './block-devices.js';
 
-/** Both waits are usually a few milliseconds: poll often. */
-const POLL = { attempts: 500, delayMs: 10 };
+/** A free loop device's path: another process may still take it before it is configured. */
+function freeLoopDevice(): string {
+  return `/dev/loop${blockDevices.freeLoop()}`;
+}
+
+/** Binds `file` to `loop`; a failure other than a lost race is an IoError naming both. */
+async function configure(loop: string, file: string, readOnly: boolean): Promise<void> {
+  try {
+    await blockDevices.configureLoop(loop, file, readOnly);
+  } catch (err) {
+    if (lostTheRace(err)) throw err;
+    throw new IoError(`cannot attach ${file} to ${loop}: ${(err as Error).message}`, {
+      cause: err,
+      context: { loop, file },
+    });
+  }
+}
+
+/**
+ * Both waits are usually a few milliseconds, and every Get and Put of a layer waits once: poll
+ * every 2 ms (up to 5 s). At 10 ms a wait came out at 10 ms when it needed 1-3.
+ */
+const POLL = { attempts: 2500, delayMs: 2 };
 
 /** Attempts at finding a free loop device under contention. */
 const LOOP_ATTEMPTS = 20;
 
 /**
- * `losetup -f --show FILE`, again when it lost a race: `-f` picks a free loop device and then
- * configures it, and a concurrent losetup (64 containers starting at once) can take the same
- * device in between: EBUSY, "Device or resource busy". Any other failure is final.
+ * `losetup -f --show FILE`, again when it lost a race: a free loop device is picked and then
+ * configured, and a concurrent attach (64 containers starting at once, or another program's
+ * losetup) can take the same device in between: EBUSY. Any other failure is final.
  */
 export async function attachLoop(file: string, readOnly: boolean): Promise<string> {
   for (let attempt = 1; ; attempt++) {
+    const loop = freeLoopDevice();
     try {
-      return (await run('losetup', ['-f', '--show', ...(readOnly ? ['-r'] : []), file])).stdout.trim();
+      await configure(loop, file, readOnly);
+      return loop;
     } catch (err) {
-      const busy = lostTheRace(err);
-      if (!busy || attempt >= LOOP_ATTEMPTS) throw err;
+      if (!lostTheRace(err)) throw err;
+      if (attempt >= LOOP_ATTEMPTS) throw new ConflictError(`no free loop device for ${file}: all were taken`);
       await new Promise((r) => setTimeout(r, 20 * attempt));
     }
   }
 }
 
-/** Whether losetup failed because another took the device it picked (EBUSY). */
+/** Whether configuring failed because another took the device first (EBUSY). */
 function lostTheRace(err: unknown): boolean {
-  return err instanceof CommandError && /Device or resource busy/.test(err.stderr);
+  return systemErrorCode(err) === 'EBUSY';
 }
 
-/** Detaches a loop device and waits until it no longer holds its file (`losetup -d` only marks it). */
+/**
+ * Detaches a loop device and waits until it no longer holds its file (`losetup -d` only marks it
+ * while the device is open). The device is bound while sysfs shows its `loop` directory: reading
+ * that costs a stat where listing the devices (`losetup -l`) costs a process.
+ */
 export async function detachLoop(loop: string): Promise<void> {
-  await run('losetup', ['-d', loop]);
+  try {
+    await blockDevices.clearLoop(loop);
+  } catch (err) {
+    // ENXIO: nothing bound (a detach that ran before); anything else is a real failure.
+    if (systemErrorCode(err) !== 'ENXIO')
+      throw new IoError(`cannot detach ${loop}: ${(err as Error).message}`, { cause: err, context: { loop } });
+  }
   await retryUntil(
     `${loop} to detach`,
     async () => {
-      if ((await loopDevices()).some((l) => l.device === loop)) throw new ConflictError(`${loop} is still attached`);
+      if (loopBound(loop)) throw new ConflictError(`${loop} is still attached`);
     },
     POLL,
   );
+}
+
+/** Whether a loop device has a backing file (sysfs keeps /sys/block/loopN/loop while it does). */
+function loopBound(loop: string): boolean {
+  return existsSync(`/sys/block/${basename(loop)}/loop`);
 }
 
 /**
@@ -87,17 +129,21 @@ export async function attachFile(
 /** attachFile with `fill`: a free device, locked, configured, filled, flushed, unlocked. */
 async function attachThenFill(file: string, readOnly: boolean, fill: () => Promise<void>): Promise<string> {
   for (let attempt = 1; ; attempt++) {
-    const loop = (await run('losetup', ['-f'])).stdout.trim();
-    const fd = openSync(loop, 'r');
+    const loop = freeLoopDevice();
+    let fd: number | undefined = openSync(loop, 'r');
+    const unlock = (): void => {
+      if (fd !== undefined) closeSync(fd);
+      fd = undefined;
+    };
     try {
       // Another process holds it: udev probing the device's previous use, or another attach.
       let busy = !fileOps.lockExclusive(fd);
       if (!busy) {
         try {
-          await run('losetup', [...(readOnly ? ['-r'] : []), loop, file]);
+          await configure(loop, file, readOnly);
         } catch (err) {
           busy = lostTheRace(err);
-          if (!busy || attempt >= LOOP_ATTEMPTS) throw err;
+          if (!busy) throw err;
         }
       }
       if (!busy) {
@@ -105,6 +151,8 @@ async function attachThenFill(file: string, readOnly: boolean, fill: () => Promi
           await fill();
           await run('blockdev', ['--flushbufs', loop]);
         } catch (err) {
+          // Unlocked first: the kernel unbinds a device only once nobody has it open.
+          unlock();
           await detachLoop(loop).catch(() => undefined);
           throw err;
         }
@@ -112,7 +160,7 @@ async function attachThenFill(file: string, readOnly: boolean, fill: () => Promi
       }
       if (attempt >= LOOP_ATTEMPTS) throw new ConflictError(`no free loop device for ${file}: all were busy`);
     } finally {
-      closeSync(fd);
+      unlock();
     }
     await new Promise((r) => setTimeout(r, 20 * attempt));
   }

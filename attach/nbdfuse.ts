@@ -1,5 +1,5 @@
 /**
- * nbdfuse + loop: nbdfuse exposes the export as a file in a FUSE mount, losetup makes that file
+ * nbdfuse + loop: nbdfuse exposes the export as a file in a FUSE mount, a loop device makes that file
  * a block device. Detach runs the steps in reverse, also those of a half-finished attach.
  * nbdfuse runs in a session of its own and outlives the daemon that started it (it talks to the
  * NBD relay, which outlives the daemon's NBD server too): a restarted daemon adopts the device
@@ -9,16 +9,26 @@ import { existsSync } from 'node:fs';
 import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConflictError, NotFoundError } from '../common/errors.js';
-import { run, startProcess } from '../common/exec.js';
+import { startProcess } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
 import type { Attacher, BlockDevice, DeviceRecord, NbdTarget } from './attacher.js';
 import { loopDevices } from './host-state.js';
+import { unmountRetrying } from './block-devices.js';
 import { attachFile, attachLoop, detachLoop } from './loop.js';
 import { nbdUnixUri } from './uri.js';
 import { warmPrograms } from './warm.js';
 
-/** Both waits are usually a few milliseconds: poll often (each Get and Put waits once). */
-const POLL = { attempts: 500, delayMs: 10 };
+/**
+ * Both waits are usually a few milliseconds (nbdfuse serves its file ~8-11 ms after it starts)
+ * and each Get and Put waits once: poll every 2 ms, up to 5 s. At 10 ms the attach waited ~20 ms.
+ */
+const POLL = { attempts: 2500, delayMs: 2 };
+
+/**
+ * Unmounting the FUSE file system (umount2, as root; what `fusermount3 -u` does, without its
+ * process) fails with EBUSY while the loop device still holds the file: again every 20 ms, 5 s.
+ */
+const FUSE_UNMOUNT = { attempts: 250, delayMs: 20 };
 
 export class NbdfuseAttacher implements Attacher {
   readonly method = 'nbdfuse';
@@ -29,11 +39,7 @@ export class NbdfuseAttacher implements Attacher {
   }
 
   warm(): Promise<void> {
-    return warmPrograms([
-      ['nbdfuse', '--version'],
-      ['losetup', '--version'],
-      ['fusermount3', '--version'],
-    ]);
+    return warmPrograms([['nbdfuse', '--version']]);
   }
 
   async attach(target: NbdTarget, workDir: string, options: { readOnly: boolean }): Promise<BlockDevice> {
@@ -50,7 +56,7 @@ export class NbdfuseAttacher implements Attacher {
         { detached: true },
       );
       undo.push(async () => {
-        await retryUntil('fusermount3 -u', () => run('fusermount3', ['-u', fuseDir]));
+        await unmountRetrying(fuseDir, FUSE_UNMOUNT);
         await fuse.stop();
       });
       await retryUntil(
@@ -92,7 +98,7 @@ export async function adoptNbdfuse(record: DeviceRecord): Promise<BlockDevice | 
       if (!attached) return;
       attached = false;
       await detachLoop(loop);
-      await retryUntil('fusermount3 -u', () => run('fusermount3', ['-u', fuseDir]));
+      await unmountRetrying(fuseDir, FUSE_UNMOUNT);
       // Not our child: wait for it by PID.
       await retryUntil(
         `nbdfuse ${pid} to exit`,
