@@ -1,6 +1,6 @@
 /**
- * nbdfuse + loop: nbdfuse exposes the export as a file in a FUSE mount, a loop device makes that file
- * a block device. Detach runs the steps in reverse, also those of a half-finished attach.
+ * nbdfuse + loop: nbdfuse exposes the export as a file in a FUSE mount, a loop device makes that
+ * file a block device. Detach runs the steps in reverse, also those of a half-finished attach.
  * nbdfuse runs in a session of its own and outlives the daemon that started it (it talks to the
  * NBD relay, which outlives the daemon's NBD server too): a restarted daemon adopts the device
  * from its record (loop device, FUSE directory, nbdfuse's PID).

@@ -8,7 +8,7 @@ import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { attachFile, attachLoop, detachLoop } from '../../attach/loop.js';
+import { attachFile, detachLoop } from '../../attach/loop.js';
 import { loopsUnder } from '../../attach/host-state.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
@@ -94,59 +94,6 @@ describe('a loop device attached before its file is filled', () => {
         },
       }),
     ).rejects.toThrow('the fill failed');
-    expect(await loopsUnder(dir.path)).toEqual([]);
-  });
-});
-
-/** Writes 512 bytes at the start of a block device, closing it whatever happens. */
-function writeToDevice(device: string): void {
-  const fd = openSync(device, 'r+');
-  try {
-    writeSync(fd, Buffer.alloc(512, 7), 0, 512, 0);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-describe('loop devices bound and unbound by ioctl (no losetup process)', () => {
-  let dir: Awaited<ReturnType<typeof tempDir>>;
-
-  beforeAll(async () => {
-    requireRoot();
-    await requireTools('losetup');
-    dir = await tempDir('slacker-loop-ioctl-');
-  });
-  afterAll(async () => {
-    for (const l of dir ? await loopsUnder(dir.path) : []) await detachLoop(l.device);
-    await dir?.cleanup();
-  });
-
-  it('binds read-only and read-write as losetup shows them, serves the file, and a second detach is no error', async () => {
-    const file = join(dir.path, 'rw.img');
-    const content = randomBytes(MiB);
-    await writeFile(file, content);
-    const rw = await attachLoop(file, false);
-    const ro = await attachLoop(file, true);
-    try {
-      expect(rw).not.toBe(ro);
-      expect((await loopsUnder(dir.path)).map((l) => l.device).sort()).toEqual([rw, ro].sort());
-      expect(readDevice(ro, 4096, 4096).equals(content.subarray(4096, 8192))).toBe(true);
-      expect(() => writeToDevice(ro)).toThrow(/EROFS|EPERM|EACCES/);
-      writeToDevice(rw);
-    } finally {
-      await detachLoop(rw);
-      await detachLoop(ro);
-    }
-    await detachLoop(rw); // nothing bound any more: not an error
-    expect(await loopsUnder(dir.path)).toEqual([]);
-  });
-
-  it('a file that cannot be opened is an IoError naming it, and leaves no device', async () => {
-    const missing = join(dir.path, 'missing.img');
-    await expect(attachLoop(missing, false)).rejects.toMatchObject({
-      name: 'IoError',
-      message: expect.stringContaining(missing),
-    });
     expect(await loopsUnder(dir.path)).toEqual([]);
   });
 });

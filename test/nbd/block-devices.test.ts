@@ -1,0 +1,133 @@
+/**
+ * The attach path's system calls without their programs (attach/block-devices.ts,
+ * native/block-devices.c): loop devices bound and unbound by ioctl, ext4 mounted and unmounted by
+ * mount(2)/umount2(2). What must hold: what losetup and mount would have done, failures named
+ * and final at once, a busy unmount retried until it can go, and nothing left attached.
+ */
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdir, open, readFile, truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mountExt4, mkfsExt4, unmount } from '../../attach/ext4.js';
+import { attachLoop, detachLoop } from '../../attach/loop.js';
+import { loopsUnder, mountsUnder } from '../../attach/host-state.js';
+import { requireRoot, requireTools } from '../helpers/tools.js';
+import { randomBytes, tempDir } from '../helpers/tmp.js';
+
+const MiB = 1024 * 1024;
+
+/** `length` bytes at `offset` of a block device. */
+function readDevice(device: string, offset: number, length: number): Buffer {
+  const fd = openSync(device, 'r');
+  try {
+    const out = Buffer.alloc(length);
+    expect(readSync(fd, out, 0, length, offset)).toBe(length);
+    return out;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Writes 512 bytes at the start of a block device, closing it whatever happens. */
+function writeToDevice(device: string): void {
+  const fd = openSync(device, 'r+');
+  try {
+    writeSync(fd, Buffer.alloc(512, 7), 0, 512, 0);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+describe('loop devices and mounts without losetup, mount or umount', () => {
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+
+  beforeAll(async () => {
+    requireRoot();
+    await requireTools('losetup', 'mkfs.ext4', 'findmnt');
+    dir = await tempDir('slacker-block-devices-');
+  });
+  afterAll(async () => {
+    for (const m of dir ? await mountsUnder(dir.path) : []) await unmount(m).catch(() => undefined);
+    for (const l of dir ? await loopsUnder(dir.path) : []) await detachLoop(l.device);
+    await dir?.cleanup();
+  });
+
+  it('binds read-only and read-write as losetup shows them, serves the file, and a second detach is no error', async () => {
+    const file = join(dir.path, 'rw.img');
+    const content = randomBytes(MiB, 3);
+    await writeFile(file, content);
+    const rw = await attachLoop(file, false);
+    const ro = await attachLoop(file, true);
+    try {
+      expect(rw).not.toBe(ro);
+      expect((await loopsUnder(dir.path)).map((l) => l.device).sort()).toEqual([rw, ro].sort());
+      expect(readDevice(ro, 4096, 4096).equals(content.subarray(4096, 8192))).toBe(true);
+      expect(() => writeToDevice(ro)).toThrow(/EROFS|EPERM|EACCES/);
+      writeToDevice(rw);
+    } finally {
+      await detachLoop(rw);
+      await detachLoop(ro);
+    }
+    await detachLoop(rw); // nothing bound any more: not an error
+    expect(await loopsUnder(dir.path)).toEqual([]);
+    expect((await readFile(file)).subarray(0, 512).every((b) => b === 7)).toBe(true);
+  });
+
+  it('a file that cannot be opened is an IoError naming it, and leaves no device', async () => {
+    const missing = join(dir.path, 'missing.img');
+    await expect(attachLoop(missing, false)).rejects.toMatchObject({
+      name: 'IoError',
+      message: expect.stringContaining(missing),
+    });
+    expect(await loopsUnder(dir.path)).toEqual([]);
+  });
+
+  it('mounts ext4 read-write with noatime and read-only, and a busy unmount waits until it can go', async () => {
+    const file = join(dir.path, 'fs.img');
+    await writeFile(file, '');
+    await truncate(file, 64 * MiB);
+    const loop = await attachLoop(file, false);
+    const mnt = join(dir.path, 'mnt');
+    try {
+      await mkfsExt4(loop);
+      await mountExt4(loop, mnt, { readOnly: false });
+      const options = execFileSync('findmnt', ['-rn', '-o', 'OPTIONS', mnt]);
+      expect(String(options)).toMatch(/(^|,)rw(,|$)/);
+      expect(String(options)).toMatch(/noatime/);
+      await writeFile(join(mnt, 'kept'), 'written through the mount');
+      // A file held open keeps the mount busy (EBUSY): the unmount tries again until it is closed.
+      const held = await open(join(mnt, 'kept'), 'r');
+      const unmounted = unmount(mnt);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(await mountsUnder(dir.path)).toEqual([mnt]);
+      await held.close();
+      await unmounted;
+      expect(await mountsUnder(dir.path)).toEqual([]);
+      await mountExt4(loop, mnt, { readOnly: true });
+      expect(await readFile(join(mnt, 'kept'), 'utf8')).toBe('written through the mount');
+      await expect(writeFile(join(mnt, 'other'), 'x')).rejects.toMatchObject({ code: 'EROFS' });
+      await unmount(mnt);
+    } finally {
+      for (const m of await mountsUnder(dir.path)) await unmount(m).catch(() => undefined);
+      await detachLoop(loop);
+    }
+  });
+
+  it('a mount or unmount that cannot be done fails at once with an IoError naming its path', async () => {
+    const notMounted = join(dir.path, 'not-mounted');
+    await mkdir(notMounted, { recursive: true });
+    const t0 = Date.now();
+    await expect(unmount(notMounted)).rejects.toMatchObject({
+      name: 'IoError',
+      message: expect.stringContaining(notMounted),
+    });
+    expect(Date.now() - t0).toBeLessThan(1000); // not retried as if it were busy
+    const noDevice = join(dir.path, 'no-such-device');
+    await expect(mountExt4(noDevice, join(dir.path, 'mnt2'), { readOnly: true })).rejects.toMatchObject({
+      name: 'IoError',
+      message: expect.stringContaining(noDevice),
+    });
+    expect(await mountsUnder(dir.path)).toEqual([]);
+  });
+});
