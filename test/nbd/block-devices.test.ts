@@ -4,7 +4,7 @@
  * mount(2)/umount2(2). What must hold: what losetup and mount would have done, failures named
  * and final at once, a busy unmount retried until it can go, and nothing left attached.
  */
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, openSync, writeSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { mkdir, open, readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -13,21 +13,10 @@ import { mountExt4, mkfsExt4, unmount } from '../../attach/ext4.js';
 import { attachLoop, detachLoop } from '../../attach/loop.js';
 import { loopsUnder, mountsUnder } from '../../attach/host-state.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
+import { readDevice } from '../helpers/devices.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
 
 const MiB = 1024 * 1024;
-
-/** `length` bytes at `offset` of a block device. */
-function readDevice(device: string, offset: number, length: number): Buffer {
-  const fd = openSync(device, 'r');
-  try {
-    const out = Buffer.alloc(length);
-    expect(readSync(fd, out, 0, length, offset)).toBe(length);
-    return out;
-  } finally {
-    closeSync(fd);
-  }
-}
 
 /** Writes 512 bytes at the start of a block device, closing it whatever happens. */
 function writeToDevice(device: string): void {

@@ -11,21 +11,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { attachFile, detachLoop } from '../../attach/loop.js';
 import { loopsUnder } from '../../attach/host-state.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
+import { readDevice } from '../helpers/devices.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
 
 const MiB = 1024 * 1024;
-
-/** `length` bytes at `offset` of a block device, read through its page cache. */
-function readDevice(device: string, offset: number, length: number): Buffer {
-  const fd = openSync(device, 'r');
-  try {
-    const out = Buffer.alloc(length);
-    expect(readSync(fd, out, 0, length, offset)).toBe(length);
-    return out;
-  } finally {
-    closeSync(fd);
-  }
-}
 
 describe('a loop device attached before its file is filled', () => {
   let dir: Awaited<ReturnType<typeof tempDir>>;
