@@ -567,7 +567,7 @@ export class VolumeManager {
       row,
       snapshot,
       overrides: row.frozen ? new Map() : this.metadata.overrides(row.id),
-      data: row.frozen ? undefined : await FileBackend.open({ path: this.dataPath(row.id) }),
+      data: row.frozen ? undefined : FileBackend.openLocal({ path: this.dataPath(row.id) }),
       chunks: this.chunks,
       metadata: this.metadata,
       readahead: this.options.readahead ?? 0,

@@ -19,7 +19,7 @@
  * time the next inline write is slow too (up to a minute), so that a file under lasting pressure
  * stalls the event loop at most once a minute; a quick inline write resets it.
  */
-import { promises as fsp, writev, writevSync } from 'node:fs';
+import { close, closeSync, fstat, fstatSync, open, openSync, writev, writevSync, type Stats } from 'node:fs';
 import { NotSupportedError, systemErrorCode } from '../../common/errors.js';
 import { fdatasyncAsync, readFully, type NoWaitState } from '../../common/file-io.js';
 import { fileOps } from '../../common/fileops.js';
@@ -57,7 +57,8 @@ export class FileBackend implements Backend {
   private offloadMs = OFFLOAD_MS;
 
   private constructor(
-    private readonly handle: fsp.FileHandle,
+    /** Owned by this backend: closed by close(), by no one else. */
+    private readonly fd: number,
     readonly size: ByteCount,
     readonly path: string,
     description: string | undefined,
@@ -65,27 +66,46 @@ export class FileBackend implements Backend {
     this.description = description;
   }
 
+  /** Opens any file or block device, on the threadpool (opening a device may wait on it). */
   static async open(options: FileBackendOptions): Promise<FileBackend> {
-    const handle = await fsp.open(options.path, options.readOnly ? 'r' : 'r+');
+    const fd = await new Promise<number>((resolve, reject) =>
+      open(options.path, options.readOnly ? 'r' : 'r+', (err, f) => (err ? reject(err) : resolve(f))),
+    );
     try {
-      const st = await handle.stat();
-      let size = st.size;
-      // stat() reports 0 for block devices; their size is where seeking to the end lands.
-      if (st.isBlockDevice()) size = fileOps.seekEnd(handle.fd);
-      return new FileBackend(handle, size, options.path, options.description);
+      const st = await new Promise<Stats>((resolve, reject) => fstat(fd, (err, s) => (err ? reject(err) : resolve(s))));
+      return FileBackend.opened(fd, st, options);
     } catch (err) {
-      await handle.close();
+      closeSync(fd);
       throw err;
     }
+  }
+
+  /**
+   * Opens a regular file on this host's own disk on the event loop: open and fstat of a local
+   * file take microseconds. Why not open(): a layer's volume is opened at its first Get, on a
+   * fresh host while the image's startup profile is being fetched, whose chunk decodes fill the
+   * libuv threadpool's queue; the two threadpool round trips then waited behind them (the first
+   * attach's volume open took 33 ms on a HelloBench worker, docs/BENCHMARKS.md).
+   */
+  static openLocal(options: FileBackendOptions): FileBackend {
+    const fd = openSync(options.path, options.readOnly ? 'r' : 'r+');
+    try {
+      return FileBackend.opened(fd, fstatSync(fd), options);
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
+  }
+
+  private static opened(fd: number, st: Stats, options: FileBackendOptions): FileBackend {
+    // stat() reports 0 for block devices; their size is where seeking to the end lands.
+    const size = st.isBlockDevice() ? fileOps.seekEnd(fd) : st.size;
+    return new FileBackend(fd, size, options.path, options.description);
   }
 
   /** Whether the next write runs on the event loop (none was slow lately). */
   get writesInline(): boolean {
     return Date.now() >= this.offloadUntil;
-  }
-
-  private get fd(): number {
-    return this.handle.fd;
   }
 
   async pread(length: ByteCount, offset: ByteCount): Promise<Buffer> {
@@ -185,7 +205,7 @@ export class FileBackend implements Backend {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.handle.close();
+    await new Promise<void>((resolve, reject) => close(this.fd, (err) => (err ? reject(err) : resolve())));
   }
 
   /** True when fallocate did it; false when the file system cannot. */

@@ -26,9 +26,29 @@ backendConformance('file', async () => {
   return { backend: await FileBackend.open({ path: f.path }), cleanup: f.cleanup };
 });
 
+// The volumes' way of opening their data files: on the event loop, the same backend after it.
+backendConformance('file (opened locally)', async () => {
+  const f = await sparseFile();
+  return { backend: FileBackend.openLocal({ path: f.path }), cleanup: f.cleanup };
+});
+
 backendConformance('read-only(file)', async () => {
   const f = await sparseFile();
   return { backend: readOnly(await FileBackend.open({ path: f.path, readOnly: true })), cleanup: f.cleanup };
+});
+
+describe('opening a file backend', () => {
+  it('fails with the errno of the open, for either way of opening', async () => {
+    const dir = await tempDir();
+    try {
+      const missing = join(dir.path, 'missing.img');
+      expect(() => FileBackend.openLocal({ path: missing })).toThrow(expect.objectContaining({ code: 'ENOENT' }));
+      await expect(FileBackend.open({ path: missing })).rejects.toMatchObject({ code: 'ENOENT' });
+      await expect(FileBackend.open({ path: dir.path })).rejects.toMatchObject({ code: 'EISDIR' });
+    } finally {
+      await dir.cleanup();
+    }
+  });
 });
 
 describe('capabilities are inferred from the operations a backend has', () => {
