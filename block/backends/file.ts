@@ -20,7 +20,7 @@
  * stalls the event loop at most once a minute; a quick inline write resets it.
  */
 import { close, closeSync, fstat, fstatSync, open, openSync, writev, writevSync, type Stats } from 'node:fs';
-import { NotSupportedError, systemErrorCode } from '../../common/errors.js';
+import { NotSupportedError, ShutdownError, systemErrorCode } from '../../common/errors.js';
 import { fdatasyncAsync, readFully, type NoWaitState } from '../../common/file-io.js';
 import { fileOps } from '../../common/fileops.js';
 import type { Backend, ByteCount, Extent, Slice, WriteFlags, ZeroFlags } from '../backend.js';
@@ -48,7 +48,6 @@ export class FileBackend implements Backend {
   readonly kind = 'file';
   readonly multiConn = true;
   readonly description: string | undefined;
-  private closed = false;
   /** Cleared the first time the kernel says RWF_NOWAIT is unsupported for this file. */
   private readonly nowait: NoWaitState = { read: true };
   /** Writes go to the threadpool until then (Date.now()): one on the event loop was slow. */
@@ -58,12 +57,18 @@ export class FileBackend implements Backend {
 
   private constructor(
     /** Owned by this backend: closed by close(), by no one else. */
-    private readonly fd: number,
+    private descriptor: number,
     readonly size: ByteCount,
     readonly path: string,
     description: string | undefined,
   ) {
     this.description = description;
+  }
+
+  /** The descriptor; a call after close() fails here, never reaching a file that reused the number. */
+  private get fd(): number {
+    if (this.descriptor < 0) throw new ShutdownError(`file backend ${this.path} is closed`);
+    return this.descriptor;
   }
 
   /** Opens any file or block device, on the threadpool (opening a device may wait on it). */
@@ -203,9 +208,10 @@ export class FileBackend implements Backend {
   }
 
   async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    await new Promise<void>((resolve, reject) => close(this.fd, (err) => (err ? reject(err) : resolve())));
+    const fd = this.descriptor;
+    if (fd < 0) return;
+    this.descriptor = -1;
+    await new Promise<void>((resolve, reject) => close(fd, (err) => (err ? reject(err) : resolve())));
   }
 
   /** True when fallocate did it; false when the file system cannot. */

@@ -49,6 +49,26 @@ describe('opening a file backend', () => {
       await dir.cleanup();
     }
   });
+
+  it('once closed, refuses every call, never reaching a file that took over its descriptor number', async () => {
+    const f = await sparseFile();
+    try {
+      const b = FileBackend.openLocal({ path: f.path });
+      await b.close();
+      const other = await FileBackend.open({ path: f.path }); // likely gets the same number back
+      try {
+        await expect(b.pread(4096, 0)).rejects.toMatchObject({ name: 'ShutdownError' });
+        await expect(b.pwrite(Buffer.alloc(4096, 1), 0, { fua: false })).rejects.toMatchObject({
+          name: 'ShutdownError',
+        });
+        expect((await other.pread(4096, 0)).every((x) => x === 0)).toBe(true);
+      } finally {
+        await other.close();
+      }
+    } finally {
+      await f.cleanup();
+    }
+  });
 });
 
 describe('capabilities are inferred from the operations a backend has', () => {
