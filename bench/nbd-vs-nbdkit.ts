@@ -38,6 +38,8 @@ const REPS = opts.quick ? 1 : Number(opts.reps);
 const WARMUP = opts.quick ? 0 : Number(opts.warmup);
 const FIO_RUNTIME = opts.quick ? 2 : Number(opts.runtime);
 const CLI = join(import.meta.dirname, '../cli/main.js');
+/** Every row's ratio should reach this (issue 18; issue 2 asked for 0.5). */
+const TARGET = 0.8;
 
 type ServerName = 'slacker-ts' | 'nbdkit';
 interface Server {
@@ -223,7 +225,11 @@ async function main(): Promise<void> {
     ];
     console.log(lines.join('\n'));
     const worst = Math.min(...rows.map((r) => r.ratio));
-    console.log(`\nworst ratio: ${worst.toFixed(2)} (target >= 0.5)`);
+    const below = rows.filter((r) => r.ratio < TARGET).map((r) => `${r.workload}, ${r.connections} conn`);
+    console.log(
+      `\nworst ratio: ${worst.toFixed(2)} (target >= ${TARGET}, issue 18)` +
+        (below.length ? `; below it: ${below.join('; ')}` : '; every row meets it'),
+    );
     if (opts.json)
       await writeFile(opts.json, JSON.stringify({ machine, sizeMiB: SIZE_MIB, reps: REPS, rows }, null, 2));
   } finally {
