@@ -35,10 +35,12 @@ async function configure(loop: string, file: string, readOnly: boolean): Promise
 }
 
 /**
- * Both waits are usually a few milliseconds, and every Get and Put of a layer waits once: poll
- * every 2 ms (up to 5 s). At 10 ms a wait came out at 10 ms when it needed 1-3.
+ * Polling for what another program or the kernel brings about on the attach path (a loop device
+ * let go, nbdfuse's file served ~8-11 ms after it starts): usually a few milliseconds, and every
+ * Get and Put of a layer waits so once, so every 2 ms, up to 5 s. At 10 ms an attach waited ~20 ms
+ * for a file ready at ~11.
  */
-const POLL = { attempts: 2500, delayMs: 2 };
+export const ATTACH_POLL = { attempts: 2500, delayMs: 2 };
 
 /** Attempts at finding a free loop device under contention. */
 const LOOP_ATTEMPTS = 20;
@@ -85,7 +87,7 @@ export async function detachLoop(loop: string): Promise<void> {
     async () => {
       if (loopBound(loop)) throw new ConflictError(`${loop} is still attached`);
     },
-    POLL,
+    ATTACH_POLL,
   );
 }
 

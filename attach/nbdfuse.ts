@@ -14,15 +14,9 @@ import { retryUntil } from '../common/retry.js';
 import type { Attacher, BlockDevice, DeviceRecord, NbdTarget } from './attacher.js';
 import { loopDevices } from './host-state.js';
 import { unmountRetrying } from './block-devices.js';
-import { attachFile, attachLoop, detachLoop } from './loop.js';
+import { ATTACH_POLL, attachFile, attachLoop, detachLoop } from './loop.js';
 import { nbdUnixUri } from './uri.js';
 import { warmPrograms } from './warm.js';
-
-/**
- * Both waits are usually a few milliseconds (nbdfuse serves its file ~8-11 ms after it starts)
- * and each Get and Put waits once: poll every 2 ms, up to 5 s. At 10 ms the attach waited ~20 ms.
- */
-const POLL = { attempts: 2500, delayMs: 2 };
 
 /**
  * Unmounting the FUSE file system (umount2, as root; what `fusermount3 -u` does, without its
@@ -64,7 +58,7 @@ export class NbdfuseAttacher implements Attacher {
         async () => {
           if (!existsSync(join(fuseDir, 'disk'))) throw new NotFoundError('the FUSE file is not there yet');
         },
-        POLL,
+        ATTACH_POLL,
       );
       const loop = await attachLoop(join(fuseDir, 'disk'), options.readOnly);
       undo.push(() => detachLoop(loop));
@@ -105,7 +99,7 @@ export async function adoptNbdfuse(record: DeviceRecord): Promise<BlockDevice | 
         async () => {
           if (alive(pid)) throw new ConflictError(`nbdfuse ${pid} still runs`);
         },
-        POLL,
+        ATTACH_POLL,
       );
     },
   };

@@ -69,13 +69,6 @@ struct instance {
   uint64_t pending; /* touched on the event loop only */
 };
 
-static napi_value throw_errno(napi_env env, const char *syscall, int e) {
-  char msg[160];
-  snprintf(msg, sizeof msg, "%s: %s", syscall, strerror(e));
-  napi_throw_error(env, errno_name(e), msg);
-  return NULL;
-}
-
 static napi_value free_loop(napi_env env, napi_callback_info info) {
   (void)info;
   int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);

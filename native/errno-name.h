@@ -1,10 +1,14 @@
 /*
  * The errno name an Error from an addon carries in `code`, as node:fs errors do, so that JS
- * maps native and node:fs failures alike (systemErrorCode in common/errors.ts).
+ * maps native and node:fs failures alike (systemErrorCode in common/errors.ts); and the one way
+ * the addons throw such an Error.
  */
 #ifndef SLACKER_ERRNO_NAME_H
 #define SLACKER_ERRNO_NAME_H
 #include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <node_api.h>
 
 static inline const char *errno_name(int e) {
   switch (e) {
@@ -45,6 +49,14 @@ static inline const char *errno_name(int e) {
     case ECANCELED: return "ECANCELED";
     default: return "EUNKNOWN";
   }
+}
+
+/* Throws an Error "<syscall>: <strerror>" whose `code` is the errno name; returns NULL to return. */
+static inline napi_value throw_errno(napi_env env, const char *syscall, int e) {
+  char msg[512];
+  snprintf(msg, sizeof msg, "%s: %s", syscall, strerror(e));
+  napi_throw_error(env, errno_name(e), msg);
+  return NULL;
 }
 
 #endif

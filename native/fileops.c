@@ -81,13 +81,6 @@
 #include "napi-job.h"
 
 
-static napi_value throw_errno(napi_env env, const char *syscall, int e) {
-  char msg[128];
-  snprintf(msg, sizeof msg, "%s: %s", syscall, strerror(e));
-  napi_throw_error(env, errno_name(e), msg);
-  return NULL;
-}
-
 /* Reads `count` integer arguments (fd, offsets, lengths) as int64. */
 static int get_args(napi_env env, napi_callback_info info, size_t count, int64_t *out) {
   napi_value argv[4];

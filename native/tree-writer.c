@@ -589,13 +589,6 @@ static void tree_finalize(napi_env env, void *data, void *hint) {
   free(t);
 }
 
-static napi_value throw_errno(napi_env env, const char *what, int e) {
-  char msg[512];
-  snprintf(msg, sizeof msg, "%s: %s", what, strerror(e));
-  napi_throw_error(env, errno_name(e), msg);
-  return NULL;
-}
-
 static struct tree *get_tree(napi_env env, napi_value v) {
   struct tree *t = NULL;
   if (napi_get_value_external(env, v, (void **)&t) != napi_ok || !t || t->root < 0) {
