@@ -1,7 +1,8 @@
 /**
  * What the kernel has mounted and attached right now, read the way the attach path leaves it:
- * mount points (findmnt) and loop devices with their backing files (losetup). Used to wait for
- * a detach, to tear down what a crashed plugin left, and by tests to prove nothing leaked.
+ * mount points (findmnt) and loop devices with their backing files (losetup). Used to adopt a
+ * device after a restart, to tear down what a crashed plugin left, and by tests to prove nothing
+ * leaked. (A detach waits on sysfs instead: attach/loop.ts.)
  */
 import { readFile } from 'node:fs/promises';
 import { run } from '../common/exec.js';
