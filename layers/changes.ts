@@ -6,7 +6,6 @@
  * The size is the bytes of the added and modified files: what a layer tar of the changes carries.
  */
 import { lstat, readdir } from 'node:fs/promises';
-import type { Stats } from 'node:fs';
 import { join } from 'node:path';
 
 export const enum ChangeKind {
@@ -23,8 +22,39 @@ export interface Change {
 /** ext4's own directory, present in every layer: not part of any image. */
 const IGNORED = new Set(['/lost+found']);
 
-async function walk(root: string): Promise<Map<string, Stats>> {
-  const out = new Map<string, Stats>();
+/** What a comparison looks at of a path: an `fs.Stats`, or one recorded earlier (fromRecorded). */
+export interface EntryStat {
+  mode: number;
+  uid: number;
+  gid: number;
+  rdev: number;
+  size: number;
+  mtimeMs: number;
+  isDirectory(): boolean;
+  isFile(): boolean;
+}
+
+/** An EntryStat as JSON keeps it. */
+export interface RecordedStat {
+  mode: number;
+  uid: number;
+  gid: number;
+  rdev: number;
+  size: number;
+  mtimeMs: number;
+}
+
+export function toRecorded(st: EntryStat): RecordedStat {
+  return { mode: st.mode, uid: st.uid, gid: st.gid, rdev: st.rdev, size: st.size, mtimeMs: st.mtimeMs };
+}
+
+export function fromRecorded(r: RecordedStat): EntryStat {
+  const type = r.mode & 0o170000;
+  return { ...r, isDirectory: () => type === 0o040000, isFile: () => type === 0o100000 };
+}
+
+async function walk(root: string): Promise<Map<string, EntryStat>> {
+  const out = new Map<string, EntryStat>();
   const visit = async (rel: string): Promise<void> => {
     for (const name of await readdir(join(root, rel))) {
       const path = `${rel}/${name}`;
@@ -38,15 +68,24 @@ async function walk(root: string): Promise<Map<string, Stats>> {
   return out;
 }
 
-function differs(a: Stats, b: Stats): boolean {
+function differs(a: EntryStat, b: EntryStat): boolean {
   if (a.mode !== b.mode || a.uid !== b.uid || a.gid !== b.gid || a.rdev !== b.rdev) return true;
   return !a.isDirectory() && (a.size !== b.size || a.mtimeMs !== b.mtimeMs);
 }
 
-/** Changes of `layer` relative to `parent` (undefined: an empty parent), sorted by path. */
-export async function changes(layer: string, parent: string | undefined): Promise<{ changes: Change[]; size: number }> {
+/**
+ * Changes of `layer` relative to `parent` (undefined: an empty parent), sorted by path.
+ * `parentAlso`: paths the parent has beyond its tree (a container's init layer that has no
+ * tree of its own: plugin/init-layers.ts).
+ */
+export async function changes(
+  layer: string,
+  parent: string | undefined,
+  parentAlso?: ReadonlyMap<string, EntryStat>,
+): Promise<{ changes: Change[]; size: number }> {
   const now = await walk(layer);
-  const before = parent ? await walk(parent) : new Map<string, Stats>();
+  const before = parent ? await walk(parent) : new Map<string, EntryStat>();
+  for (const [path, st] of parentAlso ?? []) before.set(path, st);
   const out: Change[] = [];
   let size = 0;
   for (const [path, st] of now) {

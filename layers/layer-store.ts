@@ -18,7 +18,7 @@ import { ConflictError, InvalidArgumentError, NoSpaceError, NotFoundError, syste
 import { formatSize } from '../common/units.js';
 import type { Logger } from '../common/logger.js';
 import type { PublishCounts, PublishOptions, VolumeManager } from '../volumes/manager.js';
-import { changes, type Change } from './changes.js';
+import { changes, type Change, type EntryStat } from './changes.js';
 import { applyLayerTar } from './layer-tar/apply.js';
 import type { LayerMounts } from './layer-mounts.js';
 import type { ChunkIndex } from '../volumes/types.js';
@@ -387,13 +387,18 @@ export class LayerStore {
     return out;
   }
 
-  async changes(id: string, parent: string | undefined): Promise<{ changes: Change[]; size: number }> {
+  /** `parentAlso`: paths the parent has beyond its own tree (see changes.ts). */
+  async changes(
+    id: string,
+    parent: string | undefined,
+    parentAlso?: ReadonlyMap<string, EntryStat>,
+  ): Promise<{ changes: Change[]; size: number }> {
     const dir = await this.get(id);
     try {
-      if (!parent) return await changes(dir, undefined);
+      if (!parent) return await changes(dir, undefined, parentAlso);
       const parentDir = await this.get(parent);
       try {
-        return await changes(dir, parentDir);
+        return await changes(dir, parentDir, parentAlso);
       } finally {
         await this.put(parent);
       }

@@ -19,6 +19,7 @@ import type { HostReport, LayerStore } from '../layers/layer-store.js';
 import { markerTar } from '../layers/layer-tar/marker.js';
 import type { CallObserver } from '../layers/metrics.js';
 import { buildApi, type GraphDriverApi } from './api.js';
+import { InitLayers } from './init-layers.js';
 
 export interface DaemonOptions extends Omit<LayerHostOptions, 'root'> {
   /** Plugin (and storage driver) name: the socket is SOCKET_DIR/NAME.sock. */
@@ -37,6 +38,8 @@ export interface DaemonOptions extends Omit<LayerHostOptions, 'root'> {
 interface Running {
   home: string;
   host: LayerHost;
+  /** dockerd's init layers, as directories (init-layers.ts). */
+  inits: InitLayers;
   /** Whether this daemon opened the host (and so closes it). */
   owned: boolean;
 }
@@ -102,11 +105,11 @@ export class PluginDaemon implements GraphDriverApi {
   }
 
   private async start(home: string, layerSize: number): Promise<Running> {
-    if (this.o.host) return { home, host: this.o.host, owned: false };
+    if (this.o.host) return { home, host: this.o.host, inits: this.initLayersOf(this.o.host), owned: false };
     const host = await openLayerHost({ ...this.o, root: this.o.root ?? home, layerSize });
     this.o.onHost?.(host);
     this.o.log.info({ home }, 'driver initialised');
-    return { home, host, owned: true };
+    return { home, host, inits: this.initLayersOf(host), owned: true };
   }
 
   private async stop(): Promise<void> {
@@ -116,9 +119,22 @@ export class PluginDaemon implements GraphDriverApi {
     if (r.owned) await r.host.close(); // a shared host is closed by its owner
   }
 
+  private initLayersOf(host: LayerHost): InitLayers {
+    return new InitLayers(host.root, host.layers, this.o.log);
+  }
+
   private get driver(): LayerStore {
+    return this.initialised.host.layers;
+  }
+
+  /** The layers as dockerd sees them: the core's, with init layers as directories. */
+  private get inits(): InitLayers {
+    return this.initialised.inits;
+  }
+
+  private get initialised(): Running {
     if (!this.running) throw new NotInitializedError('the driver is not initialised: dockerd has not called Init');
-    return this.running.host.layers;
+    return this.running;
   }
 
   create(id: string, parent: string | undefined, storageOpt: Record<string, string>): Promise<void> {
@@ -127,17 +143,17 @@ export class PluginDaemon implements GraphDriverApi {
       if (k === 'size') size = parseSize(v);
       else throw new ConfigError(`unknown storage option ${k} (known: size)`);
     }
-    return this.driver.create(id, parent, size);
+    return this.inits.create(id, parent, size);
   }
 
   remove(id: string): Promise<void> {
-    return this.driver.remove(id);
+    return this.inits.remove(id);
   }
   get(id: string): Promise<string> {
-    return this.driver.get(id);
+    return this.inits.get(id);
   }
   put(id: string): Promise<void> {
-    return this.driver.put(id);
+    return this.inits.put(id);
   }
   exists(id: string): boolean {
     return this.driver.exists(id);
@@ -187,19 +203,21 @@ export class PluginDaemon implements GraphDriverApi {
   }
   /** Diff: the layer published, answered as its marker tar (metadata, not data). */
   async diff(id: string): Promise<Buffer> {
+    await this.inits.settle(id);
     return markerTar(await this.driver.publish(id));
   }
   async profiledDiff(id: string, profileFrom: string): Promise<{ tar: Buffer; prefetch: number }> {
+    await this.inits.settle(profileFrom);
     const { ref, prefetch } = await this.driver.publishWithProfile(id, profileFrom);
     return { tar: await markerTar(ref), prefetch };
   }
   async changes(id: string, parent: string | undefined): Promise<Change[]> {
-    return (await this.driver.changes(id, parent)).changes;
+    return (await this.inits.changes(id, parent)).changes;
   }
   applyDiff(id: string, parent: string | undefined, body: AsyncIterable<Buffer>): Promise<number> {
     return this.driver.applyTar(id, parent, body);
   }
   async diffSize(id: string, parent: string | undefined): Promise<number> {
-    return (await this.driver.changes(id, parent)).size;
+    return (await this.inits.changes(id, parent)).size;
   }
 }

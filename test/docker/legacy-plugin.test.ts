@@ -70,7 +70,7 @@ describe('legacy graphdriver plugin under dockerd', () => {
       'bb:1',
       'sh',
       '-c',
-      'echo written > /data.txt; rm /etc/motd; cat /data.txt',
+      'echo written > /data.txt; rm /etc/motd; test -f /.dockerenv && test -L /etc/mtab && cat /data.txt',
     ]);
     expect(out.stdout.trim()).toBe('written');
     const again = await dockerd.docker(['start', '-a', 'c1']);
@@ -79,6 +79,11 @@ describe('legacy graphdriver plugin under dockerd', () => {
     expect(diff).toContain('A /data.txt');
     expect(diff).toContain('D /etc/motd');
     expect(diff).toContain('C /etc'); // moby's rule, as overlay2 reports it
+    // What dockerd wrote into the init layer (copied into the container's layer: plugin/init-layers.ts)
+    // is the init layer's, as on overlay2, and the container has it.
+    for (const initFile of ['/.dockerenv', '/etc/hosts', '/etc/hostname', '/etc/resolv.conf', '/dev/console'])
+      expect(diff.filter((l) => l.endsWith(` ${initFile}`))).toEqual([]);
+    expect(diff.filter((l) => l.startsWith('A '))).toEqual(['A /data.txt']);
     const container = JSON.parse((await dockerd.docker(['inspect', 'c1'])).stdout)[0].GraphDriver.Data
       .VolumeId as string;
     const info = (await dockerd.docker(['info', '--format', '{{json .DriverStatus}}'])).stdout;
