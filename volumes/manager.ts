@@ -310,6 +310,16 @@ export class VolumeManager {
     if (this.open.has(row.id)) {
       throw new ConflictError(`volume ${row.id} is open: release it before freezing`, { context: { volume: row.id } });
     }
+    if (this.metadata.overrides(row.id).size === 0) {
+      // Nothing was written (a container's init layer, which dockerd writes into a directory:
+      // plugin/init-layers.ts): its map is its base's. A closed volume's writes were all recorded
+      // at its last flush, so there is no data file to read, no chunk to store, nothing to sync.
+      const map = new Map(this.baseOf(row));
+      this.metadata.freeze(row.id, map);
+      this.snapshots.set(row.id, map);
+      await unlink(this.dataPath(row.id)).catch(() => undefined);
+      return this.get(id);
+    }
     const volume = await this.volumeOf(row);
     try {
       const map = await this.completeMap(volume);

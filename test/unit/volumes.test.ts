@@ -1,5 +1,5 @@
 /** Layer volumes: the backend conformance suite, then copy-on-write, freeze, clone and lifecycle. */
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, existsSync, openSync } from 'node:fs';
 import { open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -101,6 +101,26 @@ describe('volumes', () => {
     expect((await read('c', 3 * CHUNK, CHUNK)).equals(expected)).toBe(true);
     expect((await read('p', 3 * CHUNK, CHUNK)).equals(original)).toBe(true);
     expect(mgr.stats('c')).toMatchObject({ chunks: 1, bytesWritten: CHUNK });
+  });
+
+  it('freezes a clone nothing was written to as its parent: same content, no data file, and a write afterwards still counts', async () => {
+    await mgr.create('p', 16 * MiB, { chunkSize: CHUNK });
+    const original = randomBytes(3 * CHUNK, 2);
+    await write('p', original, CHUNK);
+    await mgr.freeze('p');
+    await mgr.clone('p', 'init');
+    await mgr.acquire('init'); // opened and read, never written (dockerd's init layer is a directory now)
+    await mgr.release('init');
+    await mgr.freeze('init');
+    expect(existsSync(join(mgr.root, 'data', 'init.data'))).toBe(false);
+    await mgr.clone('init', 'c');
+    expect((await read('c', 3 * CHUNK, CHUNK)).equals(original)).toBe(true);
+    // A clone that was written is not taken for a clean one
+    await mgr.clone('p', 'w');
+    await write('w', Buffer.from('x'), 0);
+    await mgr.freeze('w');
+    await mgr.clone('w', 'wc');
+    expect((await read('wc', 1, 0)).toString()).toBe('x');
   });
 
   it('serialises concurrent partial writes to one chunk (no lost update in copy-on-write)', async () => {
