@@ -22,19 +22,7 @@ export interface Change {
 /** ext4's own directory, present in every layer: not part of any image. */
 const IGNORED = new Set(['/lost+found']);
 
-/** What a comparison looks at of a path: an `fs.Stats`, or one recorded earlier (fromRecorded). */
-export interface EntryStat {
-  mode: number;
-  uid: number;
-  gid: number;
-  rdev: number;
-  size: number;
-  mtimeMs: number;
-  isDirectory(): boolean;
-  isFile(): boolean;
-}
-
-/** An EntryStat as JSON keeps it. */
+/** The fields a comparison looks at of a path, as JSON keeps them. */
 export interface RecordedStat {
   mode: number;
   uid: number;
@@ -42,6 +30,12 @@ export interface RecordedStat {
   rdev: number;
   size: number;
   mtimeMs: number;
+}
+
+/** What a comparison looks at of a path: an `fs.Stats`, or one recorded earlier (fromRecorded). */
+export interface EntryStat extends RecordedStat {
+  isDirectory(): boolean;
+  isFile(): boolean;
 }
 
 export function toRecorded(st: EntryStat): RecordedStat {
