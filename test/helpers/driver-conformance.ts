@@ -16,6 +16,7 @@ import { silentLogger } from '../../common/logger.js';
 import { rawTar } from '../../harness/raw-tar.js';
 import { NbdServer } from '../../nbd-server/server.js';
 import { ChangeKind } from '../../layers/changes.js';
+import { InitLayers } from '../../plugin/init-layers.js';
 import { LayerStore } from '../../layers/layer-store.js';
 import { markerTar } from '../../layers/layer-tar/marker.js';
 import { DEFAULT_LINGER_MS, LayerMounts } from '../../layers/layer-mounts.js';
@@ -167,6 +168,40 @@ export function driverConformance(name: string, parts: DriverParts): void {
       ]);
       expect(await read(a, 'img', ['a.txt', 'new.txt'])).toEqual(['from the image', '']);
       expect(a.manager.get('c-init').frozen).toBe(true);
+    });
+
+    it("dockerd's init layers as directories (plugin/init-layers.ts): the container's layer gets their files where its image has none, after a restart too; Changes count them as the init layer's", async () => {
+      const inits = new InitLayers(join(dir.path, 'a'), a.driver, silentLogger());
+      await inits.create('img', undefined, undefined);
+      await write(a, 'img', { 'etc/hostname': 'the image', 'bin/sh': 'x' });
+      await inits.create('ctr-init', 'img', undefined);
+      const scratch = await inits.get('ctr-init'); // what dockerd writes its init files into
+      expect(a.mounts.isMounted('ctr-init')).toBe(false); // no device for it
+      await mkdir(join(scratch, 'etc'));
+      await writeFile(join(scratch, 'etc/hostname'), '');
+      await writeFile(join(scratch, 'etc/hosts'), '');
+      await writeFile(join(scratch, '.dockerenv'), '');
+      await symlink('/proc/mounts', join(scratch, 'etc/mtab'));
+      await inits.put('ctr-init');
+      await inits.create('ctr', 'ctr-init', undefined);
+      expect(a.manager.get('ctr-init').frozen).toBe(true);
+      // A restarted front end finds its state on disk
+      const again = new InitLayers(join(dir.path, 'a'), a.driver, silentLogger());
+      const root = await again.get('ctr');
+      try {
+        expect(await readFile(join(root, 'etc/hostname'), 'utf8')).toBe('the image'); // the image's stays
+        expect(await readFile(join(root, 'etc/hosts'), 'utf8')).toBe('');
+        expect(await readdir(root)).toEqual(expect.arrayContaining(['.dockerenv', 'bin', 'etc']));
+        await writeFile(join(root, 'new.txt'), 'added');
+      } finally {
+        await again.put('ctr');
+      }
+      const { changes } = await again.changes('ctr', 'ctr-init');
+      expect(changes).toEqual([{ Path: '/new.txt', Kind: ChangeKind.Add }]);
+      await again.remove('ctr');
+      await again.remove('ctr-init');
+      expect(again.isScratch('ctr-init')).toBe(false);
+      expect(a.driver.exists('ctr-init')).toBe(false);
     });
 
     it('refuses a size a child layer cannot have, instead of ignoring it', async () => {
