@@ -41,7 +41,7 @@ export async function serveContainerd(host: LayerHost, o: ContainerdOptions): Pr
   const meta = new SnapshotMetastore(join(host.root, 'containerd', 'snapshots.db'));
   const content = new ContainerdClient(o.containerdAddress ?? DEFAULT_CONTAINERD_ADDRESS);
   try {
-    const snapshotter = new Snapshotter(host.layers, meta, o.log);
+    const snapshotter = new Snapshotter(host.layers, meta, o.log, join(host.root, 'init-layers'));
     const server = new grpc.Server();
     addSnapshotsService(server, snapshotter, o.log, o.onCall);
     addDiffService(server, new Differ(snapshotter, content, o.log), o.log, o.onCall);

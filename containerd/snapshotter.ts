@@ -7,6 +7,12 @@
  *   - Commit(name, key): the active layer is detached and frozen; it keeps its layer id under
  *     its new name, and children clone it.
  *   - Remove: refused while children exist (FAILED_PRECONDITION); the layer goes with the row.
+ *   - Docker's init snapshot ("<id>-init-key", committed as "<id>-init"), into which the engine
+ *     writes a few empty files where the image has none: its Mounts are a bind mount of a plain
+ *     directory (its scratch, STATE_ROOT/init-layers/LAYER), not a device; its layer stays a clean
+ *     clone of the image. A snapshot prepared on it (the container's) gets the scratch's files
+ *     copied in where the image has none (layers/copy-missing.ts), before its Mounts go out; so
+ *     does a view of it (Docker's `docker diff` compares the container with one).
  *   - Stat, Update (labels only), List, Usage: from metadata (snapshot-metastore.ts and the
  *     volumes'), never a walk of a lazily fetched file system.
  * A failed Prepare or View leaves nothing behind. Knows nothing of gRPC (snapshot-service.ts).
@@ -14,6 +20,10 @@
 import { AlreadyExistsError, ConflictError, NotFoundError } from '../common/errors.js';
 import type { Digest } from '../common/digests.js';
 import type { Logger } from '../common/logger.js';
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { copyMissing } from '../layers/copy-missing.js';
 import type { LayerStore } from '../layers/layer-store.js';
 import type { SnapshotInfo, SnapshotMetastore } from './snapshot-metastore.js';
 
@@ -30,12 +40,34 @@ function isExtraction(key: string): boolean {
   return /(^|\/)extract-/.test(key);
 }
 
+/** Docker prepares a container's init snapshot under "<id>-init-key" (moby's containerd image service). */
+function isInitKey(key: string): boolean {
+  return key.endsWith('-init-key');
+}
+
 export class Snapshotter {
+  /**
+   * @param scratchRoot where init snapshots' scratch directories are (one per layer)
+   */
   constructor(
     private readonly layers: LayerStore,
     private readonly meta: SnapshotMetastore,
     private readonly log: Logger,
+    private readonly scratchRoot: string,
   ) {}
+
+  private scratchOf(layer: string): string {
+    return join(this.scratchRoot, layer);
+  }
+
+  /** Whether the layer is an init snapshot's, served as its scratch directory. */
+  private hasScratch(layer: string): boolean {
+    return existsSync(this.scratchOf(layer));
+  }
+
+  private scratchMounts(layer: string): MountSpec[] {
+    return [{ type: 'bind', source: this.scratchOf(layer), target: '', options: ['rbind', 'rw'] }];
+  }
 
   prepare(key: string, parent: string, labels: Record<string, string>): Promise<MountSpec[]> {
     return this.create(key, parent, 'active', labels);
@@ -52,6 +84,7 @@ export class Snapshotter {
         context: { key },
       });
     }
+    if (this.hasScratch(s.layer)) return this.scratchMounts(s.layer);
     return this.mountsOf(s);
   }
 
@@ -81,6 +114,7 @@ export class Snapshotter {
     const s = this.meta.remove(key); // refused while children exist
     await this.layers.detach(s.layer);
     await this.layers.remove(s.layer);
+    await rm(this.scratchOf(s.layer), { recursive: true, force: true });
     this.log.info({ key, layer: s.layer }, 'snapshot removed');
   }
 
@@ -169,7 +203,7 @@ export class Snapshotter {
     return s;
   }
 
-  /** Removes layers this front end made that no snapshot names (a crash between steps). */
+  /** Removes layers (and init scratches) this front end made that no snapshot names (a crash between steps). */
   async cleanup(): Promise<void> {
     const named = new Set(this.meta.list().map((s) => s.layer));
     for (const row of this.layers.manager.list()) {
@@ -177,6 +211,11 @@ export class Snapshotter {
       await this.layers.detach(row.id);
       await this.layers.remove(row.id);
       this.log.warn({ layer: row.id }, 'cleanup: layer of no snapshot removed');
+    }
+    const scratches = await readdir(this.scratchRoot).catch(() => [] as string[]);
+    for (const layer of scratches) {
+      if (!layer.startsWith('ctrd-') || named.has(layer)) continue;
+      await rm(this.scratchOf(layer), { recursive: true, force: true });
     }
   }
 
@@ -188,13 +227,35 @@ export class Snapshotter {
   ): Promise<MountSpec[]> {
     const s = this.meta.create(key, parent, kind, labels);
     try {
-      await this.layers.create(s.layer, parent ? this.meta.get(parent).layer : undefined);
-      const mounts = await this.mountsOf(s);
+      const parentLayer = parent ? this.meta.get(parent).layer : undefined;
+      await this.layers.create(s.layer, parentLayer);
+      if (kind === 'active' && parentLayer && isInitKey(key)) {
+        await mkdir(this.scratchRoot, { recursive: true, mode: 0o700 });
+        await mkdir(this.scratchOf(s.layer), { mode: 0o755 });
+        this.log.info({ key, parent, kind, layer: s.layer }, 'snapshot prepared: an init scratch');
+        return this.scratchMounts(s.layer);
+      }
+      const initFiles = parentLayer && this.hasScratch(parentLayer) ? this.scratchOf(parentLayer) : undefined;
+      let mounts: MountSpec[];
+      if (initFiles && kind === 'view') {
+        // A view is attached read-only: its init files are copied in before, mounted here.
+        await this.layers.get(s.layer);
+        try {
+          await this.layers.withTree(s.layer, (dir) => copyMissing(initFiles, dir));
+        } finally {
+          await this.layers.detach(s.layer);
+        }
+        mounts = await this.mountsOf(s);
+      } else {
+        mounts = await this.mountsOf(s);
+        if (initFiles) await this.layers.withTree(s.layer, (dir) => copyMissing(initFiles, dir));
+      }
       this.log.info({ key, parent, kind, layer: s.layer }, 'snapshot prepared');
       return mounts;
     } catch (err) {
-      // Nothing half-made: the row and the layer go.
+      // Nothing half-made: the row, the layer and a scratch go.
       this.meta.remove(key);
+      await rm(this.scratchOf(s.layer), { recursive: true, force: true });
       if (this.layers.exists(s.layer)) {
         await this.layers.detach(s.layer).catch(() => undefined);
         await this.layers

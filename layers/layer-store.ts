@@ -205,6 +205,11 @@ export class LayerStore {
     });
   }
 
+  /** Runs `fn` on the tree of a layer attached (or mounted) here: see LayerMounts.withTreeLocked. */
+  withTree<T>(id: string, fn: (dir: string) => Promise<T>): Promise<T> {
+    return this.o.mounts.lock.run(id, () => this.o.mounts.withTreeLocked(id, fn));
+  }
+
   /** Undoes attach (or every Get): the layer is no longer attached or mounted here. */
   detach(id: string): Promise<void> {
     return this.o.mounts.lock.run(id, () => this.o.mounts.putLocked(id, true));
