@@ -42,6 +42,10 @@ export async function serveContainerd(host: LayerHost, o: ContainerdOptions): Pr
   const content = new ContainerdClient(o.containerdAddress ?? DEFAULT_CONTAINERD_ADDRESS);
   try {
     const snapshotter = new Snapshotter(host.layers, meta, o.log, join(host.root, 'init-layers'));
+    // In the background: the first pull's first Prepare would otherwise wait for it.
+    const template = host.layers
+      .prepareTemplate()
+      .catch((err: unknown) => o.log.warn({ err }, 'making the empty ext4 template ahead failed'));
     const server = new grpc.Server();
     addSnapshotsService(server, snapshotter, o.log, o.onCall);
     addDiffService(server, new Differ(snapshotter, content, o.log), o.log, o.onCall);
@@ -51,6 +55,7 @@ export async function serveContainerd(host: LayerHost, o: ContainerdOptions): Pr
     return {
       socket: o.socket,
       close: async () => {
+        await template;
         await stop();
         content.close();
         meta.close();

@@ -460,23 +460,36 @@ export class LayerStore {
   }
 
   /** The frozen empty ext4 volume of a size, made on first use. */
-  private async template(size: number): Promise<string> {
+  private template(size: number): Promise<string> {
     const id = `template.ext4.${size}`;
-    if (this.exists(id)) {
-      if (this.manager.get(id).frozen) return id;
-      await this.manager.remove(id); // a half-made template from a crash
-    }
-    await this.manager.create(id, size);
-    const dir = await this.o.mounts.getLocked(id, { mkfs: true, internal: true });
-    try {
-      // An empty root: lost+found would otherwise show up in every image made here.
-      await rmdir(join(dir, 'lost+found'));
-    } finally {
-      await this.o.mounts.putLocked(id, true);
-    }
-    await this.manager.freeze(id);
-    this.o.log.info({ template: id, size }, 'empty ext4 template made');
-    return id;
+    // One caller at a time: a second one would take a template being made for a crash's leftover.
+    return this.o.mounts.lock.run(id, async () => {
+      if (this.exists(id)) {
+        if (this.manager.get(id).frozen) return id;
+        await this.manager.remove(id); // a half-made template from a crash
+      }
+      await this.manager.create(id, size);
+      const dir = await this.o.mounts.getLocked(id, { mkfs: true, internal: true });
+      try {
+        // An empty root: lost+found would otherwise show up in every image made here.
+        await rmdir(join(dir, 'lost+found'));
+      } finally {
+        await this.o.mounts.putLocked(id, true);
+      }
+      await this.manager.freeze(id);
+      this.o.log.info({ template: id, size }, 'empty ext4 template made');
+      return id;
+    });
+  }
+
+  /**
+   * Makes the empty ext4 template of the layer size now if there is none, so that the first
+   * layer made without a parent does not wait for it (~80 ms: mkfs through NBD). containerd
+   * prepares every pulled layer's snapshot as a blank base, whose content (a marker) then
+   * replaces it; the graphdriver never needs one for a marker layer.
+   */
+  async prepareTemplate(): Promise<void> {
+    await this.template(this.o.layerSize);
   }
 
   /** Bytes of the chunks in which a frozen layer differs from its parent. */
