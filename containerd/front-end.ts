@@ -9,6 +9,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../common/logger.js';
 import type { LayerHost } from '../layers/layer-host.js';
+import { InitScratches } from '../layers/init-scratch.js';
 import type { CallObserver } from '../layers/metrics.js';
 import { ContainerdClient } from './containerd-client.js';
 import { addControlService } from './control-service.js';
@@ -41,7 +42,7 @@ export async function serveContainerd(host: LayerHost, o: ContainerdOptions): Pr
   const meta = new SnapshotMetastore(join(host.root, 'containerd', 'snapshots.db'));
   const content = new ContainerdClient(o.containerdAddress ?? DEFAULT_CONTAINERD_ADDRESS);
   try {
-    const snapshotter = new Snapshotter(host.layers, meta, o.log, join(host.root, 'init-layers'));
+    const snapshotter = new Snapshotter(host.layers, meta, o.log, new InitScratches(host.root));
     // In the background: the first pull's first Prepare would otherwise wait for it.
     const template = host.layers
       .prepareTemplate()

@@ -20,10 +20,9 @@
 import { AlreadyExistsError, ConflictError, NotFoundError } from '../common/errors.js';
 import type { Digest } from '../common/digests.js';
 import type { Logger } from '../common/logger.js';
-import { existsSync } from 'node:fs';
-import { mkdir, readdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readdir } from 'node:fs/promises';
 import { copyMissing } from '../layers/copy-missing.js';
+import type { InitScratches } from '../layers/init-scratch.js';
 import type { LayerStore } from '../layers/layer-store.js';
 import type { SnapshotInfo, SnapshotMetastore } from './snapshot-metastore.js';
 
@@ -47,26 +46,17 @@ function isInitKey(key: string): boolean {
 
 export class Snapshotter {
   /**
-   * @param scratchRoot where init snapshots' scratch directories are (one per layer)
+   * @param scratches init snapshots' scratch directories (one per layer)
    */
   constructor(
     private readonly layers: LayerStore,
     private readonly meta: SnapshotMetastore,
     private readonly log: Logger,
-    private readonly scratchRoot: string,
+    private readonly scratches: InitScratches,
   ) {}
 
-  private scratchOf(layer: string): string {
-    return join(this.scratchRoot, layer);
-  }
-
-  /** Whether the layer is an init snapshot's, served as its scratch directory. */
-  private hasScratch(layer: string): boolean {
-    return existsSync(this.scratchOf(layer));
-  }
-
   private scratchMounts(layer: string): MountSpec[] {
-    return [{ type: 'bind', source: this.scratchOf(layer), target: '', options: ['rbind', 'rw'] }];
+    return [{ type: 'bind', source: this.scratches.pathOf(layer), target: '', options: ['rbind', 'rw'] }];
   }
 
   prepare(key: string, parent: string, labels: Record<string, string>): Promise<MountSpec[]> {
@@ -84,7 +74,7 @@ export class Snapshotter {
         context: { key },
       });
     }
-    if (this.hasScratch(s.layer)) return this.scratchMounts(s.layer);
+    if (this.scratches.has(s.layer)) return this.scratchMounts(s.layer);
     return this.mountsOf(s);
   }
 
@@ -114,7 +104,7 @@ export class Snapshotter {
     const s = this.meta.remove(key); // refused while children exist
     await this.layers.detach(s.layer);
     await this.layers.remove(s.layer);
-    await rm(this.scratchOf(s.layer), { recursive: true, force: true });
+    await this.scratches.remove(s.layer);
     this.log.info({ key, layer: s.layer }, 'snapshot removed');
   }
 
@@ -212,10 +202,9 @@ export class Snapshotter {
       await this.layers.remove(row.id);
       this.log.warn({ layer: row.id }, 'cleanup: layer of no snapshot removed');
     }
-    const scratches = await readdir(this.scratchRoot).catch(() => [] as string[]);
-    for (const layer of scratches) {
+    for (const layer of await readdir(this.scratches.dir).catch(() => [] as string[])) {
       if (!layer.startsWith('ctrd-') || named.has(layer)) continue;
-      await rm(this.scratchOf(layer), { recursive: true, force: true });
+      await this.scratches.remove(layer);
     }
   }
 
@@ -230,18 +219,17 @@ export class Snapshotter {
       const parentLayer = parent ? this.meta.get(parent).layer : undefined;
       await this.layers.create(s.layer, parentLayer);
       if (kind === 'active' && parentLayer && isInitKey(key)) {
-        await mkdir(this.scratchRoot, { recursive: true, mode: 0o700 });
-        await mkdir(this.scratchOf(s.layer), { mode: 0o755 });
+        await this.scratches.make(s.layer);
         this.log.info({ key, parent, kind, layer: s.layer }, 'snapshot prepared: an init scratch');
         return this.scratchMounts(s.layer);
       }
-      const initFiles = parentLayer && this.hasScratch(parentLayer) ? this.scratchOf(parentLayer) : undefined;
+      const initFiles = parentLayer && this.scratches.has(parentLayer) ? this.scratches.pathOf(parentLayer) : undefined;
       let mounts: MountSpec[];
       if (initFiles && kind === 'view') {
         // A view is attached read-only: its init files are copied in before, mounted here.
-        await this.layers.get(s.layer);
+        const dir = await this.layers.get(s.layer);
         try {
-          await this.layers.withTree(s.layer, (dir) => copyMissing(initFiles, dir));
+          await copyMissing(initFiles, dir);
         } finally {
           await this.layers.detach(s.layer);
         }
@@ -255,7 +243,7 @@ export class Snapshotter {
     } catch (err) {
       // Nothing half-made: the row, the layer and a scratch go.
       this.meta.remove(key);
-      await rm(this.scratchOf(s.layer), { recursive: true, force: true });
+      await this.scratches.remove(s.layer);
       if (this.layers.exists(s.layer)) {
         await this.layers.detach(s.layer).catch(() => undefined);
         await this.layers

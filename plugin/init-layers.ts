@@ -21,13 +21,13 @@
  * {init, image, entries?}: entries is there once the copy was made. A restarted daemon reads
  * them again; Remove deletes them.
  */
-import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/logger.js';
 import { fromRecorded, type Change, type EntryStat, type RecordedStat } from '../layers/changes.js';
 import { copyMissing } from '../layers/copy-missing.js';
+import { InitScratches } from '../layers/init-scratch.js';
 import type { LayerStore } from '../layers/layer-store.js';
 
 /** What a container layer on a scratch init layer keeps. */
@@ -45,7 +45,7 @@ export function isInitLayer(id: string, parent: string | undefined): boolean {
 }
 
 export class InitLayers {
-  private readonly dir: string;
+  private readonly scratches: InitScratches;
   private readonly lock = new KeyedLock<string>();
 
   constructor(
@@ -53,20 +53,16 @@ export class InitLayers {
     private readonly layers: LayerStore,
     private readonly log: Logger,
   ) {
-    this.dir = join(root, 'init-layers');
-  }
-
-  private scratchOf(init: string): string {
-    return join(this.dir, init);
+    this.scratches = new InitScratches(root);
   }
 
   private recordPath(container: string): string {
-    return join(this.dir, `${container}.json`);
+    return join(this.scratches.dir, `${container}.json`);
   }
 
   /** Whether `id` is an init layer served from its scratch. */
   isScratch(id: string): boolean {
-    return existsSync(this.scratchOf(id));
+    return this.scratches.has(id);
   }
 
   /** Create: the layer in the core as for any layer, and its scratch or its record. */
@@ -78,15 +74,12 @@ export class InitLayers {
       return;
     }
     await this.layers.create(id, parent, size);
-    if (isInitLayer(id, parent)) {
-      await mkdir(this.dir, { recursive: true, mode: 0o700 });
-      await mkdir(this.scratchOf(id), { mode: 0o755 });
-    }
+    if (isInitLayer(id, parent)) await this.scratches.make(id);
   }
 
   /** Get: an init layer's scratch; any other layer mounted, with its init files on first use. */
   async get(id: string): Promise<string> {
-    if (this.isScratch(id)) return this.scratchOf(id);
+    if (this.isScratch(id)) return this.scratches.pathOf(id);
     const dir = await this.layers.get(id);
     try {
       await this.copyInit(id, dir);
@@ -104,7 +97,7 @@ export class InitLayers {
 
   async remove(id: string): Promise<void> {
     await this.layers.remove(id);
-    await rm(this.scratchOf(id), { recursive: true, force: true });
+    await this.scratches.remove(id);
     await rm(this.recordPath(id), { force: true });
   }
 
@@ -114,17 +107,22 @@ export class InitLayers {
    * mounted.
    */
   async settle(id: string): Promise<void> {
+    await this.settled(id);
+  }
+
+  /** settle, answering the layer's record as it is then. */
+  private async settled(id: string): Promise<ContainerRecord | undefined> {
     const record = await this.readRecord(id);
-    if (!record || record.entries) return;
+    if (!record || record.entries) return record;
     await this.get(id);
     await this.layers.put(id);
+    return this.readRecord(id);
   }
 
   /** Changes (and DiffSize) of `id` against `parent`; against a scratch init layer, its image and its files. */
   async changes(id: string, parent: string | undefined): Promise<{ changes: Change[]; size: number }> {
     if (parent && this.isScratch(parent)) {
-      await this.settle(id);
-      const record = await this.readRecord(id);
+      const record = await this.settled(id);
       if (record?.init === parent && record.entries) {
         const also = new Map<string, EntryStat>();
         for (const [path, st] of Object.entries(record.entries)) also.set(path, fromRecorded(st));
@@ -144,7 +142,7 @@ export class InitLayers {
       const record = await this.readRecord(id);
       if (!record || record.entries) return;
       const t0 = performance.now();
-      const created = await copyMissing(this.scratchOf(record.init), dir);
+      const created = await copyMissing(this.scratches.pathOf(record.init), dir);
       await this.writeRecord(id, { ...record, entries: Object.fromEntries(created) });
       this.log.debug(
         { layer: id, init: record.init, created: created.size, ms: +(performance.now() - t0).toFixed(1) },
@@ -164,7 +162,7 @@ export class InitLayers {
 
   /** Written whole or not at all (a crash leaves the previous record). */
   private async writeRecord(id: string, record: ContainerRecord): Promise<void> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await mkdir(this.scratches.dir, { recursive: true, mode: 0o700 });
     const tmp = `${this.recordPath(id)}.tmp`;
     await writeFile(tmp, JSON.stringify(record), { mode: 0o600 });
     await rename(tmp, this.recordPath(id));
