@@ -5,24 +5,27 @@
  * under a path the layer has as something other than a directory (a symlink of an image is
  * never followed, so nothing is written outside the layer). For a container's init files
  * (plugin/init-layers.ts).
+ *
+ * In two steps, so that a caller can record what it is about to create before it does (a crash
+ * in between leaves it knowing which entries are its own): missingEntries plans, copyEntries
+ * creates; copyMissing is both.
  */
 import { constants } from 'node:fs';
-import { chmod, copyFile, lchown, lstat, lutimes, mkdir, readdir, readlink, symlink } from 'node:fs/promises';
+import { chmod, copyFile, lchown, lstat, lutimes, mkdir, readdir, readlink, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NotSupportedError, systemErrorCode } from '../common/errors.js';
 import { toRecorded, type RecordedStat } from './changes.js';
 
-/** Returns what was created, by path from the root ("/etc/hosts"), each as it is in `to` now. */
-export async function copyMissing(from: string, to: string): Promise<Map<string, RecordedStat>> {
-  const created = new Map<string, RecordedStat>();
-  // `rel` is a real directory in `to`, made here or found so: nothing above `to/rel` is a symlink.
+/** What `from` has and `to` lacks, by path from the root ("/etc/hosts"), parents before children. */
+export async function missingEntries(from: string, to: string): Promise<string[]> {
+  const missing: string[] = [];
+  // `rel` is a real directory in `to`, or (fresh) one that will be made: nothing above it is a symlink.
   const visit = async (rel: string, fresh: boolean): Promise<void> => {
     for (const name of (await readdir(join(from, rel))).sort()) {
       const path = `${rel}/${name}`;
       const src = await lstat(join(from, path));
-      const dst = join(to, path);
       if (!fresh) {
-        const there = await lstat(dst).catch((err: unknown) => {
+        const there = await lstat(join(to, path)).catch((err: unknown) => {
           if (systemErrorCode(err) === 'ENOENT') return undefined;
           throw err;
         });
@@ -31,19 +34,54 @@ export async function copyMissing(from: string, to: string): Promise<Map<string,
           continue;
         }
       }
-      if (src.isDirectory()) await mkdir(dst);
-      else if (src.isFile()) await copyFile(join(from, path), dst, constants.COPYFILE_EXCL);
-      else if (src.isSymbolicLink()) await symlink(await readlink(join(from, path)), dst);
-      else
+      if (!src.isDirectory() && !src.isFile() && !src.isSymbolicLink()) {
         throw new NotSupportedError(`cannot copy ${path}: only directories, files and symlinks`, { context: { path } });
-      await lchown(dst, src.uid, src.gid);
-      if (!src.isSymbolicLink()) await chmod(dst, src.mode & 0o7777);
+      }
+      missing.push(path);
       if (src.isDirectory()) await visit(path, true);
-      // Last: creating its entries moved a directory's times.
-      await lutimes(dst, src.atime, src.mtime);
-      created.set(path, toRecorded(await lstat(dst)));
     }
   };
   await visit('', false);
+  return missing;
+}
+
+/**
+ * Creates `paths` (from missingEntries: none of them in `to` yet, parents first) as `from` has
+ * them. Returns each as it is in `to` now.
+ */
+export async function copyEntries(from: string, to: string, paths: string[]): Promise<Map<string, RecordedStat>> {
+  for (const path of paths) {
+    const src = await lstat(join(from, path));
+    const dst = join(to, path);
+    if (src.isDirectory()) await mkdir(dst);
+    else if (src.isFile()) await copyFile(join(from, path), dst, constants.COPYFILE_EXCL);
+    else if (src.isSymbolicLink()) await symlink(await readlink(join(from, path)), dst);
+    else
+      throw new NotSupportedError(`cannot copy ${path}: only directories, files and symlinks`, { context: { path } });
+    await lchown(dst, src.uid, src.gid);
+    if (!src.isSymbolicLink()) await chmod(dst, src.mode & 0o7777);
+  }
+  // Times last, children before parents: creating a directory's entries moved its times.
+  for (const path of [...paths].reverse()) {
+    const src = await lstat(join(from, path));
+    await lutimes(join(to, path), src.atime, src.mtime);
+  }
+  const created = new Map<string, RecordedStat>();
+  for (const path of paths) created.set(path, toRecorded(await lstat(join(to, path))));
   return created;
+}
+
+/**
+ * Takes away what an interrupted copyEntries of `paths` left in `to` (any of them, partly
+ * written), so that it can be made again. Only for paths the caller planned and nothing else
+ * wrote since: they are its own.
+ */
+export async function removeEntries(to: string, paths: string[]): Promise<void> {
+  // Children first; rm removes a symlink itself, never what it points to.
+  for (const path of [...paths].reverse()) await rm(join(to, path), { recursive: true, force: true });
+}
+
+/** missingEntries, then copyEntries. */
+export async function copyMissing(from: string, to: string): Promise<Map<string, RecordedStat>> {
+  return copyEntries(from, to, await missingEntries(from, to));
 }

@@ -18,7 +18,7 @@
  * layer's, as with overlay2, and a commit of the container holds it, as it did.
  *
  * State, all under STATE_ROOT/init-layers: `<init id>/` the scratch; `<container id>.json`
- * {init, image, entries?}: entries is there once the copy was made. A restarted daemon reads
+ * {init, image, planned?, entries?}: planned while the copy is made, entries once it was. A restarted daemon reads
  * them again; Remove deletes them.
  */
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/logger.js';
 import { fromRecorded, type Change, type EntryStat, type RecordedStat } from '../layers/changes.js';
-import { copyMissing } from '../layers/copy-missing.js';
+import { copyEntries, missingEntries, removeEntries } from '../layers/copy-missing.js';
 import { InitScratches } from '../layers/init-scratch.js';
 import type { LayerStore } from '../layers/layer-store.js';
 
@@ -35,6 +35,8 @@ interface ContainerRecord {
   init: string;
   /** The init layer's parent: the tree the init layer stands for, with `entries` on it. */
   image: string;
+  /** What the copy is about to create, recorded before it starts (paths, parents first). */
+  planned?: string[];
   /** What the copy created in the container's layer, once it was made. */
   entries?: Record<string, RecordedStat>;
 }
@@ -133,17 +135,28 @@ export class InitLayers {
   }
 
   /**
-   * Copies the init layer's scratch into the container's layer mounted at `dir`, once. A crash
-   * between the copy and its record makes the next Get copy again, finding everything there:
-   * the files are right, and only Changes would then list them as the container's.
+   * Copies the init layer's scratch into the container's layer mounted at `dir`, once. What it
+   * will create is recorded first (`planned`): a crash in the middle leaves a record that says
+   * which entries in the layer are the copy's, and the next Get takes them away and copies
+   * again. Nothing else can have written them: the container has not run, since Get had not
+   * answered.
    */
   private copyInit(id: string, dir: string): Promise<void> {
     return this.lock.run(id, async () => {
       const record = await this.readRecord(id);
       if (!record || record.entries) return;
       const t0 = performance.now();
-      const created = await copyMissing(this.scratches.pathOf(record.init), dir);
-      await this.writeRecord(id, { ...record, entries: Object.fromEntries(created) });
+      const from = this.scratches.pathOf(record.init);
+      let planned = record.planned;
+      if (planned) {
+        this.log.warn({ layer: id, planned: planned.length }, 'init files: an interrupted copy is made again');
+        await removeEntries(dir, planned);
+      } else {
+        planned = await missingEntries(from, dir);
+        await this.writeRecord(id, { ...record, planned });
+      }
+      const created = await copyEntries(from, dir, planned);
+      await this.writeRecord(id, { init: record.init, image: record.image, entries: Object.fromEntries(created) });
       this.log.debug(
         { layer: id, init: record.init, created: created.size, ms: +(performance.now() - t0).toFixed(1) },
         'init files copied',

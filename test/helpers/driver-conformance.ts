@@ -17,6 +17,7 @@ import { rawTar } from '../../harness/raw-tar.js';
 import { NbdServer } from '../../nbd-server/server.js';
 import { ChangeKind } from '../../layers/changes.js';
 import { InitLayers } from '../../plugin/init-layers.js';
+import { missingEntries } from '../../layers/copy-missing.js';
 import { LayerStore } from '../../layers/layer-store.js';
 import { markerTar } from '../../layers/layer-tar/marker.js';
 import { DEFAULT_LINGER_MS, LayerMounts } from '../../layers/layer-mounts.js';
@@ -202,6 +203,44 @@ export function driverConformance(name: string, parts: DriverParts): void {
       await again.remove('ctr-init');
       expect(again.isScratch('ctr-init')).toBe(false);
       expect(a.driver.exists('ctr-init')).toBe(false);
+    });
+
+    it('an init copy a crash interrupted is made again from its plan: the files whole, Changes still without them', async () => {
+      const inits = new InitLayers(join(dir.path, 'a'), a.driver, silentLogger());
+      await inits.create('cimg', undefined, undefined);
+      await write(a, 'cimg', { 'etc/hostname': 'the image' });
+      await inits.create('cc-init', 'cimg', undefined);
+      const scratch = await inits.get('cc-init');
+      await mkdir(join(scratch, 'etc'));
+      await writeFile(join(scratch, 'etc/hosts'), '127.0.0.1 localhost\n');
+      await writeFile(join(scratch, '.dockerenv'), '');
+      await inits.put('cc-init');
+      await inits.create('cc', 'cc-init', undefined);
+      // The daemon died in the middle of the first Get's copy: its plan recorded, one file made
+      // and cut short, the rest not yet.
+      const recordPath = join(dir.path, 'a', 'init-layers', 'cc.json');
+      const root = await a.driver.get('cc');
+      try {
+        const planned = await missingEntries(scratch, root);
+        expect(planned).toEqual(['/.dockerenv', '/etc/hosts']);
+        await writeFile(recordPath, JSON.stringify({ ...JSON.parse(await readFile(recordPath, 'utf8')), planned }));
+        await writeFile(join(root, 'etc/hosts'), '127.0');
+      } finally {
+        await a.driver.put('cc');
+      }
+      const again = new InitLayers(join(dir.path, 'a'), a.driver, silentLogger());
+      const mounted = await again.get('cc');
+      try {
+        expect(await readFile(join(mounted, 'etc/hosts'), 'utf8')).toBe('127.0.0.1 localhost\n');
+        expect(await readdir(mounted)).toEqual(expect.arrayContaining(['.dockerenv', 'etc']));
+        expect(await readFile(join(mounted, 'etc/hostname'), 'utf8')).toBe('the image');
+      } finally {
+        await again.put('cc');
+      }
+      expect(JSON.parse(await readFile(recordPath, 'utf8'))).not.toHaveProperty('planned');
+      expect((await again.changes('cc', 'cc-init')).changes).toEqual([]);
+      await again.remove('cc');
+      await again.remove('cc-init');
     });
 
     it('refuses a size a child layer cannot have, instead of ignoring it', async () => {

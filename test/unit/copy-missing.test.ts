@@ -8,7 +8,7 @@ import { lstat, mkdir, readFile, readdir, readlink, symlink, utimes, writeFile, 
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { changes, fromRecorded, type EntryStat } from '../../layers/changes.js';
-import { copyMissing } from '../../layers/copy-missing.js';
+import { copyEntries, copyMissing, missingEntries, removeEntries } from '../../layers/copy-missing.js';
 import { requireRoot } from '../helpers/tools.js';
 import { tempDir } from '../helpers/tmp.js';
 
@@ -69,6 +69,23 @@ describe('copyMissing', () => {
     ]);
     expect((await lstat(join(dir.path, 'bare/dev'))).mtimeMs).toBe(2_000_000_000);
     expect(await readFile(join(dir.path, 'bare/etc/hostname'), 'utf8')).toBe('from-scratch');
+  });
+
+  it('plans before it copies: missingEntries lists what copyEntries makes; removeEntries takes a partial copy back, never through a symlink', async () => {
+    const planned = await missingEntries(scratch, tree);
+    expect(planned).toEqual(['/.dockerenv', '/etc/hosts', '/etc/mtab']);
+    expect(await readdir(tree)).toEqual(['dev', 'etc']); // planning wrote nothing
+    // A copy cut short: the symlink made, pointing at a directory with content, a file half written
+    await symlink(outside, join(tree, 'etc/mtab'));
+    await writeFile(join(outside, 'keep'), 'not ours');
+    await writeFile(join(tree, '.dockerenv'), 'half');
+    await removeEntries(tree, planned);
+    expect(await readdir(join(tree, 'etc'))).toEqual(['hostname']);
+    expect(await readFile(join(outside, 'keep'), 'utf8')).toBe('not ours');
+    const created = await copyEntries(scratch, tree, planned);
+    expect([...created.keys()]).toEqual(planned);
+    expect(await readFile(join(tree, '.dockerenv'), 'utf8')).toBe('');
+    expect(await readlink(join(tree, 'etc/mtab'))).toBe('/proc/mounts');
   });
 
   it('refuses what an init layer never holds (a fifo), naming it', async () => {
