@@ -65,6 +65,10 @@ export class Volume implements Backend {
   /** Per-chunk serialisation of copy-on-write (read-modify-write). */
   private readonly locks = new KeyedLock<ChunkIndex>();
   private closed = false;
+  /** Counts writes (and zeroes) done: a flush that began after the last of them covers them all. */
+  private written = 0;
+  /** The last flush begun: what `written` was when it began, and its end. */
+  private lastFlush: { written: number; done: Promise<void> } | undefined;
   /** Where the previous read ended: a read starting there is sequential. */
   private lastReadEnd = -1;
   /** Chunks below this index were already considered for readahead. */
@@ -200,6 +204,7 @@ export class Volume implements Backend {
         }),
       ),
     );
+    this.written++; // also when a piece failed: another may have landed
     const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
     if (flags.fua) await this.flush();
@@ -221,7 +226,7 @@ export class Volume implements Backend {
             })
           : this.pwrite(Buffer.alloc(p.length), p.index * this.chunkSize + p.at, { fua: false }),
       ),
-    );
+    ).finally(() => this.written++);
     if (flags.fua) await this.flush();
   }
 
@@ -233,11 +238,35 @@ export class Volume implements Backend {
     if (flags.fua) await this.flush();
   }
 
-  async flush(): Promise<void> {
-    if (!this.parts.data) return;
+  /**
+   * Makes every write done before it durable: the data file, then the map. A flush with no
+   * write done since the last one began shares that one's end instead of syncing again: a
+   * file system asks for a flush on every fsync, also of files with nothing to write (a
+   * database's start fsyncs a thousand clean files), and each sync of the data file costs a
+   * device flush of the host (docs/BENCHMARKS.md).
+   */
+  flush(): Promise<void> {
+    if (!this.parts.data) return Promise.resolve();
+    const last = this.lastFlush;
+    if (last && last.written === this.written) return last.done;
+    const flushing = { written: this.written, done: this.flushNow(this.parts.data) };
+    this.lastFlush = flushing;
+    // A failed flush covers nothing: the next one syncs again.
+    flushing.done.catch(() => {
+      if (this.lastFlush === flushing) this.lastFlush = undefined;
+    });
+    return flushing.done;
+  }
+
+  private async flushNow(data: FileBackend): Promise<void> {
     const batch = new Map(this.pending);
     this.pending.clear();
-    await this.parts.data.flush(); // the data first ...
+    try {
+      await data.flush(); // the data first ...
+    } catch (err) {
+      for (const [idx, kind] of batch) if (!this.pending.has(idx)) this.pending.set(idx, kind); // not committed
+      throw err;
+    }
     if (batch.size > 0) this.parts.metadata.commitOverrides(this.row.id, batch); // ... then the map
   }
 

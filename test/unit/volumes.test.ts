@@ -2,7 +2,8 @@
 import { closeSync, existsSync, openSync } from 'node:fs';
 import { open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { FileBackend } from '../../block/backends/file.js';
 import { ConflictError, InvalidArgumentError, NotFoundError, ReadOnlyError } from '../../common/errors.js';
 import { capabilitiesOf } from '../../block/backend.js';
 import { fileOps } from '../../common/fileops.js';
@@ -182,6 +183,46 @@ describe('volumes', () => {
       const v = await again.acquire('v');
       expect((await v.pread(7, 12345)).toString()).toBe('durable');
       await again.release('v');
+    } finally {
+      await again.close();
+    }
+  });
+
+  it('syncs its data file on a flush only when something was written since the last flush began', async () => {
+    await mgr.create('f', 4 * MiB, { chunkSize: CHUNK });
+    const v = await mgr.acquire('f');
+    const syncs = vi.spyOn(FileBackend.prototype, 'flush');
+    try {
+      await v.pwrite!(Buffer.from('one'), 100, { fua: false });
+      await v.flush!();
+      await v.flush!(); // an fsync of a clean file: nothing new to make durable
+      expect(syncs).toHaveBeenCalledTimes(1);
+      // A write that lands while a flush runs is not covered by it: the next flush syncs again.
+      await v.pwrite!(Buffer.from('two'), 200 * KiB, { fua: false });
+      const first = v.flush!();
+      await v.pwrite!(Buffer.from('three'), 300 * KiB, { fua: false });
+      const second = v.flush!();
+      const third = v.flush!(); // asked while the second runs, nothing written since it began
+      expect(third).toBe(second);
+      await Promise.all([first, second, third]);
+      expect(syncs).toHaveBeenCalledTimes(3);
+      // A failed sync covers nothing and forgets no override: the next flush syncs and commits.
+      await v.pwrite!(Buffer.from('four'), 400 * KiB, { fua: false });
+      syncs.mockRejectedValueOnce(Object.assign(new Error('EIO'), { code: 'EIO' }));
+      await expect(v.flush!()).rejects.toThrow('EIO');
+      await v.flush!();
+      expect(syncs).toHaveBeenCalledTimes(5);
+    } finally {
+      syncs.mockRestore();
+      await mgr.release('f');
+    }
+    await mgr.close();
+    const again = await VolumeManager.open(mgr.root);
+    try {
+      const r = await again.acquire('f');
+      expect((await r.pread(4, 400 * KiB)).toString()).toBe('four');
+      expect((await r.pread(5, 300 * KiB)).toString()).toBe('three');
+      await again.release('f');
     } finally {
       await again.close();
     }
