@@ -160,6 +160,33 @@ describe('NBD relay', () => {
     expect((await c.simpleReply(4096)).data.equals(flushed)).toBe(true);
   });
 
+  it('answers a FLUSH itself when nothing completed since the server made everything durable', async () => {
+    const memory = new MemoryBackend({ size: SIZE });
+    let flushes = 0;
+    const counting = Object.assign(Object.create(memory) as MemoryBackend, {
+      flush: async () => {
+        flushes++;
+        await memory.flush();
+      },
+    });
+    await startServer(counting);
+    await relay.listen();
+    const c = await client();
+    await c.go('disk');
+    await c.ping(1n); // the first goes to the server: what came before this link is unknown
+    expect(flushes).toBe(1);
+    c.sendRequest({ type: CMD.WRITE, offset: 0, data: Buffer.alloc(4096, 7), handle: 2n });
+    await c.simpleReply();
+    await c.ping(3n);
+    await c.ping(4n); // an fsync of a clean file
+    await c.ping(5n);
+    expect(flushes).toBe(2);
+    c.sendRequest({ type: CMD.TRIM, offset: 0, length: 4096, handle: 6n });
+    await c.simpleReply();
+    await c.ping(7n);
+    expect(flushes).toBe(3);
+  });
+
   it.each(['the server does not know it for a while', 'the daemon abandons it', 'no server comes back in time'])(
     'held I/O of an export that does not come back fails with EIO when %s, and its clients are let go',
     async (how) => {
