@@ -10,7 +10,7 @@
  * in between leaves it knowing which entries are its own): missingEntries plans, copyEntries
  * creates; copyMissing is both.
  */
-import { constants } from 'node:fs';
+import { constants, type Stats } from 'node:fs';
 import { chmod, copyFile, lchown, lstat, lutimes, mkdir, readdir, readlink, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NotSupportedError, systemErrorCode } from '../common/errors.js';
@@ -34,9 +34,7 @@ export async function missingEntries(from: string, to: string): Promise<string[]
           continue;
         }
       }
-      if (!src.isDirectory() && !src.isFile() && !src.isSymbolicLink()) {
-        throw new NotSupportedError(`cannot copy ${path}: only directories, files and symlinks`, { context: { path } });
-      }
+      if (!src.isDirectory() && !src.isFile() && !src.isSymbolicLink()) throw notCopyable(path);
       missing.push(path);
       if (src.isDirectory()) await visit(path, true);
     }
@@ -50,21 +48,21 @@ export async function missingEntries(from: string, to: string): Promise<string[]
  * them. Returns each as it is in `to` now.
  */
 export async function copyEntries(from: string, to: string, paths: string[]): Promise<Map<string, RecordedStat>> {
+  const sources: Stats[] = [];
   for (const path of paths) {
     const src = await lstat(join(from, path));
     const dst = join(to, path);
     if (src.isDirectory()) await mkdir(dst);
     else if (src.isFile()) await copyFile(join(from, path), dst, constants.COPYFILE_EXCL);
     else if (src.isSymbolicLink()) await symlink(await readlink(join(from, path)), dst);
-    else
-      throw new NotSupportedError(`cannot copy ${path}: only directories, files and symlinks`, { context: { path } });
+    else throw notCopyable(path);
     await lchown(dst, src.uid, src.gid);
     if (!src.isSymbolicLink()) await chmod(dst, src.mode & 0o7777);
+    sources.push(src);
   }
   // Times last, children before parents: creating a directory's entries moved its times.
-  for (const path of [...paths].reverse()) {
-    const src = await lstat(join(from, path));
-    await lutimes(join(to, path), src.atime, src.mtime);
+  for (let i = paths.length - 1; i >= 0; i--) {
+    await lutimes(join(to, paths[i]!), sources[i]!.atime, sources[i]!.mtime);
   }
   const created = new Map<string, RecordedStat>();
   for (const path of paths) created.set(path, toRecorded(await lstat(join(to, path))));
@@ -79,6 +77,10 @@ export async function copyEntries(from: string, to: string, paths: string[]): Pr
 export async function removeEntries(to: string, paths: string[]): Promise<void> {
   // Children first; rm removes a symlink itself, never what it points to.
   for (const path of [...paths].reverse()) await rm(join(to, path), { recursive: true, force: true });
+}
+
+function notCopyable(path: string): NotSupportedError {
+  return new NotSupportedError(`cannot copy ${path}: only directories, files and symlinks`, { context: { path } });
 }
 
 /** missingEntries, then copyEntries. */
