@@ -263,11 +263,11 @@ export class Volume implements Backend {
     this.pending.clear();
     try {
       await data.flush(); // the data first ...
+      if (batch.size > 0) this.parts.metadata.commitOverrides(this.row.id, batch); // ... then the map
     } catch (err) {
       for (const [idx, kind] of batch) if (!this.pending.has(idx)) this.pending.set(idx, kind); // not committed
       throw err;
     }
-    if (batch.size > 0) this.parts.metadata.commitOverrides(this.row.id, batch); // ... then the map
   }
 
   async extents(offset: ByteCount, length: ByteCount): Promise<Extent[]> {
