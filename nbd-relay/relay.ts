@@ -613,6 +613,8 @@ export class Relay {
   }
 
   async close(): Promise<void> {
+    // A pending idle exit would keep the process alive after close (for --idle-exit-ms long).
+    this.clearIdle();
     for (const l of this.links.values()) l.close();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
     await rm(this.o.listen, { force: true });

@@ -122,4 +122,21 @@ describe('slacker-ts nbd-serve', () => {
       out: expect.stringMatching(/--export NAME=FILE/),
     });
   });
+
+  it('nbd-relay exits 0 on SIGTERM at once, also with a long --idle-exit-ms', async () => {
+    const listen = join(dir.path, 'relay.sock');
+    const child = spawn(
+      process.execPath,
+      [BIN, 'nbd-relay', '--listen', listen, '--upstream', join(dir.path, 'none.sock'), '--idle-exit-ms', '600000'],
+      { stdio: 'ignore' },
+    );
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    for (let i = 0; i < 200 && !existsSync(listen); i++) await new Promise((r) => setTimeout(r, 25));
+    expect(existsSync(listen)).toBe(true);
+    const t0 = Date.now();
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(5000); // it waited for its idle timer (10 minutes here) before
+    expect(existsSync(listen)).toBe(false);
+  });
 });
