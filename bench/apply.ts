@@ -24,7 +24,6 @@
 import { copyFile, mkdir, stat, writeFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { run } from '../common/exec.js';
 import { startDockerd, type Dockerd } from '../harness/dockerd.js';
 import { onInterrupt } from '../harness/interrupt.js';
@@ -38,9 +37,12 @@ import { rootfsTarball } from './hellobench/rootfs.js';
 import { startRegistry, type TestRegistry } from '../harness/registry.js';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { benchArgs } from './options.js';
 
-const { values: opts } = parseArgs({
-  options: {
+const { values: opts } = benchArgs(
+  'npm run bench:apply --',
+  'ApplyDiff against overlay2 on the same dockerd: a 483 MB import, a four-layer pull, 100,000 small files, a deep tree.',
+  {
     reps: { type: 'string', default: '3' },
     files: { type: 'string', default: '100000' },
     depth: { type: 'string', default: '1500' },
@@ -54,7 +56,7 @@ const { values: opts } = parseArgs({
     /** With --engine containerd: `walking` leaves slacker's differ out of containerd's config. */
     differ: { type: 'string', default: 'slacker' },
   },
-});
+);
 const REPS = Number(opts.reps);
 
 function manyFiles(n: number): RawEntry[] {

@@ -16,7 +16,6 @@ import { readdir, readFile } from 'node:fs/promises';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { brotliCompressSync, brotliDecompressSync, constants, deflateRawSync, inflateRawSync } from 'node:zlib';
 import { run } from '../common/exec.js';
 import { withMountedVolume } from '../harness/mounted-volume.js';
@@ -25,10 +24,13 @@ import { NbdServer } from '../nbd-server/server.js';
 import { DirStore } from '../stores/dir-store.js';
 import { VolumeManager } from '../volumes/manager.js';
 import { onInterrupt } from '../harness/interrupt.js';
+import { benchArgs } from './options.js';
 
-const { values: opts } = parseArgs({
-  options: { rootfs: { type: 'string', default: '/var/cache/slacker-ts/rootfs-bookworm' } },
-});
+const { values: opts } = benchArgs(
+  'npm run bench:chunks --',
+  'Bytes and fetches of a container-start workload per chunk size, and compression over the chunks.',
+  { rootfs: { type: 'string', default: '/var/cache/slacker-ts/rootfs-bookworm' } },
+);
 const SIZES = [64 * 1024, 128 * 1024, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024];
 const MiB = 2 ** 20;
 

@@ -18,16 +18,18 @@ import { existsSync } from 'node:fs';
 import { open, readdir, stat } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { brotliCompressSync, brotliDecompressSync } from 'node:zlib';
 import { CACHE } from './hellobench/rootfs.js';
 import { brotliParams, DECODE_BUFFER, WORTH_COMPRESSING } from '../stores/chunk-codec.js';
 import { DEFAULT_CHUNK_SIZE, isAllZero } from '../volumes/types.js';
+import { benchArgs } from './options.js';
 
-const { values: opts, positionals } = parseArgs({
-  options: { 'sample-mib': { type: 'string', default: '32' } },
-  allowPositionals: true,
-});
+const { values: opts, positionals } = benchArgs(
+  'npm run bench:compression -- [FILE ...]',
+  'Which 128 KiB chunks pay for being stored compressed (the HelloBench images, or the files given).',
+  { 'sample-mib': { type: 'string', default: '32' } },
+  { positionals: true },
+);
 const CHUNK = DEFAULT_CHUNK_SIZE;
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;

@@ -13,21 +13,23 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { startContainerd, startDockerd26, startSlackerContainerd } from '../harness/containerd.js';
 import { startDockerd, type Dockerd } from '../harness/dockerd.js';
 import { busyboxRootfs, importRootfs } from '../harness/images.js';
 import { onInterrupt } from '../harness/interrupt.js';
 import { startSlackerHost } from '../harness/plugin.js';
 import { median, RESULTS_DIR, spread } from './hellobench/report.js';
+import { benchArgs } from './options.js';
 
-const { values: opts } = parseArgs({
-  options: {
+const { values: opts } = benchArgs(
+  'npm run bench:containers --',
+  'docker run --rm cost per container, both engines, slacker against overlay.',
+  {
     runs: { type: 'string', default: '20' },
     json: { type: 'string' },
     out: { type: 'string' },
   },
-});
+);
 const runs = Number(opts.runs);
 const now = (): number => Number(process.hrtime.bigint()) / 1e9;
 

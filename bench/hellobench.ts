@@ -17,7 +17,6 @@
  * cached (bench/hellobench/rootfs.ts).
  */
 import { stat } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
 import { requireTools } from '../harness/tools.js';
 import type { Dockerd } from '../harness/dockerd.js';
 import { deploy, startUntilReady } from './hellobench/deploy.js';
@@ -26,9 +25,12 @@ import { median, summarise, writeResults, type Row } from './hellobench/report.j
 import { rootfsTarball } from './hellobench/rootfs.js';
 import { startTopology, type Driver, type Engine } from './hellobench/topology.js';
 import { onInterrupt } from '../harness/interrupt.js';
+import { benchArgs } from './options.js';
 
-const { values: opts } = parseArgs({
-  options: {
+const { values: opts } = benchArgs(
+  'npm run hellobench --',
+  'Pull-to-ready of 12 images, overlay2 against slacker, behind a 1 Gbit/s link (--quick: 3 images).',
+  {
     quick: { type: 'boolean', default: false },
     link: { type: 'string', default: '1gbit' },
     reps: { type: 'string' },
@@ -41,7 +43,7 @@ const { values: opts } = parseArgs({
     logs: { type: 'string' },
     engine: { type: 'string', default: 'graphdriver' },
   },
-});
+);
 const engine = opts.engine as Engine;
 const reps = Number(opts.reps ?? (opts.quick ? 1 : 3));
 const names = opts.images ? opts.images.split(',') : opts.quick ? QUICK : IMAGES.map((i) => i.name);

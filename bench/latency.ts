@@ -24,7 +24,6 @@ import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { attachLoop, detachLoop } from '../attach/loop.js';
 import { mkfsExt4, mountExt4, unmount } from '../attach/ext4.js';
 import { run, startProcess, type Started } from '../common/exec.js';
@@ -33,15 +32,18 @@ import { attachExt4, type Attached } from '../harness/attach.js';
 import { onInterrupt } from '../harness/interrupt.js';
 import { requireTools } from '../harness/tools.js';
 import { median, spread } from './hellobench/report.js';
+import { benchArgs } from './options.js';
 
-const { values: opts } = parseArgs({
-  options: {
+const { values: opts } = benchArgs(
+  'npm run bench:latency --',
+  'One request at a time: 4 KiB NBD requests and fsyncs on a volume, against nbdkit and the host.',
+  {
     reps: { type: 'string', default: '3' },
     seconds: { type: 'string', default: '3' },
     files: { type: 'string', default: '300' },
     json: { type: 'string' },
   },
-});
+);
 const REPS = Number(opts.reps);
 const SECONDS = Number(opts.seconds);
 const FILES = Number(opts.files);

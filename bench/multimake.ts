@@ -16,16 +16,18 @@
  */
 import { writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { requireTools } from '../harness/tools.js';
 import { IMAGES } from './hellobench/images.js';
 import { median, RESULTS_DIR, svgChart, type Row } from './hellobench/report.js';
 import { rootfsTarball } from './hellobench/rootfs.js';
 import { startTopology, type Driver, type Engine, type Host } from './hellobench/topology.js';
 import { onInterrupt } from '../harness/interrupt.js';
+import { benchArgs } from './options.js';
 
-const { values: opts } = parseArgs({
-  options: {
+const { values: opts } = benchArgs(
+  'npm run multimake --',
+  '16 build, push, pull and run development cycles, overlay2 against slacker.',
+  {
     quick: { type: 'boolean', default: false },
     link: { type: 'string', default: '1gbit' },
     json: { type: 'string' },
@@ -33,7 +35,7 @@ const { values: opts } = parseArgs({
     engine: { type: 'string', default: 'graphdriver' },
     'fresh-worker': { type: 'boolean', default: false },
   },
-});
+);
 const FRESH = opts['fresh-worker'];
 const engine = opts.engine as Engine;
 

@@ -18,13 +18,15 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir, cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { run, startProcess, type Started } from '../common/exec.js';
 import { onInterrupt } from '../harness/interrupt.js';
 import { processCpuSeconds } from '../harness/process-cpu.js';
+import { benchArgs } from './options.js';
 
-const { values: opts } = parseArgs({
-  options: {
+const { values: opts } = benchArgs(
+  'npm run bench:nbd --',
+  'slacker-ts nbd-serve against nbdkit file: the same files and the same clients (nbdcopy, fio).',
+  {
     'size-mib': { type: 'string', default: '1024' },
     reps: { type: 'string', default: '3' },
     warmup: { type: 'string', default: '1' },
@@ -32,7 +34,7 @@ const { values: opts } = parseArgs({
     json: { type: 'string' },
     quick: { type: 'boolean', default: false },
   },
-});
+);
 const SIZE_MIB = opts.quick ? 256 : Number(opts['size-mib']);
 const REPS = opts.quick ? 1 : Number(opts.reps);
 const WARMUP = opts.quick ? 0 : Number(opts.warmup);

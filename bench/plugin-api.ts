@@ -11,7 +11,6 @@ import { request } from 'node:http';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { parseArgs } from 'node:util';
 import autocannon from 'autocannon';
 import { pack } from 'tar-stream';
 import { startPlugin, uniquePluginName } from '../harness/plugin.js';
@@ -20,15 +19,18 @@ import { pluginCall } from '../plugin/client.js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { onInterrupt } from '../harness/interrupt.js';
+import { benchArgs } from './options.js';
 
-const { values: opts } = parseArgs({
-  options: {
+const { values: opts } = benchArgs(
+  'npm run bench:plugin --',
+  'Plugin API requests per second and latency, idle and during a large ApplyDiff.',
+  {
     'layer-mib': { type: 'string', default: '512' },
     duration: { type: 'string', default: '10' },
     connections: { type: 'string', default: '10' },
     json: { type: 'string' },
   },
-});
+);
 const LAYER = Number(opts['layer-mib']) * 2 ** 20;
 const FILE = 8 * 2 ** 20;
 

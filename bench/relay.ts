@@ -10,19 +10,21 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { run, startProcess } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
 import { existsSync } from 'node:fs';
 import { median, spread } from './hellobench/report.js';
+import { benchArgs } from './options.js';
 
-const { values: opts } = parseArgs({
-  options: {
+const { values: opts } = benchArgs(
+  'npm run bench:relay --',
+  'What the NBD relay costs: nbdcopy straight to nbd-serve and through the relay.',
+  {
     'size-mib': { type: 'string', default: '256' },
     reps: { type: 'string', default: '3' },
     json: { type: 'string' },
   },
-});
+);
 const SIZE = Number(opts['size-mib']) * 2 ** 20;
 const REPS = Number(opts.reps);
 const CLI = join(import.meta.dirname, '../cli/main.js');

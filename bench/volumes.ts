@@ -20,7 +20,6 @@
 import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { run, startProcess } from '../common/exec.js';
 import { createLink, type Link } from '../harness/link.js';
 import { onInterrupt } from '../harness/interrupt.js';
@@ -31,16 +30,19 @@ import { nbdUri } from '../nbd-server/listen-address.js';
 import { NbdServer } from '../nbd-server/server.js';
 import { OciStore } from '../stores/oci-store.js';
 import { VolumeManager } from '../volumes/manager.js';
+import { benchArgs } from './options.js';
 
-const { values: opts } = parseArgs({
-  options: {
+const { values: opts } = benchArgs(
+  'npm run bench:volumes --',
+  'Clone time, cold read from a registry against curl, warm read against nbdkit.',
+  {
     'size-mib': { type: 'string', default: '256' },
     reps: { type: 'string', default: '3' },
     warmup: { type: 'string', default: '2' },
     link: { type: 'string' },
     json: { type: 'string' },
   },
-});
+);
 const SIZE = Number(opts['size-mib']) * 2 ** 20;
 const REPS = Number(opts.reps);
 /**

@@ -108,4 +108,41 @@ describe('benchmark harnesses, quick mode', () => {
     expect(stdout).toMatch(/^\| raw \(anchor\) \| 0% \| 1024 MiB \|/m);
     expect(stdout).toMatch(/^\| 0\.6 \(current\) \| 50% \|/m);
   }, 60_000);
+
+  it('bench:latency measures every path against its anchor, and leaves nothing attached', async () => {
+    const json = join(dir.path, 'latency.json');
+    const args = ['--reps', '1', '--seconds', '1', '--files', '30', '--json', json];
+    await run(process.execPath, [join(DIST, 'latency.js'), ...args], { timeoutMs: 300_000 });
+    const rows = JSON.parse(await readFile(json, 'utf8')) as {
+      name: string;
+      anchor: string;
+      values: Record<string, number[]>;
+    }[];
+    expect(rows.map((r) => r.name.split(' ').slice(0, 3).join(' '))).toEqual([
+      '4 KiB write',
+      '4 KiB read',
+      'create, write 8',
+      'fsync of the',
+    ]);
+    for (const r of rows) {
+      expect(Object.keys(r.values)).toContain(r.anchor);
+      for (const xs of Object.values(r.values))
+        expect(xs.length === 1 && Number.isFinite(xs[0]) && xs[0]! > 0).toBe(true);
+    }
+    expect(Object.keys(rows[0]!.values)).toHaveLength(4); // nbdkit, nbd-serve, a volume, through the relay
+    expect(Object.keys(rows[2]!.values)).toHaveLength(3); // host, loop over a file, a volume
+    const { stdout: loops } = await run('losetup', ['-l', '-n', '-O', 'BACK-FILE']);
+    expect(loops).not.toMatch(/slacker-bench-latency-/);
+  }, 300_000);
+
+  it('a benchmark prints its options for --help, and refuses an unknown one in one line with them', async () => {
+    const help = await run(process.execPath, [join(DIST, 'relay.js'), '--help']);
+    expect(help.stdout).toMatch(/^usage: npm run bench:relay -- \[options\]/);
+    expect(help.stdout).toMatch(/--size-mib VALUE \(default 256\)/);
+    const bad = await run(process.execPath, [join(DIST, 'relay.js'), '--bogus']).catch((err: unknown) => err);
+    expect(bad).toMatchObject({
+      exitCode: 2,
+      stderr: expect.stringMatching(/^npm run bench:relay: Unknown option '--bogus'/),
+    });
+  });
 });
