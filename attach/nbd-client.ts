@@ -11,6 +11,7 @@ import { readFile } from 'node:fs/promises';
 import { run } from '../common/exec.js';
 import { NotSupportedError } from '../common/errors.js';
 import { attachFile } from './loop.js';
+import { DEFAULT_READAHEAD_KIB, setReadahead } from './read-ahead.js';
 import { warmPrograms } from './warm.js';
 import type { Attacher, BlockDevice, DeviceRecord, NbdTarget } from './attacher.js';
 
@@ -19,6 +20,9 @@ const KERNEL_TIMEOUT_S = 60;
 export class NbdClientAttacher implements Attacher {
   readonly method = 'nbd-client';
   readonly attachFile = attachFile;
+
+  /** `readaheadKib`: the device's readahead window (read-ahead.ts says why it is set). */
+  constructor(private readonly options: { readaheadKib?: number } = {}) {}
 
   warm(): Promise<void> {
     return warmPrograms([
@@ -39,7 +43,14 @@ export class NbdClientAttacher implements Attacher {
       String(KERNEL_TIMEOUT_S),
       ...(options.readOnly ? ['-readonly'] : []),
     ]);
-    return connected(device);
+    const attached = connected(device);
+    try {
+      setReadahead(device, this.options.readaheadKib ?? DEFAULT_READAHEAD_KIB);
+    } catch (err) {
+      await attached.detach();
+      throw err;
+    }
+    return attached;
   }
 
   /** A device whose kernel NBD connection (to the relay) is still up: its sysfs pid file exists. */

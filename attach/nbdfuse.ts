@@ -15,6 +15,7 @@ import type { Attacher, BlockDevice, DeviceRecord, NbdTarget } from './attacher.
 import { loopDevices } from './host-state.js';
 import { unmountRetrying } from './block-devices.js';
 import { ATTACH_POLL, attachFile, attachLoop, detachLoop } from './loop.js';
+import { DEFAULT_READAHEAD_KIB, setReadahead } from './read-ahead.js';
 import { nbdUnixUri } from './uri.js';
 import { warmPrograms } from './warm.js';
 
@@ -27,6 +28,9 @@ const FUSE_UNMOUNT = { attempts: 250, delayMs: 20 };
 export class NbdfuseAttacher implements Attacher {
   readonly method = 'nbdfuse';
   readonly attachFile = attachFile;
+
+  /** `readaheadKib`: the loop device's readahead window (read-ahead.ts says why it is set). */
+  constructor(private readonly options: { readaheadKib?: number } = {}) {}
 
   adopt(record: DeviceRecord): Promise<BlockDevice | undefined> {
     return adoptNbdfuse(record);
@@ -62,6 +66,7 @@ export class NbdfuseAttacher implements Attacher {
       );
       const loop = await attachLoop(join(fuseDir, 'disk'), options.readOnly);
       undo.push(() => detachLoop(loop));
+      setReadahead(loop, this.options.readaheadKib ?? DEFAULT_READAHEAD_KIB);
       const record: DeviceRecord = { method: this.method, path: loop, fuseDir, pid: fuse.child.pid ?? 0 };
       return { path: loop, method: this.method, record, detach };
     } catch (err) {

@@ -37,6 +37,8 @@ export interface LayerHostOptions {
   fetchDeadlineMs?: number;
   /** Chunks prefetched ahead of sequential readers (default 0). */
   readahead?: number;
+  /** The kernel's readahead window on attached layers, KiB (default attach/read-ahead.ts's). */
+  deviceReadaheadKib?: number;
   log: Logger;
 }
 
@@ -74,7 +76,7 @@ export async function openLayerHost(o: LayerHostOptions): Promise<LayerHost> {
     upstream: nbdSocket,
     logFile: join(o.root, 'nbd-relay.log'),
   });
-  const attacher = chooseAttacher(o.attach);
+  const attacher = chooseAttacher(o.attach, { readaheadKib: o.deviceReadaheadKib });
   const mounts = new LayerMounts({
     manager,
     nbd,

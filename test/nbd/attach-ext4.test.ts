@@ -4,9 +4,11 @@
  */
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, readdir, writeFile, truncate } from 'node:fs/promises';
-import { join, relative } from 'node:path';
+import { basename, join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileBackend } from '../../block/backends/file.js';
+import { chooseAttacher } from '../../attach/choose-attacher.js';
+import { DEFAULT_READAHEAD_KIB } from '../../attach/read-ahead.js';
 import { attachExt4 } from '../../harness/attach.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
 import { noConnections, startServer, type TestServer } from '../helpers/server.js';
@@ -74,6 +76,24 @@ describe('ext4 on nbdfuse + loop over the server', () => {
       expect(await digestTree(second.mountPoint)).toEqual(written);
     } finally {
       await second.detach();
+    }
+    expect(await noConnections(srv.server)).toBe(0);
+  });
+
+  it("sets the device's readahead window: the configured one, else the default (the kernel's is 2560 KiB)", async () => {
+    const target = { socket: srv.unix.path, exportName: 'layer' };
+    const windowOf = async (device: string): Promise<number> =>
+      Number(await readFile(`/sys/block/${basename(device)}/queue/read_ahead_kb`, 'utf8'));
+    for (const [attacher, expected] of [
+      [chooseAttacher('auto', { readaheadKib: 64 }), 64],
+      [chooseAttacher('auto'), DEFAULT_READAHEAD_KIB],
+    ] as const) {
+      const device = await attacher.attach(target, join(dir.path, `ra${expected}`), { readOnly: true });
+      try {
+        expect(await windowOf(device.path)).toBe(expected);
+      } finally {
+        await device.detach();
+      }
     }
     expect(await noConnections(srv.server)).toBe(0);
   });
