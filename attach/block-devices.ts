@@ -1,6 +1,6 @@
 /**
- * Typed access to the native blockdevices addon (native/block-devices.c): the loop device ioctls
- * and the mount(2)/umount2(2) calls that losetup, mount and umount make, each on a thread of its
+ * Typed access to the native blockdevices addon (native/block-devices.c): the loop device ioctls,
+ * the readahead ioctl and the mount(2)/umount2(2) calls that losetup, mount and umount make, each on a thread of its
  * own. Errors carry the errno name in `code`, like node:fs errors.
  */
 import { IoError, systemErrorCode } from '../common/errors.js';
@@ -17,6 +17,8 @@ export interface BlockDevices {
   mount(source: string, target: string, fstype: string, flags: number, data: string): Promise<void>;
   /** umount2(2) without flags: rejects with code EBUSY while the mount is in use. */
   unmount(target: string): Promise<void>;
+  /** BLKRASET: the device's readahead window in KiB (`blockdev --setra`; sysfs may be read-only). */
+  setReadahead(device: string, kib: number): Promise<void>;
 }
 
 /** The mount(2) flags slacker uses (linux/mount.h). */

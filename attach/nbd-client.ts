@@ -45,7 +45,7 @@ export class NbdClientAttacher implements Attacher {
     ]);
     const attached = connected(device);
     try {
-      setReadahead(device, this.options.readaheadKib ?? DEFAULT_READAHEAD_KIB);
+      await setReadahead(device, this.options.readaheadKib ?? DEFAULT_READAHEAD_KIB);
     } catch (err) {
       await attached.detach();
       throw err;

@@ -66,7 +66,7 @@ export class NbdfuseAttacher implements Attacher {
       );
       const loop = await attachLoop(join(fuseDir, 'disk'), options.readOnly);
       undo.push(() => detachLoop(loop));
-      setReadahead(loop, this.options.readaheadKib ?? DEFAULT_READAHEAD_KIB);
+      await setReadahead(loop, this.options.readaheadKib ?? DEFAULT_READAHEAD_KIB);
       const record: DeviceRecord = { method: this.method, path: loop, fuseDir, pid: fuse.child.pid ?? 0 };
       return { path: loop, method: this.method, record, detach };
     } catch (err) {

@@ -10,20 +10,21 @@
  * deployed as fast; 32 KiB saved little more, 512 KiB little at all (docs/BENCHMARKS.md, "How
  * much a lazy start fetches").
  */
-import { writeFileSync } from 'node:fs';
-import { basename } from 'node:path';
 import { InvalidArgumentError, IoError } from '../common/errors.js';
+import { blockDevices } from './block-devices.js';
 
 export const DEFAULT_READAHEAD_KIB = 128;
 
-/** Sets `device`'s readahead window (sysfs `queue/read_ahead_kb`): before it is mounted. */
-export function setReadahead(device: string, kib: number): void {
-  if (!Number.isSafeInteger(kib) || kib < 0) {
-    throw new InvalidArgumentError(`a readahead window is a number of KiB, got ${kib}`, { context: { device, kib } });
+/**
+ * Sets `device`'s readahead window, before it is mounted: the BLKRASET ioctl, as `blockdev
+ * --setra` does, not sysfs's `queue/read_ahead_kb`, which a managed plugin sees read-only.
+ */
+export async function setReadahead(device: string, kib: number): Promise<void> {
+  if (!Number.isSafeInteger(kib) || kib < 0 || kib > 2 ** 20) {
+    throw new InvalidArgumentError(`a readahead window is 0 to 1 GiB in KiB, got ${kib}`, { context: { device, kib } });
   }
-  const file = `/sys/block/${basename(device)}/queue/read_ahead_kb`;
   try {
-    writeFileSync(file, String(kib));
+    await blockDevices.setReadahead(device, kib);
   } catch (err) {
     throw new IoError(`cannot set the readahead of ${device}: ${(err as Error).message}`, {
       cause: err,

@@ -123,7 +123,8 @@ function chunkCount(text: string): number {
 function kibCount(text: string | undefined): number | undefined {
   if (text === undefined) return undefined;
   const n = Number(text);
-  if (!Number.isSafeInteger(n) || n < 0) throw new ConfigError(`--device-readahead wants a number of KiB, got ${text}`);
+  if (!Number.isSafeInteger(n) || n < 0 || n > 2 ** 20)
+    throw new ConfigError(`--device-readahead wants a number of KiB (0 to 1048576), got ${text}`);
   return n;
 }
 

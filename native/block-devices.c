@@ -16,6 +16,9 @@
  *       mount(2); `flags` are MS_* bits, `data` the file system's own options.
  *   unmount(target) -> Promise
  *       umount2(2) without flags; rejects with EBUSY while something still uses the mount.
+ *   setReadahead(device, kib) -> Promise
+ *       BLKRASET: the device's readahead window, what `blockdev --setra` sets. Not through sysfs
+ *       (queue/read_ahead_kb): a managed plugin sees /sys read-only.
  *
  * Why: every Get and Put of a layer attached a loop device, mounted it, unmounted it and detached
  * it, and each step was a process the daemon started: losetup 4.6 ms measured alone and 7.2 ms
@@ -42,12 +45,15 @@
 #include <sys/mount.h>
 #include <unistd.h>
 #include <linux/loop.h>
+#ifndef BLKRASET
+#define BLKRASET _IO(0x12, 98) /* linux/fs.h, whose MS_* clash with sys/mount.h */
+#endif
 #include <node_api.h>
 #include "errno-name.h"
 #include "napi-job.h" /* reject_job */
 
-enum job_kind { CONFIGURE_LOOP, CLEAR_LOOP, MOUNT, UNMOUNT };
-static const char *const job_names[] = {"configureLoop", "clearLoop", "mount", "unmount"};
+enum job_kind { CONFIGURE_LOOP, CLEAR_LOOP, MOUNT, UNMOUNT, SET_READAHEAD };
+static const char *const job_names[] = {"configureLoop", "clearLoop", "mount", "unmount", "setReadahead"};
 
 struct job {
   enum job_kind kind;
@@ -55,7 +61,7 @@ struct job {
   char file[4096];   /* the loop's backing file, or mount's target */
   char fstype[64];
   char data[1024];
-  unsigned long flags;
+  unsigned long flags; /* mount's MS_* bits, or the readahead window in KiB */
   bool read_only;
   int err;
   const char *syscall;
@@ -112,6 +118,14 @@ static void run_job(struct job *j) {
   if (dev < 0) {
     j->err = errno;
     j->syscall = "open(device)";
+    return;
+  }
+  if (j->kind == SET_READAHEAD) {
+    if (ioctl(dev, BLKRASET, j->flags * 2) < 0) { /* in 512-byte sectors */
+      j->err = errno;
+      j->syscall = "ioctl(BLKRASET)";
+    }
+    close(dev);
     return;
   }
   if (j->kind == CLEAR_LOOP) {
@@ -187,8 +201,9 @@ static bool get_string(napi_env env, napi_value v, char *out, size_t size) {
 
 static napi_value start(napi_env env, napi_callback_info info, enum job_kind kind) {
   static const char *const usage[] = {"expected (device, file, readOnly)", "expected (device)",
-                                      "expected (source, target, fstype, flags, data)", "expected (target)"};
-  static const size_t arity[] = {3, 1, 5, 1};
+                                      "expected (source, target, fstype, flags, data)", "expected (target)",
+                                      "expected (device, kib)"};
+  static const size_t arity[] = {3, 1, 5, 1, 2};
   napi_value argv[5];
   size_t argc = 5;
   struct job *j = calloc(1, sizeof *j);
@@ -204,6 +219,11 @@ static napi_value start(napi_env env, napi_callback_info info, enum job_kind kin
          napi_get_value_int64(env, argv[3], &flags) == napi_ok && flags >= 0 &&
          get_string(env, argv[4], j->data, sizeof j->data);
     j->flags = (unsigned long)flags;
+  }
+  if (ok && kind == SET_READAHEAD) {
+    int64_t kib = -1;
+    ok = napi_get_value_int64(env, argv[1], &kib) == napi_ok && kib >= 0 && kib <= (1 << 20);
+    j->flags = (unsigned long)kib;
   }
   if (!ok) {
     free(j);
@@ -246,6 +266,10 @@ static napi_value unmount_fs(napi_env env, napi_callback_info info) {
   return start(env, info, UNMOUNT);
 }
 
+static napi_value set_readahead(napi_env env, napi_callback_info info) {
+  return start(env, info, SET_READAHEAD);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   struct instance *inst = calloc(1, sizeof *inst);
   napi_value name;
@@ -263,6 +287,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"clearLoop", NULL, clear_loop, NULL, NULL, NULL, napi_enumerable, NULL},
     {"mount", NULL, mount_fs, NULL, NULL, NULL, napi_enumerable, NULL},
     {"unmount", NULL, unmount_fs, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"setReadahead", NULL, set_readahead, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mountExt4, mkfsExt4, unmount } from '../../attach/ext4.js';
 import { attachLoop, detachLoop } from '../../attach/loop.js';
+import { setReadahead } from '../../attach/read-ahead.js';
 import { loopsUnder, mountsUnder } from '../../attach/host-state.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
 import { readDevice } from '../helpers/devices.js';
@@ -70,6 +71,24 @@ describe('loop devices and mounts without losetup, mount or umount', () => {
       message: expect.stringContaining(missing),
     });
     expect(await loopsUnder(dir.path)).toEqual([]);
+  });
+
+  it('sets a readahead window by ioctl, as blockdev --setra does; a non-device is an IoError naming it', async () => {
+    const file = join(dir.path, 'ra.img');
+    await writeFile(file, Buffer.alloc(MiB));
+    const loop = await attachLoop(file, true);
+    try {
+      await setReadahead(loop, 96);
+      expect(execFileSync('blockdev', ['--getra', loop], { encoding: 'utf8' }).trim()).toBe('192'); // sectors
+      expect((await readFile(`/sys/block/${loop.slice(5)}/queue/read_ahead_kb`, 'utf8')).trim()).toBe('96');
+    } finally {
+      await detachLoop(loop);
+    }
+    await expect(setReadahead(file, 128)).rejects.toMatchObject({
+      name: 'IoError',
+      message: expect.stringContaining(file),
+    });
+    await expect(setReadahead(loop, -1)).rejects.toMatchObject({ name: 'InvalidArgumentError' });
   });
 
   it('mounts ext4 read-write with noatime and read-only, and a busy unmount waits until it can go', async () => {
