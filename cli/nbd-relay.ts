@@ -50,10 +50,12 @@ export async function nbdRelay(argv: string[]): Promise<number> {
       finish();
     },
   });
-  process.umask(0o077); // the socket: 0600
-  await relay.listen();
+  // Before listening: the socket appears at bind, and a SIGTERM sent as soon as it is there would
+  // otherwise find no handler and kill the relay without removing it.
   process.once('SIGTERM', finish);
   process.once('SIGINT', finish);
+  process.umask(0o077); // the socket: 0600
+  await relay.listen();
   await done;
   await relay.close();
   return 0;

@@ -131,7 +131,7 @@ describe('slacker-ts nbd-serve', () => {
       { stdio: 'ignore' },
     );
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-    for (let i = 0; i < 200 && !existsSync(listen); i++) await new Promise((r) => setTimeout(r, 25));
+    for (let i = 0; i < 5000 && !existsSync(listen); i++) await new Promise((r) => setTimeout(r, 1)); // SIGTERM as soon as it binds
     expect(existsSync(listen)).toBe(true);
     const t0 = Date.now();
     child.kill('SIGTERM');
