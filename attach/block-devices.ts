@@ -1,7 +1,7 @@
 /**
  * Typed access to the native blockdevices addon (native/block-devices.c): the loop device ioctls,
- * the readahead ioctl and the mount(2)/umount2(2) calls that losetup, mount and umount make, each on a thread of its
- * own. Errors carry the errno name in `code`, like node:fs errors.
+ * the readahead ioctl, and the mount(2)/umount2(2) calls that losetup, blockdev, mount and umount
+ * make, each on a thread of its own. Errors carry the errno name in `code`, like node:fs errors.
  */
 import { IoError, systemErrorCode } from '../common/errors.js';
 import { loadAddon } from '../common/native-addon.js';

@@ -117,6 +117,12 @@ describe('slacker-ts nbd-serve', () => {
     });
     expect(await cli(['nbd-serve', '--bogus'])).toMatchObject({ code: 1, out: expect.stringMatching(/bogus/) });
     expect(await cli(['frobnicate'])).toMatchObject({ code: 2, out: expect.stringMatching(/unknown command/) });
+    for (const bad of ['lots', '-1', '2000000']) {
+      expect(await cli(['serve', `--device-readahead=${bad}`])).toMatchObject({
+        code: 1,
+        out: expect.stringMatching(/--device-readahead wants a number of KiB.*SLACKER_ERR_CONFIG/),
+      });
+    }
     expect(await cli(['nbd-serve', '--help'])).toMatchObject({
       code: 0,
       out: expect.stringMatching(/--export NAME=FILE/),
