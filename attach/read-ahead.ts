@@ -14,13 +14,15 @@ import { InvalidArgumentError, IoError } from '../common/errors.js';
 import { blockDevices } from './block-devices.js';
 
 export const DEFAULT_READAHEAD_KIB = 128;
+/** The largest window taken (1 GiB); native/block-devices.c refuses more too. */
+export const MAX_READAHEAD_KIB = 2 ** 20;
 
 /**
  * Sets `device`'s readahead window, before it is mounted: the BLKRASET ioctl, as `blockdev
  * --setra` does, not sysfs's `queue/read_ahead_kb`, which a managed plugin sees read-only.
  */
 export async function setReadahead(device: string, kib: number): Promise<void> {
-  if (!Number.isSafeInteger(kib) || kib < 0 || kib > 2 ** 20) {
+  if (!Number.isSafeInteger(kib) || kib < 0 || kib > MAX_READAHEAD_KIB) {
     throw new InvalidArgumentError(`a readahead window is 0 to 1 GiB in KiB, got ${kib}`, { context: { device, kib } });
   }
   try {

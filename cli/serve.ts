@@ -6,6 +6,7 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { ATTACH_METHODS, type AttachMethod } from '../attach/attacher.js';
+import { MAX_READAHEAD_KIB } from '../attach/read-ahead.js';
 import { ConfigError } from '../common/errors.js';
 import { createLogger } from '../common/logger.js';
 import { untilSignal } from '../common/signals.js';
@@ -123,8 +124,8 @@ function chunkCount(text: string): number {
 function kibCount(text: string | undefined): number | undefined {
   if (text === undefined) return undefined;
   const n = Number(text);
-  if (!Number.isSafeInteger(n) || n < 0 || n > 2 ** 20)
-    throw new ConfigError(`--device-readahead wants a number of KiB (0 to 1048576), got ${text}`);
+  if (!Number.isSafeInteger(n) || n < 0 || n > MAX_READAHEAD_KIB)
+    throw new ConfigError(`--device-readahead wants a number of KiB (0 to ${MAX_READAHEAD_KIB}), got ${text}`);
   return n;
 }
 
