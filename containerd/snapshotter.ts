@@ -193,18 +193,23 @@ export class Snapshotter {
     return s;
   }
 
-  /** Removes layers (and init scratches) this front end made that no snapshot names (a crash between steps). */
+  /**
+   * Removes layers (and init scratches) this front end made that no snapshot names (a crash
+   * between steps). containerd calls it after its garbage collections, while other calls run:
+   * whether a snapshot names a layer is asked again at the moment it would go (a Prepare may
+   * have named it since the list was read), and a layer's publish copy waits for the publish.
+   */
   async cleanup(): Promise<void> {
-    const named = new Set(this.meta.list().map((s) => s.layer));
+    const unnamed = (layer: string) => () => this.meta.byLayer(layer) === undefined;
     for (const row of this.layers.manager.list()) {
-      if (!row.id.startsWith('ctrd-') || named.has(row.id)) continue;
-      await this.layers.detach(row.id);
-      await this.layers.remove(row.id);
-      this.log.warn({ layer: row.id }, 'cleanup: layer of no snapshot removed');
+      if (!row.id.startsWith('ctrd-')) continue;
+      if (await this.layers.removeIfUnused(row.id, unnamed(row.id))) {
+        this.log.warn({ layer: row.id }, 'cleanup: layer of no snapshot removed');
+      }
     }
     for (const layer of await readdir(this.scratches.dir).catch(() => [] as string[])) {
-      if (!layer.startsWith('ctrd-') || named.has(layer)) continue;
-      await this.scratches.remove(layer);
+      // No await between the question and the removal's start: create() names a layer before it makes its scratch.
+      if (layer.startsWith('ctrd-') && unnamed(layer)()) await this.scratches.remove(layer);
     }
   }
 

@@ -25,6 +25,15 @@ import type { ChunkIndex } from '../volumes/types.js';
 import { isDigest, type Digest } from '../common/digests.js';
 import { MARKER_DIR } from './layer-tar/marker.js';
 
+/** What a publish's frozen copy of a writable layer ID is named: ID + this + 8 hex digits. */
+const PUBLISH_COPY = '.diff-';
+
+/** The layer whose publish copy `id` is, if it is one. */
+function publishCopyOwner(id: string): string | undefined {
+  const at = id.lastIndexOf(PUBLISH_COPY);
+  return at > 0 ? id.slice(0, at) : undefined;
+}
+
 export interface LayerStoreOptions {
   manager: VolumeManager;
   mounts: LayerMounts;
@@ -176,6 +185,23 @@ export class LayerStore {
       await this.o.mounts.putLocked(id, true);
       await this.manager.remove(id);
       this.o.log.info({ layer: id }, 'layer removed');
+    });
+  }
+
+  /**
+   * Removes layer `id` if `unused()` still holds once no call on the layer runs, and says
+   * whether it did. For a front end's sweep of the layers nothing names, which runs while other
+   * calls go on (containerd calls Cleanup after its garbage collections): `unused` is asked under
+   * the lock, so a layer named meanwhile stays. A publish's copy (ID.diff-…) exists only while
+   * layer ID publishes, under ID's lock: swept under that lock, only a crash's leftover goes.
+   */
+  async removeIfUnused(id: string, unused: () => boolean): Promise<boolean> {
+    return this.o.mounts.lock.run(publishCopyOwner(id) ?? id, async () => {
+      if (!this.exists(id) || !unused()) return false;
+      await this.o.mounts.putLocked(id, true);
+      await this.manager.remove(id);
+      this.o.log.info({ layer: id }, 'unused layer removed');
+      return true;
     });
   }
 
@@ -421,7 +447,7 @@ export class LayerStore {
   private async publishLocked(id: string, options: PublishOptions = {}): Promise<Digest> {
     const row = this.manager.get(id);
     if (row.frozen) return (!options.prefetch && row.snapshotRef) || (await this.manager.publish(id, options));
-    const copy = `${id}.diff-${randomBytes(4).toString('hex')}`;
+    const copy = `${id}${PUBLISH_COPY}${randomBytes(4).toString('hex')}`;
     const t0 = performance.now();
     await this.o.mounts.quiescedLocked(id, () => this.manager.snapshot(id, copy));
     const t1 = performance.now();

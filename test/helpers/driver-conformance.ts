@@ -376,6 +376,51 @@ export function driverConformance(name: string, parts: DriverParts): void {
       expect(await read(b, 'w', ['live.txt', 'alias'])).toEqual(['written while mounted', 'written while mounted']);
     });
 
+    it('a sweep of unused layers during a publish waits for it, and removes only what nothing uses', async () => {
+      await a.driver.create('w', undefined);
+      await write(a, 'w', { 'kept.txt': 'published' });
+      await a.driver.create('unused', undefined);
+      // A crash's leftover publish copy of w, and the publish now holding its own copy at the upload.
+      await a.manager.snapshot('w', 'w.diff-deadbeef');
+      let release!: () => void;
+      const held = new Promise<void>((r) => (release = r));
+      const putManifest = store.putManifest.bind(store);
+      store.putManifest = async (manifest) => (await held, putManifest(manifest));
+      try {
+        const publishing = a.driver.publish('w');
+        while (a.manager.list().filter((r) => r.id.startsWith('w.diff-')).length < 2) {
+          await new Promise((r) => setTimeout(r, 5));
+        }
+        // What a front end's sweep asks of every layer: w is in use, the rest nothing names.
+        const ids = [
+          'w',
+          'unused',
+          ...a.manager
+            .list()
+            .map((r) => r.id)
+            .filter((id) => id.startsWith('w.diff-')),
+        ];
+        let swept = false;
+        const sweep = Promise.all(ids.map((id) => a.driver.removeIfUnused(id, () => id !== 'w'))).then((removed) => {
+          swept = true;
+          return ids.filter((_, i) => removed[i]);
+        });
+        await new Promise((r) => setTimeout(r, 100));
+        expect(swept).toBe(false); // the copies wait for w's publish
+        release();
+        const ref = await publishing;
+        expect((await sweep).sort()).toEqual(['unused', 'w.diff-deadbeef']);
+        expect(a.manager.list().filter((r) => /^(unused|w\.diff-)/.test(r.id))).toEqual([]);
+        expect(a.driver.exists('w')).toBe(true);
+        await b.driver.create('w', undefined);
+        await b.driver.applyTar('w', undefined, body(await markerTar(ref)));
+        expect(await read(b, 'w', ['kept.txt'])).toEqual(['published']);
+      } finally {
+        release();
+        store.putManifest = putManifest;
+      }
+    });
+
     it('reads every file through a chain of 128 layers', { timeout: 600_000 }, async () => {
       let parent: string | undefined;
       for (let i = 0; i < 128; i++) {
