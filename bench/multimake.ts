@@ -5,11 +5,12 @@
  * rate-limited link), pulled by a worker and run: build + push + pull + run = one cycle,
  * overlay2 against slacker (whose commits are marker layers and whose pulls move metadata).
  *
- *   npm run multimake -- [--quick] [--fresh-worker] [--link 1gbit] [--json FILE] [--out DIR] [--engine graphdriver|containerd]
+ *   npm run multimake -- [--quick] [--fresh-worker] [--link 1gbit] [--json FILE] [--out DIR] [--engine graphdriver|containerd] [--logs DIR]
  *
  * --fresh-worker: every cycle deploys on a new worker (its own dockerd and data root, as a
  * cluster or CI picks any node), so the compiler image is pulled again each time; by default
- * one worker per driver keeps what it pulled, as a developer's machine would.
+ * one worker per driver keeps what it pulled, as a developer's machine would. --logs DIR: the
+ * slacker daemons' debug logs are copied there (each step's timings: `layer published`, ...).
  *
  * Writes docs/results/multimake.md and .svg (multimake-containerd.* for --engine containerd: Docker
  * 26 on the containerd image store, containerd's overlayfs snapshotter against slacker's). The compiler image is HelloBench's gcc image.
@@ -34,6 +35,7 @@ const { values: opts } = benchArgs(
     out: { type: 'string' },
     engine: { type: 'string', default: 'graphdriver' },
     'fresh-worker': { type: 'boolean', default: false },
+    logs: { type: 'string' },
   },
 );
 const FRESH = opts['fresh-worker'];
@@ -85,6 +87,8 @@ interface Cycle {
   variant: string;
   driver: Driver;
   build: number;
+  /** The build's parts: `docker run` of the compile, `docker commit`, `docker rm`. */
+  buildParts: { run: number; commit: number; rm: number };
   push: number;
   pull: number;
   run: number;
@@ -96,7 +100,7 @@ async function main(): Promise<void> {
   await requireTools('dockerd', 'docker-registry', 'debootstrap', 'nbdfuse', 'ip', 'tc', 'busybox-static');
   const gcc = IMAGES.find((i) => i.name === 'gcc')!;
   const tarball = await rootfsTarball(gcc, progress);
-  const topo = await startTopology(opts.link!, 'slacker-multimake-', { engine });
+  const topo = await startTopology(opts.link!, 'slacker-multimake-', { engine, logsDir: opts.logs });
   const stopTopology = onInterrupt(() => topo.close());
   const cycles: Cycle[] = [];
   try {
@@ -132,9 +136,12 @@ async function main(): Promise<void> {
           let t = now();
           const script = `mkdir -p /src /out && cat > /src/multi.c <<'EOF'\n${PROGRAM}EOF\ngcc ${v.flags} -o /out/prog /src/multi.c -lm`;
           await builder.dockerd.docker(['run', '--name', ctr, '--network', 'none', base[driver], 'sh', '-c', script]);
+          const tCommit = now();
           await builder.dockerd.docker(['commit', '--change', 'CMD ["/out/prog"]', ctr, image]);
+          const tRm = now();
           await builder.dockerd.docker(['rm', ctr]);
           const build = now() - t;
+          const buildParts = { run: tCommit - t, commit: tRm - tCommit, rm: t + build - tRm };
           t = now();
           await builder.dockerd.docker(['push', image], { timeoutMs: 1_800_000 });
           const push = now() - t;
@@ -151,6 +158,7 @@ async function main(): Promise<void> {
             variant: v.name,
             driver,
             build,
+            buildParts,
             push,
             pull,
             run: runS,
@@ -159,7 +167,7 @@ async function main(): Promise<void> {
           };
           cycles.push(c);
           progress(
-            `${driver} ${v.name}: build ${build.toFixed(2)} + push ${push.toFixed(2)} + pull ${pull.toFixed(2)} + run ${runS.toFixed(2)} = ${c.cycle.toFixed(2)} s, ${(linkBytes / 1e6).toFixed(1)} MB over the link`,
+            `${driver} ${v.name}: build ${build.toFixed(2)} (run ${buildParts.run.toFixed(2)}, commit ${buildParts.commit.toFixed(2)}, rm ${buildParts.rm.toFixed(2)}) + push ${push.toFixed(2)} + pull ${pull.toFixed(2)} + run ${runS.toFixed(2)} = ${c.cycle.toFixed(2)} s, ${(linkBytes / 1e6).toFixed(1)} MB over the link`,
           );
         }
       } finally {
@@ -202,7 +210,14 @@ async function main(): Promise<void> {
     const mb = (d: Driver) => (cycles.find((x) => x.variant === v && x.driver === d)!.linkBytes / 1e6).toFixed(1);
     lines.push(`| ${v} | ${cell('overlay2')} | ${cell('slacker')} | ${mb('overlay2')} / ${mb('slacker')} |`);
   }
+  const parts = (d: Driver) => {
+    const of = (k: keyof Cycle['buildParts']) =>
+      median(cycles.filter((c) => c.driver === d).map((c) => c.buildParts[k])).toFixed(2);
+    return `${d} run ${of('run')} / commit ${of('commit')} / rm ${of('rm')} s`;
+  };
   lines.push(
+    '',
+    `Build, median of its parts (\`docker run\` of the compile / \`docker commit\` / \`docker rm\`): ${parts('overlay2')}; ${parts('slacker')}.`,
     '',
     `**Total development cycle: overlay2 ${total('overlay2').toFixed(1)} s, slacker ${total('slacker').toFixed(1)} s: speedup ${speedup.toFixed(2)}×${speedup < 1 ? ' (slacker is slower)' : ''}.** Median cycle: overlay2 ${med('overlay2', 'cycle').toFixed(2)} s, slacker ${med('slacker', 'cycle').toFixed(2)} s.`,
     '',
