@@ -184,6 +184,7 @@ export class VolumeManager {
     for (const [idx, digest] of [...map].sort((a, b) => a[0] - b[0]))
       lengthOf.set(digest, chunkLength(row.size, row.chunkSize, idx));
     const missing = [...lengthOf.keys()].filter((d) => this.metadata.locationOf(store.url, d) === undefined);
+    const t0 = performance.now();
     const upload = { skipped: 0 };
     for await (const stored of this.upload(store, missing, lengthOf, upload))
       this.metadata.recordLocations(store.url, stored);
@@ -203,10 +204,24 @@ export class VolumeManager {
       const hot = [...new Set(prefetch.map((idx) => map.get(idx)!))];
       for await (const stored of this.upload(store, hot, lengthOf)) for (const [d, h] of stored) hints.set(d, h);
     }
-    const ref = await store.putManifest(
-      encodeManifest({ size: row.size, chunkSize: row.chunkSize, chunks: map, hints, prefetch }),
-    );
+    const t1 = performance.now();
+    const manifest = encodeManifest({ size: row.size, chunkSize: row.chunkSize, chunks: map, hints, prefetch });
+    const t2 = performance.now();
+    const ref = await store.putManifest(manifest);
     this.metadata.setSnapshotRef(row.id, ref);
+    // Where a publish's time goes (issue 19): the chunks' upload, the manifest's encoding and upload.
+    this.options.log?.debug(
+      {
+        volume: row.id,
+        chunks: lengthOf.size,
+        uploaded: missing.length,
+        uploadMs: Math.round(t1 - t0),
+        encodeMs: Math.round(t2 - t1),
+        manifestBytes: manifest.length,
+        manifestMs: Math.round(performance.now() - t2),
+      },
+      'snapshot published',
+    );
     return ref;
   }
 
@@ -613,14 +628,28 @@ export class VolumeManager {
 
   /** A writable volume's complete chunk map as of now: flushed, its own chunks stored here. */
   private async completeMap(volume: Volume): Promise<Map<ChunkIndex, Digest>> {
+    const t0 = performance.now();
     await volume.flush();
+    const t1 = performance.now();
+    let written = 0;
     const map = await volume.materialize(async (data) => {
+      written++;
       if (isAllZero(data)) return undefined;
       const digest = digestOf(data);
       await this.chunks.putUnsynced(digest, data);
       return digest;
     });
+    const t2 = performance.now();
     await this.chunks.sync(); // one sync for all of them, before the map refers to them
+    this.options.log?.debug(
+      {
+        written,
+        flushMs: Math.round(t1 - t0),
+        hashMs: Math.round(t2 - t1),
+        syncMs: Math.round(performance.now() - t2),
+      },
+      'written chunks hashed and stored',
+    );
     return map;
   }
 
