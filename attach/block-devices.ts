@@ -1,7 +1,8 @@
 /**
  * Typed access to the native blockdevices addon (native/block-devices.c): the loop device ioctls,
- * the readahead ioctl, and the mount(2)/umount2(2) calls that losetup, blockdev, mount and umount
- * make, each on a thread of its own. Errors carry the errno name in `code`, like node:fs errors.
+ * the readahead and freeze ioctls, and the mount(2)/umount2(2)/syncfs(2) calls that losetup,
+ * blockdev, fsfreeze, mount, umount and sync -f make, each on a thread of its own. Errors carry
+ * the errno name in `code`, like node:fs errors.
  */
 import { IoError, systemErrorCode } from '../common/errors.js';
 import { loadAddon } from '../common/native-addon.js';
@@ -19,6 +20,12 @@ export interface BlockDevices {
   unmount(target: string): Promise<void>;
   /** BLKRASET: the device's readahead window in KiB (`blockdev --setra`; sysfs may be read-only). */
   setReadahead(device: string, kib: number): Promise<void>;
+  /** FIFREEZE on the file system mounted at `dir` (`fsfreeze --freeze`): written out, no writes until thaw. */
+  freeze(dir: string): Promise<void>;
+  /** FITHAW (`fsfreeze --unfreeze`). */
+  thaw(dir: string): Promise<void>;
+  /** syncfs(2) of the file system mounted at `dir`: its dirty data and journal written, writers not blocked. */
+  syncFs(dir: string): Promise<void>;
 }
 
 /** The mount(2) flags slacker uses (linux/mount.h). */

@@ -18,6 +18,11 @@ export interface LayerFilesystem {
   freeze(dir: string): Promise<void>;
   unfreeze(dir: string): Promise<void>;
   /**
+   * Writes what the mount holds dirty to the device, writers not blocked, so that a freeze or
+   * unmount soon after has little left to write. Optional: without it, they write it then.
+   */
+  sync?(dir: string): Promise<void>;
+  /**
    * The names in directory `path` of the file system on an unmounted device, read without
    * mounting it; undefined if there is no such directory.
    */

@@ -33,6 +33,8 @@ interface Mounted {
   internal?: boolean;
   /** Set while the layer stays mounted with no user (refs 0), until it runs: see DEFAULT_LINGER_MS. */
   linger?: NodeJS.Timeout;
+  /** The write-out started at the last Put (syncLingering), awaited before the unmount; never rejects. */
+  syncing?: Promise<void>;
 }
 
 /**
@@ -228,6 +230,27 @@ export class LayerMounts {
   }
 
   /**
+   * Writes a writable layer's dirty data out once its last user is gone, in the background and
+   * outside the layer's lock: the next step for a stopped container is its commit, whose freeze
+   * then has little left to write (a build step's freeze took 57-72 ms of its commit, most of it
+   * this write-out through the device), or its removal, whose unmount would write it anyway. The
+   * next Get does not wait for it. Failures are only logged: the freeze or unmount that follows
+   * writes what is left and reports its own errors.
+   */
+  private async syncLingering(id: string, m: Mounted): Promise<void> {
+    if (!this.fs.sync || m.dir === undefined) return;
+    const t0 = performance.now();
+    try {
+      await this.fs.sync(m.dir);
+      this.o.log.debug({ layer: id, ms: Math.round(performance.now() - t0) }, 'layer written out after its last Put');
+    } catch (err) {
+      this.o.log.warn({ err, layer: id }, 'writing a layer out after its last Put failed');
+    } finally {
+      m.syncing = undefined;
+    }
+  }
+
+  /**
    * Mounts a staged copy of layer `id` (VolumeManager.stage) through a loop device straight on
    * the file, for the core's own work on a layer nobody else sees: a layer tar applied there is
    * written through the kernel's page cache alone, not through FUSE and NBD into this process
@@ -352,11 +375,13 @@ export class LayerMounts {
           .run(id, () => this.settleLocked(id))
           .catch((err: unknown) => this.o.log.error({ err, layer: id }, 'unmount after the last Put failed'));
       }, lingerMs).unref();
+      if (!m.readOnly && !m.syncing) m.syncing = this.syncLingering(id, m);
       return this.persist();
     }
     clearTimeout(m.linger);
     this.mounted.delete(id);
     await this.persist();
+    await m.syncing; // its open directory would make the unmount EBUSY
     if (m.dir !== undefined) await this.fs.unmount(m.dir);
     await m.device.detach();
     this.o.nbd.removeExport(id, { force: true });

@@ -1,15 +1,17 @@
 /**
  * The attach path's system calls without their programs (attach/block-devices.ts,
  * native/block-devices.c): loop devices bound and unbound by ioctl, ext4 mounted and unmounted by
- * mount(2)/umount2(2). What must hold: what losetup and mount would have done, failures named
- * and final at once, a busy unmount retried until it can go, and nothing left attached.
+ * mount(2)/umount2(2), frozen and written out by ioctl and syncfs(2). What must hold: what
+ * losetup, mount and fsfreeze would have done, failures named and final at once, a busy unmount
+ * retried until it can go, and nothing left attached.
  */
 import { closeSync, openSync, writeSync } from 'node:fs';
-import { execFileSync } from 'node:child_process';
+import { execFile as execFileCb, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { mkdir, open, readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mountExt4, mkfsExt4, unmount } from '../../attach/ext4.js';
+import { ext4, mountExt4, mkfsExt4, unmount } from '../../attach/ext4.js';
 import { attachLoop, detachLoop } from '../../attach/loop.js';
 import { setReadahead } from '../../attach/read-ahead.js';
 import { loopsUnder, mountsUnder } from '../../attach/host-state.js';
@@ -18,6 +20,7 @@ import { readDevice } from '../helpers/devices.js';
 import { randomBytes, tempDir } from '../helpers/tmp.js';
 
 const MiB = 1024 * 1024;
+const execFile = promisify(execFileCb);
 
 /** Writes 512 bytes at the start of a block device, closing it whatever happens. */
 function writeToDevice(device: string): void {
@@ -117,6 +120,48 @@ describe('loop devices and mounts without losetup, mount or umount', () => {
       await expect(writeFile(join(mnt, 'other'), 'x')).rejects.toMatchObject({ code: 'EROFS' });
       await unmount(mnt);
     } finally {
+      for (const m of await mountsUnder(dir.path)) await unmount(m).catch(() => undefined);
+      await detachLoop(loop);
+    }
+  });
+
+  it('freezes, thaws and writes out ext4 by ioctl and syncfs, as fsfreeze and sync -f do; a bad path is an IoError naming it', async () => {
+    const file = join(dir.path, 'freeze.img');
+    await writeFile(file, '');
+    await truncate(file, 64 * MiB);
+    const loop = await attachLoop(file, false);
+    const mnt = join(dir.path, 'mnt-freeze');
+    const mark = (n: number) => Buffer.alloc(64 * 1024, `slacker-freeze-test-${n}-${process.pid};`);
+    const onDevice = async (n: number) => (await readFile(file)).includes(mark(n).subarray(0, 4096));
+    try {
+      await mkfsExt4(loop);
+      await mountExt4(loop, mnt, { readOnly: false });
+      // Written through the mount: in ext4's page cache only (delayed allocation) until written out.
+      await writeFile(join(mnt, 'one'), mark(1));
+      expect(await onDevice(1)).toBe(false);
+      await ext4.sync!(mnt);
+      expect(await onDevice(1)).toBe(true);
+      // A frozen file system holds everything written before, and a writer waits for the thaw.
+      await writeFile(join(mnt, 'two'), mark(2));
+      await ext4.freeze(mnt);
+      expect(await onDevice(2)).toBe(true);
+      let written = false;
+      const writer = execFile('sh', ['-c', `echo late > ${join(mnt, 'late')}`]).then(() => (written = true));
+      await new Promise((r) => setTimeout(r, 300));
+      expect(written).toBe(false);
+      await ext4.unfreeze(mnt);
+      await writer;
+      expect(await readFile(join(mnt, 'late'), 'utf8')).toBe('late\n');
+      await unmount(mnt);
+      const nowhere = join(dir.path, 'no-such-dir');
+      for (const call of [ext4.freeze, ext4.unfreeze, ext4.sync!]) {
+        await expect(call(nowhere)).rejects.toMatchObject({
+          name: 'IoError',
+          message: expect.stringContaining(nowhere),
+        });
+      }
+    } finally {
+      await ext4.unfreeze(mnt).catch(() => undefined);
       for (const m of await mountsUnder(dir.path)) await unmount(m).catch(() => undefined);
       await detachLoop(loop);
     }
