@@ -79,8 +79,19 @@ function decode(stored: Buffer, at: PackLocation): Promise<Buffer> {
   return at.brotli ? decodeChunk(stored) : Promise.resolve(stored);
 }
 
+/** Blob sizes kept at most (about 100 bytes each); beyond, the oldest are asked again. */
+const MAX_KNOWN_SIZES = 100_000;
+
 export class OciStore implements BackingStore {
   private readonly registry: Registry;
+  /**
+   * Sizes of blobs known to be in the repository: put here or asked once. Content-addressed, a
+   * size never changes, and every manifest names all the packs its snapshot uses (an image's,
+   * for each of its containers' commits): asking each one's size at every publish cost 39-57 ms
+   * of a build step's commit (45 packs, docs/BENCHMARKS.md). A blob removed by registry GC
+   * since is still caught: the registry checks a manifest's blobs when it is put.
+   */
+  private readonly knownSizes = new Map<Digest, number>();
 
   constructor(
     readonly url: string,
@@ -113,6 +124,7 @@ export class OciStore implements BackingStore {
     const pack = Buffer.concat(stored.map((s) => s.bytes));
     const packDigest = digestOf(pack);
     if (!(await this.registry.putBlob(packDigest, pack)) && counts) counts.skipped += chunks.length;
+    this.knowSize(packDigest, pack.length);
     let offset = 0;
     chunks.forEach((c, i) => {
       const s = stored[i]!;
@@ -190,7 +202,7 @@ export class OciStore implements BackingStore {
     const packs = [
       ...new Set([...manifest.toString('utf8').matchAll(/"(sha256:[0-9a-f]{64}):\d+:\d+(?::br)?"/g)].map((x) => x[1]!)),
     ];
-    const sizes = await Promise.all(packs.map((p) => this.registry.blobSize(p as Digest)));
+    const sizes = await Promise.all(packs.map((p) => this.blobSize(p as Digest)));
     const oci = {
       schemaVersion: 2,
       mediaType: MEDIA.ociManifest,
@@ -199,6 +211,19 @@ export class OciStore implements BackingStore {
     };
     await this.registry.putManifest(ref.replace(':', '-'), Buffer.from(JSON.stringify(oci)), MEDIA.ociManifest);
     return ref;
+  }
+
+  private async blobSize(digest: Digest): Promise<number> {
+    const known = this.knownSizes.get(digest);
+    if (known !== undefined) return known;
+    const size = await this.registry.blobSize(digest);
+    this.knowSize(digest, size);
+    return size;
+  }
+
+  private knowSize(digest: Digest, size: number): void {
+    if (this.knownSizes.size >= MAX_KNOWN_SIZES) this.knownSizes.delete(this.knownSizes.keys().next().value!);
+    this.knownSizes.set(digest, size);
   }
 
   getManifest(ref: Digest): Promise<Buffer> {

@@ -6,9 +6,10 @@
  */
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { IoError } from '../../common/errors.js';
 import { OciStore, parseOciUrl } from '../../stores/oci-store.js';
+import { MEDIA, Registry } from '../../stores/registry.js';
 import { openStore } from '../../stores/open-store.js';
 import { decodeManifest } from '../../volumes/manifest.js';
 import { VolumeManager } from '../../volumes/manager.js';
@@ -85,6 +86,37 @@ describe('oci:// store on a real registry', () => {
     expect((await a.pread(CHUNK, 9 * CHUNK)).equals(chunkData(9))).toBe(true);
     expect((await a.pread(CHUNK, 3 * CHUNK)).equals(chunkData(3))).toBe(true);
     await hostB.release('app-b');
+  });
+
+  it("asks each pack's size once: later publishes name the same packs without asking the registry again", async () => {
+    const ref = await published('img', [0, 3, 7, 200]);
+    await hostB.openSnapshot(ref, 'img-b');
+    const sizes = vi.spyOn(Registry.prototype, 'blobSize');
+    try {
+      const publishClone = async (id: string, chunk: number) => {
+        await hostB.clone('img-b', id);
+        const w = await hostB.acquire(id);
+        await w.pwrite!(chunkData(chunk), chunk * CHUNK, { fua: false });
+        await hostB.release(id);
+        await hostB.freeze(id);
+        return hostB.publish(id);
+      };
+      const first = await publishClone('c1', 9);
+      expect(sizes).toHaveBeenCalledTimes(1); // the image's pack; the clone's own was just put
+      const second = await publishClone('c2', 10);
+      expect(sizes).toHaveBeenCalledTimes(1);
+      // Both manifests describe every pack with its true size.
+      const registryOf = new Registry({ ...parseOciUrl(hostB.store!.url), label: 'test' });
+      for (const snapshot of [first, second]) {
+        const { body } = await registryOf.getManifest(snapshot.replace(':', '-'), [MEDIA.ociManifest]);
+        const layers = (JSON.parse(body.toString()) as { layers: { digest: Digest; size: number }[] }).layers;
+        expect(layers).toHaveLength(2);
+        for (const l of layers) expect(l.size).toBe((await registryOf.getBlob(l.digest)).length);
+      }
+      registryOf.close();
+    } finally {
+      sizes.mockRestore();
+    }
   });
 
   it('fetches the rest of its pack for a long sequential reader, and nothing more for a short one', async () => {
