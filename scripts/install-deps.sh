@@ -16,7 +16,7 @@ declare -A NEED=(
   [fio]=fio
   [docker-registry]=docker-registry [htpasswd]=apache2-utils [openssl]=openssl
   [make]=make [g++]=g++ [python3]=python3
-  [dockerd]=docker.io [fsfreeze]=util-linux [findmnt]=util-linux [debootstrap]=debootstrap
+  [dockerd]=docker.io [findmnt]=util-linux [debootstrap]=debootstrap
   [ip]=iproute2 [tc]=iproute2 [curl]=curl
 )
 

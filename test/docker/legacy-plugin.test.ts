@@ -45,7 +45,7 @@ describe('legacy graphdriver plugin under dockerd', () => {
 
   beforeAll(async () => {
     requireRoot();
-    await requireTools('dockerd', 'nbdfuse', 'losetup', 'mkfs.ext4', 'fsfreeze', 'findmnt', 'busybox-static');
+    await requireTools('dockerd', 'nbdfuse', 'losetup', 'mkfs.ext4', 'findmnt', 'busybox-static');
     dir = await tempDir('slacker-docker-');
     await startAll();
     const rootfs = await busyboxRootfs(join(dir.path, 'rootfs'));

@@ -15,6 +15,6 @@ driverConformance('this host attacher, ext4, dir:// store', {
   store: (dir) => new DirStore(dir),
   requirements: async () => {
     requireRoot();
-    await requireTools('nbdfuse', 'losetup', 'mkfs.ext4', 'fsfreeze', 'findmnt');
+    await requireTools('nbdfuse', 'losetup', 'mkfs.ext4', 'findmnt');
   },
 });
