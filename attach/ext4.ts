@@ -82,7 +82,7 @@ async function named(what: string, dir: string, call: Promise<void>): Promise<vo
   }
 }
 
-/** ext4 as a layer file system; a frozen one (fsfreeze) has its journal flushed and takes no writes. */
+/** ext4 as a layer file system; a frozen one (FIFREEZE) has its journal flushed and takes no writes. */
 export const ext4: LayerFilesystem = {
   name: 'ext4',
   mkfs: mkfsExt4,

@@ -237,11 +237,10 @@ export class LayerMounts {
    * next Get does not wait for it. Failures are only logged: the freeze or unmount that follows
    * writes what is left and reports its own errors.
    */
-  private async syncLingering(id: string, m: Mounted): Promise<void> {
-    if (!this.fs.sync || m.dir === undefined) return;
+  private async syncLingering(id: string, m: Mounted, sync: (dir: string) => Promise<void>): Promise<void> {
     const t0 = performance.now();
     try {
-      await this.fs.sync(m.dir);
+      await sync(m.dir!);
       this.o.log.debug({ layer: id, ms: Math.round(performance.now() - t0) }, 'layer written out after its last Put');
     } catch (err) {
       this.o.log.warn({ err, layer: id }, 'writing a layer out after its last Put failed');
@@ -375,7 +374,7 @@ export class LayerMounts {
           .run(id, () => this.settleLocked(id))
           .catch((err: unknown) => this.o.log.error({ err, layer: id }, 'unmount after the last Put failed'));
       }, lingerMs).unref();
-      if (!m.readOnly && !m.syncing) m.syncing = this.syncLingering(id, m);
+      if (!m.readOnly && !m.syncing && this.fs.sync) m.syncing = this.syncLingering(id, m, this.fs.sync);
       return this.persist();
     }
     clearTimeout(m.linger);

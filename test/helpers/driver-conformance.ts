@@ -23,7 +23,7 @@ import { markerTar } from '../../layers/layer-tar/marker.js';
 import { DEFAULT_LINGER_MS, LayerMounts } from '../../layers/layer-mounts.js';
 import type { BackingStore } from '../../stores/backing-store.js';
 import { VolumeManager } from '../../volumes/manager.js';
-import { tempDir } from './tmp.js';
+import { randomBytes, tempDir } from './tmp.js';
 
 export interface DriverParts {
   attacher: () => Attacher;
@@ -152,6 +152,28 @@ export function driverConformance(name: string, parts: DriverParts): void {
       expect(a.mounts.lingering).toBe(0); // and by itself once the linger time is over
       await a.driver.remove('lin-child');
       await a.driver.remove('lin');
+    });
+
+    it('after its last Put a writable layer is written out to its volume while it lingers, and reads back the same after', async () => {
+      await a.driver.create('wo', undefined);
+      const dir = await a.driver.get('wo');
+      const data = randomBytes(1024 * 1024, 77);
+      const before = a.manager.stats('wo').chunks;
+      await writeFile(join(dir, 'big'), data);
+      await a.driver.put('wo');
+      // Well before the file system would write it back by itself (ext4: 30 s), and still mounted.
+      const deadline = Date.now() + DEFAULT_LINGER_MS - 500;
+      while (a.manager.stats('wo').chunks < before + 8 && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 20));
+      expect(a.manager.stats('wo').chunks).toBeGreaterThanOrEqual(before + 8); // 1 MiB: 8 chunks of 128 KiB
+      expect(a.mounts.lingering).toBe(1);
+      await a.driver.create('wo-child', 'wo'); // the lingering mount ends, the layer is frozen
+      const back = await a.driver.get('wo-child');
+      try {
+        expect((await readFile(join(back, 'big'))).equals(data)).toBe(true);
+      } finally {
+        await a.driver.put('wo-child');
+      }
     });
 
     it('children see their parent; their writes stay theirs; a container init layer is frozen for its child', async () => {

@@ -130,4 +130,9 @@ export const tarfs: LayerFilesystem = {
     if (m && !m.readOnly) await writeTree(dir, m.device);
   },
   async unfreeze() {},
+  // Written out as a freeze writes it: the device then holds the tree as it is now.
+  async sync(dir) {
+    const m = mounted.get(dir);
+    if (m && !m.readOnly) await writeTree(dir, m.device);
+  },
 };
