@@ -90,6 +90,7 @@ export async function openLayerHost(o: LayerHostOptions): Promise<LayerHost> {
   await mounts.recover();
   mounts.warm();
   const layers = new LayerStore({ manager, mounts, layerSize: o.layerSize, attachMethod: attacher.method, log: o.log });
+  await layers.removeLeftoverCopies();
   o.log.info({ root: o.root, store: store.url, attach: attacher.method, layerSize: o.layerSize }, 'layer host ready');
   return {
     root: o.root,

@@ -205,6 +205,22 @@ export class LayerStore {
     });
   }
 
+  /**
+   * Removes the publish copies (ID.diff-…) a crashed predecessor left: a copy lives only while
+   * its layer publishes, so at start every one is a leftover (its chunks stay where they are).
+   * Returns their ids.
+   */
+  async removeLeftoverCopies(): Promise<string[]> {
+    const copies = this.manager
+      .list()
+      .map((row) => row.id)
+      .filter((id) => publishCopyOwner(id) !== undefined);
+    const removed: string[] = [];
+    for (const id of copies) if (await this.removeIfUnused(id, () => true)) removed.push(id);
+    if (removed.length > 0) this.o.log.warn({ copies: removed }, "a crashed publish's copies removed");
+    return removed;
+  }
+
   async get(id: string): Promise<string> {
     this.manager.get(id); // unknown ids fail here with a clear NotFoundError
     return this.o.mounts.lock.run(id, async () => {

@@ -443,6 +443,27 @@ export function driverConformance(name: string, parts: DriverParts): void {
       }
     });
 
+    it("at start, a crashed publish's leftover copies are removed, and nothing else", async () => {
+      await a.driver.create('p', undefined);
+      await write(a, 'p', { f: 'kept' });
+      await a.driver.create('p-child', 'p'); // p is frozen
+      await a.manager.snapshot('p-child', 'p-child.diff-0badc0de');
+      await a.manager.snapshot('p-child', 'p-child.diff-0badc0df');
+      expect((await a.driver.removeLeftoverCopies()).sort()).toEqual([
+        'p-child.diff-0badc0de',
+        'p-child.diff-0badc0df',
+      ]);
+      expect(
+        a.manager
+          .list()
+          .map((r) => r.id)
+          .filter((id) => id.startsWith('p')),
+      ).toEqual(expect.arrayContaining(['p', 'p-child']));
+      expect(a.manager.list().filter((r) => r.id.includes('.diff-'))).toEqual([]);
+      expect(await read(a, 'p-child', ['f'])).toEqual(['kept']);
+      expect(await a.driver.removeLeftoverCopies()).toEqual([]);
+    });
+
     it('reads every file through a chain of 128 layers', { timeout: 600_000 }, async () => {
       let parent: string | undefined;
       for (let i = 0; i < 128; i++) {
