@@ -25,6 +25,12 @@ import type { ChunkIndex } from '../volumes/types.js';
 import { isDigest, type Digest } from '../common/digests.js';
 import { MARKER_DIR } from './layer-tar/marker.js';
 
+/**
+ * At most this many chunks a commit changed are fetched first wherever its snapshot is opened
+ * (8 MiB at 128 KiB): see deltaPrefetch.
+ */
+export const MAX_DELTA_PREFETCH = 64;
+
 /** What a publish's frozen copy of a writable layer ID is named: ID + this + 8 hex digits. */
 const PUBLISH_COPY = '.diff-';
 
@@ -468,7 +474,10 @@ export class LayerStore {
     await this.o.mounts.quiescedLocked(id, () => this.manager.snapshot(id, copy));
     const t1 = performance.now();
     try {
-      const ref = await this.manager.publish(copy, options);
+      const ref = await this.manager.publish(
+        copy,
+        options.prefetch ? options : { ...options, ...this.deltaPrefetch(id, copy) },
+      );
       // Where a commit's time goes (issue 19): the snapshot (freeze, hash, store) and the upload.
       const snapshotMs = Math.round(t1 - t0);
       this.o.log.debug(
@@ -479,6 +488,25 @@ export class LayerStore {
     } finally {
       await this.manager.remove(copy); // its chunks stay local and in the store
     }
+  }
+
+  /**
+   * A commit without a startup profile still has chunks every start of the new image reads: the
+   * ones it changed hold the file system's metadata it touched (superblock, bitmaps, inode
+   * tables, journal, directories) and its new files. On MultiMake's worker, the ext4 mount of a
+   * container on a pulled build step took 44-55 ms (2-9 ms on the builder, where they are
+   * local): a round trip per chunk it read. When they are few, they become the snapshot's
+   * prefetch list, fetched
+   * from the pack this publish puts them in (one range) when the snapshot is opened. More than
+   * MAX_DELTA_PREFETCH (a layer of data, not a tweak) are left to be read on demand.
+   */
+  private deltaPrefetch(id: string, copy: string): PublishOptions {
+    const parent = this.manager.get(id).parent;
+    if (!parent) return {};
+    const changed = this.manager.changedChunks(parent, copy);
+    return changed.length > 0 && changed.length <= MAX_DELTA_PREFETCH
+      ? { prefetch: changed, prefetchInPlace: true }
+      : {};
   }
 
   private async replaceWithSnapshotLocked(id: string, ref: Digest): Promise<void> {

@@ -87,6 +87,11 @@ export interface PublishCounts {
 export interface PublishOptions {
   /** A startup profile: chunk indices in the order a container first read them. */
   prefetch?: ChunkIndex[];
+  /**
+   * Fetch the prefetch chunks from the packs they are in, instead of packing them once more in
+   * profile order: for chunks this publish uploads anyway, in volume order (a commit's own).
+   */
+  prefetchInPlace?: boolean;
   /** Filled with what this publish sent. */
   counts?: PublishCounts;
 }
@@ -198,7 +203,7 @@ export class VolumeManager {
     for (const digest of missing) await this.chunks.admitPublished(digest, lengthOf.get(digest)!);
     const hints = new Map([...lengthOf.keys()].map((d) => [d, this.metadata.locationOf(store.url, d) ?? '']));
     const prefetch = options.prefetch?.filter((idx) => map.has(idx));
-    if (prefetch?.length && store.packs) {
+    if (prefetch?.length && store.packs && !options.prefetchInPlace) {
       // The profile's chunks once more, packed in profile order, for this manifest only: a host
       // opening it fetches them in a few large ranges instead of one small range each.
       const hot = [...new Set(prefetch.map((idx) => map.get(idx)!))];
@@ -546,6 +551,14 @@ export class VolumeManager {
   }
 
   /** Chunks in which frozen volume `id` differs from frozen volume `base` (same chunk size). */
+  /** The chunks frozen volume `id` holds with other content than frozen volume `base`, in volume order. */
+  changedChunks(base: string, id: string): ChunkIndex[] {
+    const a = this.snapshotOf(this.get(base).id);
+    const changed: ChunkIndex[] = [];
+    for (const [idx, digest] of this.snapshotOf(this.get(id).id)) if (a.get(idx) !== digest) changed.push(idx);
+    return changed.sort((x, y) => x - y);
+  }
+
   diffChunks(base: string, id: string): number {
     const a = this.snapshotOf(this.get(base).id);
     const b = this.snapshotOf(this.get(id).id);

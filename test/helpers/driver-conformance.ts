@@ -18,7 +18,9 @@ import { NbdServer } from '../../nbd-server/server.js';
 import { ChangeKind } from '../../layers/changes.js';
 import { InitLayers } from '../../plugin/init-layers.js';
 import { missingEntries } from '../../layers/copy-missing.js';
-import { LayerStore } from '../../layers/layer-store.js';
+import { LayerStore, MAX_DELTA_PREFETCH } from '../../layers/layer-store.js';
+import { decodeManifest } from '../../volumes/manifest.js';
+import type { Digest } from '../../common/digests.js';
 import { markerTar } from '../../layers/layer-tar/marker.js';
 import { DEFAULT_LINGER_MS, LayerMounts } from '../../layers/layer-mounts.js';
 import type { BackingStore } from '../../stores/backing-store.js';
@@ -381,6 +383,40 @@ export function driverConformance(name: string, parts: DriverParts): void {
       expect(b.manager.stats('top').snapshotRef).toBe(a.manager.stats('top').snapshotRef);
       expect(await read(b, 'top', ['etc/motd', 'data/big'])).toEqual(['hello from the top', 'b'.repeat(300_000)]);
       expect(b.manager.chunks.total.bytesFetched).toBeGreaterThan(0);
+    });
+
+    it("a commit's own chunks, when few, are fetched wherever its snapshot is opened, before any read; many are not", async () => {
+      await a.driver.create('base', undefined);
+      await write(a, 'base', { 'data/big': 'b'.repeat(600_000) });
+      await a.driver.create('small', 'base');
+      await write(a, 'small', { 'etc/motd': 'a small change' });
+      await a.driver.create('large', 'base');
+      const big = randomBytes(10 * 1024 * 1024, 5); // 80 chunks of 128 KiB: more than MAX_DELTA_PREFETCH
+      const dir = await a.driver.get('large');
+      try {
+        await writeFile(join(dir, 'blob'), big);
+      } finally {
+        await a.driver.put('large');
+      }
+      const baseRef = await a.driver.publish('base');
+      const smallRef = await a.driver.publish('small');
+      const largeRef = await a.driver.publish('large');
+      const manifest = async (ref: string) => decodeManifest(ref as Digest, await store.getManifest(ref as Digest));
+      expect((await manifest(baseRef)).prefetch).toBeUndefined(); // no parent: not a commit on an image
+      expect((await manifest(largeRef)).prefetch).toBeUndefined();
+      const changed = (await manifest(smallRef)).prefetch!;
+      expect(changed.length).toBeGreaterThan(0);
+      expect(changed.length).toBeLessThanOrEqual(MAX_DELTA_PREFETCH);
+      // Host b has the base; opening the commit fetches its own chunks with nothing read yet.
+      await b.driver.create('base', undefined);
+      await b.driver.applyTar('base', undefined, body(await markerTar(baseRef)));
+      await b.driver.create('small', 'base');
+      await b.driver.applyTar('small', 'base', body(await markerTar(smallRef)));
+      const deadline = Date.now() + 5000;
+      while (b.manager.stats('small').fetch.chunksFetched < changed.length && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 20));
+      expect(b.manager.stats('small').fetch.chunksFetched).toBe(changed.length);
+      expect(await read(b, 'small', ['etc/motd'])).toEqual(['a small change']);
     });
 
     it('a Diff of a mounted, writable layer is a consistent image of it', async () => {
