@@ -192,6 +192,26 @@ describe('snapshots in a dir:// store', () => {
     await expect(hostB.openSnapshot('sha256:nothex', 'x')).rejects.toThrow(/bad snapshot reference/);
   });
 
+  it('opens a snapshot it just published without fetching its manifest again; another host fetches it', async () => {
+    const ref = await published('img', [0, 5, 100]);
+    const store = hostA.store!;
+    const getManifest = store.getManifest.bind(store);
+    let fetched = 0;
+    store.getManifest = (r) => (fetched++, getManifest(r));
+    try {
+      await hostA.openSnapshot(ref, 'img-again');
+      expect(fetched).toBe(0);
+      const v = await hostA.acquire('img-again');
+      expect((await v.pread(CHUNK, 100 * CHUNK)).equals(chunkData(100))).toBe(true);
+      await hostA.release('img-again');
+      expect(hostA.stats('img-again')).toMatchObject({ frozen: true, chunks: 3, snapshotRef: ref });
+      await hostB.openSnapshot(ref, 'img-b'); // the same store object: B has not published it
+      expect(fetched).toBe(1);
+    } finally {
+      store.getManifest = getManifest;
+    }
+  });
+
   describe('startup profiles', () => {
     it('a clone notes the base chunks it reads first, in order; holes and its own writes are not noted', async () => {
       await published('img', [0, 5, 100, 255]);
