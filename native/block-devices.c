@@ -226,7 +226,8 @@ static bool get_string(napi_env env, napi_value v, char *out, size_t size) {
   return len < size - 1; /* a longer string was cut: refuse it rather than use a different path */
 }
 
-static napi_value start(napi_env env, napi_callback_info info, enum job_kind kind) {
+/* Every job's entry point: its kind is the property's data (init). */
+static napi_value start(napi_env env, napi_callback_info info) {
   static const char *const usage[] = {"expected (device, file, readOnly)", "expected (device)",
                                       "expected (source, target, fstype, flags, data)", "expected (target)",
                                       "expected (device, kib)", "expected (dir)", "expected (dir)",
@@ -234,11 +235,13 @@ static napi_value start(napi_env env, napi_callback_info info, enum job_kind kin
   static const size_t arity[] = {3, 1, 5, 1, 2, 1, 1, 1};
   napi_value argv[5];
   size_t argc = 5;
+  void *data = NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, &data) != napi_ok) return NULL;
+  enum job_kind kind = (enum job_kind)(intptr_t)data;
   struct job *j = calloc(1, sizeof *j);
   if (!j) return throw_errno(env, job_names[kind], ENOMEM);
   j->kind = kind;
-  bool ok = napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc >= arity[kind] &&
-            get_string(env, argv[0], j->device, sizeof j->device);
+  bool ok = argc >= arity[kind] && get_string(env, argv[0], j->device, sizeof j->device);
   if (ok && kind == CONFIGURE_LOOP)
     ok = get_string(env, argv[1], j->file, sizeof j->file) && napi_get_value_bool(env, argv[2], &j->read_only) == napi_ok;
   if (ok && kind == MOUNT) {
@@ -278,38 +281,6 @@ static napi_value start(napi_env env, napi_callback_info info, enum job_kind kin
   return promise;
 }
 
-static napi_value configure_loop(napi_env env, napi_callback_info info) {
-  return start(env, info, CONFIGURE_LOOP);
-}
-
-static napi_value clear_loop(napi_env env, napi_callback_info info) {
-  return start(env, info, CLEAR_LOOP);
-}
-
-static napi_value mount_fs(napi_env env, napi_callback_info info) {
-  return start(env, info, MOUNT);
-}
-
-static napi_value unmount_fs(napi_env env, napi_callback_info info) {
-  return start(env, info, UNMOUNT);
-}
-
-static napi_value set_readahead(napi_env env, napi_callback_info info) {
-  return start(env, info, SET_READAHEAD);
-}
-
-static napi_value freeze_fs(napi_env env, napi_callback_info info) {
-  return start(env, info, FREEZE);
-}
-
-static napi_value thaw_fs(napi_env env, napi_callback_info info) {
-  return start(env, info, THAW);
-}
-
-static napi_value sync_fs(napi_env env, napi_callback_info info) {
-  return start(env, info, SYNC_FS);
-}
-
 static napi_value init(napi_env env, napi_value exports) {
   struct instance *inst = calloc(1, sizeof *inst);
   napi_value name;
@@ -321,18 +292,14 @@ static napi_value init(napi_env env, napi_value exports) {
   }
   napi_unref_threadsafe_function(env, inst->done);
   napi_set_instance_data(env, inst, NULL, NULL);
-  napi_property_descriptor props[] = {
-    {"freeLoop", NULL, free_loop, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"configureLoop", NULL, configure_loop, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"clearLoop", NULL, clear_loop, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"mount", NULL, mount_fs, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"unmount", NULL, unmount_fs, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"setReadahead", NULL, set_readahead, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"freeze", NULL, freeze_fs, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"thaw", NULL, thaw_fs, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"syncFs", NULL, sync_fs, NULL, NULL, NULL, napi_enumerable, NULL},
-  };
-  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  /* freeLoop answers at once; every other call is a job named after its kind, on a thread of its own. */
+  enum { JOBS = sizeof job_names / sizeof job_names[0] };
+  napi_property_descriptor props[JOBS + 1];
+  props[0] = (napi_property_descriptor){"freeLoop", NULL, free_loop, NULL, NULL, NULL, napi_enumerable, NULL};
+  for (size_t k = 0; k < JOBS; k++)
+    props[k + 1] =
+        (napi_property_descriptor){job_names[k], NULL, start, NULL, NULL, NULL, napi_enumerable, (void *)(intptr_t)k};
+  napi_define_properties(env, exports, JOBS + 1, props);
   return exports;
 }
 
