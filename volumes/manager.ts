@@ -197,7 +197,10 @@ export class VolumeManager {
     const lengthOf = new Map<Digest, number>();
     for (const [idx, digest] of [...map].sort((a, b) => a[0] - b[0]))
       lengthOf.set(digest, chunkLength(row.size, row.chunkSize, idx));
-    const missing = [...lengthOf.keys()].filter((d) => this.metadata.locationOf(store.url, d) === undefined);
+    // In one read transaction each (locationsOf): a statement alone takes and drops the database's lock.
+    const digests = [...lengthOf.keys()];
+    const known = this.metadata.locationsOf(store.url, digests);
+    const missing = digests.filter((_, i) => known[i] === undefined);
     const t0 = performance.now();
     const upload = { skipped: 0 };
     for await (const stored of this.upload(store, missing, lengthOf, upload))
@@ -210,7 +213,8 @@ export class VolumeManager {
     }
     // What was only here is in the store now: the cache may evict it.
     for (const digest of missing) await this.chunks.admitPublished(digest, lengthOf.get(digest)!);
-    const hints = new Map([...lengthOf.keys()].map((d) => [d, this.metadata.locationOf(store.url, d) ?? '']));
+    const located = this.metadata.locationsOf(store.url, digests);
+    const hints = new Map(digests.map((d, i) => [d, located[i] ?? '']));
     const prefetch = options.prefetch?.filter((idx) => map.has(idx));
     if (prefetch?.length && store.packs && !options.prefetchInPlace) {
       // The profile's chunks once more, packed in profile order, for this manifest only: a host
