@@ -224,10 +224,22 @@ describe('two slacker hosts sharing a store and a registry', () => {
 
   it('a store that is down during Get is a clear error; it works again once the store is back', async () => {
     const b = hosts[1]!;
-    // A new snapshot B has never read: convert another image on A.
+    // A new snapshot B has never read: convert another image on A. Its commit changes more than
+    // MAX_DELTA_PREFETCH chunks (10 MB of noise), so that B's pull does not fetch them ahead and
+    // the run must fetch /two.txt on demand.
     const a = hosts[0]!;
     const second = `127.0.0.1:${registry.port}/slacker/second:1`;
-    await a.dockerd.docker(['run', '--name', 'fill2', '--network', 'none', 'bb:1', 'sh', '-c', 'echo two > /two.txt']);
+    await a.dockerd.docker([
+      'run',
+      '--name',
+      'fill2',
+      '--network',
+      'none',
+      'bb:1',
+      'sh',
+      '-c',
+      'echo two > /two.txt && head -c 10000000 /dev/urandom > /noise',
+    ]);
     await a.dockerd.docker(['commit', 'fill2', 'bb:two']);
     await convertImage(a, 'bb:two', second);
     await b.dockerd.docker(['pull', second]);
