@@ -186,12 +186,17 @@ export class LayerStore {
   }
 
   async remove(id: string): Promise<void> {
-    await this.o.mounts.lock.run(id, async () => {
-      if (!this.exists(id)) return; // Remove is idempotent, as in moby's drivers
-      await this.o.mounts.putLocked(id, true);
-      await this.manager.remove(id);
-      this.o.log.info({ layer: id }, 'layer removed');
-    });
+    // Remove is idempotent, as in moby's drivers
+    await this.o.mounts.lock.run(id, () => this.removeLocked(id));
+  }
+
+  /** Unmounts and removes layer `id` if it exists; says whether it did. For callers holding its lock. */
+  private async removeLocked(id: string): Promise<boolean> {
+    if (!this.exists(id)) return false;
+    await this.o.mounts.putLocked(id, true);
+    await this.manager.remove(id);
+    this.o.log.info({ layer: id }, 'layer removed');
+    return true;
   }
 
   /**
@@ -202,13 +207,7 @@ export class LayerStore {
    * layer ID publishes, under ID's lock: swept under that lock, only a crash's leftover goes.
    */
   async removeIfUnused(id: string, unused: () => boolean): Promise<boolean> {
-    return this.o.mounts.lock.run(publishCopyOwner(id) ?? id, async () => {
-      if (!this.exists(id) || !unused()) return false;
-      await this.o.mounts.putLocked(id, true);
-      await this.manager.remove(id);
-      this.o.log.info({ layer: id }, 'unused layer removed');
-      return true;
-    });
+    return this.o.mounts.lock.run(publishCopyOwner(id) ?? id, async () => unused() && this.removeLocked(id));
   }
 
   /**

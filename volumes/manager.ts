@@ -223,12 +223,13 @@ export class VolumeManager {
       for await (const stored of this.upload(store, hot, lengthOf)) for (const [d, h] of stored) hints.set(d, h);
     }
     const t1 = performance.now();
-    const manifest = encodeManifest({ size: row.size, chunkSize: row.chunkSize, chunks: map, hints, prefetch });
+    const decoded: Manifest = { size: row.size, chunkSize: row.chunkSize, chunks: map, hints, prefetch };
+    const manifest = encodeManifest(decoded);
     const t2 = performance.now();
     const ref = await store.putManifest(manifest);
     this.metadata.setSnapshotRef(row.id, ref);
     this.published.delete(ref);
-    this.published.set(ref, { size: row.size, chunkSize: row.chunkSize, chunks: map, hints, prefetch });
+    this.published.set(ref, decoded);
     if (this.published.size > RECENTLY_PUBLISHED) this.published.delete(this.published.keys().next().value!);
     // Where a publish's time goes (issue 19): the chunks' upload, the manifest's encoding and upload.
     this.options.log?.debug(
