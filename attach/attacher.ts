@@ -5,6 +5,7 @@
  * choose-attacher.ts picks one. Both also put a loop device straight on a local file (loop.ts).
  * Knows nothing of volumes or Docker: an attacher is given a unix socket and an export name.
  */
+import type { ByteRange } from '../block/ranges.js';
 
 export type AttachMethod = 'nbd-client' | 'nbdfuse';
 export const ATTACH_METHODS: readonly AttachMethod[] = ['nbd-client', 'nbdfuse'];
@@ -34,6 +35,14 @@ export interface BlockDevice {
   readonly record?: DeviceRecord;
   /** Undoes the attach; idempotent. */
   detach(): Promise<void>;
+  /**
+   * Starts reading these ranges of the export into the page cache the device's reads go
+   * through, in order, and resolves once they are asked for (not when they are in), so that a
+   * file system mounted on the device finds them there. Absent where no such cache is under the
+   * device (the kernel NBD client: its block device's cache holds a file system's metadata, not
+   * its files' data).
+   */
+  readIntoCache?(ranges: readonly ByteRange[]): Promise<void>;
 }
 
 export interface Attacher {

@@ -1,7 +1,8 @@
 /**
  * Typed access to the native blockdevices addon (native/block-devices.c): the loop device ioctls,
  * the readahead and freeze ioctls, and the mount(2)/umount2(2)/syncfs(2) calls that losetup,
- * blockdev, fsfreeze, mount, umount and sync -f make, each on a thread of its own. Errors carry
+ * blockdev, fsfreeze, mount, umount and sync -f make, and posix_fadvise(2), each on a thread of
+ * its own. Errors carry
  * the errno name in `code`, like node:fs errors.
  */
 import { IoError, systemErrorCode } from '../common/errors.js';
@@ -26,6 +27,12 @@ export interface BlockDevices {
   thaw(dir: string): Promise<void>;
   /** syncfs(2) of the file system mounted at `dir`: its dirty data and journal written, writers not blocked. */
   syncFs(dir: string): Promise<void>;
+  /**
+   * posix_fadvise(WILLNEED) on `file` for each offset, length pair of the flat array `ranges`:
+   * the kernel starts reading them into the file's page cache; resolves once all are asked for,
+   * not when the data is in.
+   */
+  willNeed(file: string, ranges: number[]): Promise<void>;
 }
 
 /** The mount(2) flags slacker uses (linux/mount.h). */

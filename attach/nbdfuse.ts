@@ -8,12 +8,13 @@
 import { existsSync } from 'node:fs';
 import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ConflictError, NotFoundError } from '../common/errors.js';
+import { ConflictError, IoError, NotFoundError } from '../common/errors.js';
 import { startProcess } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
 import type { Attacher, BlockDevice, DeviceRecord, NbdTarget } from './attacher.js';
 import { loopDevices } from './host-state.js';
-import { unmountRetrying } from './block-devices.js';
+import { blockDevices, unmountRetrying } from './block-devices.js';
+import type { ByteRange } from '../block/ranges.js';
 import { ATTACH_POLL, attachFile, attachLoop, detachLoop } from './loop.js';
 import { DEFAULT_READAHEAD_KIB, setReadahead } from './read-ahead.js';
 import { nbdUnixUri } from './uri.js';
@@ -68,7 +69,7 @@ export class NbdfuseAttacher implements Attacher {
       undo.push(() => detachLoop(loop));
       await setReadahead(loop, this.options.readaheadKib ?? DEFAULT_READAHEAD_KIB);
       const record: DeviceRecord = { method: this.method, path: loop, fuseDir, pid: fuse.child.pid ?? 0 };
-      return { path: loop, method: this.method, record, detach };
+      return { path: loop, method: this.method, record, detach, readIntoCache: (r) => readIntoCache(fuseDir, r) };
     } catch (err) {
       await detach();
       throw err;
@@ -93,6 +94,7 @@ export async function adoptNbdfuse(record: DeviceRecord): Promise<BlockDevice | 
     path: loop,
     method: 'nbdfuse',
     record,
+    readIntoCache: (r) => readIntoCache(fuseDir, r),
     detach: async () => {
       if (!attached) return;
       attached = false;
@@ -108,6 +110,26 @@ export async function adoptNbdfuse(record: DeviceRecord): Promise<BlockDevice | 
       );
     },
   };
+}
+
+/**
+ * The loop device reads nbdfuse's file through that file's page cache, so ranges advised there
+ * (WILLNEED: the kernel sends nbdfuse the reads, several at once, and returns) are found by the
+ * loop's later reads without a round trip through FUSE, nbdfuse, the relay and the server. One
+ * open per call: nbdfuse does not keep the cache across opens (FUSE drops a file's pages at an
+ * open without FOPEN_KEEP_CACHE), which is harmless before a mount and costs a few re-reads after.
+ */
+async function readIntoCache(fuseDir: string, ranges: readonly ByteRange[]): Promise<void> {
+  if (ranges.length === 0) return;
+  const file = join(fuseDir, 'disk');
+  try {
+    await blockDevices.willNeed(
+      file,
+      ranges.flatMap((r) => [r.offset, r.length]),
+    );
+  } catch (err) {
+    throw new IoError(`cannot read ahead in ${file}: ${(err as Error).message}`, { cause: err, context: { file } });
+  }
 }
 
 function alive(pid: number): boolean {

@@ -1,5 +1,11 @@
 /** Cutting a byte range into the fixed-size blocks (pages, chunks) it touches. */
 
+/** A byte range of a device or volume. */
+export interface ByteRange {
+  offset: number;
+  length: number;
+}
+
 export interface BlockPiece {
   /** Index of the block. */
   index: number;

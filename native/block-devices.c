@@ -25,6 +25,12 @@
  *   syncFs(dir) -> Promise
  *       syncfs(2) of the file system mounted at `dir`: its dirty data and journal written and
  *       flushed, writers not blocked.
+ *   willNeed(file, ranges) -> Promise
+ *       posix_fadvise(POSIX_FADV_WILLNEED) on `file` for each [offset, length] pair of the flat
+ *       array `ranges` (at most WILLNEED_MAX_RANGES pairs), in order: the kernel starts reading
+ *       them into the file's page cache and the call returns without waiting for the data. Each
+ *       advice is cut into WILLNEED_STEP pieces, since the kernel reads at most its readahead
+ *       window per call (force_page_cache_ra).
  *
  * Why: every Get and Put of a layer attached a loop device, mounted it, unmounted it and detached
  * it, and each step was a process the daemon started: losetup 4.6 ms measured alone and 7.2 ms
@@ -63,9 +69,12 @@
 #include "errno-name.h"
 #include "napi-job.h" /* reject_job */
 
-enum job_kind { CONFIGURE_LOOP, CLEAR_LOOP, MOUNT, UNMOUNT, SET_READAHEAD, FREEZE, THAW, SYNC_FS };
-static const char *const job_names[] = {"configureLoop", "clearLoop", "mount",  "unmount",
-                                        "setReadahead",  "freeze",    "thaw",   "syncFs"};
+enum job_kind { CONFIGURE_LOOP, CLEAR_LOOP, MOUNT, UNMOUNT, SET_READAHEAD, FREEZE, THAW, SYNC_FS, WILL_NEED };
+static const char *const job_names[] = {"configureLoop", "clearLoop", "mount",  "unmount", "setReadahead",
+                                        "freeze",        "thaw",      "syncFs", "willNeed"};
+
+#define WILLNEED_MAX_RANGES 65536
+#define WILLNEED_STEP (128 * 1024)
 
 struct job {
   enum job_kind kind;
@@ -75,6 +84,8 @@ struct job {
   char data[1024];
   unsigned long flags; /* mount's MS_* bits, or the readahead window in KiB */
   bool read_only;
+  uint64_t *ranges; /* willNeed: offset, length pairs */
+  size_t nranges;
   int err;
   const char *syscall;
   napi_deferred deferred;
@@ -137,6 +148,27 @@ static void run_job(struct job *j) {
       j->syscall = j->kind == SYNC_FS ? "syncfs" : j->kind == FREEZE ? "ioctl(FIFREEZE)" : "ioctl(FITHAW)";
     }
     close(dir);
+    return;
+  }
+  if (j->kind == WILL_NEED) {
+    int fd = open(j->device, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      j->err = errno;
+      j->syscall = "open(file)";
+      return;
+    }
+    for (size_t r = 0; r < j->nranges && !j->err; r++) {
+      uint64_t off = j->ranges[2 * r], end = off + j->ranges[2 * r + 1];
+      for (uint64_t at = off; at < end && !j->err; at += WILLNEED_STEP) {
+        uint64_t n = end - at < WILLNEED_STEP ? end - at : WILLNEED_STEP;
+        int e = posix_fadvise(fd, (off_t)at, (off_t)n, POSIX_FADV_WILLNEED); /* returns the error */
+        if (e) {
+          j->err = e;
+          j->syscall = "posix_fadvise";
+        }
+      }
+    }
+    close(fd);
     return;
   }
   /* As losetup: read-only for a read-only binding and for LOOP_CLR_FD, which needs no more. */
@@ -202,6 +234,7 @@ static void settle(napi_env env, napi_value js_cb, void *context, void *data) {
   struct instance *inst = context;
   struct job *j = data;
   if (!env) {
+    free(j->ranges);
     free(j);
     return;
   }
@@ -216,6 +249,7 @@ static void settle(napi_env env, napi_value js_cb, void *context, void *data) {
     napi_get_undefined(env, &undefined);
     napi_resolve_deferred(env, j->deferred, undefined);
   }
+  free(j->ranges);
   free(j);
   if (--inst->pending == 0) napi_unref_threadsafe_function(env, inst->done);
 }
@@ -226,13 +260,34 @@ static bool get_string(napi_env env, napi_value v, char *out, size_t size) {
   return len < size - 1; /* a longer string was cut: refuse it rather than use a different path */
 }
 
+/* willNeed's ranges: a flat array of non-negative safe integers, offset and length pairs. */
+static bool get_ranges(napi_env env, napi_value v, struct job *j) {
+  bool is_array = false;
+  uint32_t n = 0;
+  if (napi_is_array(env, v, &is_array) != napi_ok || !is_array || napi_get_array_length(env, v, &n) != napi_ok ||
+      n % 2 != 0 || n / 2 > WILLNEED_MAX_RANGES)
+    return false;
+  j->nranges = n / 2;
+  j->ranges = n ? calloc(n, sizeof *j->ranges) : NULL;
+  if (n && !j->ranges) return false;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value e;
+    double d = -1;
+    if (napi_get_element(env, v, i, &e) != napi_ok || napi_get_value_double(env, e, &d) != napi_ok || !(d >= 0) ||
+        d > 9007199254740991.0 || d != (double)(uint64_t)d)
+      return false;
+    j->ranges[i] = (uint64_t)d;
+  }
+  return true;
+}
+
 /* Every job's entry point: its kind is the property's data (init). */
 static napi_value start(napi_env env, napi_callback_info info) {
   static const char *const usage[] = {"expected (device, file, readOnly)", "expected (device)",
                                       "expected (source, target, fstype, flags, data)", "expected (target)",
                                       "expected (device, kib)", "expected (dir)", "expected (dir)",
-                                      "expected (dir)"};
-  static const size_t arity[] = {3, 1, 5, 1, 2, 1, 1, 1};
+                                      "expected (dir)", "expected (file, [offset, length, ...])"};
+  static const size_t arity[] = {3, 1, 5, 1, 2, 1, 1, 1, 2};
   napi_value argv[5];
   size_t argc = 5;
   void *data = NULL;
@@ -256,7 +311,9 @@ static napi_value start(napi_env env, napi_callback_info info) {
     ok = napi_get_value_int64(env, argv[1], &kib) == napi_ok && kib >= 0 && kib <= (1 << 20);
     j->flags = (unsigned long)kib;
   }
+  if (ok && kind == WILL_NEED) ok = get_ranges(env, argv[1], j);
   if (!ok) {
+    free(j->ranges);
     free(j);
     napi_throw_type_error(env, "EINVAL", usage[kind]);
     return NULL;

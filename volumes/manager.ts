@@ -26,6 +26,7 @@ import { FetchCounters } from './chunks/fetch-counters.js';
 import type { FetchPolicy } from './chunks/fetcher.js';
 import { decodeManifest, encodeManifest, type Manifest } from './manifest.js';
 import type { Backend } from '../block/backend.js';
+import type { ByteRange } from '../block/ranges.js';
 import { FileBackend } from '../block/backends/file.js';
 import { readOnly } from '../block/filters/read-only.js';
 import { Metadata, type VolumeRow } from './metadata.js';
@@ -98,6 +99,14 @@ export interface PublishOptions {
 
 /** Manifests of the last publishes kept decoded, for a marker applied here next (VolumeManager.published). */
 const RECENTLY_PUBLISHED = 4;
+/** Base volumes whose last clone's reads are remembered (warmRanges): the most recently used. */
+const WARM_BASES = 32;
+/**
+ * Most chunks warmed for a new clone: 64 MiB of 128 KiB chunks, several times a compile's
+ * reads of gcc (cc1, as, ld, headers), and small against the page cache of any host that runs
+ * containers.
+ */
+export const MAX_WARM_CHUNKS = 512;
 
 /** Chunks uploaded per batch when publishing: bounds memory to batch × chunk size. */
 const PUBLISH_BATCH = 64;
@@ -134,6 +143,13 @@ export class VolumeManager {
    * just encoded took 20-27 ms of a build step's commit (2,760 chunks: docs/BENCHMARKS.md).
    */
   private readonly published = new Map<Digest, Manifest>();
+  /** Per base volume, the chunks of it its last clone read, in first-read order (warmRanges). */
+  private readonly cloneReads = new Map<VolumeId, ChunkIndex[]>();
+  /**
+   * Frozen clones frozen unchanged, to their base: a container's init volume, which stands for
+   * its image (plugin/init-layers.ts), so that its container's reads count for the image.
+   */
+  private readonly sameAs = new Map<VolumeId, VolumeId>();
   private closed = false;
 
   private constructor(
@@ -307,6 +323,55 @@ export class VolumeManager {
     return this.traces.get(this.get(id).id)?.chunks() ?? [];
   }
 
+  /**
+   * What writable clone `id` is likely to read of its base first: the chunks the base's last
+   * clone on this host read (remembered when that clone was last closed), in first-read order,
+   * as byte ranges (adjacent chunks joined), only chunks already on this host and at most
+   * MAX_WARM_CHUNKS. Empty when there is nothing to go on. A caller reads these into the page
+   * cache under a new container's device before the container asks: each container of an image
+   * gets a new device whose page cache is empty, and a build step's compile read gcc's files
+   * anew through every hop although they were local (docs/BENCHMARKS.md, "Warming a new
+   * container's device"). Only local chunks: a warm never fetches.
+   */
+  warmRanges(id: string): ByteRange[] {
+    const row = this.get(id);
+    if (row.frozen || !row.parent) return [];
+    const reads = this.cloneReads.get(this.unchangedBase(row.parent));
+    if (!reads) return [];
+    const base = this.snapshotOf(row.parent);
+    const out: ByteRange[] = [];
+    let last: ByteRange | undefined;
+    let lastIdx = -2;
+    for (const idx of reads) {
+      const digest = base.get(idx);
+      if (digest === undefined || !this.chunks.isLocal(digest)) continue;
+      const length = chunkLength(row.size, row.chunkSize, idx);
+      if (last && idx === lastIdx + 1) last.length += length;
+      else out.push((last = { offset: idx * row.chunkSize, length }));
+      lastIdx = idx;
+    }
+    return out;
+  }
+
+  /** The volume `id` stands for: itself, or the base it was frozen unchanged from (sameAs). */
+  private unchangedBase(id: VolumeId): VolumeId {
+    for (let next = this.sameAs.get(id); next !== undefined; next = this.sameAs.get(id)) id = next;
+    return id;
+  }
+
+  /** Keeps the reads of writable clone `row` for the next clone of its base (warmRanges). */
+  private rememberCloneReads(row: VolumeRow): void {
+    const reads = this.traces.get(row.id)?.chunks();
+    if (row.frozen || !row.parent || !reads || reads.length === 0) return;
+    const base = this.unchangedBase(row.parent);
+    this.cloneReads.delete(base); // re-inserted last: the most recently used base
+    this.cloneReads.set(base, reads.slice(0, MAX_WARM_CHUNKS));
+    for (const base of this.cloneReads.keys()) {
+      if (this.cloneReads.size <= WARM_BASES) break;
+      this.cloneReads.delete(base);
+    }
+  }
+
   list(): VolumeRow[] {
     return this.metadata.listVolumes();
   }
@@ -356,6 +421,7 @@ export class VolumeManager {
       const map = new Map(this.baseOf(row));
       this.metadata.freeze(row.id, map);
       this.snapshots.set(row.id, map);
+      if (row.parent) this.sameAs.set(row.id, row.parent);
       await unlink(this.dataPath(row.id)).catch(() => undefined);
       return this.get(id);
     }
@@ -526,6 +592,7 @@ export class VolumeManager {
     if (!o) return;
     if (--o.refs === 0) {
       this.open.delete(row.id);
+      this.rememberCloneReads(row);
       await o.volume.close();
       this.metadata.saveFetchStats(row.id, this.countersOf(row.id));
     }
@@ -546,6 +613,8 @@ export class VolumeManager {
     this.snapshots.delete(row.id);
     this.counters.delete(row.id);
     this.traces.delete(row.id);
+    this.cloneReads.delete(row.id);
+    this.sameAs.delete(row.id);
     await rm(this.dataPath(row.id), { force: true });
     await rm(this.stagingPath(row.id), { force: true });
   }

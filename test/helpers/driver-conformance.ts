@@ -178,6 +178,38 @@ export function driverConformance(name: string, parts: DriverParts): void {
       }
     });
 
+    it("a new container's device is warmed with what the image's last container here read", async () => {
+      await a.driver.create('wimg', undefined);
+      await write(a, 'wimg', { 'etc/a.bin': 'a'.repeat(256 * 1024), 'srv/b.bin': 'b'.repeat(1024 * 1024) });
+      await a.driver.freeze('wimg');
+      await a.driver.create('w1', 'wimg');
+      const dir1 = await a.driver.get('w1');
+      const mountOnly = new Set(a.manager.readTrace('w1'));
+      expect(await readFile(join(dir1, 'srv/b.bin'), 'utf8')).toBe('b'.repeat(1024 * 1024));
+      await a.driver.put('w1');
+      const read1 = a.manager.readTrace('w1');
+      await a.driver.remove('w1'); // its reads are kept for the image's next container
+
+      await a.driver.create('w2', 'wimg');
+      const dir2 = await a.driver.get('w2');
+      try {
+        // Without reading anything, the new device reads what w1 read (in the background).
+        const deadline = Date.now() + 5_000;
+        const has = (): boolean => read1.every((c) => a.manager.readTrace('w2').includes(c));
+        while (!has() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+        expect(has()).toBe(true);
+        // ...and more than a mount reads: b.bin's data (tarfs reads its whole tree to mount).
+        if (parts.filesystem.name !== 'tarfs') expect(read1.some((c) => !mountOnly.has(c))).toBe(true);
+        expect(await readFile(join(dir2, 'srv/b.bin'), 'utf8')).toBe('b'.repeat(1024 * 1024));
+        await writeFile(join(dir2, 'srv/b.bin'), 'changed');
+      } finally {
+        await a.driver.put('w2');
+      }
+      expect(await read(a, 'w2', ['srv/b.bin', 'etc/a.bin'])).toEqual(['changed', 'a'.repeat(256 * 1024)]);
+      await a.driver.remove('w2');
+      await a.driver.remove('wimg');
+    });
+
     it('children see their parent; their writes stay theirs; a container init layer is frozen for its child', async () => {
       await a.driver.create('img', undefined);
       await write(a, 'img', { 'a.txt': 'from the image', 'etc/conf': 'v1' });

@@ -13,6 +13,7 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Attacher, BlockDevice, NbdTarget } from '../../attach/attacher.js';
 import type { LayerFilesystem } from '../../attach/filesystem.js';
+import type { ByteRange } from '../../block/ranges.js';
 import { IoError, NoSpaceError } from '../../common/errors.js';
 import { run } from '../../common/exec.js';
 import { CMD } from '../../nbd-server/protocol.js';
@@ -28,7 +29,24 @@ class FakeDevice implements BlockDevice {
     private readonly client: RawClient,
     readonly size: number,
     readonly readOnly: boolean,
+    private readonly target: NbdTarget,
   ) {}
+
+  /** As a kernel cache would be filled: the ranges read through a session of their own. */
+  async readIntoCache(ranges: readonly ByteRange[]): Promise<void> {
+    const client = await RawClient.connect({ path: this.target.socket });
+    try {
+      await client.go(this.target.exportName);
+      let handle = 1n;
+      for (const r of ranges) {
+        client.sendRequest({ type: CMD.READ, offset: r.offset, length: r.length, handle: handle++ });
+        if ((await client.simpleReply(r.length)).error) throw new IoError('fake device cache fill failed');
+      }
+      client.sendRequest({ type: CMD.DISC });
+    } finally {
+      client.destroy();
+    }
+  }
 
   async read(offset: number, length: number): Promise<Buffer> {
     const parts: Buffer[] = [];
@@ -69,7 +87,7 @@ export class FakeAttacher implements Attacher {
   async attach(target: NbdTarget, workDir: string, options: { readOnly: boolean }): Promise<BlockDevice> {
     const client = await RawClient.connect({ path: target.socket });
     const { size } = await client.go(target.exportName);
-    const device = new FakeDevice(join(workDir, 'fake-device'), client, Number(size), options.readOnly);
+    const device = new FakeDevice(join(workDir, 'fake-device'), client, Number(size), options.readOnly, target);
     devices.set(device.path, device);
     return device;
   }

@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ext4, mountExt4, mkfsExt4, unmount } from '../../attach/ext4.js';
 import { attachLoop, detachLoop } from '../../attach/loop.js';
 import { setReadahead } from '../../attach/read-ahead.js';
+import { blockDevices } from '../../attach/block-devices.js';
 import { loopsUnder, mountsUnder } from '../../attach/host-state.js';
 import { requireRoot, requireTools } from '../helpers/tools.js';
 import { readDevice } from '../helpers/devices.js';
@@ -37,7 +38,7 @@ describe('loop devices and mounts without losetup, mount or umount', () => {
 
   beforeAll(async () => {
     requireRoot();
-    await requireTools('losetup', 'mkfs.ext4', 'findmnt');
+    await requireTools('losetup', 'mkfs.ext4', 'findmnt', 'fincore', 'dd');
     dir = await tempDir('slacker-block-devices-');
   });
   afterAll(async () => {
@@ -165,6 +166,29 @@ describe('loop devices and mounts without losetup, mount or umount', () => {
       for (const m of await mountsUnder(dir.path)) await unmount(m).catch(() => undefined);
       await detachLoop(loop);
     }
+  });
+
+  it('willNeed reads the ranges it is given into the page cache, and refuses bad ranges and files', async () => {
+    const file = join(dir.path, 'willneed.bin');
+    await writeFile(file, randomBytes(8 * MiB, 5));
+    // Dropped from the page cache (coreutils' idiom), so that what is resident after is what was asked.
+    execFileSync('dd', [`of=${file}`, 'oflag=nocache', 'conv=notrunc,fdatasync', 'count=0', 'status=none']);
+    const resident = (): number =>
+      Number(
+        execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', file], { encoding: 'utf8' }).trim(),
+      );
+    expect(resident()).toBe(0);
+    await blockDevices.willNeed(file, [MiB, 3 * MiB, 6 * MiB, 128 * 1024]); // 3 MiB at 1 MiB, 128 KiB at 6 MiB
+    const deadline = Date.now() + 5_000;
+    while (resident() < 3 * MiB + 128 * 1024 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(resident()).toBe(3 * MiB + 128 * 1024);
+    await blockDevices.willNeed(file, []); // nothing asked: nothing to do
+    for (const bad of [[1], [-1, 5], [0.5, 1], 'x', [0, 2 ** 60]]) {
+      await expect(Promise.resolve().then(() => blockDevices.willNeed(file, bad as number[]))).rejects.toMatchObject({
+        code: 'EINVAL',
+      });
+    }
+    await expect(blockDevices.willNeed(join(dir.path, 'none'), [0, 1])).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
   it('a mount or unmount that cannot be done fails at once with an IoError naming its path', async () => {

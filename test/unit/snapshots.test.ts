@@ -267,6 +267,70 @@ describe('snapshots in a dir:// store', () => {
     });
   });
 
+  describe("warming a new clone with its base's last clone's reads", () => {
+    /** A container as dockerd makes one: an init volume frozen unchanged, its clone on top. */
+    const container = async (m: VolumeManager, image: string, id: string): Promise<void> => {
+      await m.clone(image, `${id}-init`);
+      await m.freeze(`${id}-init`);
+      await m.clone(`${id}-init`, id);
+    };
+    const reads = async (m: VolumeManager, id: string, chunks: number[]): Promise<void> => {
+      const v = await m.acquire(id);
+      for (const i of chunks) await v.pread(100, i * CHUNK + 7);
+      await m.release(id);
+    };
+
+    it("a container's reads of its image, through its unchanged init volume, are the next one's ranges", async () => {
+      await published('img', [0, 1, 2, 5, 100, 255]);
+      await published('other', [1, 2]);
+      await container(hostA, 'img', 'c1');
+      expect(hostA.warmRanges('c1')).toEqual([]); // no container of img was closed yet
+      await reads(hostA, 'c1', [100, 1, 2, 7, 5, 2]); // 7: a hole, never read from a chunk
+      await hostA.remove('c1');
+      await hostA.remove('c1-init');
+
+      await container(hostA, 'img', 'c2');
+      expect(hostA.warmRanges('c2')).toEqual([
+        { offset: 100 * CHUNK, length: CHUNK },
+        { offset: 1 * CHUNK, length: 2 * CHUNK }, // adjacent in read order: one range
+        { offset: 5 * CHUNK, length: CHUNK },
+      ]);
+      await hostA.clone('img', 'direct'); // a clone of the image itself counts the same
+      expect(hostA.warmRanges('direct')).toHaveLength(3);
+      expect(hostA.warmRanges('img')).toEqual([]); // frozen: nothing to warm
+      await container(hostA, 'other', 'c3');
+      expect(hostA.warmRanges('c3')).toEqual([]); // another image's container read nothing yet
+
+      // The last closed container counts, not a union of all.
+      await reads(hostA, 'c2', [255]);
+      await container(hostA, 'img', 'c4');
+      expect(hostA.warmRanges('c4')).toEqual([{ offset: 255 * CHUNK, length: CHUNK }]);
+    });
+
+    it('only chunks already on this host: a warm never fetches', async () => {
+      const ref = await published('img', [0, 1, 2, 5]);
+      await hostB.openSnapshot(ref, 'img-b');
+      await container(hostB, 'img-b', 'c1');
+      await reads(hostB, 'c1', [5, 1, 2]);
+      await container(hostB, 'img-b', 'c2');
+      expect(hostB.warmRanges('c2')).toEqual([
+        { offset: 5 * CHUNK, length: CHUNK },
+        { offset: 1 * CHUNK, length: 2 * CHUNK },
+      ]);
+      const gone = digestOf(chunkData(1));
+      const isLocal = hostB.chunks.isLocal.bind(hostB.chunks);
+      hostB.chunks.isLocal = (d) => d !== gone && isLocal(d); // chunk 1 evicted since
+      try {
+        expect(hostB.warmRanges('c2')).toEqual([
+          { offset: 5 * CHUNK, length: CHUNK },
+          { offset: 2 * CHUNK, length: CHUNK },
+        ]);
+      } finally {
+        hostB.chunks.isLocal = isLocal;
+      }
+    });
+  });
+
   describe('the local chunk cache', () => {
     it('keeps fetched chunks under its limit, least recently used out first, and refetches on demand', async () => {
       const ref = await published('img', [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
