@@ -325,7 +325,8 @@ export class VolumeManager {
 
   /**
    * What writable clone `id` is likely to read of its base first: the chunks the base's last
-   * clone on this host read (remembered when that clone was last closed), in first-read order,
+   * clone on this host read (remembered when that clone was last closed; readsFor says when
+   * another base's clone stands in), in first-read order,
    * as byte ranges (adjacent chunks joined), only chunks already on this host and at most
    * MAX_WARM_CHUNKS. Empty when there is nothing to go on. A caller reads these into the page
    * cache under a new container's device before the container asks: each container of an image
@@ -336,21 +337,43 @@ export class VolumeManager {
   warmRanges(id: string): ByteRange[] {
     const row = this.get(id);
     if (row.frozen || !row.parent) return [];
-    const reads = this.cloneReads.get(this.unchangedBase(row.parent));
-    if (!reads) return [];
     const base = this.snapshotOf(row.parent);
+    const { reads, from } = this.readsFor(this.unchangedBase(row.parent), base);
     const out: ByteRange[] = [];
     let last: ByteRange | undefined;
     let lastIdx = -2;
     for (const idx of reads) {
       const digest = base.get(idx);
-      if (digest === undefined || !this.chunks.isLocal(digest)) continue;
+      if (digest === undefined || (from && from.get(idx) !== digest) || !this.chunks.isLocal(digest)) continue;
       const length = chunkLength(row.size, row.chunkSize, idx);
       if (last && idx === lastIdx + 1) last.length += length;
       else out.push((last = { offset: idx * row.chunkSize, length }));
       lastIdx = idx;
     }
     return out;
+  }
+
+  /**
+   * The reads to warm a clone of `key` (whose map is `base`) with: those of its own last clone;
+   * else those of the last clone of any base, where that base holds the same chunk at the same
+   * place (`from`: its map), if that is at least half of them. A build step's image, or a commit
+   * of an image, is a copy-on-write clone of the same file system: its new version read the
+   * same libraries at the same places (MultiMake's worker runs each build step once: its run
+   * read what the step before's run read). Another image shares few chunks in place, and gets
+   * nothing rather than a warm of reads it will not make.
+   */
+  private readsFor(
+    key: VolumeId,
+    base: Map<ChunkIndex, Digest>,
+  ): { reads: ChunkIndex[]; from?: Map<ChunkIndex, Digest> } {
+    const own = this.cloneReads.get(key);
+    if (own) return { reads: own };
+    const other = [...this.cloneReads.keys()].at(-1); // the most recently remembered
+    if (other === undefined) return { reads: [] };
+    const reads = this.cloneReads.get(other)!;
+    const from = this.snapshotOf(other);
+    const same = reads.filter((idx) => from.get(idx) !== undefined && from.get(idx) === base.get(idx)).length;
+    return same * 2 >= reads.length ? { reads, from } : { reads: [] };
   }
 
   /** The volume `id` stands for: itself, or the base it was frozen unchanged from (sameAs). */

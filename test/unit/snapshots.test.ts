@@ -282,7 +282,11 @@ describe('snapshots in a dir:// store', () => {
 
     it("a container's reads of its image, through its unchanged init volume, are the next one's ranges", async () => {
       await published('img', [0, 1, 2, 5, 100, 255]);
-      await published('other', [1, 2]);
+      await publishVolume(hostA, 'other', [1, 2], {
+        size: 16 * MiB,
+        chunkSize: CHUNK,
+        data: (i) => chunkData(500 + i),
+      });
       await container(hostA, 'img', 'c1');
       expect(hostA.warmRanges('c1')).toEqual([]); // no container of img was closed yet
       await reads(hostA, 'c1', [100, 1, 2, 7, 5, 2]); // 7: a hole, never read from a chunk
@@ -299,12 +303,40 @@ describe('snapshots in a dir:// store', () => {
       expect(hostA.warmRanges('direct')).toHaveLength(3);
       expect(hostA.warmRanges('img')).toEqual([]); // frozen: nothing to warm
       await container(hostA, 'other', 'c3');
-      expect(hostA.warmRanges('c3')).toEqual([]); // another image's container read nothing yet
+      expect(hostA.warmRanges('c3')).toEqual([]); // another image, with other chunks in those places
 
       // The last closed container counts, not a union of all.
       await reads(hostA, 'c2', [255]);
       await container(hostA, 'img', 'c4');
       expect(hostA.warmRanges('c4')).toEqual([{ offset: 255 * CHUNK, length: CHUNK }]);
+    });
+
+    it("a new version of the image (the same chunks in place) is warmed with the last container's reads where they match", async () => {
+      await published('img', [0, 1, 2, 5, 100, 255]);
+      // A build step's image: the same file system, chunk 100 changed, chunk 3 added.
+      const v2Data = (i: number): Buffer => (i === 100 ? chunkData(900) : chunkData(i));
+      await publishVolume(hostA, 'v2', [0, 1, 2, 3, 5, 100, 255], { size: 16 * MiB, chunkSize: CHUNK, data: v2Data });
+      await container(hostA, 'img', 'c1');
+      await reads(hostA, 'c1', [100, 1, 2, 5]);
+      await container(hostA, 'v2', 'd1');
+      expect(hostA.warmRanges('d1')).toEqual([
+        { offset: 1 * CHUNK, length: 2 * CHUNK },
+        { offset: 5 * CHUNK, length: CHUNK }, // not 100: v2 holds other content there
+      ]);
+      // Its own container's reads count once there are some.
+      await reads(hostA, 'd1', [3]);
+      await container(hostA, 'v2', 'd2');
+      expect(hostA.warmRanges('d2')).toEqual([{ offset: 3 * CHUNK, length: CHUNK }]);
+      // Fewer than half of the reads in place: nothing.
+      await container(hostA, 'img', 'c2');
+      await reads(hostA, 'c2', [100, 255, 0]); // the most recently remembered now
+      await publishVolume(hostA, 'v3', [0, 100, 255], {
+        size: 16 * MiB,
+        chunkSize: CHUNK,
+        data: (i) => (i === 0 ? chunkData(i) : chunkData(700 + i)),
+      });
+      await container(hostA, 'v3', 'e1');
+      expect(hostA.warmRanges('e1')).toEqual([]); // 1 of 3 in place
     });
 
     it('only chunks already on this host: a warm never fetches', async () => {
