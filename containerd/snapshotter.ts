@@ -261,7 +261,9 @@ export class Snapshotter {
 
   private async mountsOf(s: SnapshotInfo): Promise<MountSpec[]> {
     const readOnly = s.kind === 'view';
-    const device = await this.layers.attach(s.layer, { readOnly });
+    // A layer being pulled is written from its tar (or replaced by its marker's snapshot), not run:
+    // its cache is not filled with a container's reads.
+    const device = await this.layers.attach(s.layer, { readOnly, warm: !isExtraction(s.key) });
     return [{ type: 'ext4', source: device, target: '', options: [readOnly ? 'ro' : 'rw'] }];
   }
 }

@@ -218,7 +218,8 @@ export class LayerMounts {
     const dir = this.mountPoint(id);
     const t0 = performance.now();
     let attachedAt = t0;
-    const device = await this.attached(id, readOnly, options.internal ?? false, async (d) => {
+    const internal = options.internal ?? false;
+    const device = await this.attached(id, { readOnly, internal, warm: !readOnly && !internal }, async (d) => {
       attachedAt = performance.now();
       if (options.mkfs) await this.fs.mkfs(d.path);
       await this.fs.mount(d.path, dir, { readOnly });
@@ -297,7 +298,11 @@ export class LayerMounts {
    * mounts it (a containerd snapshot's Mounts); returns the device. Idempotent: it stays
    * attached until putLocked(id, true). For callers holding the layer's lock.
    */
-  async attachLocked(id: string, options: { readOnly: boolean }): Promise<string> {
+  /**
+   * `warm` (default: writable): a container will run on it, so its cache is filled with what the
+   * image's last container read (fillCache); not for a layer about to be written from a tar.
+   */
+  async attachLocked(id: string, options: { readOnly: boolean; warm?: boolean }): Promise<string> {
     const m = this.mounted.get(id);
     if (m) {
       if (m.dir !== undefined) {
@@ -307,7 +312,12 @@ export class LayerMounts {
       }
       return m.device.path;
     }
-    const device = await this.attached(id, options.readOnly, false, async () => undefined);
+    const warm = (options.warm ?? true) && !options.readOnly;
+    const device = await this.attached(
+      id,
+      { readOnly: options.readOnly, internal: false, warm },
+      async () => undefined,
+    );
     this.mounted.set(id, { refs: 1, dir: undefined, device, readOnly: options.readOnly });
     await this.persist();
     this.o.log.debug({ layer: id, device: device.path, readOnly: options.readOnly }, 'layer attached');
@@ -328,8 +338,7 @@ export class LayerMounts {
   /** Exports and attaches the layer's volume, then runs `use` on the device; undoes it all if anything fails. */
   private async attached(
     id: string,
-    readOnly: boolean,
-    internal: boolean,
+    { readOnly, internal, warm }: { readOnly: boolean; internal: boolean; warm: boolean },
     use: (device: BlockDevice) => Promise<void>,
   ): Promise<BlockDevice> {
     const fetchErrors = this.o.manager.stats(id).fetch.fetchErrors;
@@ -345,7 +354,7 @@ export class LayerMounts {
       );
       undo.push(() => device.detach());
       this.attaches++;
-      if (!readOnly && !internal) {
+      if (warm) {
         this.fillCache(id, device);
         undo.push(async () => this.filling.get(id));
       }

@@ -207,6 +207,13 @@ export function driverConformance(name: string, parts: DriverParts): void {
       }
       expect(await read(a, 'w2', ['srv/b.bin', 'etc/a.bin'])).toEqual(['changed', 'a'.repeat(256 * 1024)]);
       await a.driver.remove('w2');
+      // A layer handed out for a pull (containerd's extraction snapshot) is not warmed: no container runs on it.
+      await a.driver.create('w3', 'wimg');
+      await a.driver.attach('w3', { readOnly: false, warm: false });
+      await new Promise((r) => setTimeout(r, 300));
+      expect(a.manager.readTrace('w3')).toEqual([]);
+      await a.driver.detach('w3');
+      await a.driver.remove('w3');
       await a.driver.remove('wimg');
     });
 
