@@ -58,8 +58,12 @@ export interface BackingStore {
    * request (one pack's), so a reader batches them together. Absent: any grouping is as good.
    */
   requestKey?(hint: string): string;
-  /** Stores a snapshot manifest; returns its reference (the manifest's digest). */
-  putManifest(manifest: Buffer): Promise<Digest>;
+  /**
+   * Stores a snapshot manifest; returns its reference (the manifest's digest). `hints`: the
+   * location hints it names (from putChunks), so that a store can keep what they point at (an
+   * oci:// store references its packs from the snapshot's OCI manifest, against registry GC).
+   */
+  putManifest(manifest: Buffer, hints?: Iterable<string>): Promise<Digest>;
   /** Fetches a snapshot manifest by reference (unverified). */
   getManifest(ref: Digest): Promise<Buffer>;
   /**

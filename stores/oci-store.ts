@@ -195,19 +195,21 @@ export class OciStore implements BackingStore {
     return this.registry.check();
   }
 
-  async putManifest(manifest: Buffer): Promise<Digest> {
+  async putManifest(manifest: Buffer, hints: Iterable<string> = []): Promise<Digest> {
     const ref = digestOf(manifest);
     await this.registry.putBlob(ref, manifest);
     // An OCI manifest referencing the snapshot and its packs keeps them from registry GC.
-    const packs = [
-      ...new Set([...manifest.toString('utf8').matchAll(/"(sha256:[0-9a-f]{64}):\d+:\d+(?::br)?"/g)].map((x) => x[1]!)),
-    ];
-    const sizes = await Promise.all(packs.map((p) => this.blobSize(p as Digest)));
+    const packs = new Set<Digest>();
+    for (const hint of hints) {
+      const pack = parseHint(hint)?.pack;
+      if (pack) packs.add(pack);
+    }
+    const sizes = await Promise.all([...packs].map((p) => this.blobSize(p)));
     const oci = {
       schemaVersion: 2,
       mediaType: MEDIA.ociManifest,
       config: { mediaType: SNAPSHOT_MEDIA_TYPE, digest: ref, size: manifest.length },
-      layers: packs.map((digest, i) => ({ mediaType: PACK_MEDIA_TYPE, digest, size: sizes[i] })),
+      layers: [...packs].map((digest, i) => ({ mediaType: PACK_MEDIA_TYPE, digest, size: sizes[i] })),
     };
     await this.registry.putManifest(ref.replace(':', '-'), Buffer.from(JSON.stringify(oci)), MEDIA.ociManifest);
     return ref;

@@ -242,7 +242,7 @@ export class VolumeManager {
     const decoded: Manifest = { size: row.size, chunkSize: row.chunkSize, chunks: map, hints, prefetch };
     const manifest = encodeManifest(decoded);
     const t2 = performance.now();
-    const ref = await store.putManifest(manifest);
+    const ref = await store.putManifest(manifest, hints.values());
     this.metadata.setSnapshotRef(row.id, ref);
     this.published.delete(ref);
     this.published.set(ref, decoded);

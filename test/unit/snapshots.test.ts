@@ -255,11 +255,11 @@ describe('snapshots in a dir:// store', () => {
           schema: MANIFEST_SCHEMA,
           size: 4 * CHUNK,
           chunkSize: CHUNK,
+          hintPrefixes: [],
           chunks: [
-            [1, digestOf(chunkData(1))],
-            [3, digestOf(chunkData(3))],
+            [1, digestOf(chunkData(1)).slice('sha256:'.length), -1, ''],
+            [3, digestOf(chunkData(3)).slice('sha256:'.length), -1, ''],
           ],
-          hints: {},
           prefetch: [1, 2],
         }),
       );
