@@ -71,6 +71,9 @@ export interface LayerMountsOptions {
   log: Logger;
 }
 
+/** Warms (fillCache) running at once; a layer attached while as many run is not warmed. */
+export const MAX_FILLS = 2;
+
 /** One attachment as attached.json keeps it. */
 interface AttachmentRecord {
   id: string;
@@ -389,6 +392,12 @@ export class LayerMounts {
     if (!device.readIntoCache) return;
     const ranges = this.o.manager.warmRanges(id);
     if (ranges.length === 0) return;
+    if (this.filling.size >= MAX_FILLS) {
+      // Many containers starting at once: each warm would compete with the others and with the
+      // starts for the same cores, and fill the page cache with a copy per device.
+      this.o.log.debug({ layer: id, inFlight: this.filling.size }, "no warm: others still fill their layers' caches");
+      return;
+    }
     const t0 = performance.now();
     const bytes = ranges.reduce((n, r) => n + r.length, 0);
     const filling = device
