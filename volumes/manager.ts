@@ -326,9 +326,9 @@ export class VolumeManager {
   /**
    * What writable clone `id` is likely to read of its base first: the chunks the base's last
    * clone on this host read (remembered when that clone was last closed; readsFor says when
-   * another base's clone stands in), in first-read order,
-   * as byte ranges (adjacent chunks joined), only chunks already on this host and at most
-   * MAX_WARM_CHUNKS. Empty when there is nothing to go on. A caller reads these into the page
+   * another base's clone stands in), in first-read order, as byte ranges (adjacent chunks
+   * joined), only chunks already on this host and at most MAX_WARM_CHUNKS. Empty when there is
+   * nothing to go on. A caller reads these into the page
    * cache under a new container's device before the container asks: each container of an image
    * gets a new device whose page cache is empty, and a build step's compile read gcc's files
    * anew through every hop although they were local (docs/BENCHMARKS.md, "Warming a new
