@@ -94,7 +94,6 @@ export async function adoptNbdfuse(record: DeviceRecord): Promise<BlockDevice | 
     path: loop,
     method: 'nbdfuse',
     record,
-    readIntoCache: (r) => readIntoCache(fuseDir, r),
     detach: async () => {
       if (!attached) return;
       attached = false;
