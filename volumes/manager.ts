@@ -219,8 +219,11 @@ export class VolumeManager {
     const missing = digests.filter((_, i) => known[i] === undefined);
     const t0 = performance.now();
     const upload = { skipped: 0 };
-    for await (const stored of this.upload(store, missing, lengthOf, upload))
+    const uploaded = new Map<Digest, string>();
+    for await (const stored of this.upload(store, missing, lengthOf, upload)) {
       this.metadata.recordLocations(store.url, stored);
+      for (const [d, h] of stored) uploaded.set(d, h);
+    }
     if (options.counts) {
       options.counts.chunks = lengthOf.size;
       options.counts.known = lengthOf.size - missing.length;
@@ -229,8 +232,8 @@ export class VolumeManager {
     }
     // What was only here is in the store now: the cache may evict it.
     for (const digest of missing) await this.chunks.admitPublished(digest, lengthOf.get(digest)!);
-    const located = this.metadata.locationsOf(store.url, digests);
-    const hints = new Map(digests.map((d, i) => [d, located[i] ?? '']));
+    // Where each chunk is: known before, or just uploaded (no second lookup of every chunk).
+    const hints = new Map(digests.map((d, i) => [d, known[i] ?? uploaded.get(d) ?? '']));
     const prefetch = options.prefetch?.filter((idx) => map.has(idx));
     if (prefetch?.length && store.packs && !options.prefetchInPlace) {
       // The profile's chunks once more, packed in profile order, for this manifest only: a host
