@@ -11,6 +11,7 @@ import { closeSync, existsSync, openSync } from 'node:fs';
 import { basename } from 'node:path';
 import { ConflictError, IoError, systemErrorCode } from '../common/errors.js';
 import { fileOps } from '../common/fileops.js';
+import { KeyedLock } from '../common/keyed-lock.js';
 import { run } from '../common/exec.js';
 import { retryUntil } from '../common/retry.js';
 import type { BlockDevice } from './attacher.js';
@@ -46,16 +47,27 @@ export const ATTACH_POLL = { attempts: 2500, delayMs: 2 };
 const LOOP_ATTEMPTS = 20;
 
 /**
+ * This process's attaches take loop devices one at a time. LOOP_CTL_GET_FREE names the same
+ * device to every caller until one of them binds it, so attaches made at once raced each other
+ * in rounds that one of them won: 64 containers starting together ran out of the 20 attempts
+ * (CI, 2026-12-07). Binding takes a few milliseconds. Another program's losetup can still take a
+ * device in between; that EBUSY is retried below.
+ */
+const allocating = new KeyedLock<'loop'>();
+
+/**
  * `losetup -f --show FILE`, again when it lost a race: a free loop device is picked and then
  * configured, and a concurrent attach (64 containers starting at once, or another program's
  * losetup) can take the same device in between: EBUSY. Any other failure is final.
  */
 export async function attachLoop(file: string, readOnly: boolean): Promise<string> {
   for (let attempt = 1; ; attempt++) {
-    const loop = freeLoopDevice();
     try {
-      await configure(loop, file, readOnly);
-      return loop;
+      return await allocating.run('loop', async () => {
+        const loop = freeLoopDevice();
+        await configure(loop, file, readOnly);
+        return loop;
+      });
     } catch (err) {
       if (!lostTheRace(err)) throw err;
       if (attempt >= LOOP_ATTEMPTS) throw new ConflictError(`no free loop device for ${file}: all were taken`);
@@ -131,23 +143,27 @@ export async function attachFile(
 /** attachFile with `fill`: a free device, locked, configured, filled, flushed, unlocked. */
 async function attachThenFill(file: string, readOnly: boolean, fill: () => Promise<void>): Promise<string> {
   for (let attempt = 1; ; attempt++) {
-    const loop = freeLoopDevice();
-    let fd: number | undefined = openSync(loop, 'r');
+    let fd: number | undefined;
     const unlock = (): void => {
       if (fd !== undefined) closeSync(fd);
       fd = undefined;
     };
     try {
-      // Another process holds it: udev probing the device's previous use, or another attach.
-      let busy = !fileOps.lockExclusive(fd);
-      if (!busy) {
-        try {
-          await configure(loop, file, readOnly);
-        } catch (err) {
-          busy = lostTheRace(err);
-          if (!busy) throw err;
+      const { loop, busy } = await allocating.run('loop', async () => {
+        const loop = freeLoopDevice();
+        fd = openSync(loop, 'r');
+        // Another process holds it: udev probing the device's previous use, or another attach.
+        let busy = !fileOps.lockExclusive(fd);
+        if (!busy) {
+          try {
+            await configure(loop, file, readOnly);
+          } catch (err) {
+            busy = lostTheRace(err);
+            if (!busy) throw err;
+          }
         }
-      }
+        return { loop, busy };
+      });
       if (!busy) {
         try {
           await fill();

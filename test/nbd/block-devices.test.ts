@@ -68,6 +68,24 @@ describe('loop devices and mounts without losetup, mount or umount', () => {
     expect((await readFile(file)).subarray(0, 512).every((b) => b === 7)).toBe(true);
   });
 
+  it('48 attaches at once each get a device of their own (none runs out of attempts)', async () => {
+    const files = await Promise.all(
+      Array.from({ length: 48 }, async (_, i) => {
+        const f = join(dir.path, `many-${i}.img`);
+        await writeFile(f, Buffer.alloc(64 * 1024, i));
+        return f;
+      }),
+    );
+    const results = await Promise.allSettled(files.map((f) => attachLoop(f, true)));
+    const loops = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    try {
+      expect(results.filter((r) => r.status === 'rejected')).toEqual([]);
+      expect(new Set(loops).size).toBe(48);
+    } finally {
+      for (const l of loops) await detachLoop(l);
+    }
+  });
+
   it('a file that cannot be opened is an IoError naming it, and leaves no device', async () => {
     const missing = join(dir.path, 'missing.img');
     await expect(attachLoop(missing, false)).rejects.toMatchObject({
