@@ -24,7 +24,7 @@
  * like a chunk. Decoding checks every field: a manifest is input from the network.
  */
 import { IoError } from '../common/errors.js';
-import { digestOf, isDigest, type Digest } from '../common/digests.js';
+import { digestOf, hexOf, isDigest, type Digest } from '../common/digests.js';
 import type { ChunkIndex } from './types.js';
 
 export const MANIFEST_SCHEMA = 'slacker.snapshot.v2';
@@ -32,7 +32,6 @@ export const MANIFEST_SCHEMA = 'slacker.snapshot.v2';
 export const MANIFEST_SCHEMA_V1 = 'slacker.snapshot.v1';
 
 const MAX_HINT = 1024;
-const HEX_DIGEST = /^[0-9a-f]{64}$/;
 const SHA256 = 'sha256:';
 
 export interface Manifest {
@@ -68,7 +67,7 @@ export function encodeManifest(m: Manifest): Buffer {
       if (no < 0) prefixNo.set(prefix, (no = prefixes.push(prefix) - 1));
       rest = hint.slice(cut);
     }
-    chunks.push([idx, digest.slice(SHA256.length), no, rest]);
+    chunks.push([idx, hexOf(digest), no, rest]);
   }
   // No prefetch list, no key.
   const prefetch = m.prefetch?.length ? { prefetch: m.prefetch } : {};
@@ -136,12 +135,12 @@ export function decodeManifest(ref: Digest, bytes: Buffer): Manifest {
       checkIndex(idx);
       if ((idx as number) <= last) bad(`chunk ${String(idx)} out of order or twice`);
       last = idx as number;
-      if (typeof hex !== 'string' || !HEX_DIGEST.test(hex)) bad(`bad digest ${String(hex)}`);
+      const digest = `${SHA256}${String(hex)}`;
+      if (typeof hex !== 'string' || !isDigest(digest)) return bad(`bad digest ${String(hex)}`);
       if (!Number.isSafeInteger(no) || (no as number) < -1 || (no as number) >= (prefixes as string[]).length)
         bad(`chunk ${String(idx)} names no hint prefix ${String(no)}`);
       if (typeof rest !== 'string' || rest.length > MAX_HINT || (no === -1 && rest !== ''))
         bad(`bad hint of chunk ${String(idx)}`);
-      const digest = `${SHA256}${hex as string}` as Digest;
       const hint = no === -1 ? '' : (prefixes as string[])[no as number]! + (rest as string);
       const known = hints.get(digest);
       if (known !== undefined && known !== hint) bad(`chunk ${String(idx)}: two hints for ${digest}`);
