@@ -2,8 +2,7 @@
  * Typed access to the native blockdevices addon (native/block-devices.c): the loop device ioctls,
  * the readahead and freeze ioctls, and the mount(2)/umount2(2)/syncfs(2) calls that losetup,
  * blockdev, fsfreeze, mount, umount and sync -f make, and posix_fadvise(2), each on a thread of
- * its own. Errors carry
- * the errno name in `code`, like node:fs errors.
+ * its own. Errors carry the errno name in `code`, like node:fs errors.
  */
 import { IoError, systemErrorCode } from '../common/errors.js';
 import { loadAddon } from '../common/native-addon.js';

@@ -299,11 +299,9 @@ export class LayerMounts {
   /**
    * Attaches the layer as a block device without mounting it, for a front end whose engine
    * mounts it (a containerd snapshot's Mounts); returns the device. Idempotent: it stays
-   * attached until putLocked(id, true). For callers holding the layer's lock.
-   */
-  /**
-   * `warm` (default: writable): a container will run on it, so its cache is filled with what the
-   * image's last container read (fillCache); not for a layer about to be written from a tar.
+   * attached until putLocked(id, true). For callers holding the layer's lock. `warm` (default:
+   * writable): a container will run on it, so its cache is filled with what the image's last
+   * container read (fillCache); not for a layer about to be written from a tar.
    */
   async attachLocked(id: string, options: { readOnly: boolean; warm?: boolean }): Promise<string> {
     const m = this.mounted.get(id);
