@@ -36,7 +36,7 @@ export interface DriverParts {
   requirements?: () => Promise<void> | void;
 }
 
-interface Host {
+export interface Host {
   driver: LayerStore;
   manager: VolumeManager;
   mounts: LayerMounts;
@@ -45,7 +45,8 @@ interface Host {
 
 const LAYER_SIZE = 64 * 2 ** 20;
 
-async function startHost(dir: string, store: BackingStore, parts: DriverParts): Promise<Host> {
+/** A host's layer core (volumes, NBD server, mounts, LayerStore) over `parts`, as the suite makes each host. */
+export async function startHost(dir: string, store: BackingStore, parts: DriverParts): Promise<Host> {
   const log = silentLogger();
   const manager = await VolumeManager.open(join(dir, 'volumes'), { store, log });
   const nbd = new NbdServer({ log });

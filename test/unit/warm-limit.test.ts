@@ -8,12 +8,11 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { BlockDevice, NbdTarget } from '../../attach/attacher.js';
 import type { ByteRange } from '../../block/ranges.js';
-import { silentLogger } from '../../common/logger.js';
-import { LayerMounts, MAX_FILLS } from '../../layers/layer-mounts.js';
-import { LayerStore } from '../../layers/layer-store.js';
-import { NbdServer } from '../../nbd-server/server.js';
-import { VolumeManager } from '../../volumes/manager.js';
+import { MAX_FILLS } from '../../layers/layer-mounts.js';
+import type { LayerStore } from '../../layers/layer-store.js';
+import { startHost, type Host } from '../helpers/driver-conformance.js';
 import { FakeAttacher, tarfs } from '../helpers/fake-layer-devices.js';
+import { MemoryStore } from '../helpers/memory-store.js';
 import { tempDir } from '../helpers/tmp.js';
 
 class GatedAttacher extends FakeAttacher {
@@ -36,27 +35,23 @@ class GatedAttacher extends FakeAttacher {
 
 describe('warming new layers', () => {
   let dir: Awaited<ReturnType<typeof tempDir>>;
-  let nbd: NbdServer;
-  let manager: VolumeManager;
   let attacher: GatedAttacher;
+  let host: Host;
   let layers: LayerStore;
 
   beforeEach(async () => {
     dir = await tempDir('slacker-warm-limit-');
-    const log = silentLogger();
-    manager = await VolumeManager.open(join(dir.path, 'volumes'), { log });
-    nbd = new NbdServer({ log });
-    const nbdSocket = join(dir.path, 'nbd.sock');
-    await nbd.listen(`unix://${nbdSocket}`);
     attacher = new GatedAttacher();
-    const mounts = new LayerMounts({ manager, nbd, nbdSocket, attacher, dir: dir.path, log, filesystem: tarfs });
-    layers = new LayerStore({ manager, mounts, layerSize: 16 * 2 ** 20, attachMethod: attacher.method, log });
+    host = await startHost(dir.path, new MemoryStore(), {
+      attacher: () => attacher,
+      filesystem: tarfs,
+      store: () => new MemoryStore(),
+    });
+    layers = host.driver;
   });
   afterEach(async () => {
     attacher.open();
-    await layers.cleanup();
-    await nbd.close();
-    await manager.close();
+    await host?.close();
     await dir.cleanup();
   });
 
