@@ -6,6 +6,7 @@
  *                         [--build-only]   (build and cache the images, measure nothing)
  *                         [--out DIR]      (where the markdown and SVG go; default docs/results)
  *                         [--readahead N]  (the slacker plugin's sequential readahead, in chunks)
+ *                         [--gap-fill KIB] (the slacker plugin's --gap-fill; 0: off)
  *                         [--no-profile]   (convert without a startup profile)
  *                         [--logs DIR]     (keep every slacker plugin's debug log there)
  *                         [--engine graphdriver|containerd]
@@ -39,6 +40,7 @@ const { values: opts } = benchArgs(
     'build-only': { type: 'boolean', default: false },
     out: { type: 'string' },
     readahead: { type: 'string' },
+    'gap-fill': { type: 'string' },
     'no-profile': { type: 'boolean', default: false },
     logs: { type: 'string' },
     engine: { type: 'string', default: 'graphdriver' },
@@ -85,7 +87,10 @@ async function main(): Promise<void> {
 
   progress(`starting the topology (link ${opts.link}, engine ${engine})`);
   const topo = await startTopology(opts.link!, 'slacker-hellobench-', {
-    pluginArgs: opts.readahead ? ['--readahead', opts.readahead] : [],
+    pluginArgs: [
+      ...(opts.readahead ? ['--readahead', opts.readahead] : []),
+      ...(opts['gap-fill'] ? ['--gap-fill', opts['gap-fill']] : []),
+    ],
     logsDir: opts.logs,
     engine,
   });

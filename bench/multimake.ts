@@ -6,6 +6,7 @@
  * overlay2 against slacker (whose commits are marker layers and whose pulls move metadata).
  *
  *   npm run multimake -- [--quick] [--fresh-worker] [--link 1gbit] [--json FILE] [--out DIR] [--engine graphdriver|containerd] [--logs DIR]
+ *                         [--gap-fill KIB] (the slacker plugin's --gap-fill; 0: off)
  *
  * --fresh-worker: every cycle deploys on a new worker (its own dockerd and data root, as a
  * cluster or CI picks any node), so the compiler image is pulled again each time; by default
@@ -35,6 +36,7 @@ const { values: opts } = benchArgs(
     out: { type: 'string' },
     engine: { type: 'string', default: 'graphdriver' },
     'fresh-worker': { type: 'boolean', default: false },
+    'gap-fill': { type: 'string' },
     logs: { type: 'string' },
   },
 );
@@ -100,7 +102,11 @@ async function main(): Promise<void> {
   await requireTools('dockerd', 'docker-registry', 'debootstrap', 'nbdfuse', 'ip', 'tc', 'busybox-static');
   const gcc = IMAGES.find((i) => i.name === 'gcc')!;
   const tarball = await rootfsTarball(gcc, progress);
-  const topo = await startTopology(opts.link!, 'slacker-multimake-', { engine, logsDir: opts.logs });
+  const topo = await startTopology(opts.link!, 'slacker-multimake-', {
+    engine,
+    logsDir: opts.logs,
+    pluginArgs: opts['gap-fill'] ? ['--gap-fill', opts['gap-fill']] : [],
+  });
   const stopTopology = onInterrupt(() => topo.close());
   const cycles: Cycle[] = [];
   try {

@@ -48,6 +48,9 @@ options:
                        the kernel's readahead window on attached layers (default 128: what
                        a container's start reads, and so fetches; the kernel's 2560 for a
                        loop device fetched a third more at no gain)
+  --gap-fill KIB       when two cold reads of a layer miss chunks at most KIB apart, fetch
+                       the chunks between them with the second (default 2048: one file's
+                       scattered reads, a program's libraries; 0: off)
   --fetch-deadline MS  give up on a chunk the store cannot deliver after MS milliseconds of
                        retries; the read then fails with EIO (default 15000)
   --containerd-socket PATH
@@ -60,7 +63,7 @@ options:
                        on loopback (default: off)
   --config FILE        JSON file with any of the options above as keys (name, socketDir, root,
                        store, compression, size, attach, cacheSize, fetchDeadline, readahead,
-                       deviceReadahead, logLevel, containerdSocket, containerdAddress,
+                       deviceReadahead, gapFill, logLevel, containerdSocket, containerdAddress,
                        metrics); flags win over it
   --log-level LEVEL    trace|debug|info|warn|error (default info, or $SLACKER_LOG_LEVEL)
 
@@ -80,6 +83,7 @@ interface ConfigFile {
   fetchDeadline?: string;
   readahead?: string;
   deviceReadahead?: string;
+  gapFill?: string;
   logLevel?: string;
   containerdSocket?: string;
   containerdAddress?: string;
@@ -98,6 +102,7 @@ const KEYS = [
   'fetchDeadline',
   'readahead',
   'deviceReadahead',
+  'gapFill',
   'logLevel',
   'containerdSocket',
   'containerdAddress',
@@ -115,6 +120,9 @@ async function readConfig(path: string | undefined): Promise<ConfigFile> {
   return parsed as ConfigFile;
 }
 
+/** A gap wider than 64 MiB is no longer one file's scattered reads but a second read far away. */
+const MAX_GAP_FILL_KIB = 64 * 1024;
+
 function chunkCount(text: string): number {
   const n = Number(text);
   if (!Number.isSafeInteger(n) || n < 0) throw new ConfigError(`--readahead wants a number of chunks, got ${text}`);
@@ -127,6 +135,14 @@ function kibCount(text: string | undefined): number | undefined {
   if (!Number.isSafeInteger(n) || n < 0 || n > MAX_READAHEAD_KIB)
     throw new ConfigError(`--device-readahead wants a number of KiB (0 to ${MAX_READAHEAD_KIB}), got ${text}`);
   return n;
+}
+
+function gapFillBytes(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < 0 || n > MAX_GAP_FILL_KIB)
+    throw new ConfigError(`--gap-fill wants a number of KiB (0 to ${MAX_GAP_FILL_KIB}), got ${text}`);
+  return n * 1024;
 }
 
 export async function serve(argv: string[]): Promise<number> {
@@ -144,6 +160,7 @@ export async function serve(argv: string[]): Promise<number> {
       'fetch-deadline': { type: 'string' },
       readahead: { type: 'string' },
       'device-readahead': { type: 'string' },
+      'gap-fill': { type: 'string' },
       config: { type: 'string' },
       'log-level': { type: 'string' },
       'containerd-socket': { type: 'string' },
@@ -175,6 +192,7 @@ export async function serve(argv: string[]): Promise<number> {
     fetchDeadlineMs: positiveInt(deadline, '--fetch-deadline'),
     readahead: chunkCount(values.readahead ?? file.readahead ?? '0'),
     deviceReadaheadKib: kibCount(values['device-readahead'] ?? file.deviceReadahead),
+    gapFillBytes: gapFillBytes(values['gap-fill'] ?? file.gapFill),
     log,
   };
   const name = values.name ?? file.name ?? env.SLACKER_NAME;

@@ -39,6 +39,8 @@ export interface LayerHostOptions {
   readahead?: number;
   /** The kernel's readahead window on attached layers, KiB (default attach/read-ahead.ts's). */
   deviceReadaheadKib?: number;
+  /** Chunks between two nearby misses fetched with the second: the widest gap (volumes/miss-gaps.ts). */
+  gapFillBytes?: number;
   log: Logger;
 }
 
@@ -66,6 +68,7 @@ export async function openLayerHost(o: LayerHostOptions): Promise<LayerHost> {
     cacheBytes: o.cacheBytes,
     fetchPolicy: o.fetchDeadlineMs ? { deadlineMs: o.fetchDeadlineMs } : undefined,
     readahead: o.readahead,
+    gapFillBytes: o.gapFillBytes,
     log: o.log,
   });
   const nbd = new NbdServer({ log: o.log });

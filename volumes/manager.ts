@@ -62,6 +62,11 @@ export interface VolumeManagerOptions {
    * more CPU; docs/BENCHMARKS.md).
    */
   readahead?: number;
+  /**
+   * The widest gap between two nearby cold reads whose chunks are fetched with the second
+   * (volumes/miss-gaps.ts; default GAP_FILL_BYTES, 0: none).
+   */
+  gapFillBytes?: number;
   /** Bytes of evictable chunks (fetched or published) kept locally (default 10 GiB). */
   cacheBytes?: number;
   log?: Logger;
@@ -723,6 +728,7 @@ export class VolumeManager {
       chunks: this.chunks,
       metadata: this.metadata,
       readahead: this.options.readahead ?? 0,
+      gapFillBytes: this.options.gapFillBytes,
       counters: this.countersOf(row.id),
       trace: this.traceOf(row.id),
     });

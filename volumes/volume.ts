@@ -18,6 +18,7 @@ import type { ChunkStore } from './chunks/chunk-store.js';
 import type { FetchCounters } from './chunks/fetch-counters.js';
 import type { Metadata, Override, VolumeRow } from './metadata.js';
 import type { ReadTrace } from './read-trace.js';
+import { MissGaps } from './miss-gaps.js';
 import { SequentialStreams, type Stream } from './sequential-streams.js';
 import type { Digest } from '../common/digests.js';
 import { chunkLength, type ChunkIndex } from './types.js';
@@ -47,6 +48,8 @@ export interface VolumeParts {
   metadata: Metadata;
   /** Chunks to prefetch ahead of a sequential reader (0: none). */
   readahead?: number;
+  /** The widest gap between two nearby misses whose chunks are fetched with the second (miss-gaps.ts; 0: none). */
+  gapFillBytes?: number;
   /** Where this volume's fetch costs are counted (kept by the manager across opens). */
   counters: FetchCounters;
   /** Where its first reads of base chunks are noted (kept by the manager across opens). */
@@ -74,12 +77,14 @@ export class Volume implements Backend {
   /** Chunks below this index were already considered for readahead. */
   private readaheadFrom = 0;
   private readonly streams = new SequentialStreams();
+  private readonly misses: MissGaps;
 
   constructor(private readonly parts: VolumeParts) {
     this.row = parts.row;
     this.size = parts.row.size;
     this.chunkSize = parts.row.chunkSize;
     this.blockSizes = { minimum: 1, preferred: this.chunkSize, maximum: 32 * 1024 * 1024 };
+    this.misses = new MissGaps(this.chunkSize, parts.gapFillBytes);
   }
 
   get description(): string {
@@ -113,7 +118,10 @@ export class Volume implements Backend {
       if (src.kind !== 'chunk') continue;
       this.parts.trace?.record(p.index);
       if (this.parts.chunks.isLocal(src.digest)) this.parts.chunks.countHit(src.digest, this.parts.counters);
-      else (missing ??= []).push(src.digest);
+      else {
+        (missing ??= []).push(src.digest);
+        this.fillGaps(p.index);
+      }
     }
     if (!missing) return undefined;
     if (stream.run >= FOLLOW_AFTER) this.follow(stream, offset + length);
@@ -158,6 +166,17 @@ export class Volume implements Backend {
     };
     const n = this.parts.chunks.follow(src.digest, next, this.parts.counters);
     if (n !== undefined) stream.followedTo = from + n;
+  }
+
+  /**
+   * Chunk `idx` missed: the base chunks between it and a recent miss nearby are fetched too,
+   * queued in the same event-loop turn as its own fetch so that they ride on its store request.
+   */
+  private fillGaps(idx: ChunkIndex): void {
+    for (const i of this.misses.note(idx)) {
+      const src = this.sourceOf(i);
+      if (src.kind === 'chunk') void this.parts.chunks.prefetch(src.digest, this.parts.counters);
+    }
   }
 
   /** NBD_CMD_CACHE: bring the range's chunks into the local store. */
@@ -329,6 +348,7 @@ export class Volume implements Backend {
       data.copy(out, at);
     } else {
       this.parts.trace?.record(p.index);
+      if (!this.parts.chunks.isLocal(src.digest)) this.fillGaps(p.index);
       await this.parts.chunks.read(src.digest, p.at, p.length, out, at, this.parts.counters);
     }
   }

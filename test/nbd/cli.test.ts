@@ -123,6 +123,12 @@ describe('slacker-ts nbd-serve', () => {
         out: expect.stringMatching(/--device-readahead wants a number of KiB.*SLACKER_ERR_CONFIG/),
       });
     }
+    for (const bad of ['far', '-1', '1.5', '100000']) {
+      expect(await cli(['serve', `--gap-fill=${bad}`])).toMatchObject({
+        code: 1,
+        out: expect.stringMatching(/--gap-fill wants a number of KiB.*SLACKER_ERR_CONFIG/),
+      });
+    }
     expect(await cli(['nbd-serve', '--help'])).toMatchObject({
       code: 0,
       out: expect.stringMatching(/--export NAME=FILE/),

@@ -180,6 +180,45 @@ describe('snapshots in a dir:// store', () => {
     }
   });
 
+  it('fetches the chunks between two nearby misses with the second, and only those', async () => {
+    const ref = await published('img', [10, 11, 12, 13, 14, 15, 60, 200]);
+    const open = async (name: string, gapFillBytes?: number): Promise<VolumeManager> => {
+      const m = await VolumeManager.open(join(dir.path, name), { store: new DirStore(storePath), gapFillBytes });
+      await m.openSnapshot(ref, 'img');
+      return m;
+    };
+    const fetched = (m: VolumeManager): number => m.stats('img').fetch.chunksFetched;
+    const c = await open('c'); // the default gap: 2 MiB, 32 chunks of 64 KiB
+    try {
+      const v = await c.acquire('img');
+      expect((await v.pread(4 * KiB, 10 * CHUNK)).equals(chunkData(10).subarray(0, 4 * KiB))).toBe(true);
+      expect((await v.pread(4 * KiB, 14 * CHUNK)).equals(chunkData(14).subarray(0, 4 * KiB))).toBe(true);
+      for (let i = 0; i < 50 && fetched(c) < 5; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(fetched(c)).toBe(5); // 10 and 14, and 11-13 between them
+      await c.chunks.landed();
+      expect((await v.pread(CHUNK, 12 * CHUNK)).equals(chunkData(12))).toBe(true);
+      expect(fetched(c)).toBe(5); // read from here
+      await v.pread(4 * KiB, 200 * CHUNK); // far from both: alone
+      await new Promise((r) => setTimeout(r, 100));
+      expect(fetched(c)).toBe(6);
+      expect(c.readTrace('img')).toEqual([10, 14, 12, 200]); // what was read, not what came along
+      await c.release('img');
+    } finally {
+      await c.close();
+    }
+    const off = await open('d', 0);
+    try {
+      const v = await off.acquire('img');
+      await v.pread(4 * KiB, 10 * CHUNK);
+      await v.pread(4 * KiB, 14 * CHUNK);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(fetched(off)).toBe(2);
+      await off.release('img');
+    } finally {
+      await off.close();
+    }
+  });
+
   it('rejects a manifest that does not match its reference', async () => {
     const ref = await published('img', [1]);
     const hex = ref.slice('sha256:'.length);

@@ -302,6 +302,16 @@ export class ChunkFetcher {
         backoff = Math.min(backoff * 2, this.policy.maxBackoffMs);
       }
     }
+    this.log.debug(
+      {
+        chunks: batch.length,
+        urgent: batch.filter((q) => q.urgent).length,
+        bytes: datas.reduce((n, d) => n + d.length, 0),
+        waitedMs: Date.now() - Math.min(...batch.map((q) => q.queuedAt)),
+        key: batch[0]!.requestKey,
+      },
+      'chunks fetched',
+    );
     const verified: Queued[] = [];
     const chunks: StoredChunk[] = [];
     // Hashed off the event loop, the batch in one threadpool job: hashing on the loop was the
