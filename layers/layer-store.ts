@@ -31,6 +31,13 @@ import { MARKER_DIR } from './layer-tar/marker.js';
  */
 export const MAX_DELTA_PREFETCH = 64;
 
+/**
+ * At most this many chunks the committed container read of its image first (its mount, its
+ * shell, the loader and the C library: what a container of any image built on that one reads
+ * at its start) are fetched too wherever the commit's snapshot is opened: see deltaPrefetch.
+ */
+export const START_PREFETCH = 32;
+
 /** What a publish's frozen copy of a writable layer ID is named: ID + this + 8 hex digits. */
 const PUBLISH_COPY = '.diff-';
 
@@ -491,22 +498,34 @@ export class LayerStore {
   }
 
   /**
-   * A commit without a startup profile still has chunks every start of the new image reads: the
-   * ones it changed hold the file system's metadata it touched (superblock, bitmaps, inode
-   * tables, journal, directories) and its new files. On MultiMake's worker, the ext4 mount of a
-   * container on a pulled build step took 44-55 ms (2-9 ms on the builder, where they are
-   * local): a round trip per chunk it read. When they are few, they become the snapshot's
-   * prefetch list, fetched
-   * from the pack this publish puts them in (one range) when the snapshot is opened. More than
-   * MAX_DELTA_PREFETCH (a layer of data, not a tweak) are left to be read on demand.
+   * A commit without a startup profile still has chunks every start of the new image reads:
+   * - the ones it changed hold the file system's metadata it touched (superblock, bitmaps, inode
+   *   tables, journal, directories) and its new files. On MultiMake's worker, the ext4 mount of a
+   *   container on a pulled build step took 44-55 ms (2-9 ms on the builder, where they are
+   *   local): a round trip per chunk it read. More than MAX_DELTA_PREFETCH (a layer of data, not
+   *   a tweak) are left to be read on demand;
+   * - the first START_PREFETCH chunks the committed container read of its image: the mount's
+   *   metadata, the shell, the loader and the C library, which a container of the new image
+   *   reads too. On MultiMake's fresh worker they were still 4 round trips in the create and ~10
+   *   in the run (docs/BENCHMARKS.md, "What a commit's first container reads"). A warmed layer's
+   *   reads begin with its warm's, which come in the image's last container's first-read order:
+   *   a start's order too.
+   * They become the snapshot's prefetch list, fetched from where they are (the commit's own from
+   * the pack this publish puts them in) when the snapshot is opened; on a host that has the
+   * image already, only the commit's own are fetched.
    */
   private deltaPrefetch(id: string, copy: string): PublishOptions {
     const parent = this.manager.get(id).parent;
     if (!parent) return {};
     const changed = this.manager.changedChunks(parent, copy);
-    return changed.length > 0 && changed.length <= MAX_DELTA_PREFETCH
-      ? { prefetch: changed, prefetchInPlace: true }
-      : {};
+    const delta = changed.length <= MAX_DELTA_PREFETCH ? changed : [];
+    const listed = new Set(delta);
+    const start = this.manager
+      .readTrace(id)
+      .filter((idx) => !listed.has(idx))
+      .slice(0, START_PREFETCH);
+    const prefetch = [...delta, ...start];
+    return prefetch.length > 0 ? { prefetch, prefetchInPlace: true } : {};
   }
 
   private async replaceWithSnapshotLocked(id: string, ref: Digest): Promise<void> {
