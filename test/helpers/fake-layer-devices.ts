@@ -15,6 +15,7 @@ import type { Attacher, BlockDevice, NbdTarget } from '../../attach/attacher.js'
 import type { LayerFilesystem } from '../../attach/filesystem.js';
 import type { ByteRange } from '../../block/ranges.js';
 import { IoError, NoSpaceError } from '../../common/errors.js';
+import { KeyedLock } from '../../common/keyed-lock.js';
 import { run } from '../../common/exec.js';
 import { CMD } from '../../nbd-server/protocol.js';
 import { RawClient } from './raw-client.js';
@@ -103,17 +104,26 @@ function device(path: string): FakeDevice {
   return d;
 }
 
-async function writeTree(dir: string, d: FakeDevice): Promise<void> {
-  const scratch = `${dir}.tarfs`;
-  await run('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', dir, '-cf', scratch, '.']);
-  const tar = await readFile(scratch);
-  await rm(scratch, { force: true });
-  if (HEADER + tar.length > d.size)
-    throw new NoSpaceError(`tarfs: ${tar.length} bytes do not fit a ${d.size}-byte device`);
-  const header = Buffer.alloc(HEADER);
-  MAGIC.copy(header);
-  header.writeBigUInt64BE(BigInt(tar.length), 8);
-  await d.write(0, Buffer.concat([header, tar]));
+/**
+ * One write-out of a mounted tree at a time, as the kernel serialises syncfs, freeze and unmount
+ * on a superblock: a layer's background sync after its last Put and a publish's freeze of it
+ * used to race on the scratch file (one read it after the other had removed it).
+ */
+const writingOut = new KeyedLock<string>();
+
+function writeTree(dir: string, d: FakeDevice): Promise<void> {
+  return writingOut.run(dir, async () => {
+    const scratch = `${dir}.tarfs`;
+    await run('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', dir, '-cf', scratch, '.']);
+    const tar = await readFile(scratch);
+    await rm(scratch, { force: true });
+    if (HEADER + tar.length > d.size)
+      throw new NoSpaceError(`tarfs: ${tar.length} bytes do not fit a ${d.size}-byte device`);
+    const header = Buffer.alloc(HEADER);
+    MAGIC.copy(header);
+    header.writeBigUInt64BE(BigInt(tar.length), 8);
+    await d.write(0, Buffer.concat([header, tar]));
+  });
 }
 
 export const tarfs: LayerFilesystem = {
