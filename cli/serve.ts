@@ -129,20 +129,13 @@ function chunkCount(text: string): number {
   return n;
 }
 
-function kibCount(text: string | undefined): number | undefined {
+/** A number of KiB from `flag`'s text, 0 to `max`; undefined when not given. */
+function kibCount(text: string | undefined, flag: string, max: number): number | undefined {
   if (text === undefined) return undefined;
   const n = Number(text);
-  if (!Number.isSafeInteger(n) || n < 0 || n > MAX_READAHEAD_KIB)
-    throw new ConfigError(`--device-readahead wants a number of KiB (0 to ${MAX_READAHEAD_KIB}), got ${text}`);
+  if (!Number.isSafeInteger(n) || n < 0 || n > max)
+    throw new ConfigError(`${flag} wants a number of KiB (0 to ${max}), got ${text}`);
   return n;
-}
-
-function gapFillBytes(text: string | undefined): number | undefined {
-  if (text === undefined) return undefined;
-  const n = Number(text);
-  if (!Number.isSafeInteger(n) || n < 0 || n > MAX_GAP_FILL_KIB)
-    throw new ConfigError(`--gap-fill wants a number of KiB (0 to ${MAX_GAP_FILL_KIB}), got ${text}`);
-  return n * 1024;
 }
 
 export async function serve(argv: string[]): Promise<number> {
@@ -183,6 +176,7 @@ export async function serve(argv: string[]): Promise<number> {
   // A storage daemon that dies takes every mounted layer with it: a stray rejection is logged.
   process.on('unhandledRejection', (err) => log.error({ err }, 'unhandled rejection'));
   const root = values.root ?? file.root ?? env.SLACKER_ROOT;
+  const gapFillKib = kibCount(values['gap-fill'] ?? file.gapFill, '--gap-fill', MAX_GAP_FILL_KIB);
   const hostOptions = {
     store: values.store ?? file.store ?? (env.SLACKER_STORE || undefined),
     compression: compression(values.compression ?? file.compression ?? (env.SLACKER_COMPRESSION || undefined)),
@@ -191,8 +185,12 @@ export async function serve(argv: string[]): Promise<number> {
     cacheBytes: cacheSize ? parseSize(cacheSize) : undefined,
     fetchDeadlineMs: positiveInt(deadline, '--fetch-deadline'),
     readahead: chunkCount(values.readahead ?? file.readahead ?? '0'),
-    deviceReadaheadKib: kibCount(values['device-readahead'] ?? file.deviceReadahead),
-    gapFillBytes: gapFillBytes(values['gap-fill'] ?? file.gapFill),
+    deviceReadaheadKib: kibCount(
+      values['device-readahead'] ?? file.deviceReadahead,
+      '--device-readahead',
+      MAX_READAHEAD_KIB,
+    ),
+    gapFillBytes: gapFillKib === undefined ? undefined : gapFillKib * 1024,
     log,
   };
   const name = values.name ?? file.name ?? env.SLACKER_NAME;

@@ -259,7 +259,8 @@ export class ChunkFetcher {
       return;
     }
     // The deadline counts from when a chunk was first wanted, time spent queued included.
-    const deadline = Math.min(...batch.map((q) => q.queuedAt)) + this.policy.deadlineMs;
+    const firstQueuedAt = Math.min(...batch.map((q) => q.queuedAt));
+    const deadline = firstQueuedAt + this.policy.deadlineMs;
     let backoff = this.policy.initialBackoffMs;
     let datas: Buffer[];
     for (let attempt = 1; ; attempt++) {
@@ -302,16 +303,18 @@ export class ChunkFetcher {
         backoff = Math.min(backoff * 2, this.policy.maxBackoffMs);
       }
     }
-    this.log.debug(
-      {
-        chunks: batch.length,
-        urgent: batch.filter((q) => q.urgent).length,
-        bytes: datas.reduce((n, d) => n + d.length, 0),
-        waitedMs: Date.now() - Math.min(...batch.map((q) => q.queuedAt)),
-        key: batch[0]!.requestKey,
-      },
-      'chunks fetched',
-    );
+    if (this.log.isLevelEnabled('debug')) {
+      this.log.debug(
+        {
+          chunks: batch.length,
+          urgent: batch.filter((q) => q.urgent).length,
+          bytes: datas.reduce((n, d) => n + d.length, 0),
+          waitedMs: Date.now() - firstQueuedAt,
+          key: batch[0]!.requestKey,
+        },
+        'chunks fetched',
+      );
+    }
     const verified: Queued[] = [];
     const chunks: StoredChunk[] = [];
     // Hashed off the event loop, the batch in one threadpool job: hashing on the loop was the
