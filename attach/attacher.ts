@@ -43,7 +43,16 @@ export interface BlockDevice {
    * its files' data).
    */
   readIntoCache?(ranges: readonly ByteRange[]): Promise<void>;
+  /**
+   * Opens the device exclusively (exclusive-claim.ts) if no file system is mounted on it, in any
+   * mount namespace: it then holds a consistent image, and no mount can start until the returned
+   * release runs. Undefined if one is mounted. Absent where that cannot be told (test fakes).
+   */
+  claim?(): Promise<ReleaseClaim | undefined>;
 }
+
+/** Ends an exclusive claim of a block device (BlockDevice.claim). */
+export type ReleaseClaim = () => Promise<void>;
 
 export interface Attacher {
   readonly method: string;

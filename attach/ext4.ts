@@ -1,6 +1,6 @@
 /** ext4 on an attached block device: make, mount, unmount. */
 import { mkdir } from 'node:fs/promises';
-import { IoError } from '../common/errors.js';
+import { IoError, systemErrorCode } from '../common/errors.js';
 import { run } from '../common/exec.js';
 import { blockDevices, MOUNT_FLAGS, unmountRetrying } from './block-devices.js';
 import type { LayerFilesystem } from './filesystem.js';
@@ -57,6 +57,17 @@ export async function unmount(dir: string): Promise<void> {
   await unmountRetrying(dir, { attempts: 30, delayMs: 200 });
 }
 
+/** One umount2(2): false if the mount is busy (EBUSY), left mounted. */
+export async function unmountIfIdle(dir: string): Promise<boolean> {
+  try {
+    await blockDevices.unmount(dir);
+    return true;
+  } catch (err) {
+    if (systemErrorCode(err) === 'EBUSY') return false;
+    throw new IoError(`cannot unmount ${dir}: ${(err as Error).message}`, { cause: err, context: { dir } });
+  }
+}
+
 /**
  * A directory's names read with debugfs (e2fsprogs), without mounting: a few milliseconds, and
  * nothing is written. `ls -p` prints `/inode/mode/uid/gid/name/size/` per entry.
@@ -88,6 +99,7 @@ export const ext4: LayerFilesystem = {
   mkfs: mkfsExt4,
   mount: mountExt4,
   unmount,
+  unmountIfIdle,
   // The ioctls fsfreeze makes, without its process (5-10 ms each on this VM: issue 19).
   freeze: (dir) => named('freeze', dir, blockDevices.freeze(dir)),
   unfreeze: (dir) => named('thaw', dir, blockDevices.thaw(dir)),

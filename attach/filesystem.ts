@@ -14,6 +14,11 @@ export interface LayerFilesystem {
   mount(device: string, dir: string, options: { readOnly: boolean; scratch?: boolean }): Promise<void>;
   /** Unmounts; the device then holds everything written through the mount. */
   unmount(dir: string): Promise<void>;
+  /**
+   * Unmounts once if nothing uses the mount (true), or leaves it as it is (false: busy), without
+   * waiting. Optional: without it, a snapshot of a mounted layer always freezes it.
+   */
+  unmountIfIdle?(dir: string): Promise<boolean>;
   /** Makes the device hold a consistent image of the mounted file system until `unfreeze`. */
   freeze(dir: string): Promise<void>;
   unfreeze(dir: string): Promise<void>;

@@ -10,6 +10,7 @@ import { readdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { run } from '../common/exec.js';
 import { NotSupportedError } from '../common/errors.js';
+import { claimUnmounted } from './exclusive-claim.js';
 import { attachFile } from './loop.js';
 import { DEFAULT_READAHEAD_KIB, setReadahead } from './read-ahead.js';
 import { warmPrograms } from './warm.js';
@@ -71,6 +72,7 @@ function connected(device: string): BlockDevice {
     path: device,
     method: 'nbd-client',
     record: { method: 'nbd-client', path: device },
+    claim: () => claimUnmounted(device),
     detach: async () => {
       if (!attached) return;
       attached = false;

@@ -14,6 +14,7 @@ import { retryUntil } from '../common/retry.js';
 import type { Attacher, BlockDevice, DeviceRecord, NbdTarget } from './attacher.js';
 import { loopDevices } from './host-state.js';
 import { blockDevices, unmountRetrying } from './block-devices.js';
+import { claimUnmounted } from './exclusive-claim.js';
 import type { ByteRange } from '../block/ranges.js';
 import { ATTACH_POLL, attachFile, attachLoop, detachLoop } from './loop.js';
 import { DEFAULT_READAHEAD_KIB, setReadahead } from './read-ahead.js';
@@ -69,7 +70,14 @@ export class NbdfuseAttacher implements Attacher {
       undo.push(() => detachLoop(loop));
       await setReadahead(loop, this.options.readaheadKib ?? DEFAULT_READAHEAD_KIB);
       const record: DeviceRecord = { method: this.method, path: loop, fuseDir, pid: fuse.child.pid ?? 0 };
-      return { path: loop, method: this.method, record, detach, readIntoCache: (r) => readIntoCache(fuseDir, r) };
+      return {
+        path: loop,
+        method: this.method,
+        record,
+        detach,
+        readIntoCache: (r) => readIntoCache(fuseDir, r),
+        claim: () => claimUnmounted(loop),
+      };
     } catch (err) {
       await detach();
       throw err;
@@ -94,6 +102,7 @@ export async function adoptNbdfuse(record: DeviceRecord): Promise<BlockDevice | 
     path: loop,
     method: 'nbdfuse',
     record,
+    claim: () => claimUnmounted(loop),
     detach: async () => {
       if (!attached) return;
       attached = false;
