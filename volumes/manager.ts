@@ -297,8 +297,13 @@ export class VolumeManager {
     if (!isDigest(ref))
       throw new InvalidArgumentError(`bad snapshot reference ${JSON.stringify(ref)}`, { context: { ref } });
     this.assertNewId(id);
-    const m = this.published.get(ref) ?? decodeManifest(ref, await this.fetchManifest(store, ref));
-    const hints = new Map([...new Set(m.chunks.values())].map((d) => [d, m.hints.get(d) ?? '']));
+    const ours = this.published.get(ref);
+    const m = ours ?? decodeManifest(ref, await this.fetchManifest(store, ref));
+    // Where the chunks of a snapshot published here are was recorded by its publish (those known
+    // before, those it uploaded): 2,760 upserts of the same hints cost ~9 ms of a commit's marker.
+    const hints = ours
+      ? new Map<Digest, string>()
+      : new Map([...new Set(m.chunks.values())].map((d) => [d, m.hints.get(d) ?? '']));
     this.metadata.insertSnapshot(
       { id, size: m.size, chunkSize: m.chunkSize, snapshotRef: ref },
       m.chunks,
