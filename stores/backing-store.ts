@@ -23,6 +23,14 @@ export interface StoredObject {
   modified: number;
 }
 
+/** Chunks packed for a store, not yet in it (BackingStore.prepareChunks). */
+export interface PreparedChunks {
+  /** Where each chunk will be once stored: what putChunks would answer. */
+  readonly hints: Map<Digest, string>;
+  /** Stores them; `counts` as putChunks's. */
+  put(counts?: UploadCounts): Promise<void>;
+}
+
 /** What an upload found already in the store (BackingStore.putChunks). */
 export interface UploadCounts {
   skipped: number;
@@ -43,6 +51,12 @@ export interface BackingStore {
    */
   putChunks(chunks: StoredChunk[], counts?: UploadCounts): Promise<Map<Digest, string>>;
   /**
+   * putChunks in two steps: the chunks packed and their hints known at once, stored by `put`,
+   * so that a publish uploads its manifest while its last pack uploads (VolumeManager.publish).
+   * Optional: a store without it is written with putChunks alone.
+   */
+  prepareChunks?(chunks: StoredChunk[]): Promise<PreparedChunks>;
+  /**
    * Fetches chunks (unverified), in the order asked, in as few requests as the store's layout
    * allows (adjacent chunks of a pack in one range). A store error fails them all; honours
    * `signal`. A store may receive bytes into buffers from `allocate` (pooled: the caller gives
@@ -62,8 +76,11 @@ export interface BackingStore {
    * Stores a snapshot manifest; returns its reference (the manifest's digest). `hints`: the
    * location hints it names (from putChunks), so that a store can keep what they point at (an
    * oci:// store references its packs from the snapshot's OCI manifest, against registry GC).
+   * `chunksStored`: the upload of chunks it names, still under way: the manifest is not made
+   * visible (an oci:// store's tag) before it ends, and its failure fails this call, which
+   * settles only once it has.
    */
-  putManifest(manifest: Buffer, hints?: Iterable<string>): Promise<Digest>;
+  putManifest(manifest: Buffer, hints?: Iterable<string>, chunksStored?: Promise<void>): Promise<Digest>;
   /** Fetches a snapshot manifest by reference (unverified). */
   getManifest(ref: Digest): Promise<Buffer>;
   /**

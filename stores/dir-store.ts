@@ -48,7 +48,8 @@ export class DirStore implements BackingStore {
     return Promise.all(wanted.map((w) => readFile(this.path('chunks', w.digest), { signal })));
   }
 
-  async putManifest(manifest: Buffer): Promise<Digest> {
+  async putManifest(manifest: Buffer, _hints?: Iterable<string>, chunksStored?: Promise<void>): Promise<Digest> {
+    await chunksStored;
     const ref = digestOf(manifest);
     await this.putFile(this.path('snapshots', ref, '.json'), manifest);
     return ref;

@@ -18,7 +18,7 @@
  */
 import { ConfigError } from '../common/errors.js';
 import { digestOf, type Digest } from '../common/digests.js';
-import type { BackingStore, StoredChunk, UploadCounts } from './backing-store.js';
+import type { BackingStore, StoredChunk, UploadCounts, PreparedChunks } from './backing-store.js';
 import { decodeChunk, encodeChunk, type Compression } from './chunk-codec.js';
 import { isRepositoryName, MEDIA, Registry, registryBase, type Credentials, type RegistryTarget } from './registry.js';
 
@@ -112,8 +112,14 @@ export class OciStore implements BackingStore {
   readonly packs = true;
 
   async putChunks(chunks: StoredChunk[], counts?: UploadCounts): Promise<Map<Digest, string>> {
-    const out = new Map<Digest, string>();
-    if (chunks.length === 0) return out;
+    if (chunks.length === 0) return new Map();
+    const prepared = await this.prepareChunks(chunks);
+    await prepared.put(counts);
+    return prepared.hints;
+  }
+
+  /** The chunks encoded (chunk-codec.ts) into one pack blob, its hints known; `put` uploads it. */
+  async prepareChunks(chunks: StoredChunk[]): Promise<PreparedChunks> {
     const stored = await Promise.all(
       chunks.map(async (c) => {
         if (this.options.compression === 'none') return { bytes: c.data, suffix: '' };
@@ -123,15 +129,20 @@ export class OciStore implements BackingStore {
     );
     const pack = Buffer.concat(stored.map((s) => s.bytes));
     const packDigest = digestOf(pack);
-    if (!(await this.registry.putBlob(packDigest, pack)) && counts) counts.skipped += chunks.length;
-    this.knowSize(packDigest, pack.length);
+    const hints = new Map<Digest, string>();
     let offset = 0;
     chunks.forEach((c, i) => {
       const s = stored[i]!;
-      out.set(c.digest, `${packDigest}:${offset}:${s.bytes.length}${s.suffix}`);
+      hints.set(c.digest, `${packDigest}:${offset}:${s.bytes.length}${s.suffix}`);
       offset += s.bytes.length;
     });
-    return out;
+    return {
+      hints,
+      put: async (counts) => {
+        if (!(await this.registry.putBlob(packDigest, pack)) && counts) counts.skipped += chunks.length;
+        this.knowSize(packDigest, pack.length);
+      },
+    };
   }
 
   /** Chunks of one pack: adjacent ones come in one Range request (chunks without a hint: alone). */
@@ -195,9 +206,16 @@ export class OciStore implements BackingStore {
     return this.registry.check();
   }
 
-  async putManifest(manifest: Buffer, hints: Iterable<string> = []): Promise<Digest> {
+  async putManifest(
+    manifest: Buffer,
+    hints: Iterable<string> = [],
+    chunksStored: Promise<void> = Promise.resolve(),
+  ): Promise<Digest> {
     const ref = digestOf(manifest);
-    await this.registry.putBlob(ref, manifest);
+    // The manifest's blob goes up while the chunks still do; the OCI manifest after both (the
+    // registry refuses one that names a blob it does not have).
+    for (const r of await Promise.allSettled([this.registry.putBlob(ref, manifest), chunksStored]))
+      if (r.status === 'rejected') throw r.reason;
     // An OCI manifest referencing the snapshot and its packs keeps them from registry GC.
     const packs = new Set<Digest>();
     for (const hint of hints) {

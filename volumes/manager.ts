@@ -19,7 +19,7 @@ import { mkdir, open as openFile, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConfigError, ConflictError, InvalidArgumentError, IoError, NotFoundError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
-import type { BackingStore, UploadCounts } from '../stores/backing-store.js';
+import type { BackingStore, StoredChunk, UploadCounts } from '../stores/backing-store.js';
 import type { PackChunk } from './chunks/cache-segments.js';
 import { ChunkStore } from './chunks/chunk-store.js';
 import { FetchCounters } from './chunks/fetch-counters.js';
@@ -225,18 +225,17 @@ export class VolumeManager {
     const t0 = performance.now();
     const upload = { skipped: 0 };
     const uploaded = new Map<Digest, string>();
-    for await (const stored of this.upload(store, missing, lengthOf, upload)) {
+    // The last batch is only packed here (where the store can): it uploads with the manifest, below.
+    const lastBatch = store.prepareChunks && missing.length > 0 ? ((missing.length - 1) % PUBLISH_BATCH) + 1 : 0;
+    for await (const stored of this.upload(store, missing.slice(0, missing.length - lastBatch), lengthOf, upload)) {
       this.metadata.recordLocations(store.url, stored);
       for (const [d, h] of stored) uploaded.set(d, h);
     }
-    if (options.counts) {
-      options.counts.chunks = lengthOf.size;
-      options.counts.known = lengthOf.size - missing.length;
-      options.counts.skipped = upload.skipped;
-      options.counts.uploaded = missing.length - upload.skipped;
-    }
-    // What was only here is in the store now: the cache may evict it.
-    for (const digest of missing) await this.chunks.admitPublished(digest, lengthOf.get(digest)!);
+    const last =
+      lastBatch > 0
+        ? await store.prepareChunks!(await this.readChunks(missing.slice(-lastBatch), lengthOf))
+        : undefined;
+    for (const [d, h] of last?.hints ?? []) uploaded.set(d, h);
     // Where each chunk is: known before, or just uploaded (no second lookup of every chunk).
     const hints = new Map(digests.map((d, i) => [d, known[i] ?? uploaded.get(d) ?? '']));
     const prefetch = options.prefetch?.filter((idx) => map.has(idx));
@@ -250,12 +249,30 @@ export class VolumeManager {
     const decoded: Manifest = { size: row.size, chunkSize: row.chunkSize, chunks: map, hints, prefetch };
     const manifest = encodeManifest(decoded);
     const t2 = performance.now();
-    const ref = await store.putManifest(manifest, hints.values());
+    // The last pack and the manifest go up together (the store names the manifest once both are in).
+    const lastStored = last?.put(upload).then(() => this.metadata.recordLocations(store.url, last.hints));
+    lastStored?.catch(() => undefined); // awaited below, whatever putManifest does with it
+    let ref: Digest;
+    try {
+      ref = await store.putManifest(manifest, hints.values(), lastStored);
+    } finally {
+      await lastStored?.catch(() => undefined);
+    }
+    await lastStored;
+    if (options.counts) {
+      options.counts.chunks = lengthOf.size;
+      options.counts.known = lengthOf.size - missing.length;
+      options.counts.skipped = upload.skipped;
+      options.counts.uploaded = missing.length - upload.skipped;
+    }
+    // What was only here is in the store now: the cache may evict it.
+    for (const digest of missing) await this.chunks.admitPublished(digest, lengthOf.get(digest)!);
     this.metadata.setSnapshotRef(row.id, ref);
     this.published.delete(ref);
     this.published.set(ref, decoded);
     if (this.published.size > RECENTLY_PUBLISHED) this.published.delete(this.published.keys().next().value!);
-    // Where a publish's time goes (issue 19): the chunks' upload, the manifest's encoding and upload.
+    // Where a publish's time goes (issue 19): the chunks' upload (the last pack's overlaps the
+    // manifest's), the manifest's encoding and upload.
     this.options.log?.debug(
       {
         volume: row.id,
@@ -278,17 +295,20 @@ export class VolumeManager {
     lengthOf: Map<Digest, number>,
     counts?: UploadCounts,
   ): AsyncGenerator<Map<Digest, string>> {
+    for (let i = 0; i < digests.length; i += PUBLISH_BATCH)
+      yield await store.putChunks(await this.readChunks(digests.slice(i, i + PUBLISH_BATCH), lengthOf), counts);
+  }
+
+  /** Chunks read from here, for an upload. */
+  private readChunks(digests: Digest[], lengthOf: Map<Digest, number>): Promise<StoredChunk[]> {
     const counters = new FetchCounters();
-    for (let i = 0; i < digests.length; i += PUBLISH_BATCH) {
-      const batch = await Promise.all(
-        digests.slice(i, i + PUBLISH_BATCH).map(async (digest) => {
-          const data = Buffer.allocUnsafe(lengthOf.get(digest)!);
-          await this.chunks.read(digest, 0, data.length, data, 0, counters);
-          return { digest, data };
-        }),
-      );
-      yield await store.putChunks(batch, counts);
-    }
+    return Promise.all(
+      digests.map(async (digest) => {
+        const data = Buffer.allocUnsafe(lengthOf.get(digest)!);
+        await this.chunks.read(digest, 0, data.length, data, 0, counters);
+        return { digest, data };
+      }),
+    );
   }
 
   /** Creates frozen volume `id` from a published snapshot: only metadata moves now. */

@@ -499,7 +499,7 @@ export function driverConformance(name: string, parts: DriverParts): void {
       let release!: () => void;
       const held = new Promise<void>((r) => (release = r));
       const putManifest = store.putManifest.bind(store);
-      store.putManifest = async (manifest, hints) => (await held, putManifest(manifest, hints));
+      store.putManifest = async (manifest, hints, stored) => (await held, putManifest(manifest, hints, stored));
       try {
         const publishing = a.driver.publish('w');
         while (a.manager.list().filter((r) => r.id.startsWith('w.diff-')).length < 2) {

@@ -30,7 +30,8 @@ export class MemoryStore implements BackingStore {
     });
   }
 
-  async putManifest(manifest: Buffer): Promise<Digest> {
+  async putManifest(manifest: Buffer, _hints?: Iterable<string>, chunksStored?: Promise<void>): Promise<Digest> {
+    await chunksStored;
     const ref = digestOf(manifest);
     this.manifests.set(ref, Buffer.from(manifest));
     return ref;

@@ -119,6 +119,69 @@ describe('oci:// store on a real registry', () => {
     }
   });
 
+  it("uploads a publish's last pack and its manifest's blob together, and names the manifest only once both are in", async () => {
+    const events: string[] = [];
+    const putBlob = Registry.prototype.putBlob;
+    const putManifest = Registry.prototype.putManifest;
+    const blobs = vi.spyOn(Registry.prototype, 'putBlob').mockImplementation(async function (this: Registry, d, data) {
+      events.push(`start ${d}`);
+      await new Promise((r) => setTimeout(r, 50)); // each upload long enough to see them overlap
+      const put = await putBlob.call(this, d, data);
+      events.push(`end ${d}`);
+      return put;
+    });
+    const tags = vi.spyOn(Registry.prototype, 'putManifest').mockImplementation(async function (
+      this: Registry,
+      reference,
+      body,
+      mediaType,
+    ) {
+      events.push(`tag ${reference}`);
+      return putManifest.call(this, reference, body, mediaType);
+    });
+    try {
+      const ref = await published('img', [0, 3, 7]);
+      const pack = events.find((e) => e.startsWith('start') && !e.endsWith(ref))!.slice('start '.length);
+      expect(events.slice(0, 2).sort()).toEqual([`start ${pack}`, `start ${ref}`].sort()); // together
+      expect(events.at(-1)).toBe(`tag ${ref.replace(':', '-')}`); // after both ended
+      expect(events.filter((e) => e.startsWith('end'))).toHaveLength(2);
+    } finally {
+      blobs.mockRestore();
+      tags.mockRestore();
+    }
+  });
+
+  it('a pack that fails to upload fails its publish: no manifest named, nothing recorded as stored, and a retry uploads it', async () => {
+    const putBlob = Registry.prototype.putBlob;
+    const packs: string[] = [];
+    const failing = vi.spyOn(Registry.prototype, 'putBlob').mockImplementation(async function (
+      this: Registry,
+      d,
+      data,
+    ) {
+      // The pack holds the three chunks (random: stored raw); the manifest's blob is far smaller.
+      if (data.length >= 3 * CHUNK) {
+        packs.push(d);
+        throw new IoError('registry refused the pack');
+      }
+      return putBlob.call(this, d, data);
+    });
+    const tags = vi.spyOn(Registry.prototype, 'putManifest');
+    try {
+      await expect(published('img', [0, 3, 7])).rejects.toThrow(/refused the pack/);
+      expect(packs).toHaveLength(1);
+      expect(tags).not.toHaveBeenCalled();
+    } finally {
+      failing.mockRestore();
+      tags.mockRestore();
+    }
+    const ref = await hostA.publish('img'); // frozen by the failed attempt; its chunks go up now
+    await hostB.openSnapshot(ref, 'img-b');
+    const v = await hostB.acquire('img-b');
+    expect((await v.pread(CHUNK, 3 * CHUNK)).equals(chunkData(3))).toBe(true);
+    await hostB.release('img-b');
+  });
+
   it('fetches the rest of its pack for a long sequential reader, and nothing more for a short one', async () => {
     const ref = await published('img', [...Array(48).keys()]); // one pack of 48 chunks (3 MiB)
     await hostB.openSnapshot(ref, 'img-b');
