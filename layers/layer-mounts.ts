@@ -171,8 +171,15 @@ export class LayerMounts {
   /** quiescedLocked's exclusive claim of the layer's device, if it can have one; its release mounts back what it unmounted. */
   private async claimLocked(id: string, m: Mounted): Promise<ReleaseClaim | undefined> {
     const device = m.device;
-    if (!device.claim) return undefined;
-    if (m.dir === undefined) return device.claim();
+    const claimDevice = device.claim?.bind(device);
+    if (!claimDevice) return undefined;
+    // A claim that fails for any other reason than a mount leaves the freeze to do the work.
+    const claim = (): Promise<ReleaseClaim | undefined> =>
+      claimDevice().catch((err: unknown) => {
+        this.o.log.warn({ err, layer: id, device: device.path }, 'cannot tell whether the device is mounted: freezing');
+        return undefined;
+      });
+    if (m.dir === undefined) return claim();
     if (m.refs > 1 || m.readOnly || !this.fs.unmountIfIdle) return undefined;
     const dir = m.dir;
     await m.syncing; // its open directory would make the mount busy
@@ -186,14 +193,11 @@ export class LayerMounts {
         throw err;
       }
     };
-    let release: ReleaseClaim | undefined;
-    try {
-      release = await device.claim();
-    } finally {
-      if (!release) await mountBack();
+    const held = await claim();
+    if (!held) {
+      await mountBack();
+      return undefined;
     }
-    if (!release) return undefined;
-    const held = release;
     this.o.log.debug({ layer: id }, 'layer unmounted for a snapshot');
     return async () => {
       try {

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { chooseAttacher } from '../../attach/choose-attacher.js';
 import { ext4 } from '../../attach/ext4.js';
+import type { Attacher, BlockDevice } from '../../attach/attacher.js';
 import type { LayerFilesystem } from '../../attach/filesystem.js';
 import type { Digest } from '../../common/digests.js';
 import { DirStore } from '../../stores/dir-store.js';
@@ -25,6 +26,7 @@ describe('a commit of a mounted layer: unmounted and held, or frozen', () => {
   let a: Host;
   let b: Host;
   let calls: { freeze: number; mount: number };
+  let failClaims: boolean;
   const started: Started[] = [];
   const mounted: string[] = [];
 
@@ -39,7 +41,21 @@ describe('a commit of a mounted layer: unmounted and held, or frozen', () => {
       mount: (device, d, options) => (calls.mount++, ext4.mount(device, d, options)),
     };
     const store = new DirStore(join(dir.path, 'store'));
-    const parts = { attacher: () => chooseAttacher('auto'), filesystem: counted, store: () => store };
+    failClaims = false;
+    // This host's attacher, whose devices' claims can be made to fail (an error other than EBUSY).
+    const attacher = (): Attacher => {
+      const real = chooseAttacher('auto');
+      return Object.assign(Object.create(real) as Attacher, {
+        attach: async (...args: Parameters<Attacher['attach']>): Promise<BlockDevice> => {
+          const device = await real.attach(...args);
+          const claim = device.claim?.bind(device);
+          return Object.assign(Object.create(device) as BlockDevice, {
+            claim: claim && (() => (failClaims ? Promise.reject(new Error('EACCES (made up)')) : claim())),
+          });
+        },
+      });
+    };
+    const parts = { attacher, filesystem: counted, store: () => store };
     a = await startHost(join(dir.path, 'a'), store, parts);
     b = await startHost(join(dir.path, 'b'), store, parts);
   });
@@ -92,6 +108,16 @@ describe('a commit of a mounted layer: unmounted and held, or frozen', () => {
     await a.driver.put('w'); // lingers
     const ref = await a.driver.publish('w');
     expect(calls.freeze).toBe(0);
+    expect(await readOnB(ref, ['before.txt'])).toEqual(['written before the commit']);
+  });
+
+  it('a device that cannot be claimed for another reason than a mount is frozen, and the commit goes on', async () => {
+    const at = await mountedLayer();
+    failClaims = true;
+    const ref = await a.driver.publish('w');
+    expect(calls.freeze).toBe(1);
+    await writeFile(join(at, 'after.txt'), 'still mounted'); // mounted back before the freeze
+    await a.driver.put('w');
     expect(await readOnB(ref, ['before.txt'])).toEqual(['written before the commit']);
   });
 
