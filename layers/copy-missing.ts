@@ -9,6 +9,11 @@
  * In two steps, so that a caller can record what it is about to create before it does (a crash
  * in between leaves it knowing which entries are its own): missingEntries plans, copyEntries
  * creates; copyMissing is both.
+ *
+ * One call at a time, on purpose. Each call on a layer's mount can wait for the layer's device,
+ * whose NBD server is this process and does its file I/O on the same libuv threadpool (four
+ * threads): a dozen calls at once took every thread while the server waited for one, and the
+ * container's create hung (a CI run of test/docker/two-hosts.test.ts, with chunks to fetch).
  */
 import { constants, type Stats } from 'node:fs';
 import { chmod, copyFile, lchown, lstat, lutimes, mkdir, readdir, readlink, rm, symlink } from 'node:fs/promises';
@@ -16,68 +21,57 @@ import { join } from 'node:path';
 import { NotSupportedError, systemErrorCode } from '../common/errors.js';
 import { toRecorded, type RecordedStat } from './changes.js';
 
-/**
- * What `from` has and `to` lacks, by path from the root ("/etc/hosts"), parents before children.
- * The entries of a directory are looked at together: each look is a round trip to the
- * threadpool, and an image without Docker's init files lacks a dozen of them (17.7 ms for 11 one
- * after another, on a new container's create path).
- */
+/** What `from` has and `to` lacks, by path from the root ("/etc/hosts"), parents before children. */
 export async function missingEntries(from: string, to: string): Promise<string[]> {
+  const missing: string[] = [];
   // `rel` is a real directory in `to`, or (fresh) one that will be made: nothing above it is a symlink.
-  const visit = async (rel: string, fresh: boolean): Promise<string[]> => {
-    const names = (await readdir(join(from, rel))).sort();
-    const found = await Promise.all(
-      names.map(async (name): Promise<string[]> => {
-        const path = `${rel}/${name}`;
-        const src = await lstat(join(from, path));
-        if (!fresh) {
-          const there = await lstat(join(to, path)).catch((err: unknown) => {
-            if (systemErrorCode(err) === 'ENOENT') return undefined;
-            throw err;
-          });
-          if (there) return src.isDirectory() && there.isDirectory() ? visit(path, false) : [];
+  const visit = async (rel: string, fresh: boolean): Promise<void> => {
+    for (const name of (await readdir(join(from, rel))).sort()) {
+      const path = `${rel}/${name}`;
+      const src = await lstat(join(from, path));
+      if (!fresh) {
+        const there = await lstat(join(to, path)).catch((err: unknown) => {
+          if (systemErrorCode(err) === 'ENOENT') return undefined;
+          throw err;
+        });
+        if (there) {
+          if (src.isDirectory() && there.isDirectory()) await visit(path, false);
+          continue;
         }
-        if (!src.isDirectory() && !src.isFile() && !src.isSymbolicLink()) throw notCopyable(path);
-        return src.isDirectory() ? [path, ...(await visit(path, true))] : [path];
-      }),
-    );
-    return found.flat();
+      }
+      if (!src.isDirectory() && !src.isFile() && !src.isSymbolicLink()) throw notCopyable(path);
+      missing.push(path);
+      if (src.isDirectory()) await visit(path, true);
+    }
   };
-  return visit('', false);
+  await visit('', false);
+  return missing;
 }
 
 /**
  * Creates `paths` (from missingEntries: none of them in `to` yet, parents first) as `from` has
- * them. Returns each as it is in `to` now. The entries of one depth are made together, after
- * their parents (missingEntries says why).
+ * them. Returns each as it is in `to` now.
  */
 export async function copyEntries(from: string, to: string, paths: string[]): Promise<Map<string, RecordedStat>> {
-  const sources = new Map<string, Stats>();
-  const depths = new Map<number, string[]>();
+  const sources: Stats[] = [];
   for (const path of paths) {
-    const depth = path.split('/').length;
-    depths.set(depth, [...(depths.get(depth) ?? []), path]);
+    const src = await lstat(join(from, path));
+    const dst = join(to, path);
+    if (src.isDirectory()) await mkdir(dst);
+    else if (src.isFile()) await copyFile(join(from, path), dst, constants.COPYFILE_EXCL);
+    else if (src.isSymbolicLink()) await symlink(await readlink(join(from, path)), dst);
+    else throw notCopyable(path);
+    await lchown(dst, src.uid, src.gid);
+    if (!src.isSymbolicLink()) await chmod(dst, src.mode & 0o7777);
+    sources.push(src);
   }
-  for (const depth of [...depths.keys()].sort((a, b) => a - b)) {
-    await settledAll(
-      depths.get(depth)!.map(async (path) => {
-        const src = await lstat(join(from, path));
-        const dst = join(to, path);
-        if (src.isDirectory()) await mkdir(dst);
-        else if (src.isFile()) await copyFile(join(from, path), dst, constants.COPYFILE_EXCL);
-        else if (src.isSymbolicLink()) await symlink(await readlink(join(from, path)), dst);
-        else throw notCopyable(path);
-        await lchown(dst, src.uid, src.gid);
-        if (!src.isSymbolicLink()) await chmod(dst, src.mode & 0o7777);
-        sources.set(path, src);
-      }),
-    );
+  // Times last, children before parents: creating a directory's entries moved its times.
+  for (let i = paths.length - 1; i >= 0; i--) {
+    await lutimes(join(to, paths[i]!), sources[i]!.atime, sources[i]!.mtime);
   }
-  // Times last, once every entry is made: making a directory's entries moved its times (setting
-  // an entry's own times moves nothing of its parent's).
-  await settledAll(paths.map((path) => lutimes(join(to, path), sources.get(path)!.atime, sources.get(path)!.mtime)));
-  const stats = await Promise.all(paths.map((path) => lstat(join(to, path))));
-  return new Map(paths.map((path, i) => [path, toRecorded(stats[i]!)]));
+  const created = new Map<string, RecordedStat>();
+  for (const path of paths) created.set(path, toRecorded(await lstat(join(to, path))));
+  return created;
 }
 
 /**
@@ -88,13 +82,6 @@ export async function copyEntries(from: string, to: string, paths: string[]): Pr
 export async function removeEntries(to: string, paths: string[]): Promise<void> {
   // Children first; rm removes a symlink itself, never what it points to.
   for (const path of [...paths].reverse()) await rm(join(to, path), { recursive: true, force: true });
-}
-
-/** Promise.all that returns (or throws the first error) only once every one has settled: nothing still writes in the layer after. */
-async function settledAll<T>(work: Promise<T>[]): Promise<T[]> {
-  const settled = await Promise.allSettled(work);
-  for (const r of settled) if (r.status === 'rejected') throw r.reason;
-  return settled.map((r) => (r as PromiseFulfilledResult<T>).value);
 }
 
 function notCopyable(path: string): NotSupportedError {

@@ -478,7 +478,13 @@ export class LayerStore {
     if (row.frozen) return (!options.prefetch && row.snapshotRef) || (await this.manager.publish(id, options));
     const copy = `${id}${PUBLISH_COPY}${randomBytes(4).toString('hex')}`;
     const t0 = performance.now();
-    await this.o.mounts.quiescedLocked(id, () => this.manager.snapshot(id, copy));
+    try {
+      await this.o.mounts.quiescedLocked(id, () => this.manager.snapshot(id, copy));
+    } catch (err) {
+      // The copy may be made already (its layer's file system then failed to mount back).
+      if (this.manager.has(copy)) await this.manager.remove(copy);
+      throw err;
+    }
     const t1 = performance.now();
     try {
       const ref = await this.manager.publish(

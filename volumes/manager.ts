@@ -226,15 +226,14 @@ export class VolumeManager {
     const upload = { skipped: 0 };
     const uploaded = new Map<Digest, string>();
     // The last batch is only packed here (where the store can): it uploads with the manifest, below.
-    const lastBatch = store.prepareChunks && missing.length > 0 ? ((missing.length - 1) % PUBLISH_BATCH) + 1 : 0;
+    const prepare = store.prepareChunks?.bind(store);
+    const lastBatch = prepare && missing.length > 0 ? ((missing.length - 1) % PUBLISH_BATCH) + 1 : 0;
     for await (const stored of this.upload(store, missing.slice(0, missing.length - lastBatch), lengthOf, upload)) {
       this.metadata.recordLocations(store.url, stored);
       for (const [d, h] of stored) uploaded.set(d, h);
     }
     const last =
-      lastBatch > 0
-        ? await store.prepareChunks!(await this.readChunks(missing.slice(-lastBatch), lengthOf))
-        : undefined;
+      prepare && lastBatch > 0 ? await prepare(await this.readChunks(missing.slice(-lastBatch), lengthOf)) : undefined;
     for (const [d, h] of last?.hints ?? []) uploaded.set(d, h);
     // Where each chunk is: known before, or just uploaded (no second lookup of every chunk).
     const hints = new Map(digests.map((d, i) => [d, known[i] ?? uploaded.get(d) ?? '']));

@@ -27,6 +27,7 @@ describe('a commit of a mounted layer: unmounted and held, or frozen', () => {
   let b: Host;
   let calls: { freeze: number; mount: number };
   let failClaims: boolean;
+  let failMounts: boolean;
   const started: Started[] = [];
   const mounted: string[] = [];
 
@@ -38,10 +39,14 @@ describe('a commit of a mounted layer: unmounted and held, or frozen', () => {
     const counted: LayerFilesystem = {
       ...ext4,
       freeze: (d) => (calls.freeze++, ext4.freeze(d)),
-      mount: (device, d, options) => (calls.mount++, ext4.mount(device, d, options)),
+      mount: (device, d, options) =>
+        failMounts
+          ? Promise.reject(new Error('made-up mount failure'))
+          : (calls.mount++, ext4.mount(device, d, options)),
     };
     const store = new DirStore(join(dir.path, 'store'));
     failClaims = false;
+    failMounts = false;
     // This host's attacher, whose devices' claims can be made to fail (an error other than EBUSY).
     const attacher = (): Attacher => {
       const real = chooseAttacher('auto');
@@ -117,6 +122,22 @@ describe('a commit of a mounted layer: unmounted and held, or frozen', () => {
     const ref = await a.driver.publish('w');
     expect(calls.freeze).toBe(1);
     await writeFile(join(at, 'after.txt'), 'still mounted'); // mounted back before the freeze
+    await a.driver.put('w');
+    expect(await readOnB(ref, ['before.txt'])).toEqual(['written before the commit']);
+  });
+
+  it('a layer that cannot be mounted back after its snapshot fails the commit, leaves no copy, and mounts afresh at the next Get', async () => {
+    await mountedLayer();
+    const volumes = a.manager.list().length;
+    failMounts = true;
+    await expect(a.driver.publish('w')).rejects.toThrow(/made-up mount failure/);
+    failMounts = false;
+    expect(a.manager.list()).toHaveLength(volumes); // the publish's copy went
+    expect(a.mounts.isMounted('w')).toBe(false); // taken down: dockerd's Put finds nothing
+    await a.driver.put('w');
+    const at = await a.driver.get('w');
+    expect(await readFile(join(at, 'before.txt'), 'utf8')).toBe('written before the commit');
+    const ref = await a.driver.publish('w');
     await a.driver.put('w');
     expect(await readOnB(ref, ['before.txt'])).toEqual(['written before the commit']);
   });
