@@ -44,7 +44,17 @@ export async function digestsOf(buffers: Buffer[]): Promise<Digest[]> {
 
 /** The i-th digest of a batch's raw result. */
 function digestAt(raw: Buffer, i: number): Digest {
-  return `${PREFIX}${raw.toString('hex', i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)}` as Digest;
+  return rawDigestAt(raw, i * DIGEST_BYTES);
+}
+
+/** The digest whose 32 raw bytes start at `offset` of `buffer`. */
+export function rawDigestAt(buffer: Buffer, offset: number): Digest {
+  return `${PREFIX}${buffer.toString('hex', offset, offset + DIGEST_BYTES)}` as Digest;
+}
+
+/** Writes the digest's 32 raw bytes into `buffer` at `offset` (rawDigestAt reads them back). */
+export function writeRawDigest(digest: Digest, buffer: Buffer, offset: number): void {
+  buffer.write(hexOf(digest), offset, DIGEST_BYTES, 'hex');
 }
 
 /** Where a buffer's original bytes lie: an open file and the position in it. */

@@ -18,7 +18,8 @@
  */
 import { ConfigError } from '../common/errors.js';
 import { digestOf, type Digest } from '../common/digests.js';
-import type { BackingStore, StoredChunk, UploadCounts, PreparedChunks } from './backing-store.js';
+import { allSettledOrThrow } from '../common/settle.js';
+import type { BackingStore, PreparedChunks, StoredChunk, UploadCounts } from './backing-store.js';
 import { decodeChunk, encodeChunk, type Compression } from './chunk-codec.js';
 import { isRepositoryName, MEDIA, Registry, registryBase, type Credentials, type RegistryTarget } from './registry.js';
 
@@ -214,8 +215,7 @@ export class OciStore implements BackingStore {
     const ref = digestOf(manifest);
     // The manifest's blob goes up while the chunks still do; the OCI manifest after both (the
     // registry refuses one that names a blob it does not have).
-    for (const r of await Promise.allSettled([this.registry.putBlob(ref, manifest), chunksStored]))
-      if (r.status === 'rejected') throw r.reason;
+    await allSettledOrThrow([this.registry.putBlob(ref, manifest), chunksStored]);
     // An OCI manifest referencing the snapshot and its packs keeps them from registry GC.
     const packs = new Set<Digest>();
     for (const hint of hints) {

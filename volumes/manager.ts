@@ -19,6 +19,7 @@ import { mkdir, open as openFile, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConfigError, ConflictError, InvalidArgumentError, IoError, NotFoundError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
+import { allSettledOrThrow } from '../common/settle.js';
 import type { BackingStore, StoredChunk, UploadCounts } from '../stores/backing-store.js';
 import type { PackChunk } from './chunks/cache-segments.js';
 import { ChunkStore } from './chunks/chunk-store.js';
@@ -250,14 +251,7 @@ export class VolumeManager {
     const t2 = performance.now();
     // The last pack and the manifest go up together (the store names the manifest once both are in).
     const lastStored = last?.put(upload).then(() => this.metadata.recordLocations(store.url, last.hints));
-    lastStored?.catch(() => undefined); // awaited below, whatever putManifest does with it
-    let ref: Digest;
-    try {
-      ref = await store.putManifest(manifest, hints.values(), lastStored);
-    } finally {
-      await lastStored?.catch(() => undefined);
-    }
-    await lastStored;
+    const [ref] = await allSettledOrThrow([store.putManifest(manifest, hints.values(), lastStored), lastStored]);
     if (options.counts) {
       options.counts.chunks = lengthOf.size;
       options.counts.known = lengthOf.size - missing.length;

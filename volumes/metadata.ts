@@ -37,21 +37,20 @@
 import type { SegmentCatalog, SegmentChunk } from './chunks/cache-segments.js';
 import { ConfigError, InvalidArgumentError, IoError } from '../common/errors.js';
 import Database from 'better-sqlite3';
-import type { Digest } from '../common/digests.js';
+import { isDigest, rawDigestAt, writeRawDigest, type Digest } from '../common/digests.js';
 import type { ChunkIndex, VolumeId } from './types.js';
 
 /** One snapshot map entry in a snapshot_maps BLOB: the index (uint32 LE), then the digest's 32 bytes. */
 const MAP_ENTRY = 36;
-const SHA256 = 'sha256:';
 
 /** A frozen volume's chunk map as snapshot_maps keeps it. */
 export function encodeSnapshotMap(map: ReadonlyMap<ChunkIndex, Digest>): Buffer {
   const out = Buffer.allocUnsafe(map.size * MAP_ENTRY);
   let at = 0;
   for (const [idx, digest] of map) {
+    if (!isDigest(digest)) throw new InvalidArgumentError(`not a sha256 digest: ${digest}`, { context: { idx } });
     out.writeUInt32LE(idx, at);
-    if (out.write(digest.slice(SHA256.length), at + 4, 32, 'hex') !== 32 || !digest.startsWith(SHA256))
-      throw new InvalidArgumentError(`not a sha256 digest: ${digest}`, { context: { idx } });
+    writeRawDigest(digest, out, at + 4);
     at += MAP_ENTRY;
   }
   return out;
@@ -61,8 +60,7 @@ export function decodeSnapshotMap(blob: Buffer): Map<ChunkIndex, Digest> {
   if (blob.length % MAP_ENTRY !== 0)
     throw new IoError(`a snapshot map of ${blob.length} bytes is not whole entries of ${MAP_ENTRY}`);
   const map = new Map<ChunkIndex, Digest>();
-  for (let at = 0; at < blob.length; at += MAP_ENTRY)
-    map.set(blob.readUInt32LE(at), `${SHA256}${blob.toString('hex', at + 4, at + MAP_ENTRY)}` as Digest);
+  for (let at = 0; at < blob.length; at += MAP_ENTRY) map.set(blob.readUInt32LE(at), rawDigestAt(blob, at + 4));
   return map;
 }
 
