@@ -2,11 +2,12 @@
  * What changed between a layer's tree and its parent's, as `docker diff` and DiffSize report it
  * (moby's rules: a path is modified when its type, mode, owner, device, or, for non-directories,
  * size or mtime differ; a directory is also modified whenever an entry inside it was added,
- * changed or removed, as overlay2 reports it). Both trees are walked without following symlinks.
+ * changed or removed, as overlay2 reports it). Both trees are walked without following symlinks,
+ * a call at a time through mount-calls.ts's gate.
  * The size is the bytes of the added and modified files: what a layer tar of the changes carries.
  */
-import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { mountFs } from './mount-calls.js';
 
 export const enum ChangeKind {
   Modify = 0,
@@ -50,10 +51,10 @@ export function fromRecorded(r: RecordedStat): EntryStat {
 async function walk(root: string): Promise<Map<string, EntryStat>> {
   const out = new Map<string, EntryStat>();
   const visit = async (rel: string): Promise<void> => {
-    for (const name of await readdir(join(root, rel))) {
+    for (const name of await mountFs.readdir(join(root, rel))) {
       const path = `${rel}/${name}`;
       if (IGNORED.has(path)) continue;
-      const st = await lstat(join(root, path));
+      const st = await mountFs.lstat(join(root, path));
       out.set(path, st);
       if (st.isDirectory()) await visit(path);
     }

@@ -10,16 +10,18 @@
  * in between leaves it knowing which entries are its own): missingEntries plans, copyEntries
  * creates; copyMissing is both.
  *
- * One call at a time, on purpose. Each call on a layer's mount can wait for the layer's device,
- * whose NBD server is this process and does its file I/O on the same libuv threadpool (four
- * threads): a dozen calls at once took every thread while the server waited for one, and the
- * container's create hung (a CI run of test/docker/two-hosts.test.ts, with chunks to fetch).
+ * Every file system call goes through mount-calls.ts's gate: a call on a layer's mount can wait
+ * for the layer's device, whose NBD server is this process and needs a threadpool thread of its
+ * own. One call at a time per copy: concurrent calls bought 4-6 ms of a busybox create
+ * (docs/BENCHMARKS.md) and, before the gate, hung creates.
  */
 import { constants, type Stats } from 'node:fs';
-import { chmod, copyFile, lchown, lstat, lutimes, mkdir, readdir, readlink, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NotSupportedError, systemErrorCode } from '../common/errors.js';
 import { toRecorded, type RecordedStat } from './changes.js';
+import { mountFs } from './mount-calls.js';
+
+const { chmod, copyFile, lchown, lstat, lutimes, mkdir, readdir, readlink, rm, symlink } = mountFs;
 
 /** What `from` has and `to` lacks, by path from the root ("/etc/hosts"), parents before children. */
 export async function missingEntries(from: string, to: string): Promise<string[]> {
@@ -80,7 +82,8 @@ export async function copyEntries(from: string, to: string, paths: string[]): Pr
  * wrote since: they are its own.
  */
 export async function removeEntries(to: string, paths: string[]): Promise<void> {
-  // Children first; rm removes a symlink itself, never what it points to.
+  // Children first (so a directory is empty when its turn comes, and rm's recursion, whose calls
+  // go round the gate, has nothing to walk); rm removes a symlink itself, never what it points to.
   for (const path of [...paths].reverse()) await rm(join(to, path), { recursive: true, force: true });
 }
 

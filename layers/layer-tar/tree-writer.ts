@@ -1,10 +1,12 @@
 /**
  * Typed access to the native tree writer (native/tree-writer.c): the file system side of
  * applying a layer tar, every path resolved by the kernel inside the layer root
- * (openat2 RESOLVE_IN_ROOT), bytes passed through unchanged, one threadpool job per entry.
+ * (openat2 RESOLVE_IN_ROOT), bytes passed through unchanged, one threadpool job per entry. Each
+ * job goes through mount-calls.ts's gate: the root is a layer mount this process serves.
  */
 import { ShutdownError } from '../../common/errors.js';
 import { loadAddon } from '../../common/native-addon.js';
+import { onMount } from '../mount-calls.js';
 
 /** What an op does (the numbers native/tree-writer.c knows). */
 export const OpKind = {
@@ -67,20 +69,24 @@ export class TreeWriter {
   }
 
   apply(op: TreeOp): Promise<number> {
-    return addon.apply(this.open(), op);
+    const tree = this.open();
+    return onMount(() => addon.apply(tree, op));
   }
 
   write(buffers: Buffer[]): Promise<number> {
-    return addon.write(this.open(), buffers);
+    const tree = this.open();
+    return onMount(() => addon.write(tree, buffers));
   }
 
   finishFile(op: TreeOp): Promise<number> {
-    return addon.finishFile(this.open(), op);
+    const tree = this.open();
+    return onMount(() => addon.finishFile(tree, op));
   }
 
   /** Sets the directory times recorded so far (directories' own times change as entries go in). */
   finish(): Promise<number> {
-    return addon.finish(this.open());
+    const tree = this.open();
+    return onMount(() => addon.finish(tree));
   }
 
   close(): void {
