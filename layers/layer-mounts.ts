@@ -437,7 +437,8 @@ export class LayerMounts {
 
   /**
    * Starts reading into a new writable layer's device cache what the last container of the
-   * same image read here (VolumeManager.warmRanges), while the mount and the container's start
+   * same image read here, or the image's startup profile for its first container
+   * (VolumeManager.warmRanges), while the mount and the container's start
    * go on. Every container gets a new device with an empty page cache, so without it each one
    * read its image's files anew through the device's five hops, local or not: a build step's
    * compile took 0.2-0.25 s longer than the same compile run twice in one container
@@ -462,7 +463,7 @@ export class LayerMounts {
         () =>
           this.o.log.debug(
             { layer: id, bytes, ranges: ranges.length, ms: Math.round(performance.now() - t0) },
-            "the image's last container's reads asked into the new layer's cache",
+            "what the image's containers read asked into the new layer's cache",
           ),
         (err: unknown) => this.o.log.warn({ err, layer: id }, "reading into a new layer's cache failed"),
       )

@@ -152,6 +152,11 @@ export class VolumeManager {
   /** Per base volume, the chunks of it its last clone read, in first-read order (warmRanges). */
   private readonly cloneReads = new Map<VolumeId, ChunkIndex[]>();
   /**
+   * Per snapshot opened here with a startup profile, the profile: what its first container here
+   * will read, before any clone of it was closed (warmRanges).
+   */
+  private readonly profiles = new Map<VolumeId, ChunkIndex[]>();
+  /**
    * Frozen clones frozen unchanged, to their base: a container's init volume, which stands for
    * its image (plugin/init-layers.ts), so that its container's reads count for the image.
    */
@@ -324,6 +329,7 @@ export class VolumeManager {
       hints,
     );
     if (m.prefetch?.length) {
+      remember(this.profiles, id, m.prefetch.slice(0, MAX_WARM_CHUNKS));
       const running = this.prefetchProfile(
         id,
         m.prefetch.map((idx) => m.chunks.get(idx)!),
@@ -352,9 +358,9 @@ export class VolumeManager {
   /**
    * What writable clone `id` is likely to read of its base first: the chunks the base's last
    * clone on this host read (remembered when that clone was last closed; readsFor says when
-   * another base's clone stands in), in first-read order, as byte ranges (adjacent chunks
-   * joined), only chunks already on this host and at most MAX_WARM_CHUNKS. Empty when there is
-   * nothing to go on. A caller reads these into the page
+   * another base's clone or the base's startup profile stands in), in first-read order, as byte
+   * ranges (adjacent chunks joined), only chunks already on this host and at most
+   * MAX_WARM_CHUNKS. Empty when there is nothing to go on. A caller reads these into the page
    * cache under a new container's device before the container asks: each container of an image
    * gets a new device whose page cache is empty, and a build step's compile read gcc's files
    * anew through every hop although they were local (docs/BENCHMARKS.md, "Warming a new
@@ -382,11 +388,16 @@ export class VolumeManager {
   /**
    * The reads to warm a clone of `key` (whose map is `base`) with: those of its own last clone;
    * else those of the last clone of any base, where that base holds the same chunk at the same
-   * place (`from`: its map), if that is at least half of them. A build step's image, or a commit
-   * of an image, is a copy-on-write clone of the same file system: its new version read the
-   * same libraries at the same places (MultiMake's worker runs each build step once: its run
-   * read what the step before's run read). Another image shares few chunks in place, and gets
-   * nothing rather than a warm of reads it will not make.
+   * place (`from`: its map), if that is at least half of them; else the startup profile `key`
+   * was opened with. A build step's image, or a commit of an image, is a copy-on-write clone of
+   * the same file system: its new version read the same libraries at the same places
+   * (MultiMake's worker runs each build step once: its run read what the step before's run
+   * read); a commit's profile lists fewer (the chunks it changed and its container's first
+   * reads). Another image shares few chunks in place, and gets its own profile or nothing. The
+   * profile is what makes a host's first container of a pulled image start warm: its chunks
+   * are being fetched from the pull on, and most are here by the container's attach
+   * (HelloBench's runs 0.1-0.3 s shorter: docs/BENCHMARKS.md, "The first container of a pulled
+   * image, warmed with its profile").
    */
   private readsFor(
     key: VolumeId,
@@ -395,11 +406,13 @@ export class VolumeManager {
     const own = this.cloneReads.get(key);
     if (own) return { reads: own };
     const other = [...this.cloneReads.keys()].at(-1); // the most recently remembered
-    if (other === undefined) return { reads: [] };
-    const reads = this.cloneReads.get(other)!;
-    const from = this.snapshotOf(other);
-    const same = reads.filter((idx) => from.get(idx) !== undefined && from.get(idx) === base.get(idx)).length;
-    return same * 2 >= reads.length ? { reads, from } : { reads: [] };
+    if (other !== undefined) {
+      const reads = this.cloneReads.get(other)!;
+      const from = this.snapshotOf(other);
+      const same = reads.filter((idx) => from.get(idx) !== undefined && from.get(idx) === base.get(idx)).length;
+      if (same * 2 >= reads.length) return { reads, from };
+    }
+    return { reads: this.profiles.get(key) ?? [] };
   }
 
   /** The volume `id` stands for: itself, or the base it was frozen unchanged from (sameAs). */
@@ -413,12 +426,7 @@ export class VolumeManager {
     const reads = this.traces.get(row.id)?.chunks();
     if (row.frozen || !row.parent || !reads || reads.length === 0) return;
     const base = this.unchangedBase(row.parent);
-    this.cloneReads.delete(base); // re-inserted last: the most recently used base
-    this.cloneReads.set(base, reads.slice(0, MAX_WARM_CHUNKS));
-    for (const base of this.cloneReads.keys()) {
-      if (this.cloneReads.size <= WARM_BASES) break;
-      this.cloneReads.delete(base);
-    }
+    remember(this.cloneReads, base, reads.slice(0, MAX_WARM_CHUNKS));
   }
 
   list(): VolumeRow[] {
@@ -663,6 +671,7 @@ export class VolumeManager {
     this.counters.delete(row.id);
     this.traces.delete(row.id);
     this.cloneReads.delete(row.id);
+    this.profiles.delete(row.id);
     this.sameAs.delete(row.id);
     await rm(this.dataPath(row.id), { force: true });
     await rm(this.stagingPath(row.id), { force: true });
@@ -862,5 +871,15 @@ export class VolumeManager {
 
   private dataPath(id: VolumeId): string {
     return join(this.root, 'data', `${id}.data`);
+  }
+}
+
+/** Sets `key` as the most recently used entry of `reads`, which keeps the last WARM_BASES. */
+function remember(reads: Map<VolumeId, ChunkIndex[]>, key: VolumeId, chunks: ChunkIndex[]): void {
+  reads.delete(key); // re-inserted last: the most recently used
+  reads.set(key, chunks);
+  for (const old of reads.keys()) {
+    if (reads.size <= WARM_BASES) break;
+    reads.delete(old);
   }
 }

@@ -378,6 +378,28 @@ describe('snapshots in a dir:// store', () => {
       expect(hostA.warmRanges('e1')).toEqual([]); // 1 of 3 in place
     });
 
+    it("before any container of it closed, a snapshot opened with a startup profile warms with the profile's local chunks", async () => {
+      await published('img', [0, 1, 2, 5, 100]);
+      const ref = await hostA.publish('img', { prefetch: [100, 1, 2] });
+      await hostB.openSnapshot(ref, 'img-b'); // the profile is fetched in the background
+      await container(hostB, 'img-b', 'c1');
+      const deadline = Date.now() + 5_000;
+      while (hostB.warmRanges('c1').length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      expect(hostB.warmRanges('c1')).toEqual([
+        { offset: 100 * CHUNK, length: CHUNK },
+        { offset: 1 * CHUNK, length: 2 * CHUNK },
+      ]);
+      expect(hostB.stats('img-b').fetch.chunksFetched).toBe(3); // the profile's, nothing more
+      // Once a container of it closed, what that one read comes first.
+      await reads(hostB, 'c1', [5]);
+      await container(hostB, 'img-b', 'c2');
+      expect(hostB.warmRanges('c2')).toEqual([{ offset: 5 * CHUNK, length: CHUNK }]);
+      // A snapshot opened without a profile has nothing to go on.
+      await hostB.openSnapshot(await published('plain', [0, 3]), 'plain-b');
+      await container(hostB, 'plain-b', 'p1');
+      expect(hostB.warmRanges('p1')).toEqual([]);
+    });
+
     it('only chunks already on this host: a warm never fetches', async () => {
       const ref = await published('img', [0, 1, 2, 5]);
       await hostB.openSnapshot(ref, 'img-b');
