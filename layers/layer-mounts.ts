@@ -11,6 +11,7 @@
  * What cannot be adopted, or is not recorded, is torn down.
  */
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { setTimeout as delay } from 'node:timers/promises';
 import { join } from 'node:path';
 import type { Attacher, BlockDevice, DeviceRecord, ReleaseClaim } from '../attach/attacher.js';
 import { ext4 } from '../attach/ext4.js';
@@ -73,6 +74,12 @@ export interface LayerMountsOptions {
 
 /** Warms (fillCache) running at once; a layer attached while as many run is not warmed. */
 export const MAX_FILLS = 2;
+/**
+ * Longest a new layer's warm waits for its image's startup profile to land (fetched from the
+ * pull on: HelloBench's largest, 59 MB, took 0.4-0.5 s), and so the longest a detach of the
+ * layer can wait for the warm.
+ */
+const PROFILE_WAIT_MS = 1_000;
 
 /** One attachment as attached.json keeps it. */
 interface AttachmentRecord {
@@ -446,9 +453,10 @@ export class LayerMounts {
    * container then reads on demand, as without.
    */
   private fillCache(id: string, device: BlockDevice): void {
-    if (!device.readIntoCache) return;
-    const ranges = this.o.manager.warmRanges(id);
-    if (ranges.length === 0) return;
+    const readIntoCache = device.readIntoCache?.bind(device);
+    if (!readIntoCache) return;
+    const landing = this.o.manager.profileLanding(id);
+    if (!landing && this.o.manager.warmRanges(id).length === 0) return;
     if (this.filling.size >= MAX_FILLS) {
       // Many containers starting at once: each warm would compete with the others and with the
       // starts for the same cores, and fill the page cache with a copy per device.
@@ -456,17 +464,23 @@ export class LayerMounts {
       return;
     }
     const t0 = performance.now();
-    const bytes = ranges.reduce((n, r) => n + r.length, 0);
-    const filling = device
-      .readIntoCache(ranges)
-      .then(
-        () =>
-          this.o.log.debug(
-            { layer: id, bytes, ranges: ranges.length, ms: Math.round(performance.now() - t0) },
-            "what the image's containers read asked into the new layer's cache",
-          ),
-        (err: unknown) => this.o.log.warn({ err, layer: id }, "reading into a new layer's cache failed"),
-      )
+    const fill = async (): Promise<void> => {
+      // The image's profile still landing: wait for it (a while at most), then ask for all of it
+      // at once. One ask, not one now and one later: each opens the FUSE file, and an open drops
+      // the file's cache (nbdfuse does not set FOPEN_KEEP_CACHE), what the first had put there.
+      if (landing) await Promise.race([landing, delay(PROFILE_WAIT_MS, undefined, { ref: false })]);
+      const waitedMs = Math.round(performance.now() - t0);
+      const ranges = this.o.manager.warmRanges(id);
+      if (ranges.length === 0) return;
+      await readIntoCache(ranges);
+      const bytes = ranges.reduce((n, r) => n + r.length, 0);
+      this.o.log.debug(
+        { layer: id, bytes, ranges: ranges.length, waitedMs, ms: Math.round(performance.now() - t0) },
+        "what the image's containers read asked into the new layer's cache",
+      );
+    };
+    const filling = fill()
+      .catch((err: unknown) => this.o.log.warn({ err, layer: id }, "reading into a new layer's cache failed"))
       .finally(() => this.filling.delete(id));
     this.filling.set(id, filling);
   }

@@ -143,6 +143,8 @@ export class VolumeManager {
   private readonly traces = new Map<VolumeId, ReadTrace>();
   /** Startup profiles being fetched (close waits for their waves in flight). */
   private readonly prefetching = new Set<Promise<void>>();
+  /** By the volume whose profile it is, until its chunks have landed (profileLanding). */
+  private readonly prefetchingFor = new Map<VolumeId, Promise<void>>();
   /**
    * The manifests this process published last, by reference: a commit's marker is applied here
    * right after its publish (the new image's layer), and fetching and decoding the manifest it
@@ -335,6 +337,12 @@ export class VolumeManager {
         m.prefetch.map((idx) => m.chunks.get(idx)!),
       ).finally(() => this.prefetching.delete(running));
       this.prefetching.add(running);
+      // Landed: fetched, and in the cache's segments (isLocal counts a chunk from then on).
+      const landing = running
+        .then(() => this.chunks.landed())
+        .catch(() => undefined)
+        .finally(() => this.prefetchingFor.delete(id));
+      this.prefetchingFor.set(id, landing);
     }
     return this.get(id);
   }
@@ -383,6 +391,18 @@ export class VolumeManager {
       lastIdx = idx;
     }
     return out;
+  }
+
+  /**
+   * While the startup profile that writable clone `id`'s base was opened with is still being
+   * fetched, a promise that settles once it is (never rejects); else undefined. A warm of the
+   * base's first container waits for it (LayerMounts.fillCache), so that it covers the whole
+   * profile, not only the part that had landed by the attach.
+   */
+  profileLanding(id: string): Promise<void> | undefined {
+    const row = this.get(id);
+    if (row.frozen || !row.parent) return undefined;
+    return this.prefetchingFor.get(this.unchangedBase(row.parent));
   }
 
   /**
