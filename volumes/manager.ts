@@ -415,7 +415,7 @@ export class VolumeManager {
    * read); a commit's profile lists fewer (the chunks it changed and its container's first
    * reads). Another image shares few chunks in place, and gets its own profile or nothing. The
    * profile is what makes a host's first container of a pulled image start warm: its chunks
-   * are being fetched from the pull on, and most are here by the container's attach
+   * are being fetched from the pull on, and the warm waits for them to land (profileLanding)
    * (HelloBench's runs 0.1-0.3 s shorter: docs/BENCHMARKS.md, "The first container of a pulled
    * image, warmed with its profile").
    */
