@@ -456,7 +456,9 @@ export class LayerMounts {
     const readIntoCache = device.readIntoCache?.bind(device);
     if (!readIntoCache) return;
     const landing = this.o.manager.profileLanding(id);
-    if (!landing && this.o.manager.warmRanges(id).length === 0) return;
+    // Without a profile to wait for, what to warm is known now.
+    const known = landing ? undefined : this.o.manager.warmRanges(id);
+    if (known?.length === 0) return;
     if (this.filling.size >= MAX_FILLS) {
       // Many containers starting at once: each warm would compete with the others and with the
       // starts for the same cores, and fill the page cache with a copy per device.
@@ -470,7 +472,7 @@ export class LayerMounts {
       // the file's cache (nbdfuse does not set FOPEN_KEEP_CACHE), what the first had put there.
       if (landing) await Promise.race([landing, delay(PROFILE_WAIT_MS, undefined, { ref: false })]);
       const waitedMs = Math.round(performance.now() - t0);
-      const ranges = this.o.manager.warmRanges(id);
+      const ranges = known ?? this.o.manager.warmRanges(id);
       if (ranges.length === 0) return;
       await readIntoCache(ranges);
       const bytes = ranges.reduce((n, r) => n + r.length, 0);

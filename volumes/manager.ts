@@ -141,10 +141,11 @@ export class VolumeManager {
   private readonly counters = new Map<VolumeId, FetchCounters>();
   /** First reads of base chunks per volume, since this process opened it (startup profiles). */
   private readonly traces = new Map<VolumeId, ReadTrace>();
-  /** Startup profiles being fetched (close waits for their waves in flight). */
-  private readonly prefetching = new Set<Promise<void>>();
-  /** By the volume whose profile it is, until its chunks have landed (profileLanding). */
-  private readonly prefetchingFor = new Map<VolumeId, Promise<void>>();
+  /**
+   * Startup profiles being fetched, by the volume whose profile it is, until their chunks have
+   * landed (profileLanding; close waits for their waves in flight). Never rejects.
+   */
+  private readonly prefetching = new Map<VolumeId, Promise<void>>();
   /**
    * The manifests this process published last, by reference: a commit's marker is applied here
    * right after its publish (the new image's layer), and fetching and decoding the manifest it
@@ -332,17 +333,15 @@ export class VolumeManager {
     );
     if (m.prefetch?.length) {
       remember(this.profiles, id, m.prefetch.slice(0, MAX_WARM_CHUNKS));
-      const running = this.prefetchProfile(
+      // Landed: fetched, and in the cache's segments (isLocal counts a chunk from then on).
+      const landing = this.prefetchProfile(
         id,
         m.prefetch.map((idx) => m.chunks.get(idx)!),
-      ).finally(() => this.prefetching.delete(running));
-      this.prefetching.add(running);
-      // Landed: fetched, and in the cache's segments (isLocal counts a chunk from then on).
-      const landing = running
+      )
         .then(() => this.chunks.landed())
         .catch(() => undefined)
-        .finally(() => this.prefetchingFor.delete(id));
-      this.prefetchingFor.set(id, landing);
+        .finally(() => this.prefetching.delete(id));
+      this.prefetching.set(id, landing);
     }
     return this.get(id);
   }
@@ -402,7 +401,7 @@ export class VolumeManager {
   profileLanding(id: string): Promise<void> | undefined {
     const row = this.get(id);
     if (row.frozen || !row.parent) return undefined;
-    return this.prefetchingFor.get(this.unchangedBase(row.parent));
+    return this.prefetching.get(this.unchangedBase(row.parent));
   }
 
   /**
@@ -745,7 +744,7 @@ export class VolumeManager {
     this.closed = true;
     for (const o of this.open.values()) await o.volume.close();
     this.open.clear();
-    await Promise.all(this.prefetching); // no new wave starts once closed
+    await Promise.all(this.prefetching.values()); // no new wave starts once closed
     await this.chunks.close();
     for (const [id, c] of this.counters) if (this.metadata.getVolume(id)) this.metadata.saveFetchStats(id, c);
     this.metadata.close();
