@@ -233,11 +233,15 @@ export class LayerStore {
     return removed;
   }
 
-  async get(id: string): Promise<string> {
+  /**
+   * Mounts the layer (or counts one more user) and answers its mount point. `onMounted` runs on
+   * the tree when this Get mounts it (not when it was mounted already): see LayerMounts.getLocked.
+   */
+  async get(id: string, options: { onMounted?: (dir: string) => Promise<void> } = {}): Promise<string> {
     this.manager.get(id); // unknown ids fail here with a clear NotFoundError
     return this.o.mounts.lock.run(id, async () => {
       await this.formatted(id);
-      return this.o.mounts.getLocked(id);
+      return this.o.mounts.getLocked(id, { onMounted: options.onMounted });
     });
   }
 

@@ -82,7 +82,9 @@ export class InitLayers {
   /** Get: an init layer's scratch; any other layer mounted, with its init files on first use. */
   async get(id: string): Promise<string> {
     if (this.isScratch(id)) return this.scratches.pathOf(id);
-    const dir = await this.layers.get(id);
+    // The copy runs as the layer is mounted, before its warm starts (their reads would share
+    // the device's path); and again here, a no-op then, for a layer that was mounted already.
+    const dir = await this.layers.get(id, { onMounted: (d) => this.copyInit(id, d) });
     try {
       await this.copyInit(id, dir);
     } catch (err) {
