@@ -240,14 +240,8 @@ export class Snapshotter {
         }
         mounts = await this.mountsOf(s);
       } else {
-        // The init files go in as the layer is attached, before its warm (whose reads would
-        // share the device's path with the copy's).
-        const copyInit = initFiles
-          ? async (dir: string): Promise<void> => {
-              await copyMissing(initFiles, dir);
-            }
-          : undefined;
-        mounts = await this.mountsOf(s, copyInit);
+        mounts = await this.mountsOf(s);
+        if (initFiles) await this.layers.withTree(s.layer, (dir) => copyMissing(initFiles, dir));
       }
       this.log.info({ key, parent, kind, layer: s.layer }, 'snapshot prepared');
       return mounts;
@@ -265,11 +259,11 @@ export class Snapshotter {
     }
   }
 
-  private async mountsOf(s: SnapshotInfo, onAttached?: (dir: string) => Promise<void>): Promise<MountSpec[]> {
+  private async mountsOf(s: SnapshotInfo): Promise<MountSpec[]> {
     const readOnly = s.kind === 'view';
     // A layer being pulled is written from its tar (or replaced by its marker's snapshot), not run:
     // its cache is not filled with a container's reads.
-    const device = await this.layers.attach(s.layer, { readOnly, warm: !isExtraction(s.key), onAttached });
+    const device = await this.layers.attach(s.layer, { readOnly, warm: !isExtraction(s.key) });
     return [{ type: 'ext4', source: device, target: '', options: [readOnly ? 'ro' : 'rw'] }];
   }
 }

@@ -378,15 +378,9 @@ export class LayerMounts {
    * mounts it (a containerd snapshot's Mounts); returns the device. Idempotent: it stays
    * attached until putLocked(id, true). For callers holding the layer's lock. `warm` (default:
    * writable): a container will run on it, so its cache is filled with what the image's last
-   * container read (fillCache); not for a layer about to be written from a tar. `onAttached`:
-   * work on its tree when this call attaches it (a container's init files, through a second
-   * mount: withTreeLocked), before the warm starts, as getLocked's onMounted; if it fails, the
-   * layer stays attached for the caller to undo.
+   * container read (fillCache); not for a layer about to be written from a tar.
    */
-  async attachLocked(
-    id: string,
-    options: { readOnly: boolean; warm?: boolean; onAttached?: (dir: string) => Promise<void> },
-  ): Promise<string> {
+  async attachLocked(id: string, options: { readOnly: boolean; warm?: boolean }): Promise<string> {
     const m = this.mounted.get(id);
     if (m) {
       if (m.dir !== undefined) {
@@ -396,16 +390,15 @@ export class LayerMounts {
       }
       return m.device.path;
     }
+    const warm = (options.warm ?? true) && !options.readOnly;
     const device = await this.attached(
       id,
-      { readOnly: options.readOnly, internal: false, warm: false },
+      { readOnly: options.readOnly, internal: false, warm },
       async () => undefined,
     );
     this.mounted.set(id, { refs: 1, dir: undefined, device, readOnly: options.readOnly });
     await this.persist();
     this.o.log.debug({ layer: id, device: device.path, readOnly: options.readOnly }, 'layer attached');
-    if (options.onAttached) await this.withTreeLocked(id, options.onAttached);
-    if ((options.warm ?? true) && !options.readOnly) this.fillCache(id, device);
     return device.path;
   }
 

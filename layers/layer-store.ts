@@ -253,18 +253,14 @@ export class LayerStore {
    * Hands the layer out as a block device for an engine that mounts it itself (a containerd
    * snapshot), its file system made first for a blank base layer; read-only when asked or
    * frozen. Stays attached until detach (or remove). `warm: false` for a layer no container will
-   * run on (one being pulled); `onAttached`, work on its tree when this call attaches it, before
-   * its warm: see LayerMounts.attachLocked.
+   * run on (one being pulled): see LayerMounts.attachLocked.
    */
-  async attach(
-    id: string,
-    options: { readOnly: boolean; warm?: boolean; onAttached?: (dir: string) => Promise<void> },
-  ): Promise<string> {
+  async attach(id: string, options: { readOnly: boolean; warm?: boolean }): Promise<string> {
     this.manager.get(id); // unknown ids fail here with a clear NotFoundError
     return this.o.mounts.lock.run(id, async () => {
       await this.formatted(id);
       const readOnly = options.readOnly || this.manager.get(id).frozen;
-      return this.o.mounts.attachLocked(id, { readOnly, warm: options.warm, onAttached: options.onAttached });
+      return this.o.mounts.attachLocked(id, { readOnly, warm: options.warm });
     });
   }
 

@@ -121,22 +121,6 @@ describe('warming new layers', () => {
     await layers.put('c1');
   });
 
-  it('a device handed out to an engine is warmed after the work on its tree that came with the attach', async () => {
-    await imageWithReads();
-    await layers.create('c1', 'img');
-    const seen: { warmedBefore: number; file: number }[] = [];
-    await layers.attach('c1', {
-      readOnly: false,
-      onAttached: async (d) => {
-        seen.push({ warmedBefore: attacher.warmed.length, file: (await readFile(join(d, 'f'))).length });
-      },
-    });
-    expect(seen).toEqual([{ warmedBefore: 0, file: 300_000 }]);
-    expect(attacher.warmed).toEqual(['c1']);
-    attacher.open();
-    await layers.detach('c1');
-  });
-
   it('a failing onMounted leaves the layer unmounted and detached, unwarmed, and the next Get starts afresh', async () => {
     await imageWithReads();
     await layers.create('c1', 'img');
