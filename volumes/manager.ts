@@ -318,8 +318,12 @@ export class VolumeManager {
     if (!isDigest(ref))
       throw new InvalidArgumentError(`bad snapshot reference ${JSON.stringify(ref)}`, { context: { ref } });
     this.assertNewId(id);
+    const t0 = performance.now();
     const ours = this.published.get(ref);
-    const m = ours ?? decodeManifest(ref, await this.fetchManifest(store, ref));
+    const raw = ours ? undefined : await this.fetchManifest(store, ref);
+    const t1 = performance.now();
+    const m = ours ?? decodeManifest(ref, raw!);
+    const t2 = performance.now();
     // Where the chunks of a snapshot published here are was recorded by its publish (those known
     // before, those it uploaded): 2,760 upserts of the same hints cost ~9 ms of a commit's marker.
     const hints = ours
@@ -330,6 +334,18 @@ export class VolumeManager {
       m.chunks,
       store.url,
       hints,
+    );
+    // Where a pull's time goes in this process (docs/BENCHMARKS.md, "What bounds the lazy overhead").
+    this.options.log?.debug(
+      {
+        volume: id,
+        chunks: m.chunks.size,
+        manifestBytes: raw?.length ?? 0,
+        fetchMs: +(t1 - t0).toFixed(1),
+        decodeMs: +(t2 - t1).toFixed(1),
+        insertMs: +(performance.now() - t2).toFixed(1),
+      },
+      'snapshot opened',
     );
     if (m.prefetch?.length) {
       remember(this.profiles, id, m.prefetch.slice(0, MAX_WARM_CHUNKS));
