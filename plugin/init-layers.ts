@@ -83,8 +83,15 @@ export class InitLayers {
   async get(id: string): Promise<string> {
     if (this.isScratch(id)) return this.scratches.pathOf(id);
     // The copy runs as the layer is mounted, before its warm starts (their reads would share
-    // the device's path); and again here, a no-op then, for a layer that was mounted already.
-    const dir = await this.layers.get(id, { onMounted: (d) => this.copyInit(id, d) });
+    // the device's path); for a layer that was mounted already (without this Get), after.
+    let copied = false;
+    const dir = await this.layers.get(id, {
+      onMounted: async (d) => {
+        await this.copyInit(id, d);
+        copied = true;
+      },
+    });
+    if (copied) return dir;
     try {
       await this.copyInit(id, dir);
     } catch (err) {

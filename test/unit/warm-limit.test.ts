@@ -64,7 +64,8 @@ describe('warming new layers', () => {
     await dir.cleanup();
   });
 
-  it(`warms at most ${MAX_FILLS} layers at once; the next one starts without`, async () => {
+  /** An image whose last container read its file: the next container of it has a warm. */
+  async function imageWithReads(): Promise<void> {
     await layers.create('img', undefined);
     await writeFile(join(await layers.get('img'), 'f'), 'x'.repeat(300_000));
     await layers.put('img');
@@ -73,6 +74,10 @@ describe('warming new layers', () => {
     expect(await readFile(join(await layers.get('c0'), 'f'), 'utf8')).toHaveLength(300_000);
     await layers.put('c0');
     await layers.remove('c0'); // its reads are what the next containers of img are warmed with
+  }
+
+  it(`warms at most ${MAX_FILLS} layers at once; the next one starts without`, async () => {
+    await imageWithReads();
 
     const ids = ['c1', 'c2', 'c3'];
     for (const id of ids) {
@@ -90,18 +95,6 @@ describe('warming new layers', () => {
     expect(attacher.warmed).toEqual([...ids.slice(0, MAX_FILLS), 'c4']);
     await layers.put('c4');
   });
-
-  /** An image whose last container read its file: the next container of it has a warm. */
-  async function imageWithReads(): Promise<void> {
-    await layers.create('img', undefined);
-    await writeFile(join(await layers.get('img'), 'f'), 'x'.repeat(300_000));
-    await layers.put('img');
-    await layers.freeze('img');
-    await layers.create('c0', 'img');
-    await readFile(join(await layers.get('c0'), 'f'));
-    await layers.put('c0');
-    await layers.remove('c0');
-  }
 
   it("starts a layer's warm after the Get's own work on its tree, which sees the mounted tree", async () => {
     await imageWithReads();
